@@ -1,0 +1,130 @@
+//! Loading the config file: TOML text to a validated [`Config`], in two stages.
+//!
+//! [`raw`] mirrors the file with spans; [`validate`] turns it into domain types once, so no other
+//! module re-checks anything. Every problem is a [`Diagnostic`] with file, line and column.
+
+pub mod diagnostic;
+pub mod raw;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use diagnostic::{Diagnostic, Severity};
+
+use crate::model::Config;
+
+/// What the process environment contributes to a config, read once at the edge.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// `$STATE_DIRECTORY`, set by systemd's `StateDirectory=` (first entry).
+    pub state_directory: Option<PathBuf>,
+}
+
+impl Environment {
+    /// Reads the variables from this process's environment.
+    pub fn from_process() -> Self {
+        let state_directory = std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .map(PathBuf::from)
+            })
+            .filter(|p| !p.as_os_str().is_empty());
+        Self { state_directory }
+    }
+}
+
+/// A config that loaded, with its warnings.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The validated config.
+    pub config: Config,
+    /// Problems that do not stop it from working.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config; every problem found is listed.
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// The diagnostics, if the file was read.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Self::Read { .. } => &[],
+            Self::Invalid(d) => d,
+        }
+    }
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path, env: &Environment) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text, env)
+}
+
+/// Validates config text as if read from `path` (relative paths in it resolve against `path`'s
+/// directory).
+pub fn parse(path: &Path, text: &str, env: &Environment) -> Result<Loaded, ConfigError> {
+    let locator = diagnostic::Locator::new(path, text);
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        ConfigError::Invalid(vec![locator.at(
+            Severity::Error,
+            span,
+            clean_toml_message(e.message()),
+        )])
+    })?;
+    let (config, diagnostics) = validate::validate(raw, path, text, env);
+    match config {
+        Some(config) => Ok(Loaded {
+            config,
+            warnings: diagnostics,
+        }),
+        None => Err(ConfigError::Invalid(
+            diagnostics
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect(),
+        )),
+    }
+}
+
+/// The toml crate's messages end with a newline and sometimes say "field" for "key".
+fn clean_toml_message(message: &str) -> String {
+    message
+        .trim()
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key")
+}
+
+/// The config path to use when none is given: `/etc/convenor/convenor.toml` when it exists,
+/// else `config/lednet.toml` (the example shipped in the repository).
+pub fn default_path() -> PathBuf {
+    let system = PathBuf::from("/etc/convenor/convenor.toml");
+    if system.exists() {
+        system
+    } else {
+        PathBuf::from("config/lednet.toml")
+    }
+}

@@ -1,0 +1,745 @@
+//! Second stage: raw TOML structs to validated domain types, collecting every problem found.
+//!
+//! Each check reports at the span of the value at fault. The result is either a whole
+//! [`Config`] or the list of errors; warnings come with either.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use jiff::{
+    SignedDuration, Span, SpanRelativeTo,
+    civil::{Date, Time, Weekday},
+    tz::TimeZone,
+};
+use lettre::message::Mailbox;
+
+use super::{
+    Environment,
+    diagnostic::{Diagnostic, Locator, Severity},
+    raw::*,
+};
+use crate::model::*;
+
+/// The files every template set must hold.
+pub const TEMPLATE_FILES: [&str; 3] = ["subject.txt", "body.txt", "body.html"];
+
+/// Collects diagnostics while converting.
+struct Checker<'a> {
+    loc: Locator<'a>,
+    base_dir: &'a Path,
+    out: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: std::ops::Range<usize>, msg: impl Into<String>) {
+        let d = self.loc.at(Severity::Error, span, msg);
+        self.out.push(d);
+    }
+
+    fn warning(&mut self, span: std::ops::Range<usize>, msg: impl Into<String>) {
+        let d = self.loc.at(Severity::Warning, span, msg);
+        self.out.push(d);
+    }
+
+    /// Runs a parser on a spanned value, reporting its error at the value's span.
+    fn parse<T, U>(&mut self, raw: &S<T>, f: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+        match f(raw.get_ref()) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                self.error(raw.span(), msg);
+                None
+            }
+        }
+    }
+
+    fn text(&mut self, raw: &S<String>) -> Option<HeaderText> {
+        self.parse(raw, |s| HeaderText::parse(s))
+    }
+
+    fn opt_text(&mut self, raw: &Option<S<String>>) -> Option<Option<HeaderText>> {
+        match raw {
+            None => Some(None),
+            Some(r) => self.text(r).map(Some),
+        }
+    }
+
+    fn mailbox(&mut self, raw: &S<String>) -> Option<Mailbox> {
+        self.parse(raw, |s| parse_mailbox(s))
+    }
+
+    fn duration(
+        &mut self,
+        raw: &Option<S<String>>,
+        default: SignedDuration,
+    ) -> Option<SignedDuration> {
+        match raw {
+            None => Some(default),
+            Some(r) => self.parse(r, |s| parse_duration(s)),
+        }
+    }
+
+    fn path(&self, raw: &str) -> PathBuf {
+        let p = Path::new(raw);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Parses an address such as `LEDNet team <team@example.org>` or `team@example.org`.
+pub fn parse_mailbox(text: &str) -> Result<Mailbox, String> {
+    HeaderText::parse(text)?;
+    Mailbox::from_str(text.trim()).map_err(|e| format!("`{text}` is not a mail address ({e})"))
+}
+
+/// Parses a duration such as `2h`, `90s`, `1h 30m` or `3d` (a day is 24 hours here).
+pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
+    let span: Span = text.parse().map_err(|_| {
+        format!("`{text}` is not a duration; write for example `90s`, `2h`, `1h 30m` or `3d`")
+    })?;
+    let d = span
+        .to_duration(SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| format!("`{text}` is not a duration in days, hours, minutes or seconds"))?;
+    if d.is_negative() {
+        return Err(format!("duration `{text}` must not be negative"));
+    }
+    Ok(d)
+}
+
+/// Parses a date written as a TOML date (`2023-02-24`) or a string (`"2023-02-24"`).
+fn parse_date(value: &toml::Value) -> Result<Date, String> {
+    let text = match value {
+        toml::Value::Datetime(dt) if dt.date.is_some() && dt.time.is_none() => dt.to_string(),
+        toml::Value::String(s) => s.clone(),
+        other => {
+            return Err(format!(
+                "expected a date such as 2023-02-24, found {}",
+                describe(other)
+            ));
+        }
+    };
+    let date = Date::from_str(&text).map_err(|_| {
+        format!("`{text}` is not a valid date (write YYYY-MM-DD, such as 2023-02-24)")
+    })?;
+    if !(1000..=9999).contains(&date.year()) {
+        return Err(format!("year {} is out of range", date.year()));
+    }
+    Ok(date)
+}
+
+/// Parses a local time written as a TOML time (`10:00:00`) or a string (`"10:00"`).
+fn parse_time(value: &toml::Value) -> Result<Time, String> {
+    let text = match value {
+        toml::Value::Datetime(dt) if dt.date.is_none() && dt.time.is_some() => dt.to_string(),
+        toml::Value::String(s) => s.clone(),
+        other => {
+            return Err(format!(
+                "expected a local time such as \"10:00\", found {}",
+                describe(other)
+            ));
+        }
+    };
+    Time::from_str(&text).map_err(|_| {
+        format!("`{text}` is not a valid time of day (write HH:MM, such as \"10:00\")")
+    })
+}
+
+fn describe(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Datetime(dt) => format!("the date-time {dt}"),
+        other => format!("a {}", other.type_str()),
+    }
+}
+
+fn one_of<'a>(text: &str, options: &[&'a str], what: &str) -> Result<&'a str, String> {
+    options
+        .iter()
+        .find(|o| **o == text)
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "unknown {what} `{text}`; expected one of: {}",
+                options.join(", ")
+            )
+        })
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The default grace of a timed rule: a quarter of its lead time, between 10 minutes and 3 days.
+pub fn default_grace(trigger: &Trigger) -> SignedDuration {
+    let lead = match trigger {
+        Trigger::DaysBefore { days, .. } => SignedDuration::from_hours(24 * i64::from(*days)),
+        Trigger::Before(d) => *d,
+        Trigger::OnChange | Trigger::OnCancel => return SignedDuration::MAX,
+    };
+    (lead / 4).clamp(
+        SignedDuration::from_mins(10),
+        SignedDuration::from_hours(72),
+    )
+}
+
+/// Converts the raw file. `file` and `text` are for positions; `env` supplies what systemd sets.
+pub fn validate(
+    raw: RawConfig,
+    file: &Path,
+    text: &str,
+    env: &Environment,
+) -> (Option<Config>, Vec<Diagnostic>) {
+    let base_dir = file.parent().unwrap_or(Path::new("."));
+    let mut c = Checker {
+        loc: Locator::new(file, text),
+        base_dir,
+        out: Vec::new(),
+    };
+
+    let network = network(&mut c, &raw.network);
+    let mail = mail(&mut c, &raw.mail);
+    let http = http(&mut c, &raw.http);
+    let scheduler = scheduler(&mut c, &raw.scheduler);
+    let state_dir = match (&raw.state.dir, &env.state_directory) {
+        (Some(dir), _) => PathBuf::from(dir.get_ref()),
+        (None, Some(systemd)) => systemd.clone(),
+        (None, None) => PathBuf::from("state"),
+    };
+    let priorities = priorities(&mut c, &raw.priorities);
+    let tz = network.as_ref().map(|n| n.time_zone.clone());
+    let known: HashSet<PriorityId> = priorities.iter().map(|p| p.id.clone()).collect();
+    let meetings = meetings(&mut c, &raw.meetings, &known, tz.as_ref());
+    let templates_dir = mail.as_ref().map(|m| m.templates_dir.clone());
+    let emails = emails(&mut c, &raw.emails, templates_dir.as_deref());
+
+    let has_error = c.out.iter().any(|d| d.severity == Severity::Error);
+    let config = match (network, mail, http, scheduler) {
+        (Some(network), Some(mail), Some(http), Some(scheduler)) if !has_error => Some(Config {
+            source: file.to_path_buf(),
+            network,
+            mail,
+            http,
+            scheduler,
+            state_dir,
+            priorities,
+            meetings,
+            emails,
+        }),
+        _ => None,
+    };
+    (config, c.out)
+}
+
+fn network(c: &mut Checker, raw: &S<RawNetwork>) -> Option<Network> {
+    let n = raw.get_ref();
+    let short_name = c.text(&n.short_name);
+    if let Some(s) = &short_name
+        && s.as_str().contains(',')
+    {
+        c.error(
+            n.short_name.span(),
+            "the short name is the calendar's name and must not contain a comma",
+        );
+    }
+    let name = c.text(&n.name);
+    let (time_zone_name, time_zone) = match &n.time_zone {
+        None => (
+            "Europe/London".to_owned(),
+            TimeZone::get("Europe/London").ok(),
+        ),
+        Some(raw_tz) => {
+            let tz = c.parse(raw_tz, |s| {
+                TimeZone::get(s).map_err(|_| {
+                    format!("unknown time zone `{s}`; use an IANA name such as Europe/London")
+                })
+            });
+            (raw_tz.get_ref().clone(), tz)
+        }
+    };
+    let base_url = c.parse(&n.base_url, |s| WebUrl::parse(s));
+    let contact = c.mailbox(&n.contact);
+    Some(Network {
+        short_name: short_name?,
+        name: name?,
+        time_zone: time_zone?,
+        time_zone_name,
+        base_url: base_url?,
+        contact: contact?,
+    })
+}
+
+fn mail(c: &mut Checker, raw: &S<RawMail>) -> Option<MailSettings> {
+    let m = raw.get_ref();
+    let from = c.mailbox(&m.from);
+    let list = match m.list.get_ref() {
+        ListAddresses::One(s) => vec![s.clone()],
+        ListAddresses::Many(v) => v.clone(),
+    };
+    if list.is_empty() {
+        c.error(m.list.span(), "the mailing list needs at least one address");
+    }
+    let mut boxes = Vec::new();
+    for addr in &list {
+        match parse_mailbox(addr) {
+            Ok(b) => boxes.push(b),
+            Err(e) => c.error(m.list.span(), e),
+        }
+    }
+    let reply_to = match &m.reply_to {
+        None => Some(None),
+        Some(r) => c.mailbox(r).map(Some),
+    };
+    let templates_dir = m
+        .templates_dir
+        .as_ref()
+        .map_or_else(|| c.path("../templates"), |t| c.path(t.get_ref()));
+    if !templates_dir.is_dir() {
+        let span = m.templates_dir.as_ref().map_or(raw.span(), |t| t.span());
+        c.error(
+            span,
+            format!(
+                "templates directory {} does not exist",
+                templates_dir.display()
+            ),
+        );
+    }
+    let transport = match m.transport.as_ref() {
+        None => Some("file"),
+        Some(t) => c.parse(t, |s| one_of(s, &["file", "smtp"], "transport")),
+    };
+    let transport = match (transport, &m.smtp) {
+        (Some("file"), _) => Some(TransportSettings::File),
+        (Some(_), Some(smtp)) => self::smtp(c, smtp).map(TransportSettings::Smtp),
+        (Some(_), None) => {
+            let span = m.transport.as_ref().map_or(raw.span(), |t| t.span());
+            c.error(
+                span,
+                "transport `smtp` needs a [mail.smtp] table with at least `host`",
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    Some(MailSettings {
+        from: from?,
+        list: boxes,
+        reply_to: reply_to?,
+        transport: transport?,
+        templates_dir,
+    })
+}
+
+fn smtp(c: &mut Checker, raw: &S<RawSmtp>) -> Option<SmtpSettings> {
+    let s = raw.get_ref();
+    let host = c.parse(&s.host, |h| {
+        if h.is_empty() || h.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            Err(format!("`{h}` is not a host name"))
+        } else {
+            Ok(h.clone())
+        }
+    });
+    let tls = match &s.tls {
+        None => Some(TlsMode::Implicit),
+        Some(t) => c
+            .parse(t, |v| {
+                one_of(v, &["implicit", "starttls", "plaintext"], "TLS mode")
+            })
+            .map(|v| match v {
+                "implicit" => TlsMode::Implicit,
+                "starttls" => TlsMode::StartTls,
+                _ => TlsMode::Plaintext,
+            }),
+    };
+    if let (Some(TlsMode::Plaintext), Some(h), Some(t)) = (tls, &host, &s.tls)
+        && !is_loopback(h)
+    {
+        c.error(
+            t.span(),
+            format!("plaintext SMTP is only allowed to a loopback relay, not to `{h}`"),
+        );
+    }
+    let port = match &s.port {
+        None => Some(match tls {
+            Some(TlsMode::StartTls) => 587,
+            Some(TlsMode::Plaintext) => 25,
+            _ => 465,
+        }),
+        Some(p) => c.parse(p, |v| {
+            u16::try_from(*v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("{v} is not a port number"))
+        }),
+    };
+    let sources: Vec<(&S<String>, PasswordSource)> = [
+        s.password_file
+            .as_ref()
+            .map(|p| (p, PasswordSource::File(c.path(p.get_ref())))),
+        s.password_credential
+            .as_ref()
+            .map(|p| (p, PasswordSource::Credential(p.get_ref().clone()))),
+        s.password_env
+            .as_ref()
+            .map(|p| (p, PasswordSource::Env(p.get_ref().clone()))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let password = match sources.as_slice() {
+        [] => PasswordSource::None,
+        [(_, one)] => one.clone(),
+        [_, (second, _), ..] => {
+            c.error(
+                second.span(),
+                "give only one of password_file, password_credential and password_env",
+            );
+            PasswordSource::None
+        }
+    };
+    if password != PasswordSource::None && s.user.is_none() {
+        c.error(
+            raw.span(),
+            "a password source is set but no `user` to authenticate as",
+        );
+    }
+    let timeout = c.duration(&s.timeout, SignedDuration::from_secs(30));
+    Some(SmtpSettings {
+        host: host?,
+        port: port?,
+        tls: tls?,
+        user: s.user.as_ref().map(|u| u.get_ref().clone()),
+        password,
+        ca_file: s.ca_file.as_ref().map(|p| c.path(p.get_ref())),
+        timeout: timeout?,
+    })
+}
+
+fn http(c: &mut Checker, h: &RawHttp) -> Option<HttpSettings> {
+    let listen = match &h.listen {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        Some(l) => c.parse(l, |s| {
+            s.parse::<SocketAddr>().map_err(|_| {
+                format!("`{s}` is not a listen address such as 127.0.0.1:8080 or [::]:8080")
+            })
+        }),
+    };
+    let feed_token = match &h.feed_token {
+        None => Some(None),
+        Some(t) => c.parse(t, |s| FeedToken::parse(s)).map(Some),
+    };
+    Some(HttpSettings {
+        listen: listen?,
+        feed_token: feed_token?,
+        refresh_interval: c.duration(&h.refresh_interval, SignedDuration::from_hours(4))?,
+        published_ttl: c.duration(&h.published_ttl, SignedDuration::from_hours(4))?,
+        cache_max_age: c.duration(&h.cache_max_age, SignedDuration::from_hours(1))?,
+    })
+}
+
+fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {
+    let max_catch_up = match &s.max_catch_up {
+        None => Some(20),
+        Some(v) => c.parse(v, |n| {
+            u32::try_from(*n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{n} must be a whole number of at least 1"))
+        }),
+    };
+    Some(SchedulerSettings {
+        max_catch_up: max_catch_up?,
+    })
+}
+
+fn person(c: &mut Checker, raw: &S<RawPerson>) -> Option<Person> {
+    let p = raw.get_ref();
+    let name = c.text(&p.name);
+    let email = c.parse(&p.email, |s| {
+        let b = parse_mailbox(s)?;
+        Ok(b)
+    });
+    let organisation = c.opt_text(&p.organisation);
+    Some(Person {
+        email: Mailbox::new(name.as_ref().map(|n| n.as_str().to_owned()), email?.email),
+        name: name?,
+        organisation: organisation?,
+    })
+}
+
+fn priorities(c: &mut Checker, raws: &[S<RawPriority>]) -> Vec<Priority> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for raw in raws {
+        let p = raw.get_ref();
+        let id = c.parse(&p.id, |s| PriorityId::parse(s));
+        if let Some(id) = &id
+            && !seen.insert(id.clone())
+        {
+            c.error(p.id.span(), format!("duplicate priority id `{id}`"));
+        }
+        let name = c.text(&p.name);
+        let lead = match &p.lead {
+            None => {
+                c.error(
+                    raw.span(),
+                    "this priority has no lead: add a [priority.lead] table with name and email",
+                );
+                None
+            }
+            Some(l) => person(c, l),
+        };
+        let deputy = match &p.deputy {
+            None => Some(None),
+            Some(d) => person(c, d).map(Some),
+        };
+        if let (Some(id), Some(name), Some(lead), Some(deputy)) = (id, name, lead, deputy) {
+            out.push(Priority {
+                id,
+                name,
+                summary: p.summary.get_ref().trim().to_owned(),
+                lead,
+                deputy,
+            });
+        }
+    }
+    out
+}
+
+fn meetings(
+    c: &mut Checker,
+    raws: &[S<RawMeeting>],
+    known: &HashSet<PriorityId>,
+    tz: Option<&TimeZone>,
+) -> Vec<Meeting> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for raw in raws {
+        let m = raw.get_ref();
+        let date = c.parse(&m.date, parse_date);
+        let start = c.parse(&m.start, parse_time);
+        let end = c.parse(&m.end, parse_time);
+        if let (Some(s), Some(e)) = (start, end)
+            && e <= s
+        {
+            c.error(
+                m.end.span(),
+                format!("the meeting ends ({e}) before or when it starts ({s})"),
+            );
+        }
+        let id = match (&m.id, date) {
+            (Some(id), _) => c.parse(id, |s| MeetingId::parse(s)),
+            (None, Some(d)) => MeetingId::parse(&d.to_string()).ok(),
+            (None, None) => None,
+        };
+        if let Some(id) = &id
+            && !seen.insert(id.clone())
+        {
+            let span = m.id.as_ref().map_or(m.date.span(), |i| i.span());
+            c.error(
+                span,
+                format!(
+                    "duplicate meeting id `{id}` (give each meeting on the same date its own `id`)"
+                ),
+            );
+        }
+        let title = c.text(&m.title);
+        let location = c.opt_text(&m.location);
+        let join_url = match &m.join_url {
+            None => Some(None),
+            Some(u) => c.parse(u, |s| WebUrl::parse(s)).map(Some),
+        };
+        let status = match &m.status {
+            None => Some(MeetingStatus::Confirmed),
+            Some(s) => c
+                .parse(s, |v| one_of(v, &["confirmed", "cancelled"], "status"))
+                .map(|v| {
+                    if v == "cancelled" {
+                        MeetingStatus::Cancelled
+                    } else {
+                        MeetingStatus::Confirmed
+                    }
+                }),
+        };
+        let mut focus = Vec::new();
+        for f in &m.focus {
+            match PriorityId::parse(f.get_ref()) {
+                Ok(id) if known.contains(&id) => focus.push(id),
+                _ => c.error(
+                    f.span(),
+                    format!("focus names unknown priority `{}`", f.get_ref()),
+                ),
+            }
+        }
+        if let (Some(date), Some(tz)) = (date, tz) {
+            day_warnings(c, m.date.span(), date, tz);
+        }
+        let notes = m
+            .notes
+            .as_ref()
+            .map(|n| n.get_ref().trim().to_owned())
+            .filter(|n| !n.is_empty());
+        if let (
+            Some(id),
+            Some(date),
+            Some(start),
+            Some(end),
+            Some(title),
+            Some(location),
+            Some(join_url),
+            Some(status),
+        ) = (id, date, start, end, title, location, join_url, status)
+        {
+            out.push(Meeting {
+                id,
+                date,
+                start,
+                end,
+                title,
+                location,
+                join_url,
+                status,
+                focus,
+                notes,
+            });
+        }
+    }
+    out.sort_by(|a, b| (a.date, a.start, &a.id).cmp(&(b.date, b.start, &b.id)));
+    out
+}
+
+/// Warns about a meeting on a weekend or on a day the clocks change.
+fn day_warnings(c: &mut Checker, span: std::ops::Range<usize>, date: Date, tz: &TimeZone) {
+    if matches!(date.weekday(), Weekday::Saturday | Weekday::Sunday) {
+        c.warning(
+            span.clone(),
+            format!("the meeting on {date} is on a {:?}", date.weekday()),
+        );
+    }
+    let day_start = crate::schedule::local_instant(tz, date.to_datetime(Time::midnight()));
+    let next = date
+        .tomorrow()
+        .map(|d| crate::schedule::local_instant(tz, d.to_datetime(Time::midnight())));
+    if let (Some(t), Ok(next)) = (tz.following(day_start).next(), next)
+        && t.timestamp() < next
+    {
+        c.warning(
+            span,
+            format!(
+                "the clocks change on {date} (to {}): check the meeting's time with members",
+                t.abbreviation()
+            ),
+        );
+    }
+}
+
+fn emails(c: &mut Checker, raws: &[S<RawEmail>], templates_dir: Option<&Path>) -> Vec<EmailRule> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for raw in raws {
+        let e = raw.get_ref();
+        let id = c.parse(&e.id, |s| EmailId::parse(s));
+        if let Some(id) = &id
+            && !seen.insert(id.clone())
+        {
+            c.error(e.id.span(), format!("duplicate email id `{id}`"));
+        }
+        let template = c.parse(&e.template, |s| TemplateName::parse(s));
+        if let (Some(t), Some(dir)) = (&template, templates_dir) {
+            let set = dir.join(t.as_str());
+            let missing: Vec<&str> = TEMPLATE_FILES
+                .iter()
+                .copied()
+                .filter(|f| !set.join(f).is_file())
+                .collect();
+            if !missing.is_empty() {
+                c.error(
+                    e.template.span(),
+                    format!(
+                        "template `{t}` does not exist: {} lacks {}",
+                        set.display(),
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
+        let trigger = trigger(c, raw);
+        let audience = match &e.audience {
+            None => Some(Audience::List),
+            Some(a) => c
+                .parse(a, |v| one_of(v, &["list", "leads", "both"], "audience"))
+                .map(|v| match v {
+                    "leads" => Audience::Leads,
+                    "both" => Audience::Both,
+                    _ => Audience::List,
+                }),
+        };
+        let grace = match (&e.grace, trigger) {
+            (Some(g), _) => c.parse(g, |s| parse_duration(s)),
+            (None, Some(t)) => Some(default_grace(&t)),
+            (None, None) => None,
+        };
+        if let (Some(id), Some(template), Some(trigger), Some(audience), Some(grace)) =
+            (id, template, trigger, audience, grace)
+        {
+            out.push(EmailRule {
+                id,
+                template,
+                trigger,
+                audience,
+                grace,
+            });
+        }
+    }
+    out
+}
+
+fn trigger(c: &mut Checker, raw: &S<RawEmail>) -> Option<Trigger> {
+    let e = raw.get_ref();
+    let set = [e.days_before.is_some(), e.before.is_some(), e.on.is_some()];
+    if set.iter().filter(|b| **b).count() != 1 {
+        c.error(raw.span(), "say when this email goes out with exactly one of `days_before` (with `at`), `before` or `on`");
+        return None;
+    }
+    if let Some(days) = &e.days_before {
+        let days = c.parse(days, |d| {
+            u16::try_from(*d)
+                .ok()
+                .filter(|d| *d <= 366)
+                .ok_or_else(|| format!("days_before must be from 0 to 366, not {d}"))
+        });
+        let at = match &e.at {
+            None => {
+                c.error(
+                    raw.span(),
+                    "`days_before` needs `at`, the local time of day, such as at = \"09:00\"",
+                );
+                None
+            }
+            Some(a) => c.parse(a, parse_time),
+        };
+        return Some(Trigger::DaysBefore {
+            days: days?,
+            at: at?,
+        });
+    }
+    if let Some(at) = &e.at {
+        c.error(at.span(), "`at` only goes with `days_before`");
+    }
+    if let Some(before) = &e.before {
+        return c.parse(before, |s| parse_duration(s)).map(Trigger::Before);
+    }
+    let on = e.on.as_ref()?;
+    c.parse(on, |v| one_of(v, &["change", "cancellation"], "event"))
+        .map(|v| {
+            if v == "change" {
+                Trigger::OnChange
+            } else {
+                Trigger::OnCancel
+            }
+        })
+}

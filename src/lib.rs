@@ -1,0 +1,13 @@
+//! convenor: the meeting calendar feed and meeting mail of a network of senior officers.
+//!
+//! Data flows one way (see ARCHITECTURE.md): config -> schedule -> ledger -> mail, and
+//! config -> feed -> HTTP. [`model`], [`schedule`] and the rendering modules are pure; files,
+//! sockets and the clock are touched only at the edges.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod model;
+pub mod plan;
+pub mod revision;
+pub mod schedule;

@@ -1,0 +1,18 @@
+//! The `convenor` binary: parse arguments, set up logging, run one command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use convenor::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    convenor::logging::init(cli.log_json);
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("convenor: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Validated domain types: a value of one of these types is valid by construction.
+//!
+//! Nothing here reads a file, a socket or the clock. [`crate::config`] is the only place that
+//! builds a [`Config`] from text; every other module takes these types as given.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use jiff::{
+    SignedDuration, Timestamp,
+    civil::{Date, DateTime, Time},
+    tz::TimeZone,
+};
+use lettre::message::Mailbox;
+
+/// Defines a string newtype that can only hold a slug: lowercase ASCII letters, digits and `-`,
+/// starting with a letter or digit, at most 64 bytes.
+macro_rules! slug_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Parses a slug, saying what is wrong with it when it is not one.
+            pub fn parse(text: &str) -> Result<Self, String> {
+                parse_slug(text).map(|s| Self(s.to_owned()))
+            }
+
+            /// The slug as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+fn parse_slug(text: &str) -> Result<&str, String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if text.is_empty() {
+        Err("an id must not be empty".into())
+    } else if text.len() > 64 {
+        Err(format!("id `{text}` is longer than 64 characters"))
+    } else if !text.chars().all(ok_char) || text.starts_with('-') {
+        Err(format!(
+            "id `{text}` must be a slug: lowercase letters, digits and `-`, not starting with `-`"
+        ))
+    } else {
+        Ok(text)
+    }
+}
+
+slug_type!(
+    /// The stable id of a meeting; it defaults to the meeting's date and never changes, because
+    /// the feed's UIDs and the ledger's keys are derived from it.
+    MeetingId
+);
+slug_type!(
+    /// The stable id of a strategic priority, used in feed paths such as `/priorities/<id>.ics`.
+    PriorityId
+);
+slug_type!(
+    /// The id of one entry in the mail schedule (`[[email]]`), a key of the ledger.
+    EmailId
+);
+slug_type!(
+    /// The name of a template set: a directory under the templates directory.
+    TemplateName
+);
+
+/// Text that is safe in a mail header: one line, no CR, LF or other control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HeaderText(String);
+
+impl HeaderText {
+    /// Accepts one line of text, refusing CR, LF and other control characters (header injection).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            let what = match c {
+                '\r' => "a carriage return (CR)".to_owned(),
+                '\n' => "a line feed (LF)".to_owned(),
+                other => format!("the control character U+{:04X}", other as u32),
+            };
+            return Err(format!(
+                "this value ends up in a mail header and must be one line, but it contains {what}"
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err("this value must not be empty".into());
+        }
+        Ok(Self(text.trim().to_owned()))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HeaderText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An absolute `http` or `https` URL, without whitespace or control characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WebUrl(String);
+
+impl WebUrl {
+    /// Accepts an absolute http(s) URL with a host.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"))
+            .ok_or_else(|| format!("`{text}` is not an absolute http:// or https:// URL"))?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!("URL `{text}` has no host"));
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "URL `{text}` contains whitespace or a control character"
+            ));
+        }
+        Ok(Self(text.trim_end_matches('/').to_owned()))
+    }
+
+    /// The URL, without a trailing slash.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WebUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The network that meets: its names, its time zone, where it publishes and who runs it.
+#[derive(Clone, Debug)]
+pub struct Network {
+    /// Short name, such as `LEDNet`: used in subjects, the calendar name and UIDs.
+    pub short_name: HeaderText,
+    /// Full name, such as "London Environment Directors' Network".
+    pub name: HeaderText,
+    /// The IANA zone all local dates and times are in.
+    pub time_zone: TimeZone,
+    /// The IANA name of [`Network::time_zone`], such as `Europe/London`.
+    pub time_zone_name: String,
+    /// The public base URL of this convenor instance (subscribe page and feeds live under it).
+    pub base_url: WebUrl,
+    /// The team's contact address: ORGANIZER in the feed, named in every mail.
+    pub contact: Mailbox,
+}
+
+/// A person who leads (or deputises for) a priority.
+#[derive(Clone, Debug)]
+pub struct Person {
+    /// Display name.
+    pub name: HeaderText,
+    /// Mail address.
+    pub email: Mailbox,
+    /// The person's organisation (borough, agency).
+    pub organisation: Option<HeaderText>,
+}
+
+/// One of the network's strategic priorities.
+#[derive(Clone, Debug)]
+pub struct Priority {
+    /// Stable id.
+    pub id: PriorityId,
+    /// Display name, such as "Finance and Investment".
+    pub name: HeaderText,
+    /// What the priority is about (may span lines; never used in a header).
+    pub summary: String,
+    /// The designated lead.
+    pub lead: Person,
+    /// An optional deputy.
+    pub deputy: Option<Person>,
+}
+
+/// Whether a meeting goes ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MeetingStatus {
+    /// The meeting takes place.
+    Confirmed,
+    /// The meeting was called off; it stays in the feed, marked cancelled.
+    Cancelled,
+}
+
+impl MeetingStatus {
+    /// The config and ledger spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One meeting of the network, in the network's local time.
+#[derive(Clone, Debug)]
+pub struct Meeting {
+    /// Stable id (defaults to the date, `2023-02-24`).
+    pub id: MeetingId,
+    /// Local date.
+    pub date: Date,
+    /// Local start time.
+    pub start: Time,
+    /// Local end time, after [`Meeting::start`] on the same day.
+    pub end: Time,
+    /// Title, such as "LEDNet meeting".
+    pub title: HeaderText,
+    /// Where it is held, if in person.
+    pub location: Option<HeaderText>,
+    /// Online join link, if any.
+    pub join_url: Option<WebUrl>,
+    /// Confirmed or cancelled.
+    pub status: MeetingStatus,
+    /// Priorities in focus, each known to the config.
+    pub focus: Vec<PriorityId>,
+    /// Free notes for members (may span lines).
+    pub notes: Option<String>,
+}
+
+impl Meeting {
+    /// The local start as a civil date-time.
+    pub fn local_start(&self) -> DateTime {
+        self.date.to_datetime(self.start)
+    }
+
+    /// The local end as a civil date-time.
+    pub fn local_end(&self) -> DateTime {
+        self.date.to_datetime(self.end)
+    }
+
+    /// The instant the meeting starts, by the RFC 5545 rule (see [`crate::schedule::local_instant`]).
+    pub fn starts_at(&self, tz: &TimeZone) -> Timestamp {
+        crate::schedule::local_instant(tz, self.local_start())
+    }
+
+    /// The instant the meeting ends, by the RFC 5545 rule.
+    pub fn ends_at(&self, tz: &TimeZone) -> Timestamp {
+        crate::schedule::local_instant(tz, self.local_end())
+    }
+
+    /// True when the meeting is cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.status == MeetingStatus::Cancelled
+    }
+}
+
+/// When a scheduled email becomes due, relative to its meeting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Whole days before the meeting's date, at a local time of day.
+    DaysBefore {
+        /// Days before the meeting's date (0 is the meeting day itself).
+        days: u16,
+        /// Local time of day.
+        at: Time,
+    },
+    /// A fixed duration before the meeting's start instant.
+    Before(SignedDuration),
+    /// Sent once whenever the meeting's time or place changes.
+    OnChange,
+    /// Sent once when the meeting is cancelled.
+    OnCancel,
+}
+
+/// Who receives a scheduled email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// The mailing list(s).
+    List,
+    /// Each lead of the priorities concerned, one message per lead.
+    Leads,
+    /// Both the list and each lead.
+    Both,
+}
+
+impl Audience {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::List => "list",
+            Self::Leads => "leads",
+            Self::Both => "both",
+        }
+    }
+}
+
+/// One entry of the mail schedule: which template goes to whom, when.
+#[derive(Clone, Debug)]
+pub struct EmailRule {
+    /// Stable id, a ledger key.
+    pub id: EmailId,
+    /// The template set to render.
+    pub template: TemplateName,
+    /// When it becomes due.
+    pub trigger: Trigger,
+    /// Who receives it.
+    pub audience: Audience,
+    /// How late it may still go out after its due instant (never after the meeting starts).
+    pub grace: SignedDuration,
+}
+
+/// How mail leaves convenor.
+#[derive(Clone, Debug)]
+pub enum TransportSettings {
+    /// Write each message as an `.eml` file under `<state_dir>/outbox`.
+    File,
+    /// Deliver through an SMTP server.
+    Smtp(SmtpSettings),
+}
+
+/// How the SMTP connection is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+    /// Plain connection upgraded with STARTTLS, which the server must offer.
+    StartTls,
+    /// No TLS at all; only accepted for a loopback relay, and only when the config says so.
+    Plaintext,
+}
+
+/// Where the SMTP password comes from; it is never in the config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// No authentication.
+    None,
+    /// Read from this file (trailing newline stripped).
+    File(PathBuf),
+    /// Read from `$CREDENTIALS_DIRECTORY/<name>` (systemd `LoadCredential=`).
+    Credential(String),
+    /// Read from this environment variable (for development).
+    Env(String),
+}
+
+/// SMTP relay settings.
+#[derive(Clone, Debug)]
+pub struct SmtpSettings {
+    /// Relay host name (also the name its certificate must carry).
+    pub host: String,
+    /// Relay port.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// User name for AUTH, if any.
+    pub user: Option<String>,
+    /// Where the password comes from.
+    pub password: PasswordSource,
+    /// An extra PEM CA certificate to trust (for a private relay).
+    pub ca_file: Option<PathBuf>,
+    /// Bound on every send, connection included.
+    pub timeout: SignedDuration,
+}
+
+/// Mail settings shared by every message.
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    /// The From mailbox.
+    pub from: Mailbox,
+    /// The mailing list address(es): To of every list mail.
+    pub list: Vec<Mailbox>,
+    /// Reply-To, if replies should go somewhere else than From.
+    pub reply_to: Option<Mailbox>,
+    /// The transport.
+    pub transport: TransportSettings,
+    /// The directory holding one sub-directory per template set.
+    pub templates_dir: PathBuf,
+}
+
+/// A secret path segment that hides the feeds: `/<token>/calendar.ics`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FeedToken(String);
+
+impl FeedToken {
+    /// Accepts a token of at least 16 URL-safe characters (`A-Z a-z 0-9 - _`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if text.len() < 16 {
+            return Err("the feed token must be at least 16 characters long".into());
+        }
+        if !text.chars().all(ok) {
+            return Err("the feed token may only hold A-Z, a-z, 0-9, `-` and `_`".into());
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// The token.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for FeedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FeedToken(<redacted>)")
+    }
+}
+
+/// HTTP server and feed settings.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Address the server binds.
+    pub listen: SocketAddr,
+    /// Optional secret path segment for the feeds.
+    pub feed_token: Option<FeedToken>,
+    /// `REFRESH-INTERVAL` advertised in the feed.
+    pub refresh_interval: SignedDuration,
+    /// `X-PUBLISHED-TTL` advertised in the feed.
+    pub published_ttl: SignedDuration,
+    /// `Cache-Control: max-age` on the feeds.
+    pub cache_max_age: SignedDuration,
+}
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct SchedulerSettings {
+    /// More mails than this becoming due at once is treated as a clock jump: none is sent until
+    /// an operator releases them.
+    pub max_catch_up: u32,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// The network.
+    pub network: Network,
+    /// Mail settings.
+    pub mail: MailSettings,
+    /// HTTP settings.
+    pub http: HttpSettings,
+    /// Scheduler settings.
+    pub scheduler: SchedulerSettings,
+    /// The state directory (ledger, outbox, lock).
+    pub state_dir: PathBuf,
+    /// Priorities, in config order, ids unique.
+    pub priorities: Vec<Priority>,
+    /// Meetings, sorted by start, ids unique.
+    pub meetings: Vec<Meeting>,
+    /// The mail schedule, in config order, ids unique.
+    pub emails: Vec<EmailRule>,
+}
+
+impl Config {
+    /// The priority with this id.
+    pub fn priority(&self, id: &PriorityId) -> Option<&Priority> {
+        self.priorities.iter().find(|p| &p.id == id)
+    }
+
+    /// The meeting with this id.
+    pub fn meeting(&self, id: &MeetingId) -> Option<&Meeting> {
+        self.meetings.iter().find(|m| &m.id == id)
+    }
+
+    /// The schedule entry with this id.
+    pub fn email(&self, id: &EmailId) -> Option<&EmailRule> {
+        self.emails.iter().find(|e| &e.id == id)
+    }
+
+    /// The priorities a meeting concerns: those in its focus, or every priority when it names none.
+    pub fn priorities_of<'a>(&'a self, meeting: &'a Meeting) -> impl Iterator<Item = &'a Priority> {
+        self.priorities
+            .iter()
+            .filter(move |p| meeting.focus.is_empty() || meeting.focus.contains(&p.id))
+    }
+}
