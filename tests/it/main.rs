@@ -1,0 +1,4 @@
+//! The integration tests: one binary, one module per area, real parts at every boundary.
+
+mod config;
+mod support;

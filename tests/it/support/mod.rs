@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests: paths, the independent Python tools, temp configs.
+
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The built `convenor` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_convenor"))
+}
+
+/// The Python interpreter with the test tools installed (see tests/run.sh). A missing one is a
+/// failure with instructions, never a skip.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("CONVENOR_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-venv/bin/python3"));
+    assert!(
+        p.exists(),
+        "no Python with the test tools at {}: run the tests with `bash tests/run.sh`",
+        p.display()
+    );
+    p
+}
+
+/// Runs `tests/tools/<script>` with the test Python, feeding `stdin`, and returns its output;
+/// panics with its stderr when it fails.
+pub fn run_tool(script: &str, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/tools").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python tool");
+    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+    let out = child.wait_with_output().expect("python tool output");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The shipped example config's text.
+pub fn example_config_text() -> String {
+    std::fs::read_to_string(repo().join("config/lednet.toml")).expect("read config/lednet.toml")
+}
+
+/// Writes a config into `dir` (a temp dir), pointing templates at the repository's templates and
+/// the state directory into `dir/state`. Returns the config's path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let templates = repo().join("templates");
+    let text = text.replace(
+        "templates_dir = \"../templates\"",
+        &format!("templates_dir = \"{}\"", templates.display()),
+    );
+    let text = if text.contains("[state]\ndir") {
+        text
+    } else {
+        text.replace(
+            "# [state]\n# dir = \"state\"",
+            &format!("[state]\ndir = \"{}\"", dir.join("state").display()),
+        )
+    };
+    let path = dir.join("convenor.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Runs the binary with arguments and returns its output.
+pub fn convenor(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .current_dir(repo())
+        .env_remove("STATE_DIRECTORY")
+        .output()
+        .expect("run convenor")
+}
