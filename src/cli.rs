@@ -84,7 +84,7 @@ pub fn report_config_error(err: &ConfigError) -> ExitCode {
 
 fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let summary = plan::Summary::of(&loaded.config, Timestamp::now());
-    print!("{summary}");
+    write_stdout(&summary.to_string())?;
     if !loaded.warnings.is_empty() {
         println!("{} warning(s), see above", loaded.warnings.len());
     }
@@ -97,9 +97,19 @@ fn plan_command(loaded: &Loaded, from: Option<Date>, json: bool) -> anyhow::Resu
     let rows = plan::rows(config, from, &plan::NoLedger);
     if json {
         let text = serde_json::to_string_pretty(&rows).context("serialising the plan")?;
-        println!("{text}");
+        write_stdout(&format!("{text}\n"))?;
     } else {
-        print!("{}", plan::Table(&rows));
+        write_stdout(&plan::Table(&rows).to_string())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout; a reader that went away (`convenor plan | head`) is not an error.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
 }

@@ -1,12 +1,471 @@
-//! Config loading through the real binary: `check` and `plan` on good and bad files.
+//! Config loading: every validation error with its message and file:line:column, the warnings,
+//! and the `check` and `plan` commands of the real binary.
 
-use crate::support::convenor;
+use std::path::Path;
+
+use convenor::config::{self, ConfigError, Environment, Severity};
+
+use crate::support::{convenor, example_config_text, repo, write_config};
+
+/// Parses config text as if it were `config/lednet.toml` in the repository.
+fn parse(text: &str) -> Result<config::Loaded, ConfigError> {
+    config::parse(
+        &repo().join("config/lednet.toml"),
+        text,
+        &Environment::default(),
+    )
+}
+
+/// The shipped config with `from` replaced by `to` (which must occur exactly once).
+fn edited(from: &str, to: &str) -> String {
+    let text = example_config_text();
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "`{from}` must occur once in the example"
+    );
+    text.replacen(from, to, 1)
+}
+
+/// The 1-based line and column of the first occurrence of `needle` after `after` in `text`.
+fn position_of(text: &str, after: &str, needle: &str) -> (usize, usize) {
+    let start = text
+        .find(after)
+        .unwrap_or_else(|| panic!("`{after}` not in text"));
+    let at = start
+        + text[start..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` not after `{after}`"));
+    let line = text[..at].matches('\n').count() + 1;
+    let col = text[..at]
+        .rsplit('\n')
+        .next()
+        .map_or(0, |l| l.chars().count())
+        + 1;
+    (line, col)
+}
+
+/// One bad edit per row: what to replace, with what, the message fragment expected, and the
+/// text at which the error must point (searched after the replacement's start).
+#[test]
+fn every_validation_error_names_its_place() {
+    let rows: &[(&str, &str, &str, &str)] = &[
+        // unknown key
+        (
+            "short_name = \"LEDNet\"",
+            "short_name = \"LEDNet\"\nshortname = \"x\"",
+            "unknown key `shortname`",
+            "shortname",
+        ),
+        // bad date
+        (
+            "date = 2023-04-19",
+            "date = \"2023-02-30\"",
+            "`2023-02-30` is not a valid date",
+            "\"2023-02-30\"",
+        ),
+        ("date = 2023-04-19", "date = 42", "expected a date", "42"),
+        // bad time
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = \"25:00\"",
+            "`25:00` is not a valid time",
+            "\"25:00\"",
+        ),
+        // unknown time zone
+        (
+            "time_zone = \"Europe/London\"",
+            "time_zone = \"Europe/Londn\"",
+            "unknown time zone `Europe/Londn`",
+            "\"Europe/Londn\"",
+        ),
+        // end not after start
+        (
+            "date = 2023-09-29\nstart = \"10:00\"\nend = \"12:30\"",
+            "date = 2023-09-29\nstart = \"10:00\"\nend = \"09:00\"",
+            "ends (09:00:00) before or when it starts",
+            "\"09:00\"",
+        ),
+        // duplicate ids
+        (
+            "date = 2023-11-30",
+            "date = 2023-11-30\nid = \"2023-02-24\"",
+            "duplicate meeting id `2023-02-24`",
+            "\"2023-02-24\"",
+        ),
+        (
+            "id = \"future-places\"",
+            "id = \"finance-investment\"",
+            "duplicate priority id `finance-investment`",
+            "\"finance-investment\"",
+        ),
+        (
+            "id = \"reminder-day\"",
+            "id = \"reminder-week\"",
+            "duplicate email id `reminder-week`",
+            "\"reminder-week\"",
+        ),
+        // focus naming an unknown priority
+        (
+            "date = 2023-04-19",
+            "date = 2023-04-19\nfocus = [\"future-transport\", \"space-travel\"]",
+            "focus names unknown priority `space-travel`",
+            "\"space-travel\"",
+        ),
+        // a priority without a lead
+        (
+            "[priority.lead]\nname = \"Lead to be confirmed (placeholder)\"\nemail = \"future-transport-lead@example.org\"\norganisation = \"LEDNet Director, to be named\"\n",
+            "",
+            "this priority has no lead",
+            "[[priority]]\nid = \"future-transport\"",
+        ),
+        // an address that does not parse
+        (
+            "contact = \"LEDNet team <lednet-team@example.org>\"",
+            "contact = \"LEDNet team <not an address>\"",
+            "is not a mail address",
+            "\"LEDNet team <not",
+        ),
+        (
+            "email = \"future-places-lead@example.org\"",
+            "email = \"future-places-lead@\"",
+            "is not a mail address",
+            "\"future-places-lead@\"",
+        ),
+        // CR or LF in a value that ends up in a header
+        (
+            "title = \"LEDNet meeting\"\nlocation = \"London (venue to be confirmed)\"\n\n[[meeting]]\ndate = 2023-04-19",
+            "title = \"LEDNet meeting\\r\\nBcc: victim@example.org\"\nlocation = \"London (venue to be confirmed)\"\n\n[[meeting]]\ndate = 2023-04-19",
+            "contains a carriage return (CR)",
+            "\"LEDNet meeting\\r",
+        ),
+        (
+            "name = \"London Environment Directors' Network\"",
+            "name = \"London Environment\\nDirectors\"",
+            "contains a line feed (LF)",
+            "\"London Environment\\n",
+        ),
+        (
+            "from = \"LEDNet team <lednet-team@example.org>\"",
+            "from = \"LEDNet team <lednet-team@example.org>\\nBcc: x@example.org\"",
+            "contains a line feed (LF)",
+            "\"LEDNet team <lednet-team@example.org>\\n",
+        ),
+        // a template the schedule names that does not exist
+        (
+            "template = \"lead-nudge\"",
+            "template = \"lead-nag\"",
+            "template `lead-nag` does not exist",
+            "\"lead-nag\"",
+        ),
+        // other value errors
+        (
+            "transport = \"file\"",
+            "transport = \"pigeon\"",
+            "unknown transport `pigeon`",
+            "\"pigeon\"",
+        ),
+        (
+            "audience = \"leads\"",
+            "audience = \"directors\"",
+            "unknown audience `directors`",
+            "\"directors\"",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "before = \"four weeks\"",
+            "`four weeks` is not a duration",
+            "\"four weeks\"",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"localhost\"",
+            "is not a listen address",
+            "\"localhost\"",
+        ),
+        (
+            "base_url = \"http://127.0.0.1:8080\"",
+            "base_url = \"lednet.example.org\"",
+            "is not an absolute http",
+            "\"lednet.example.org\"",
+        ),
+        (
+            "max_catch_up = 20",
+            "max_catch_up = 0",
+            "must be a whole number of at least 1",
+            "0",
+        ),
+        (
+            "# feed_token = \"a-long-random-string\"",
+            "feed_token = \"short\"",
+            "at least 16 characters",
+            "\"short\"",
+        ),
+    ];
+    for (from, to, message, point) in rows {
+        let text = edited(from, to);
+        let err = match parse(&text) {
+            Ok(_) => panic!("accepted a config with `{to}`"),
+            Err(e) => e,
+        };
+        let diags = err.diagnostics();
+        let d = diags
+            .iter()
+            .find(|d| d.message.contains(message))
+            .unwrap_or_else(|| panic!("no error containing `{message}` for `{to}`; got:\n{err}"));
+        assert_eq!(d.severity, Severity::Error);
+        let offset = if to.is_empty() {
+            0
+        } else {
+            example_config_text().find(from).unwrap_or(0)
+        };
+        let (line, column) = position_of(&text[offset..], point, point);
+        let line = line + text[..offset].matches('\n').count();
+        let column = if line == 1 + text[..offset].matches('\n').count() && offset > 0 {
+            column
+                + text[..offset]
+                    .rsplit('\n')
+                    .next()
+                    .map_or(0, |l| l.chars().count())
+        } else {
+            column
+        };
+        assert_eq!(
+            (d.line, d.column),
+            (line, column),
+            "wrong place for `{message}`: {d}"
+        );
+        assert!(
+            d.to_string()
+                .starts_with(&format!("{}:{line}:{column}: error: ", d.file.display()))
+        );
+    }
+}
+
+#[test]
+fn several_errors_are_reported_together() {
+    let text = edited(
+        "time_zone = \"Europe/London\"",
+        "time_zone = \"Mars/Olympus\"",
+    )
+    .replacen("audience = \"leads\"", "audience = \"nobody\"", 1);
+    let err = parse(&text).expect_err("invalid");
+    assert_eq!(err.diagnostics().len(), 2, "{err}");
+}
+
+#[test]
+fn smtp_settings_are_checked() {
+    let smtp = |body: &str| {
+        edited("transport = \"file\"", "transport = \"smtp\"").replacen(
+            "[http]",
+            &format!("[mail.smtp]\n{body}\n\n[http]"),
+            1,
+        )
+    };
+    let ok = parse(&smtp(
+        "host = \"127.0.0.1\"\nport = 2525\ntls = \"plaintext\"",
+    ))
+    .expect("loopback plaintext is allowed");
+    assert!(matches!(
+        ok.config.mail.transport,
+        convenor::model::TransportSettings::Smtp(_)
+    ));
+    let cases = [
+        (
+            "host = \"smtp.example.org\"\ntls = \"plaintext\"",
+            "plaintext SMTP is only allowed to a loopback relay",
+        ),
+        (
+            "host = \"smtp.example.org\"\npassword = \"hunter2\"",
+            "unknown key `password`",
+        ),
+        (
+            "host = \"smtp.example.org\"\nuser = \"u\"\npassword_env = \"A\"\npassword_file = \"/x\"",
+            "give only one of",
+        ),
+        (
+            "host = \"smtp.example.org\"\npassword_env = \"A\"",
+            "no `user`",
+        ),
+        (
+            "host = \"smtp.example.org\"\nport = 70000",
+            "70000 is not a port number",
+        ),
+        (
+            "host = \"smtp.example.org\"\ntls = \"sometimes\"",
+            "unknown TLS mode `sometimes`",
+        ),
+    ];
+    for (body, message) in cases {
+        let err = parse(&smtp(body))
+            .err()
+            .unwrap_or_else(|| panic!("accepted {body}"));
+        assert!(err.to_string().contains(message), "{body}: {err}");
+    }
+}
+
+#[test]
+fn warnings_for_weekend_and_clock_change_days_do_not_fail() {
+    // 2023-03-26 is a Sunday and the day BST starts; 2023-10-28 is a Saturday.
+    let text = edited("date = 2023-04-19", "date = 2023-03-26").replacen(
+        "date = 2023-09-29",
+        "date = 2023-10-28",
+        1,
+    );
+    let loaded = parse(&text).expect("warnings only");
+    let messages: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("2023-03-26 is on a Sunday")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("the clocks change on 2023-03-26 (to BST)")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("2023-10-28 is on a Saturday")),
+        "{messages:?}"
+    );
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.contains("2023-10-28") && m.contains("clocks")),
+        "{messages:?}"
+    );
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .all(|w| w.severity == Severity::Warning)
+    );
+}
+
+#[test]
+fn meeting_ids_default_to_the_date_and_state_dir_follows_systemd() {
+    let loaded = parse(&example_config_text()).expect("valid");
+    let ids: Vec<&str> = loaded
+        .config
+        .meetings
+        .iter()
+        .map(|m| m.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "2023-02-24",
+            "2023-04-19",
+            "2023-06-07",
+            "2023-09-29",
+            "2023-11-30"
+        ]
+    );
+    assert_eq!(loaded.config.state_dir, Path::new("state"));
+    let env = Environment {
+        state_directory: Some("/var/lib/convenor".into()),
+    };
+    let sd = config::parse(
+        &repo().join("config/lednet.toml"),
+        &example_config_text(),
+        &env,
+    )
+    .expect("valid");
+    assert_eq!(sd.config.state_dir, Path::new("/var/lib/convenor"));
+}
+
+#[test]
+fn check_exits_78_with_file_line_column_on_a_bad_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        &edited(
+            "time_zone = \"Europe/London\"",
+            "time_zone = \"Europe/Londn\"",
+        ),
+    );
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let (line, col) = position_of(
+        &std::fs::read_to_string(&path).expect("read"),
+        "time_zone",
+        "\"Europe/Londn\"",
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}:{line}:{col}: error: unknown time zone `Europe/Londn`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    let missing = convenor(&["check", "--config", "/nonexistent/convenor.toml"]);
+    assert_eq!(missing.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("cannot read config file /nonexistent/convenor.toml")
+    );
+}
 
 #[test]
 fn check_accepts_the_shipped_config() {
     let out = convenor(&["check", "--config", "config/lednet.toml"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("meetings:   5"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("meetings:   5 (0 cancelled)"), "{stdout}");
     assert!(stdout.contains("priorities: 5"), "{stdout}");
+    assert!(stdout.contains("emails:     6 in the schedule"), "{stdout}");
+}
+
+#[test]
+fn plan_lists_every_timed_mail_in_local_time_and_utc() {
+    let out = convenor(&["plan", "--config", "config/lednet.toml", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    // 5 meetings x (agenda call + 5 lead nudges + 2 reminders).
+    assert_eq!(rows.len(), 5 * 8);
+    let find = |meeting: &str, email: &str| {
+        rows.iter()
+            .find(|r| r["meeting"] == meeting && r["email"] == email)
+            .unwrap_or_else(|| panic!("{meeting} {email}"))
+    };
+    // The week-before reminder of 2023-04-19 is on 2023-04-12 at 09:00 BST, 08:00Z.
+    let r = find("2023-04-19", "reminder-week");
+    assert_eq!(r["due_local"], "2023-04-12 09:00 BST");
+    assert_eq!(r["due_utc"], "2023-04-12T08:00:00Z");
+    // The agenda call of 2023-11-30 is on 2023-11-02 at 09:00 GMT.
+    assert_eq!(
+        find("2023-11-30", "agenda-call")["due_utc"],
+        "2023-11-02T09:00:00Z"
+    );
+    // The agenda call of 2023-04-19 (2023-03-22) is still GMT: the clocks change on the 26th.
+    assert_eq!(
+        find("2023-04-19", "agenda-call")["due_utc"],
+        "2023-03-22T09:00:00Z"
+    );
+
+    let from = convenor(&[
+        "plan",
+        "--config",
+        "config/lednet.toml",
+        "--from",
+        "2023-11-01",
+    ]);
+    let table = String::from_utf8_lossy(&from.stdout);
+    assert!(table.contains("2023-11-02 09:00 GMT"), "{table}");
+    assert!(!table.contains("2023-09-29  "), "{table}");
 }
