@@ -174,6 +174,17 @@ fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Where templates are when the config does not say: `templates/` beside the config file (the
+/// installed layout, `/etc/convenor/templates`), else `../templates` (the repository's layout).
+pub fn default_templates_dir(config_dir: &Path) -> PathBuf {
+    let beside = config_dir.join("templates");
+    if beside.is_dir() {
+        beside
+    } else {
+        config_dir.join("../templates")
+    }
+}
+
 /// The default grace of a timed rule: a quarter of its lead time, between 10 minutes and 3 days.
 pub fn default_grace(trigger: &Trigger) -> SignedDuration {
     let lead = match trigger {
@@ -294,10 +305,10 @@ fn mail(c: &mut Checker, raw: &S<RawMail>) -> Option<MailSettings> {
         None => Some(None),
         Some(r) => c.mailbox(r).map(Some),
     };
-    let templates_dir = m
-        .templates_dir
-        .as_ref()
-        .map_or_else(|| c.path("../templates"), |t| c.path(t.get_ref()));
+    let templates_dir = m.templates_dir.as_ref().map_or_else(
+        || default_templates_dir(c.base_dir),
+        |t| c.path(t.get_ref()),
+    );
     if !templates_dir.is_dir() {
         let span = m.templates_dir.as_ref().map_or(raw.span(), |t| t.span());
         c.error(

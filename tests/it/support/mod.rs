@@ -68,7 +68,7 @@ pub fn example_config_text() -> String {
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let templates = repo().join("templates");
     let text = text.replace(
-        "templates_dir = \"../templates\"",
+        "# templates_dir = \"templates\"",
         &format!("templates_dir = \"{}\"", templates.display()),
     );
     let text = if text.contains("[state]\ndir") {
