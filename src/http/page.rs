@@ -165,3 +165,49 @@ pub fn render(config: &Config, now: Timestamp) -> Result<String, minijinja::Erro
         published_ttl => hours(config.http.published_ttl),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Environment, parse};
+
+    fn config() -> Config {
+        let text = std::fs::read_to_string("config/lednet.toml").expect("example config");
+        let text = text.replacen(
+            "date = 2023-09-29\n",
+            "date = 2023-09-29\nstatus = \"cancelled\"\n",
+            1,
+        );
+        let text = text.replace("London (venue to be confirmed)", "<b>Room & Hall</b>");
+        parse(
+            std::path::Path::new("config/lednet.toml"),
+            &text,
+            &Environment::default(),
+        )
+        .expect("valid")
+        .config
+    }
+
+    #[test]
+    fn lists_upcoming_meetings_escapes_text_and_marks_cancellations() {
+        let now: Timestamp = "2023-06-07T11:00:00Z".parse().expect("now");
+        let html = render(&config(), now).expect("render");
+        // 7 June ends at 11:30Z, so it is still upcoming; April is past.
+        assert!(html.contains("Wednesday 7 June 2023 10:00–12:30"), "{html}");
+        assert!(!html.contains("19 April 2023"));
+        assert!(html.contains("Cancelled: LEDNet meeting"));
+        assert!(
+            html.contains("&lt;b&gt;Room &amp; Hall&lt;&#x2f;b&gt;")
+                || html.contains("&lt;b&gt;Room &amp; Hall&lt;/b&gt;"),
+            "escaped"
+        );
+        assert!(!html.contains("<b>Room"));
+        assert!(!html.contains("<script"));
+        let after: Timestamp = "2024-01-01T00:00:00Z".parse().expect("after");
+        assert!(
+            render(&config(), after)
+                .expect("render")
+                .contains("No meetings are scheduled yet")
+        );
+    }
+}

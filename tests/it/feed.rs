@@ -360,3 +360,34 @@ fn the_same_data_gives_the_same_bytes_as_the_golden_file() {
         "the feed's bytes changed; review and set CONVENOR_UPDATE_GOLDEN=1"
     );
 }
+
+#[test]
+fn the_ics_command_prints_the_feed_and_names_an_unknown_priority() {
+    let out = crate::support::convenor(&["ics", "--config", "config/lednet.toml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let golden = std::fs::read(repo().join("tests/golden/lednet-calendar.ics")).expect("golden");
+    assert_eq!(out.stdout, golden);
+    let one = crate::support::convenor(&[
+        "ics",
+        "--config",
+        "config/lednet.toml",
+        "--priority",
+        "future-places",
+    ]);
+    assert!(one.status.success());
+    let v = parse_ics(&String::from_utf8(one.stdout).expect("utf-8"));
+    assert_eq!(v["calendar"]["NAME"], "LEDNet: Future Places");
+    let bad = crate::support::convenor(&[
+        "ics",
+        "--config",
+        "config/lednet.toml",
+        "--priority",
+        "nope",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no priority `nope`"));
+}
