@@ -48,6 +48,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print an iCalendar feed to stdout (every meeting, or one priority's).
+    Ics {
+        /// Only the meetings with this priority in focus.
+        #[arg(long)]
+        priority: Option<String>,
+    },
 }
 
 impl Cli {
@@ -70,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => check(&loaded),
         Command::Plan { from, json } => plan_command(&loaded, from, json),
+        Command::Ics { priority } => ics_command(&loaded, priority.as_deref()),
     }
 }
 
@@ -112,4 +119,31 @@ pub fn write_stdout(text: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
     }
+}
+
+/// Prints a feed. Without a ledger the revisions are empty: every meeting has SEQUENCE 0 and
+/// the fallback stamp (see [`crate::feed::FALLBACK_STAMP`]).
+fn ics_command(loaded: &Loaded, priority: Option<&str>) -> anyhow::Result<ExitCode> {
+    use crate::feed::{self, Selection};
+    let config = &loaded.config;
+    let selection = match priority {
+        None => Selection::All,
+        Some(id) => {
+            let found = config.priorities.iter().find(|p| p.id.as_str() == id);
+            match found {
+                Some(p) => Selection::Priority(p),
+                None => {
+                    let known: Vec<&str> =
+                        config.priorities.iter().map(|p| p.id.as_str()).collect();
+                    anyhow::bail!(
+                        "no priority `{id}` in the config; known: {}",
+                        known.join(", ")
+                    );
+                }
+            }
+        }
+    };
+    let revisions = std::collections::BTreeMap::new();
+    write_stdout(&feed::render_calendar(config, &revisions, selection))?;
+    Ok(ExitCode::SUCCESS)
 }

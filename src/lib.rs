@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod feed;
+pub mod http;
 pub mod logging;
 pub mod model;
 pub mod plan;

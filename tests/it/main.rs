@@ -1,4 +1,6 @@
 //! The integration tests: one binary, one module per area, real parts at every boundary.
 
 mod config;
+mod feed;
+mod http;
 mod support;

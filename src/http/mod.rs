@@ -1,0 +1,160 @@
+//! The HTTP server: the feeds from memory with conditional GET, and the subscribe page.
+//!
+//! Routes (all under `/<feed token>` when one is configured, the public ones then 404):
+//! `GET /calendar.ics`, `GET /priorities/<id>.ics`, `GET /` (the page). HEAD answers as GET
+//! without a body; other methods on those paths get 405. Feeds are never compressed (gzip broke
+//! an Outlook subscription) and `no-transform` asks proxies not to either. The shutdown signal
+//! is an argument of [`serve`], so tests stop the server by completing a future.
+
+pub mod page;
+pub mod state;
+
+use std::future::Future;
+
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+
+pub use state::{Feed, FeedState, Feeds};
+
+const CALENDAR: HeaderValue = HeaderValue::from_static("text/calendar; charset=utf-8");
+const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
+const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD");
+
+/// The application: one handler that routes by path against the current feeds, so a reload may
+/// change the token and the priorities without rebuilding the router.
+pub fn router(state: FeedState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` completes, then finishes requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: FeedState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// What a path names, once the token prefix is checked and removed.
+enum Target<'a> {
+    Page,
+    Feed(&'a str),
+}
+
+/// Strips the token prefix (compared in constant time) and classifies the rest.
+fn target<'a>(feeds: &Feeds, path: &'a str) -> Option<Target<'a>> {
+    let rest = match &feeds.config.http.feed_token {
+        None => path,
+        Some(token) => {
+            let after = path.strip_prefix('/')?;
+            let (segment, rest) = after.split_at(after.find('/')?);
+            if !bool::from(segment.as_bytes().ct_eq(token.as_str().as_bytes())) {
+                return None;
+            }
+            rest
+        }
+    };
+    match rest {
+        "/" => Some(Target::Page),
+        _ => feeds.feed(rest).map(|_| Target::Feed(rest)),
+    }
+}
+
+async fn handle(
+    State(state): State<FeedState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let feeds = state.current();
+    let Some(target) = target(&feeds, uri.path()) else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let mut res = (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n").into_response();
+        res.headers_mut().insert(header::ALLOW, ALLOW);
+        return res;
+    }
+    match target {
+        Target::Page => page_response(&feeds),
+        Target::Feed(path) => match feeds.feed(path) {
+            Some(feed) => feed_response(feed, &feeds.cache_control, &headers),
+            None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        },
+    }
+}
+
+fn page_response(feeds: &Feeds) -> Response {
+    match page::render(&feeds.config, jiff::Timestamp::now()) {
+        Ok(html) => {
+            let mut res = html.into_response();
+            res.headers_mut().insert(header::CONTENT_TYPE, HTML);
+            res
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "rendering the subscribe page");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+fn feed_response(feed: &Feed, cache_control: &HeaderValue, request: &HeaderMap) -> Response {
+    let status = if not_modified(feed, request) {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let body = if status == StatusCode::OK {
+        Body::from(feed.body.clone())
+    } else {
+        Body::empty()
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::ETAG, feed.etag.clone());
+    h.insert(header::LAST_MODIFIED, feed.last_modified_header.clone());
+    h.insert(header::CACHE_CONTROL, cache_control.clone());
+    if status == StatusCode::OK {
+        h.insert(header::CONTENT_TYPE, CALENDAR);
+    }
+    res
+}
+
+/// RFC 9110 13.1.2 and 13.1.3: If-None-Match (weak comparison, `*` matches) decides when
+/// present; otherwise If-Modified-Since with whole seconds. Written out because it is a few lines
+/// over borrowed header bytes, with no allocation per request.
+fn not_modified(feed: &Feed, request: &HeaderMap) -> bool {
+    if let Some(value) = request.get(header::IF_NONE_MATCH) {
+        let ours = feed.etag.as_bytes();
+        let ours = &ours[1..ours.len() - 1];
+        return value.as_bytes().split(|b| *b == b',').any(|tag| {
+            let tag = tag.trim_ascii();
+            let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
+            tag == b"*" || tag.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) == Some(ours)
+        });
+    }
+    let Some(since) = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
+    let modified = std::time::SystemTime::try_from(feed.last_modified)
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+    modified <= since
+}
