@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod mail;
 pub mod model;
 pub mod plan;
 pub mod revision;
