@@ -243,12 +243,16 @@ fn send_test(loaded: &Loaded, to: &str) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
     let to = config::validate::parse_mailbox(to).map_err(anyhow::Error::msg)?;
     let message = mail::test_message(config, to, Timestamp::now())?;
-    let transport = mail::Transport::from_settings(&config.mail, &config.state_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match runtime.block_on(transport.send(&message)) {
+    // The SMTP pool spawns its tasks on creation: set it up inside the runtime.
+    let sent = runtime.block_on(async {
+        let transport = mail::Transport::from_settings(&config.mail, &config.state_dir)?;
+        anyhow::Ok(transport.send(&message).await)
+    })?;
+    match sent {
         Ok(delivery) => {
             println!("{delivery}");
             Ok(ExitCode::SUCCESS)

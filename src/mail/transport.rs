@@ -156,6 +156,7 @@ impl fmt::Debug for Transport {
 impl Transport {
     /// Sets up the transport the settings name. Reads the password and the CA file now (the
     /// edge), and creates the outbox directory for the file transport. Opens no connection.
+    /// Call it inside a tokio runtime: lettre's SMTP pool spawns its housekeeping task here.
     pub fn from_settings(settings: &MailSettings, state_dir: &Path) -> Result<Self, MailError> {
         match &settings.transport {
             TransportSettings::File => {

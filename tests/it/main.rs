@@ -1,4 +1,5 @@
 //! The integration tests: one binary, one module per area, real parts at every boundary.
 
 mod config;
+mod mail;
 mod support;
