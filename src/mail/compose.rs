@@ -291,3 +291,74 @@ pub(crate) fn describe(meeting: &Meeting, rule: &EmailRule, recipient: &Recipien
         recipient.key()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{Environment, parse},
+        model::PriorityId,
+    };
+
+    fn shipped() -> Config {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        parse(path, &text, &Environment::default())
+            .expect("valid")
+            .config
+    }
+
+    fn id(s: &str) -> EmailId {
+        EmailId::parse(s).expect("slug")
+    }
+
+    #[test]
+    fn message_ids_are_stable_and_distinct() {
+        let c = shipped();
+        let m0 = &c.meetings[0].id;
+        let m1 = &c.meetings[1].id;
+        let lead = Recipient::Lead(PriorityId::parse("future-places").expect("slug"));
+        let a = message_id(&c, m0, &id("agenda-call"), &Recipient::List, 0);
+        assert_eq!(
+            a,
+            message_id(&c, m0, &id("agenda-call"), &Recipient::List, 0)
+        );
+        assert!(a.starts_with("<2023-02-24.agenda-call.0.") && a.ends_with("@example.org>"));
+        check_message_id("test", &a).expect("well-formed");
+        let others = [
+            message_id(&c, m1, &id("agenda-call"), &Recipient::List, 0),
+            message_id(&c, m0, &id("lead-nudge"), &Recipient::List, 0),
+            message_id(&c, m0, &id("agenda-call"), &lead, 0),
+            message_id(&c, m0, &id("agenda-call"), &Recipient::List, 1),
+        ];
+        let mut all: Vec<&String> = others.iter().chain([&a]).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 5, "{all:?}");
+    }
+
+    #[test]
+    fn message_id_syntax_is_checked() {
+        for bad in [
+            "",
+            "x@y",
+            "<x>",
+            "<x y@z>",
+            "<@z>",
+            "<x@>",
+            "<x@y>\r\nBcc: a@b",
+        ] {
+            assert!(check_message_id("t", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_shipped_template_renders_against_every_shipped_meeting() {
+        let c = shipped();
+        let t = Templates::load(&c.mail.templates_dir).expect("templates");
+        let report = t.check_all(&c).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(report.sets, 5);
+        // 5 meetings x (agenda-call, reminder x2, change, cancellation: 1 each; nudge: 5 leads).
+        assert_eq!(report.renders, 5 * (5 + 5));
+    }
+}

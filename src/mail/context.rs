@@ -472,3 +472,111 @@ fn change_ctx(
         after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Environment, parse};
+
+    fn config(extra: &str) -> Config {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        parse(path, &format!("{text}\n{extra}"), &Environment::default())
+            .expect("valid")
+            .config
+    }
+
+    fn ctx(c: &Config, meeting: &str, email: &str, change: Option<&Significant>) -> Context {
+        let m = c
+            .meetings
+            .iter()
+            .find(|m| m.id.as_str() == meeting)
+            .expect("meeting");
+        let rule = c
+            .emails
+            .iter()
+            .find(|r| r.id.as_str() == email)
+            .expect("rule");
+        let (rev, _) = crate::revision::next_revision(None, c, m, Timestamp::UNIX_EPOCH);
+        build(ContextInput {
+            config: c,
+            meeting: m,
+            rule,
+            recipient: &Recipient::List,
+            revision: &rev,
+            change,
+        })
+        .expect("context")
+    }
+
+    #[test]
+    fn local_times_carry_the_zone_in_force() {
+        let c = config("");
+        let winter = ctx(&c, "2023-02-24", "agenda-call", None);
+        assert_eq!(
+            winter.meeting.when,
+            "Friday 24 February 2023, 10:00–12:30 GMT"
+        );
+        let summer = ctx(&c, "2023-06-07", "agenda-call", None);
+        assert_eq!(
+            summer.meeting.when,
+            "Wednesday 7 June 2023, 10:00–12:30 BST"
+        );
+        assert_eq!(summer.meeting.zone, "BST");
+        assert_eq!(
+            summer.links.meeting,
+            "http://127.0.0.1:8080/meetings/2023-06-07"
+        );
+    }
+
+    /// The agenda deadline is the day before the lead nudge (21 days before at 09:00), the lead
+    /// deadline 8 days before the meeting.
+    #[test]
+    fn deadlines_follow_the_schedule() {
+        let c = config("");
+        let x = ctx(&c, "2023-02-24", "agenda-call", None);
+        assert_eq!(x.deadline.iso, "2023-02-02");
+        assert_eq!(x.deadline.date, "Thursday 2 February 2023");
+        assert_eq!(x.lead_deadline.iso, "2023-02-16");
+        // Without a rule that mails the leads: 14 days before.
+        let text = std::fs::read_to_string("config/lednet.toml").expect("config");
+        let text = text.replace("audience = \"leads\"", "audience = \"list\"");
+        let c = parse(
+            std::path::Path::new("config/lednet.toml"),
+            &text,
+            &Environment::default(),
+        )
+        .expect("valid")
+        .config;
+        let x = ctx(&c, "2023-02-24", "agenda-call", None);
+        assert_eq!(x.deadline.iso, "2023-02-10");
+    }
+
+    #[test]
+    fn a_change_shows_old_and_new_side_by_side() {
+        let c = config("");
+        let mut before = Significant::of(&c.meetings[2]);
+        before.date = "2023-03-24".into();
+        before.start = "14:00".into();
+        before.location = Some("City Hall".into());
+        let x = ctx(&c, "2023-06-07", "change-notice", Some(&before));
+        let ch = x.change.expect("change");
+        assert_eq!(ch.before.when, "Friday 24 March 2023, 14:00–12:30 GMT");
+        assert_eq!(ch.after.when, "Wednesday 7 June 2023, 10:00–12:30 BST");
+        assert!(ch.time_changed && ch.place_changed && !ch.link_changed);
+        before.date = "not a date".into();
+        let m = &c.meetings[2];
+        let rule = &c.emails[4];
+        let (rev, _) = crate::revision::next_revision(None, &c, m, Timestamp::UNIX_EPOCH);
+        let err = build(ContextInput {
+            config: &c,
+            meeting: m,
+            rule,
+            recipient: &Recipient::List,
+            revision: &rev,
+            change: Some(&before),
+        })
+        .expect_err("bad date");
+        assert!(err.to_string().contains("not a date"), "{err}");
+    }
+}

@@ -289,4 +289,78 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("/tpl/t/body.txt:2: "), "{text}");
     }
+
+    fn context() -> Context {
+        let path = Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let text = text.replacen(
+            "title = \"LEDNet meeting\"",
+            "title = \"Budget <script>alert('x')</script> & more\"",
+            1,
+        );
+        let c = crate::config::parse(path, &text, &crate::config::Environment::default())
+            .expect("valid")
+            .config;
+        let m = &c.meetings[0];
+        let (rev, _) = crate::revision::next_revision(None, &c, m, jiff::Timestamp::UNIX_EPOCH);
+        super::super::context::build(super::super::context::ContextInput {
+            config: &c,
+            meeting: m,
+            rule: &c.emails[0],
+            recipient: &crate::schedule::Recipient::List,
+            revision: &rev,
+            change: None,
+        })
+        .expect("context")
+    }
+
+    fn set() -> TemplateName {
+        TemplateName::parse("t").expect("slug")
+    }
+
+    #[test]
+    fn html_is_autoescaped_and_text_is_not() {
+        let t = inline(
+            "{{ meeting.title }}",
+            "{{ meeting.title }}",
+            "<h1>{{ meeting.title }}</h1>",
+        )
+        .expect("parse");
+        let r = t.render(&set(), &context()).expect("render");
+        assert_eq!(
+            r.html,
+            "<h1>Budget &lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt; &amp; more</h1>\n"
+        );
+        assert_eq!(r.text, "Budget <script>alert('x')</script> & more\n");
+        assert_eq!(r.subject, "Budget <script>alert('x')</script> & more");
+    }
+
+    #[test]
+    fn an_undefined_variable_is_an_error_naming_the_template() {
+        let t = inline("ok", "Hello\n{{ meeting.venue }}", "<p></p>").expect("parse");
+        let err = t.render(&set(), &context()).expect_err("undefined");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/tpl/t/body.txt:2: undefined value"),
+            "{text}"
+        );
+        // Strict: even a top-level unknown name and iteration over one fail.
+        let t = inline("ok", "{% for x in nothing %}{% endfor %}", "<p></p>").expect("parse");
+        assert!(t.render(&set(), &context()).is_err());
+    }
+
+    #[test]
+    fn a_subject_must_be_one_nonempty_line() {
+        let t = inline("A{{ '\\n' }}Bcc: x@y", "b", "h").expect("parse");
+        let err = t.render(&set(), &context()).expect_err("newline");
+        assert!(err.to_string().contains("must be one line"), "{err}");
+        let t = inline("  {{ '' }}\n", "b", "h").expect("parse");
+        let err = t.render(&set(), &context()).expect_err("empty");
+        assert!(err.to_string().contains("renders empty"), "{err}");
+        let t = inline("  Fine subject \n", "b", "h").expect("parse");
+        assert_eq!(
+            t.render(&set(), &context()).expect("ok").subject,
+            "Fine subject"
+        );
+    }
 }

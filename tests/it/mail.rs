@@ -18,7 +18,7 @@ use convenor::{
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::support::{self, convenor, example_config_text, python, repo, run_tool, write_config};
+use crate::support::{convenor, example_config_text, python, repo, run_tool, write_config};
 
 /// The test server, killed when dropped.
 struct SmtpServer {
@@ -428,7 +428,11 @@ async fn file_transport_writes_one_eml_per_message_id() {
         0,
     );
     let name = format!("{}.eml", id.trim_matches(['<', '>']));
-    assert_eq!(files, [name.clone()], "no temp files left behind");
+    assert_eq!(
+        files,
+        std::slice::from_ref(&name),
+        "no temp files left behind"
+    );
     let m = parse(&std::fs::read(outbox.join(&name)).expect("eml"));
     assert_eq!(header(&m, "message-id"), [id.as_str()]);
     assert_eq!(m["tree"]["type"], "multipart/mixed");
@@ -660,5 +664,4 @@ fn send_test_through_smtp_prints_the_server_reply() {
     );
     assert_eq!(stdout.trim(), "250 2.0.0 Ok: queued as test-1");
     assert_eq!(server.received().len(), 1);
-    let _ = support::binary();
 }
