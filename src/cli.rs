@@ -9,9 +9,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::{Timestamp, civil::Date};
 
+use std::io::Write as _;
+
 use crate::{
     config::{self, ConfigError, Environment, Loaded},
+    mail,
+    model::{Config, EmailId, Meeting, MeetingId, Trigger},
     plan,
+    revision::{self, Significant, StoredRevision},
+    schedule::{self, Recipient},
 };
 
 /// sysexits.h EX_CONFIG: the configuration is invalid.
@@ -54,6 +60,28 @@ pub enum Command {
         #[arg(long)]
         priority: Option<String>,
     },
+    /// Print exactly what a scheduled email would send: subject and text body, or the whole
+    /// message with --eml.
+    Preview {
+        /// The meeting's id.
+        #[arg(long)]
+        meeting: String,
+        /// The schedule entry's id (`[[email]] id`).
+        #[arg(long)]
+        email: String,
+        /// `list` or `lead:<priority-id>` [default: the entry's first recipient].
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Print the whole message as it would be sent (.eml).
+        #[arg(long)]
+        eml: bool,
+    },
+    /// Send one test message through the configured transport and print the server's reply.
+    SendTest {
+        /// The address to send to.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 impl Cli {
@@ -77,6 +105,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => check(&loaded),
         Command::Plan { from, json } => plan_command(&loaded, from, json),
         Command::Ics { priority } => ics_command(&loaded, priority.as_deref()),
+        Command::Preview {
+            meeting,
+            email,
+            recipient,
+            eml,
+        } => preview(&loaded, &meeting, &email, recipient.as_deref(), eml),
+        Command::SendTest { to } => send_test(&loaded, &to),
     }
 }
 
@@ -95,7 +130,117 @@ fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     if !loaded.warnings.is_empty() {
         println!("{} warning(s), see above", loaded.warnings.len());
     }
+    let config = &loaded.config;
+    let checked = mail::Templates::load(&config.mail.templates_dir)
+        .map_err(|e| vec![e])
+        .and_then(|t| t.check_all(config));
+    match checked {
+        Ok(r) => {
+            println!("templates:  {} sets, {} renders fine", r.sets, r.renders);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "{} template error(s); the config was not used",
+                errors.len()
+            );
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn preview(
+    loaded: &Loaded,
+    meeting: &str,
+    email: &str,
+    recipient: Option<&str>,
+    eml: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = &loaded.config;
+    let meeting = MeetingId::parse(meeting)
+        .ok()
+        .and_then(|id| config.meeting(&id))
+        .with_context(|| format!("no meeting `{meeting}` in {}", config.source.display()))?;
+    let rule = EmailId::parse(email)
+        .ok()
+        .and_then(|id| config.email(&id))
+        .with_context(|| format!("no [[email]] `{email}` in {}", config.source.display()))?;
+    let recipient = match recipient {
+        Some(key) => Recipient::from_key(key)
+            .with_context(|| format!("recipient `{key}` is not `list` or `lead:<priority-id>`"))?,
+        None => schedule::recipients(config, meeting, rule)
+            .into_iter()
+            .next()
+            .unwrap_or(Recipient::List),
+    };
+    let templates = mail::Templates::load(&config.mail.templates_dir)?;
+    let now = Timestamp::now();
+    // Without the ledger, the revision is the meeting as first seen (SEQUENCE 0).
+    let (revision, _) = revision::next_revision(None, config, meeting, now);
+    let change = (rule.trigger == Trigger::OnChange).then(|| {
+        eprintln!(
+            "preview: no previous time and place is known here; showing the current ones as both"
+        );
+        Significant::of(meeting)
+    });
+    let message_id = mail::message_id(config, &meeting.id, &rule.id, &recipient, 0);
+    let invite = meeting_invite(config, meeting, &revision);
+    let input = mail::ComposeInput {
+        config,
+        templates: &templates,
+        meeting,
+        rule,
+        recipient: &recipient,
+        revision: &revision,
+        message_id: &message_id,
+        thread_root: None,
+        date: now,
+        change: change.as_ref(),
+        invite_ics: &invite,
+    };
+    if eml {
+        let message = mail::compose(&input)?;
+        std::io::stdout()
+            .write_all(&message.formatted())
+            .context("writing to stdout")?;
+    } else {
+        let r = mail::render(&input)?;
+        print!("Subject: {}\n\n{}", r.subject, r.text);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The meeting as a METHOD:PUBLISH calendar for mail, with the feed's UID and SEQUENCE.
+fn meeting_invite(config: &Config, meeting: &Meeting, revision: &StoredRevision) -> String {
+    crate::feed::render_meeting_invite(config, meeting, Some(revision))
+}
+
+fn send_test(loaded: &Loaded, to: &str) -> anyhow::Result<ExitCode> {
+    let config = &loaded.config;
+    let to = config::validate::parse_mailbox(to).map_err(anyhow::Error::msg)?;
+    let message = mail::test_message(config, to, Timestamp::now())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // The SMTP pool spawns its tasks on creation: set it up inside the runtime.
+    let sent = runtime.block_on(async {
+        let transport = mail::Transport::from_settings(&config.mail, &config.state_dir)?;
+        anyhow::Ok(transport.send(&message).await)
+    })?;
+    match sent {
+        Ok(delivery) => {
+            println!("{delivery}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("convenor: send-test: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn plan_command(loaded: &Loaded, from: Option<Date>, json: bool) -> anyhow::Result<ExitCode> {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod feed;
 pub mod http;
 pub mod logging;
+pub mod mail;
 pub mod model;
 pub mod plan;
 pub mod revision;

@@ -3,4 +3,5 @@
 mod config;
 mod feed;
 mod http;
+mod mail;
 mod support;

@@ -1,0 +1,353 @@
+//! How a composed message leaves: written to the outbox directory, or delivered over SMTP.
+//!
+//! This is the mail module's I/O edge. Every SMTP send is bounded by a timeout of our own
+//! (lettre's own timeout covers single reads and writes, not a whole conversation). Failures are
+//! classified for the scheduler: a 5xx reply is [`SendClass::Permanent`]; a 4xx reply, a refused
+//! or dropped connection, a TLS failure and a timeout are [`SendClass::Transient`] (a TLS or auth
+//! setup fault is retried until an operator fixes it, rather than losing the mail).
+//!
+//! A message is the server's once it has answered 250 to the end of DATA. A connection dropped
+//! between our final "." and that 250 reports a transient failure although the server may have
+//! accepted the message: the retry then delivers it twice, with the same Message-ID, which
+//! receiving systems can use to drop the copy.
+
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
+    transport::smtp::{
+        PoolConfig,
+        authentication::Credentials,
+        client::{Certificate, Tls, TlsParameters},
+    },
+};
+
+use crate::model::{MailSettings, PasswordSource, SmtpSettings, TlsMode, TransportSettings};
+
+/// Why a transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// The SMTP password could not be read.
+    #[error("cannot read the SMTP password from {source_desc}: {message}")]
+    Password {
+        /// Where it was looked for.
+        source_desc: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A user is configured but no password source.
+    #[error("[mail.smtp] has a user but no password source")]
+    NoPassword,
+    /// The extra CA file could not be read or parsed.
+    #[error("cannot use CA file {}: {message}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The TLS settings were refused.
+    #[error("TLS setup for {host} failed: {message}")]
+    Tls {
+        /// The relay.
+        host: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The outbox directory could not be created.
+    #[error("cannot create outbox {}: {message}", path.display())]
+    Outbox {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Whether a failed send may succeed later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendClass {
+    /// Retry with backoff: 4xx, refused or dropped connection, TLS failure, timeout.
+    Transient,
+    /// Do not retry: the server answered 5xx (or the message cannot be written at all).
+    Permanent,
+}
+
+/// A failed send, with the server's reply text when there was one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{} failure: {message}", match class { SendClass::Transient => "transient", SendClass::Permanent => "permanent" })]
+pub struct SendError {
+    /// Transient or permanent.
+    pub class: SendClass,
+    /// What happened, including the server's reply code and text.
+    pub message: String,
+}
+
+impl SendError {
+    fn transient(message: impl Into<String>) -> Self {
+        Self {
+            class: SendClass::Transient,
+            message: message.into(),
+        }
+    }
+}
+
+/// A successful send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The SMTP server accepted the message.
+    Smtp {
+        /// The reply code, such as `250`.
+        code: String,
+        /// The reply text.
+        reply: String,
+    },
+    /// The message was written to this file.
+    File {
+        /// The `.eml` file.
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Smtp { code, reply } => write!(f, "{code} {reply}"),
+            Self::File { path } => write!(f, "written to {}", path.display()),
+        }
+    }
+}
+
+/// The configured transport.
+pub enum Transport {
+    /// One `.eml` per message in `<state_dir>/outbox`.
+    File {
+        /// The outbox directory.
+        outbox: PathBuf,
+    },
+    /// A pooled SMTP connection to the relay.
+    Smtp {
+        /// lettre's transport.
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
+        /// The bound on every send.
+        timeout: Duration,
+        /// `host:port`, for messages.
+        relay: String,
+    },
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File { outbox } => f.debug_struct("File").field("outbox", outbox).finish(),
+            Self::Smtp { relay, timeout, .. } => f
+                .debug_struct("Smtp")
+                .field("relay", relay)
+                .field("timeout", timeout)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Transport {
+    /// Sets up the transport the settings name. Reads the password and the CA file now (the
+    /// edge), and creates the outbox directory for the file transport. Opens no connection.
+    /// Call it inside a tokio runtime: lettre's SMTP pool spawns its housekeeping task here.
+    pub fn from_settings(settings: &MailSettings, state_dir: &Path) -> Result<Self, MailError> {
+        match &settings.transport {
+            TransportSettings::File => {
+                let outbox = state_dir.join("outbox");
+                std::fs::create_dir_all(&outbox).map_err(|e| MailError::Outbox {
+                    path: outbox.clone(),
+                    message: e.to_string(),
+                })?;
+                Ok(Self::File { outbox })
+            }
+            TransportSettings::Smtp(s) => smtp(s),
+        }
+    }
+
+    /// Sends one message: to the relay, or into the outbox.
+    pub async fn send(&self, message: &Message) -> Result<Delivery, SendError> {
+        match self {
+            Self::File { outbox } => write_eml(outbox, message).await,
+            Self::Smtp {
+                transport,
+                timeout,
+                relay,
+            } => {
+                let bytes = message.formatted();
+                let sending = transport.send_raw(message.envelope(), &bytes);
+                match tokio::time::timeout(*timeout, sending).await {
+                    Err(_) => Err(SendError::transient(format!(
+                        "{relay} did not finish within {}s",
+                        timeout.as_secs_f64()
+                    ))),
+                    Ok(Err(e)) => Err(classify(&e, relay)),
+                    Ok(Ok(response)) => Ok(Delivery::Smtp {
+                        code: response.code().to_string(),
+                        reply: response.message().collect::<Vec<_>>().join(" "),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+fn classify(e: &lettre::transport::smtp::Error, relay: &str) -> SendError {
+    let class = if e.is_permanent() {
+        SendClass::Permanent
+    } else {
+        SendClass::Transient
+    };
+    SendError {
+        class,
+        message: format!("{relay}: {e}"),
+    }
+}
+
+fn smtp(s: &SmtpSettings) -> Result<Transport, MailError> {
+    let timeout = s.timeout.unsigned_abs();
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+        .port(s.port)
+        .timeout(Some(timeout))
+        .pool_config(PoolConfig::new().max_size(4));
+    let tls_err = |e: lettre::transport::smtp::Error| MailError::Tls {
+        host: s.host.clone(),
+        message: e.to_string(),
+    };
+    let params = || -> Result<TlsParameters, MailError> {
+        let mut p = TlsParameters::builder(s.host.clone());
+        if let Some(path) = &s.ca_file {
+            let pem = std::fs::read(path).map_err(|e| MailError::CaFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| MailError::CaFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            p = p.add_root_certificate(cert);
+        }
+        p.build_rustls().map_err(tls_err)
+    };
+    builder = match s.tls {
+        TlsMode::Implicit => builder.tls(Tls::Wrapper(params()?)),
+        TlsMode::StartTls => builder.tls(Tls::Required(params()?)),
+        // Config validation accepts plaintext only for a loopback relay, and only when asked.
+        TlsMode::Plaintext => builder.tls(Tls::None),
+    };
+    if let Some(user) = &s.user {
+        let password = read_password(&s.password)?.ok_or(MailError::NoPassword)?;
+        builder = builder.credentials(Credentials::new(user.clone(), password));
+    }
+    Ok(Transport::Smtp {
+        transport: Box::new(builder.build()),
+        timeout,
+        relay: format!("{}:{}", s.host, s.port),
+    })
+}
+
+/// Reads the SMTP password from where the config says; `None` for no authentication.
+pub fn read_password(source: &PasswordSource) -> Result<Option<String>, MailError> {
+    let from_file = |path: &Path, desc: String| -> Result<Option<String>, MailError> {
+        let text = std::fs::read_to_string(path).map_err(|e| MailError::Password {
+            source_desc: desc,
+            message: e.to_string(),
+        })?;
+        Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+    };
+    match source {
+        PasswordSource::None => Ok(None),
+        PasswordSource::File(path) => from_file(path, format!("file {}", path.display())),
+        PasswordSource::Credential(name) => {
+            let desc = format!("systemd credential `{name}`");
+            let dir =
+                std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| MailError::Password {
+                    source_desc: desc.clone(),
+                    message: "$CREDENTIALS_DIRECTORY is not set (add LoadCredential= to the unit)"
+                        .into(),
+                })?;
+            from_file(&Path::new(&dir).join(name), desc)
+        }
+        PasswordSource::Env(var) => std::env::var(var)
+            .map(Some)
+            .map_err(|e| MailError::Password {
+                source_desc: format!("environment variable {var}"),
+                message: e.to_string(),
+            }),
+    }
+}
+
+/// The outbox file name for a Message-ID: the id without brackets, with anything but
+/// `A-Z a-z 0-9 . - _ @ +` replaced by `_`.
+pub fn eml_file_name(message_id: &str) -> String {
+    let inner = message_id
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let safe: String = inner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_@+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{}.eml", safe.trim_start_matches('.'))
+}
+
+/// Writes the message to `<outbox>/<message-id>.eml` atomically: a temp file in the same
+/// directory, synced, then renamed over the final name (a retry of the same message replaces
+/// its own file), then the directory synced.
+async fn write_eml(outbox: &Path, message: &Message) -> Result<Delivery, SendError> {
+    let id = message
+        .headers()
+        .get_raw("Message-ID")
+        .map(str::to_owned)
+        .ok_or_else(|| SendError {
+            class: SendClass::Permanent,
+            message: "the message has no Message-ID to name its file".into(),
+        })?;
+    let name = eml_file_name(&id);
+    let bytes = message.formatted();
+    let outbox = outbox.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
+        use std::io::Write as _;
+        let path = outbox.join(&name);
+        let tmp = outbox.join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&outbox)?.sync_all()?;
+        Ok(path)
+    })
+    .await;
+    match result {
+        Ok(Ok(path)) => Ok(Delivery::File { path }),
+        Ok(Err(e)) => Err(SendError::transient(format!("writing to the outbox: {e}"))),
+        Err(e) => Err(SendError::transient(format!("outbox writer failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eml_names_are_safe_file_names() {
+        assert_eq!(
+            eml_file_name("<2023-02-24.agenda-call.0.ab12@example.org>"),
+            "2023-02-24.agenda-call.0.ab12@example.org.eml"
+        );
+        assert_eq!(eml_file_name("<../../etc/x@y>"), "_.._etc_x@y.eml");
+    }
+}

@@ -1,0 +1,667 @@
+//! Mail end to end: composed messages through a real SMTP server on loopback (aiosmtpd), read
+//! back with Python's email package and icalendar; the file transport; template errors through
+//! `convenor check`; `preview`.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use convenor::{
+    config::{self, Environment},
+    mail::{self, ComposeInput, SendClass, Templates, Transport},
+    model::{Config, EmailId},
+    revision,
+    schedule::Recipient,
+};
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::support::{convenor, example_config_text, python, repo, run_tool, write_config};
+
+/// The test server, killed when dropped.
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    store: PathBuf,
+}
+
+impl SmtpServer {
+    fn start(store: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(python())
+            .arg(repo().join("tests/tools/smtp_server.py"))
+            .arg("--store")
+            .arg(store)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start smtp_server.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read port");
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("smtp_server.py said {line:?}"));
+        Self {
+            child,
+            port,
+            store: store.to_path_buf(),
+        }
+    }
+
+    /// The stored messages, in order of arrival.
+    fn received(&self) -> Vec<Vec<u8>> {
+        (1..)
+            .map(|n| self.store.join(format!("{n}.eml")))
+            .take_while(|p| p.exists())
+            .map(|p| std::fs::read(p).expect("read stored message"))
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The example config with `[mail.smtp]` filled in.
+fn smtp_config(dir: &Path, smtp: &str) -> Config {
+    let text = example_config_text()
+        .replace("transport = \"file\"", "transport = \"smtp\"")
+        .replace("# [mail.smtp]\n", &format!("[mail.smtp]\n{smtp}\n"));
+    load(dir, &text)
+}
+
+fn load(dir: &Path, text: &str) -> Config {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let path = write_config(dir, text);
+    config::load(&path, &Environment::default())
+        .unwrap_or_else(|e| panic!("config: {e}"))
+        .config
+}
+
+const UID: &str = "2023-02-24@lednet.test";
+
+/// A small valid calendar standing in for the feed's invite.
+fn invite(sequence: u32) -> String {
+    [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        "PRODID:-//LEDNet//convenor test//EN",
+        "METHOD:PUBLISH",
+        "BEGIN:VEVENT",
+        &format!("UID:{UID}"),
+        &format!("SEQUENCE:{sequence}"),
+        "DTSTAMP:20230101T000000Z",
+        "DTSTART:20230224T100000Z",
+        "DTEND:20230224T123000Z",
+        "SUMMARY:LEDNet meeting",
+        "ORGANIZER:mailto:lednet-team@example.org",
+        "END:VEVENT",
+        "END:VCALENDAR",
+        "",
+    ]
+    .join("\r\n")
+}
+
+/// Composes one mail of the example schedule for the first meeting.
+fn compose(
+    config: &Config,
+    email: &str,
+    recipient: &Recipient,
+    thread_root: Option<&str>,
+) -> lettre::Message {
+    let templates = Templates::load(&config.mail.templates_dir).expect("templates");
+    let meeting = &config.meetings[0];
+    let rule = config
+        .email(&EmailId::parse(email).expect("id"))
+        .expect("rule");
+    let t0: Timestamp = "2023-01-20T09:00:00Z".parse().expect("ts");
+    let (mut rev, _) = revision::next_revision(None, config, meeting, t0);
+    rev.sequence = 3;
+    let id = mail::message_id(config, &meeting.id, &rule.id, recipient, 0);
+    let ics = invite(3);
+    mail::compose(&ComposeInput {
+        config,
+        templates: &templates,
+        meeting,
+        rule,
+        recipient,
+        revision: &rev,
+        message_id: &id,
+        thread_root,
+        date: t0,
+        change: None,
+        invite_ics: &ics,
+    })
+    .expect("compose")
+}
+
+fn parse(bytes: &[u8]) -> Value {
+    let out = run_tool("mime_parse.py", &[], bytes);
+    serde_json::from_slice(&out.stdout).expect("mime_parse json")
+}
+
+fn header<'a>(m: &'a Value, name: &str) -> Vec<&'a str> {
+    m["headers"][name]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn smtp_delivery_has_the_mime_shape_headers_and_calendar() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(&dir.path().join("received"), &[]);
+    let config = smtp_config(
+        dir.path(),
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\ntimeout = \"10s\"",
+            server.port
+        ),
+    );
+    let root = "<2023-02-24.agenda-call.0.root@example.org>";
+    let msg = compose(&config, "reminder-week", &Recipient::List, Some(root));
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("transport");
+    let delivery = transport.send(&msg).await.expect("delivered");
+    assert!(
+        delivery.to_string().contains("queued as test-1"),
+        "{delivery}"
+    );
+
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    let m = parse(&received[0]);
+    assert_eq!(m["defects"], serde_json::json!([]), "{m}");
+
+    // Headers.
+    assert_eq!(
+        header(&m, "from"),
+        ["LEDNet team <lednet-team@example.org>"]
+    );
+    assert_eq!(
+        header(&m, "to"),
+        ["LEDNet members <lednet-members@example.org>"]
+    );
+    assert_eq!(
+        header(&m, "reply-to"),
+        ["LEDNet team <lednet-team@example.org>"]
+    );
+    assert_eq!(header(&m, "auto-submitted"), ["auto-generated"]);
+    assert!(header(&m, "precedence").is_empty());
+    assert_eq!(header(&m, "date"), ["Fri, 20 Jan 2023 09:00:00 +0000"]);
+    let id = mail::message_id(
+        &config,
+        &config.meetings[0].id,
+        &EmailId::parse("reminder-week").expect("id"),
+        &Recipient::List,
+        0,
+    );
+    assert_eq!(header(&m, "message-id"), [id.as_str()]);
+    assert!(id.ends_with("@example.org>"), "{id}");
+    assert_eq!(header(&m, "in-reply-to"), [root]);
+    assert_eq!(header(&m, "references"), [root]);
+    assert_eq!(
+        header(&m, "subject"),
+        ["Reminder: LEDNet meeting, Friday 24 February 2023, 10:00–12:30 GMT"]
+    );
+
+    // MIME shape: mixed > (alternative > plain, html, calendar), calendar attachment.
+    let tree = &m["tree"];
+    assert_eq!(tree["type"], "multipart/mixed");
+    let kids = tree["children"].as_array().expect("children");
+    assert_eq!(kids.len(), 2);
+    let alt = &kids[0];
+    assert_eq!(alt["type"], "multipart/alternative");
+    let types: Vec<&str> = alt["children"]
+        .as_array()
+        .expect("alt")
+        .iter()
+        .map(|c| c["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["text/plain", "text/html", "text/calendar"]);
+    let plain = &alt["children"][0];
+    assert_eq!(plain["charset"], "utf-8");
+    let text = plain["text"].as_str().expect("text");
+    assert!(
+        text.contains("When:  Friday 24 February 2023, 10:00–12:30 GMT"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http://127.0.0.1:8080/meetings/2023-02-24"),
+        "{text}"
+    );
+    let html = alt["children"][1]["text"].as_str().expect("html");
+    assert!(
+        html.contains("Friday 24 February 2023, 10:00–12:30 GMT"),
+        "{html}"
+    );
+    let attachment = &kids[1];
+    for cal in [&alt["children"][2], attachment] {
+        assert_eq!(cal["type"], "text/calendar");
+        assert_eq!(cal["params"]["method"], "PUBLISH", "{cal}");
+        assert_eq!(cal["charset"], "utf-8");
+        assert_eq!(cal["cte"], "base64");
+        assert_eq!(cal["calendar"]["method"], "PUBLISH");
+        assert_eq!(cal["calendar"]["events"][0]["uid"], UID);
+        assert_eq!(cal["calendar"]["events"][0]["sequence"], 3);
+    }
+    assert_eq!(attachment["disposition"], "attachment");
+    assert_eq!(attachment["filename"], "meeting.ics");
+    assert_eq!(alt["children"][2]["disposition"], Value::Null);
+}
+
+#[tokio::test]
+async fn lead_mail_goes_to_the_lead() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(&dir.path().join("received"), &[]);
+    let config = smtp_config(
+        dir.path(),
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"",
+            server.port
+        ),
+    );
+    let lead = Recipient::Lead(convenor::model::PriorityId::parse("future-places").expect("id"));
+    let msg = compose(&config, "lead-nudge", &lead, None);
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("transport");
+    transport.send(&msg).await.expect("delivered");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("received/1.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(
+        meta["rcpt_tos"],
+        serde_json::json!(["future-places-lead@example.org"])
+    );
+    let m = parse(&server.received()[0]);
+    assert!(header(&m, "in-reply-to").is_empty());
+    let subject = header(&m, "subject")[0];
+    assert!(subject.contains("items for Future Places"), "{subject}");
+}
+
+#[tokio::test]
+async fn starttls_verifies_the_server_against_the_given_ca() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = dir.path().join("certs");
+    run_tool("make_certs.py", &[certs.to_str().expect("utf-8")], b"");
+    let server = SmtpServer::start(
+        &dir.path().join("received"),
+        &[
+            "--tls-cert",
+            certs.join("server.pem").to_str().expect("utf-8"),
+            "--tls-key",
+            certs.join("server.key").to_str().expect("utf-8"),
+        ],
+    );
+    let base = format!(
+        "host = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\ntimeout = \"10s\"",
+        server.port
+    );
+
+    // Without the test CA the certificate is not trusted: nothing is sent.
+    let untrusting = smtp_config(&dir.path().join("a"), &base);
+    let msg = compose(&untrusting, "reminder-day", &Recipient::List, None);
+    let transport = Transport::from_settings(&untrusting.mail, &untrusting.state_dir).expect("t");
+    let err = transport
+        .send(&msg)
+        .await
+        .expect_err("untrusted certificate");
+    assert_eq!(err.class, SendClass::Transient, "{err}");
+    assert!(
+        err.message.contains("certificate"),
+        "refused for its certificate: {err}"
+    );
+    assert!(server.received().is_empty());
+
+    // With it, STARTTLS succeeds and the message arrives over TLS.
+    let ca = certs.join("ca.pem");
+    let trusting = smtp_config(
+        &dir.path().join("b"),
+        &format!("{base}\nca_file = \"{}\"", ca.display()),
+    );
+    let transport = Transport::from_settings(&trusting.mail, &trusting.state_dir).expect("t");
+    let delivery = transport.send(&msg).await.expect("delivered over STARTTLS");
+    assert!(delivery.to_string().starts_with("250"), "{delivery}");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("received/1.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["tls"], true);
+}
+
+#[tokio::test]
+async fn reply_codes_are_classified_transient_or_permanent() {
+    let table = [
+        ("mail", "421", SendClass::Transient),
+        ("rcpt", "451", SendClass::Transient),
+        ("data", "451", SendClass::Transient),
+        ("rcpt", "550", SendClass::Permanent),
+        ("data", "550", SendClass::Permanent),
+    ];
+    for (stage, code, class) in table {
+        let dir = tempfile::tempdir().expect("tmp");
+        let server = SmtpServer::start(
+            &dir.path().join("received"),
+            &["--fail-at", stage, "--code", code],
+        );
+        let config = smtp_config(
+            dir.path(),
+            &format!(
+                "host = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"",
+                server.port
+            ),
+        );
+        let msg = compose(&config, "agenda-call", &Recipient::List, None);
+        let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+        let err = transport.send(&msg).await.expect_err("refused");
+        assert_eq!(err.class, class, "{stage} {code}: {err}");
+        assert!(
+            err.message.contains(code) && err.message.contains("test server refuses"),
+            "the server's reply text is kept: {err}"
+        );
+        assert!(server.received().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_server_hits_our_timeout_and_is_transient() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(&dir.path().join("received"), &["--stall"]);
+    let config = smtp_config(
+        dir.path(),
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\ntimeout = \"2s\"",
+            server.port
+        ),
+    );
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let err = transport.send(&msg).await.expect_err("stalled");
+    assert_eq!(err.class, SendClass::Transient, "{err}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_transient() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A port that was just free: bind, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = smtp_config(
+        dir.path(),
+        &format!("host = \"127.0.0.1\"\nport = {port}\ntls = \"plaintext\"\ntimeout = \"5s\""),
+    );
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let err = transport.send(&msg).await.expect_err("refused");
+    assert_eq!(err.class, SendClass::Transient, "{err}");
+}
+
+#[tokio::test]
+async fn file_transport_writes_one_eml_per_message_id() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = load(dir.path(), &example_config_text());
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    let first = transport.send(&msg).await.expect("written");
+    // A retry of the same mail replaces its own file rather than adding one.
+    let again = transport.send(&msg).await.expect("written");
+    assert_eq!(first, again);
+    let outbox = config.state_dir.join("outbox");
+    let files: Vec<_> = std::fs::read_dir(&outbox)
+        .expect("outbox")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    let id = mail::message_id(
+        &config,
+        &config.meetings[0].id,
+        &EmailId::parse("agenda-call").expect("id"),
+        &Recipient::List,
+        0,
+    );
+    let name = format!("{}.eml", id.trim_matches(['<', '>']));
+    assert_eq!(
+        files,
+        std::slice::from_ref(&name),
+        "no temp files left behind"
+    );
+    let m = parse(&std::fs::read(outbox.join(&name)).expect("eml"));
+    assert_eq!(header(&m, "message-id"), [id.as_str()]);
+    assert_eq!(m["tree"]["type"], "multipart/mixed");
+}
+
+/// Copies the shipped templates into `dir/templates` and applies `edit` to one file.
+fn broken_templates(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    let to = dir.join("templates");
+    for set in std::fs::read_dir(repo().join("templates")).expect("templates") {
+        let set = set.expect("entry").path();
+        let dest = to.join(set.file_name().expect("name"));
+        std::fs::create_dir_all(&dest).expect("mkdir");
+        for f in std::fs::read_dir(&set).expect("set") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, dest.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let path = to.join(file);
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, edit(&text)).expect("write");
+    to
+}
+
+fn config_with_templates(dir: &Path, templates: &Path) -> PathBuf {
+    let text = example_config_text().replace(
+        "# templates_dir = \"templates\"",
+        &format!("templates_dir = \"{}\"", templates.display()),
+    );
+    write_config(dir, &text)
+}
+
+#[test]
+fn check_reports_an_undefined_variable_with_file_and_line_and_exits_78() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = broken_templates(dir.path(), "reminder/body.txt", |s| {
+        s.replacen("A reminder", "A {{ meeting.no_such_field }} reminder", 1)
+    });
+    let path = config_with_templates(dir.path(), &t);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let want = format!(
+        "{}:3: undefined value",
+        t.join("reminder/body.txt").display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(
+        stderr.contains("meeting 2023-02-24, email reminder-week"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_a_syntax_error_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = broken_templates(dir.path(), "agenda-call/body.html", |s| {
+        s.replacen("<p>Dear colleagues,</p>", "<p>{% if %}</p>", 1)
+    });
+    let path = config_with_templates(dir.path(), &t);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let want = format!(
+        "{}:5: syntax error",
+        t.join("agenda-call/body.html").display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+}
+
+/// A subject that renders a line break could add headers (Bcc: ...). It is refused, not
+/// sanitised: `check` reports it, and compose never builds such a message.
+#[test]
+fn a_subject_rendering_a_line_break_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = broken_templates(dir.path(), "reminder/subject.txt", |_| {
+        "Reminder{{ \"\\r\\nBcc: victim@example.org\" }}\n".to_owned()
+    });
+    let path = config_with_templates(dir.path(), &t);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("reminder/subject.txt: the subject must be one line"),
+        "{stderr}"
+    );
+
+    let config = config::load(&path, &Environment::default())
+        .expect("config")
+        .config;
+    let templates = Templates::load(&config.mail.templates_dir).expect("templates");
+    let meeting = &config.meetings[0];
+    let rule = config
+        .email(&EmailId::parse("reminder-day").expect("id"))
+        .expect("rule");
+    let (rev, _) = revision::next_revision(None, &config, meeting, Timestamp::UNIX_EPOCH);
+    let id = mail::message_id(&config, &meeting.id, &rule.id, &Recipient::List, 0);
+    let ics = invite(0);
+    let err = mail::compose(&ComposeInput {
+        config: &config,
+        templates: &templates,
+        meeting,
+        rule,
+        recipient: &Recipient::List,
+        revision: &rev,
+        message_id: &id,
+        thread_root: None,
+        date: Timestamp::UNIX_EPOCH,
+        change: None,
+        invite_ics: &ics,
+    })
+    .expect_err("refused");
+    assert!(err.to_string().contains("must be one line"), "{err}");
+}
+
+#[test]
+fn preview_prints_the_subject_and_text_or_the_whole_message() {
+    let out = convenor(&[
+        "preview",
+        "--config",
+        "config/lednet.toml",
+        "--meeting",
+        "2023-06-07",
+        "--email",
+        "reminder-day",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(
+            "Subject: Reminder: LEDNet meeting, Wednesday 7 June 2023, 10:00–12:30 BST\n\n"
+        ),
+        "{stdout}"
+    );
+
+    let out = convenor(&[
+        "preview",
+        "--config",
+        "config/lednet.toml",
+        "--meeting",
+        "2023-06-07",
+        "--email",
+        "lead-nudge",
+        "--recipient",
+        "lead:future-transport",
+        "--eml",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = parse(&out.stdout);
+    assert_eq!(
+        header(&m, "to"),
+        ["\"Lead to be confirmed (placeholder)\" <future-transport-lead@example.org>"]
+    );
+    assert_eq!(m["tree"]["children"][1]["calendar"]["method"], "PUBLISH");
+
+    let out = convenor(&[
+        "preview",
+        "--config",
+        "config/lednet.toml",
+        "--meeting",
+        "2099-01-01",
+        "--email",
+        "lead-nudge",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no meeting `2099-01-01`"));
+}
+
+#[test]
+fn send_test_through_the_file_transport_prints_where_it_went() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = write_config(dir.path(), &example_config_text());
+    let out = convenor(&[
+        "send-test",
+        "--config",
+        path.to_str().expect("utf-8"),
+        "--to",
+        "someone@example.org",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("written to "), "{stdout}");
+    let file = stdout.trim().trim_start_matches("written to ");
+    let m = parse(&std::fs::read(file).expect("eml"));
+    assert_eq!(header(&m, "to"), ["someone@example.org"]);
+}
+
+#[test]
+fn send_test_through_smtp_prints_the_server_reply() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(&dir.path().join("received"), &[]);
+    let text = example_config_text()
+        .replace("transport = \"file\"", "transport = \"smtp\"")
+        .replace(
+            "# [mail.smtp]\n",
+            &format!(
+                "[mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n",
+                server.port
+            ),
+        );
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&[
+        "send-test",
+        "--config",
+        path.to_str().expect("utf-8"),
+        "--to",
+        "someone@example.org",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "250 2.0.0 Ok: queued as test-1");
+    assert_eq!(server.received().len(), 1);
+}

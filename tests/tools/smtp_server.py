@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""A real SMTP server on loopback for the mail tests (aiosmtpd).
+
+Listens on 127.0.0.1 port 0 and prints "PORT <n>" on stdout once it accepts connections.
+Each accepted message is stored as <store>/<n>.eml (the bytes received) and <n>.json (envelope).
+Options:
+  --store DIR            where to store received messages (required)
+  --fail-at STAGE        answer --code to MAIL, RCPT or DATA instead of accepting
+  --code CODE            the reply code for --fail-at (e.g. 421, 451, 550)
+  --stall                accept connections and never say anything
+  --tls-cert/--tls-key   offer STARTTLS with this certificate and require it before MAIL
+Runs until killed.
+"""
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+
+from aiosmtpd.smtp import SMTP
+
+
+class Handler:
+    def __init__(self, store, fail_at, code):
+        self.store = store
+        self.fail_at = fail_at
+        self.code = code
+        self.count = 0
+
+    def _fail(self, stage):
+        if self.fail_at == stage:
+            return f"{self.code} test server refuses at {stage.upper()} with {self.code}"
+        return None
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        fail = self._fail("mail")
+        if fail:
+            return fail
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        fail = self._fail("rcpt")
+        if fail:
+            return fail
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        fail = self._fail("data")
+        if fail:
+            return fail
+        self.count += 1
+        n = self.count
+        base = os.path.join(self.store, str(n))
+        with open(base + ".eml.tmp", "wb") as f:
+            f.write(envelope.original_content)
+        os.replace(base + ".eml.tmp", base + ".eml")
+        meta = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "tls": session.ssl is not None,
+        }
+        with open(base + ".json.tmp", "w") as f:
+            json.dump(meta, f)
+        os.replace(base + ".json.tmp", base + ".json")
+        return f"250 2.0.0 Ok: queued as test-{n}"
+
+
+class Staller(asyncio.Protocol):
+    """Accepts the connection and then says nothing at all."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--store", required=True)
+    p.add_argument("--fail-at", choices=["mail", "rcpt", "data"])
+    p.add_argument("--code", type=int, default=451)
+    p.add_argument("--stall", action="store_true")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    a = p.parse_args()
+    os.makedirs(a.store, exist_ok=True)
+    handler = Handler(a.store, a.fail_at, a.code)
+    tls = None
+    if a.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(a.tls_cert, a.tls_key)
+
+    def factory():
+        if a.stall:
+            return Staller()
+        return SMTP(
+            handler,
+            hostname="test-smtp.invalid",
+            tls_context=tls,
+            require_starttls=tls is not None,
+            data_size_limit=10 * 1024 * 1024,
+        )
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(f"PORT {port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
