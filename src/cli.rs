@@ -11,6 +11,8 @@ use jiff::{Timestamp, civil::Date};
 
 use crate::{
     config::{self, ConfigError, Environment, Loaded},
+    daemon,
+    ledger::{self, Store as _},
     plan,
 };
 
@@ -48,6 +50,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the service: the HTTP server and the mail scheduler, until SIGTERM (SIGHUP reloads).
+    Serve {
+        /// Listen on this address instead of `[http] listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Release mails held by the clock-jump guard back to pending (all, or by meeting/email).
+    Release {
+        /// Only the mails of this meeting id.
+        #[arg(long)]
+        meeting: Option<String>,
+        /// Only the mails of this schedule entry (email id).
+        #[arg(long)]
+        email: Option<String>,
+    },
 }
 
 impl Cli {
@@ -70,6 +87,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check => check(&loaded),
         Command::Plan { from, json } => plan_command(&loaded, from, json),
+        Command::Serve { listen } => serve(loaded, path, listen),
+        Command::Release { meeting, email } => release(&loaded, meeting, email),
     }
 }
 
@@ -94,12 +113,69 @@ fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
 fn plan_command(loaded: &Loaded, from: Option<Date>, json: bool) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
     let from = from.map(|d| crate::schedule::local_instant(&config.network.time_zone, d.into()));
-    let rows = plan::rows(config, from, &plan::NoLedger);
+    let ledger_file = config.state_dir.join(ledger::LEDGER_FILE);
+    let snapshot = if ledger_file.exists() {
+        let store = ledger::SqliteStore::open(&ledger_file)?;
+        Some(ledger::Snapshot::new(store.rows()?))
+    } else {
+        None
+    };
+    let states: &dyn plan::MailStates = match &snapshot {
+        Some(s) => s,
+        None => &plan::NoLedger,
+    };
+    let rows = plan::rows(config, from, states);
     if json {
         let text = serde_json::to_string_pretty(&rows).context("serialising the plan")?;
         println!("{text}");
     } else {
         print!("{}", plan::Table(&rows));
+        let notices: Vec<_> = snapshot.iter().flat_map(|s| s.notices()).collect();
+        if !notices.is_empty() {
+            println!("\nChange and cancellation notices:");
+            for r in notices {
+                let detail = r
+                    .last_error
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                println!("  {}  {}  {}{detail}", r.due, r.key, r.state);
+            }
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(
+    loaded: Loaded,
+    config_path: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let opts = daemon::ServeOptions {
+        config_path,
+        env: Environment::from_process(),
+        listen,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(daemon::run(opts, loaded.config, daemon::terminate_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn release(
+    loaded: &Loaded,
+    meeting: Option<String>,
+    email: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let file = loaded.config.state_dir.join(ledger::LEDGER_FILE);
+    anyhow::ensure!(
+        file.exists(),
+        "no ledger at {}: nothing is held",
+        file.display()
+    );
+    let mut store = ledger::SqliteStore::open(&file)?;
+    let n = store.release(&ledger::ReleaseFilter { meeting, email })?;
+    println!(
+        "released {n} held mail(s); a running convenor sends those still useful within a minute"
+    );
     Ok(ExitCode::SUCCESS)
 }

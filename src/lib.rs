@@ -6,8 +6,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod ledger;
+pub mod lock;
 pub mod logging;
 pub mod model;
 pub mod plan;
 pub mod revision;
 pub mod schedule;
+pub mod scheduler;
