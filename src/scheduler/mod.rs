@@ -16,3 +16,6 @@ pub use decide::{Action, SendFailure, after_failure, backoff, decide, next_wake}
 pub use outbox::{LettreOutbox, Outbox};
 pub use reconcile::{Reconciled, reconcile};
 pub use run::{Clock, Scheduler, SharedStore, SystemClock};
+
+#[cfg(test)]
+mod tests;
