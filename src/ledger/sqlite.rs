@@ -406,3 +406,27 @@ impl Store for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_is_wal_full_sync_with_a_busy_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_in(dir.path()).expect("open");
+        let get = |p: &str| -> i64 {
+            store
+                .conn
+                .query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+                .expect(p)
+        };
+        assert_eq!(get("synchronous"), 2, "FULL");
+        assert_eq!(get("busy_timeout"), 10_000);
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+}

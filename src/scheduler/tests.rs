@@ -502,7 +502,7 @@ fn transient_failures_retry_with_backoff_until_the_meeting_then_fail_and_permane
             sim.step(settings, now + SignedDuration::from_secs(wait - 1), down)
                 .is_empty()
         );
-        now = now + SignedDuration::from_secs(wait);
+        now += SignedDuration::from_secs(wait);
     }
     // Retries are not bound by the grace (2h): only by the meeting start.
     let row = sim.row(&k);
@@ -605,7 +605,10 @@ fn a_row_left_sending_by_a_crash_is_sent_again_with_the_same_message_id() {
     let now = t("2030-05-31T08:00:00Z");
     let claimed = sim.store.claim(&k, now).expect("claim").expect("claimed");
     // Crash here. On start:
-    assert_eq!(sim.store.recover_sending().expect("recover"), [k.clone()]);
+    assert_eq!(
+        sim.store.recover_sending().expect("recover"),
+        vec![k.clone()]
+    );
     // Even after its grace, it goes out again (it may already have), with the same Message-ID.
     let later = t("2030-06-03T00:00:00Z");
     let ids = std::cell::RefCell::new(Vec::new());
@@ -614,7 +617,7 @@ fn a_row_left_sending_by_a_crash_is_sent_again_with_the_same_message_id() {
         Ok("250 ok".into())
     });
     assert_eq!(kinds(&actions)[0], (k.to_string(), "send"));
-    assert_eq!(ids.into_inner(), [claimed.message_id.clone()]);
+    assert_eq!(ids.into_inner(), vec![claimed.message_id.clone()]);
     assert_eq!(
         (sim.row(&k).state, sim.row(&k).attempts),
         (MailState::Sent, 2)
