@@ -108,3 +108,84 @@ fn a_server_that_is_down_gets_retries_and_the_mail_goes_out_when_it_is_back() {
     );
     assert_eq!(by_key(&mails)["soon/mail-0/list"].len(), 1);
 }
+
+/// The loop driven by a test clock: a real ledger, the real file outbox, a clock the test moves;
+/// the loop wakes on Notify after a "reload" and stops when its shutdown future completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_loop_follows_the_clock_it_is_given_and_stops_on_its_shutdown_future() {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    };
+
+    use convenor::{
+        config::{Environment, load},
+        daemon::replan,
+        ledger::{SqliteStore, Store as _},
+        scheduler::{LettreOutbox, Scheduler},
+    };
+    use jiff::Timestamp;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = load(
+        &soon_config(dir.path(), &[120], None),
+        &Environment::default(),
+    )
+    .expect("config")
+    .config;
+    std::fs::create_dir_all(&config.state_dir).expect("state dir");
+    let mut store = SqliteStore::open_in(&config.state_dir).expect("open");
+    let start = Timestamp::now();
+    replan(&mut store, &config, start).expect("replan");
+    let due = store.rows().expect("rows")[0].due;
+
+    let clock_ms = Arc::new(AtomicI64::new(start.as_millisecond()));
+    let clock = {
+        let ms = clock_ms.clone();
+        move || Timestamp::from_millisecond(ms.load(Ordering::SeqCst)).expect("ts")
+    };
+    let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let store = Arc::new(Mutex::new(store));
+    let scheduler = Scheduler {
+        store: store.clone(),
+        outbox: LettreOutbox {
+            state_dir: config.state_dir.clone(),
+        },
+        clock,
+        config: config_rx,
+        wake: wake.clone(),
+    };
+    let outbox = config.state_dir.join("outbox");
+    let files = || std::fs::read_dir(&outbox).map(|d| d.count()).unwrap_or(0);
+
+    // One pass a second before the due instant sends nothing and names the next wake.
+    clock_ms.store(due.as_millisecond() - 1000, Ordering::SeqCst);
+    assert_eq!(scheduler.tick().await.expect("tick"), Some(due));
+    assert_eq!(files(), 0);
+
+    // The loop runs; the clock moves to the due instant and a Notify wakes the loop if it was
+    // already asleep (as a reload does): the mail goes out through the file outbox.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scheduler.run(async {
+        let _ = stop_rx.await;
+    }));
+    clock_ms.store(due.as_millisecond(), Ordering::SeqCst);
+    wake.notify_one();
+    let state = config.state_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "the mail in the outbox",
+            || ledger_rows(&state).values().all(|r| r.0 == "sent"),
+            || format!("{:?}", ledger_rows(&state)),
+        )
+    })
+    .await
+    .expect("wait");
+    assert_eq!(files(), 1);
+    stop_tx.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the loop stops on its shutdown future")
+        .expect("join");
+}
