@@ -6,5 +6,6 @@ mod feed;
 mod http;
 mod ledger;
 mod mail;
+mod restart;
 mod scheduler;
 mod support;
