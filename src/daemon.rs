@@ -386,13 +386,15 @@ pub async fn run(
         let now = Instant::now();
         health.pass(pass.map_err(ToString::to_string), now);
         if let (Ok(_), Some(every)) = (pass, watchdog) {
-            // Passes can come every 100 ms; one WATCHDOG=1 per half interval is plenty.
-            if petted.is_none_or(|t| now.duration_since(t) >= every / 2) {
+            // Passes can come every 100 ms; about one WATCHDOG=1 per interval is plenty.
+            if petted.is_none_or(|t| now.duration_since(t) >= every * 3 / 4) {
                 notify::watchdog();
                 petted = Some(now);
             }
         }
     };
+    // Config valid, ledger open, sockets bound: ready (before the loop's first WATCHDOG=1).
+    notify::ready();
     let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_pass));
     let live = Live {
         store,
@@ -402,7 +404,6 @@ pub async fn run(
         wake,
     };
 
-    notify::ready();
     tracing::info!("convenor is running");
     tokio::pin!(shutdown);
     loop {

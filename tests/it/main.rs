@@ -7,4 +7,5 @@ mod http;
 mod ledger;
 mod mail;
 mod scheduler;
+mod service;
 mod support;
