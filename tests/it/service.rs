@@ -479,3 +479,42 @@ async fn the_log_of_a_run_with_a_feed_token_and_an_smtp_password_holds_neither()
         "the SMTP password is in the log:\n{text}"
     );
 }
+
+#[test]
+fn under_journald_lines_carry_a_priority_prefix_and_no_timestamp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &soon_text(&[600], None, ""));
+    let log = dir.path().join("serve.log");
+    let child = std::process::Command::new(crate::support::binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", "8:12345")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
+        .expect("start");
+    let mut daemon = Daemon { child, log };
+    daemon.wait_ready();
+    daemon.signal("TERM");
+    assert!(wait_exit(&mut daemon), "{}", daemon.log_text());
+    let text = daemon.log_text();
+    let running = text
+        .lines()
+        .find(|l| l.contains("convenor is running"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        running.starts_with("<6> INFO convenor is running"),
+        "{running}"
+    );
+    // Config warnings are printed by the CLI as diagnostics, not through tracing.
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with('<') || l.contains(": warning: ")),
+        "{text}"
+    );
+}
