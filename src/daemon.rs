@@ -6,12 +6,26 @@
 //! blocks the HTTP server). SIGHUP reloads the config: an invalid one is logged, diagnostic by
 //! diagnostic, and the running one stays; a valid one is reconciled and swapped in, and the
 //! scheduler woken. The shutdown future (SIGTERM or Ctrl-C from the CLI) stops both tasks.
+//!
+//! systemd ([`crate::notify`]): READY=1 once the listeners are bound; RELOADING=1 (with
+//! MONOTONIC_USEC) then READY=1 around each reload, whatever its outcome; STOPPING=1 before
+//! draining; WATCHDOG=1 from the scheduler loop after successful passes, the loop sleeping at
+//! most half the watchdog interval. `GET /healthz` ([`crate::health`]) and `GET /metrics`
+//! ([`crate::metrics`]) answer at their public paths even when a feed token is set: they hold
+//! no meeting, address or token, and monitoring should not need the feed's secret; put
+//! `/metrics` on a private address with `[http] metrics_listen`.
 
 use std::{
     future::Future,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 
 use jiff::Timestamp;
@@ -19,12 +33,18 @@ use tokio::sync::{Notify, watch};
 
 use crate::{
     config::{self, ConfigError, Environment},
-    http::FeedState,
+    health::Health,
+    http::{FeedState, server},
     ledger::{LedgerError, SqliteStore, Store},
     lock::{LockError, StateLock},
     mail::{Templates, Transport},
+    metrics::Counters,
     model::Config,
-    scheduler::{MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile, run::lock},
+    notify,
+    scheduler::{
+        MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile,
+        run::{MAX_SLICE, lock},
+    },
 };
 
 /// What `convenor serve` was asked to do.
@@ -85,11 +105,80 @@ pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Resul
     Ok(())
 }
 
-/// The HTTP routes: `GET /healthz`, and the feeds and subscribe page of [`crate::http`].
-pub fn router(feeds: FeedState) -> axum::Router {
-    axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::http::router(feeds))
+/// What `/healthz` and `/metrics` read: the ledger, the loop's health, the counters, the feeds.
+#[derive(Clone)]
+pub struct Ops {
+    /// The ledger (probed by `/healthz`, counted by `/metrics`).
+    pub store: SharedStore<SqliteStore>,
+    /// The scheduler loop's and reloads' record.
+    pub health: Arc<Health>,
+    /// Reload counters.
+    pub counters: Arc<Counters>,
+    /// The feeds (their request counters).
+    pub feeds: FeedState,
+}
+
+/// The ledger's rows, read off the async threads.
+async fn ledger_rows(ops: &Ops) -> Result<Vec<crate::ledger::LedgerRow>, String> {
+    let store = ops.store.clone();
+    tokio::task::spawn_blocking(move || lock(&store).rows().map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("ledger probe panicked: {e}")))
+}
+
+async fn healthz(ops: Ops) -> Response {
+    let ledger = ledger_rows(&ops).await.map(drop);
+    let report = ops.health.report(ledger, Instant::now());
+    let status = if report.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut res = (status, body + "\n").into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+async fn metrics(ops: Ops) -> Response {
+    match ledger_rows(&ops).await {
+        Ok(rows) => {
+            let text = crate::metrics::render(&rows, &ops.feeds.current(), &ops.counters);
+            let mut res = text.into_response();
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            res
+        }
+        Err(e) => {
+            tracing::error!("/metrics: the ledger failed: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "the ledger failed\n").into_response()
+        }
+    }
+}
+
+/// `GET /healthz` and, when `with_metrics`, `GET /metrics`.
+pub fn ops_router(ops: Ops, with_metrics: bool) -> axum::Router {
+    let health = ops.clone();
+    let router = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || healthz(health.clone())),
+    );
+    if with_metrics {
+        router.route("/metrics", axum::routing::get(move || metrics(ops.clone())))
+    } else {
+        router
+    }
+}
+
+/// The HTTP routes: `GET /healthz`, `GET /metrics` when `with_metrics`, and the feeds and
+/// subscribe page of [`crate::http`].
+pub fn router(feeds: FeedState, ops: Ops, with_metrics: bool) -> axum::Router {
+    ops_router(ops, with_metrics).merge(crate::http::router(feeds))
 }
 
 /// Loads the templates, renders every one against every meeting, and builds the transport:
@@ -137,8 +226,17 @@ pub async fn terminate_signal() {
     }
 }
 
+/// Reloads between RELOADING=1 and READY=1, and records the outcome for health and metrics.
+fn reload(opts: &ServeOptions, live: &Live, ops: &Ops) {
+    notify::reloading();
+    let result = try_reload(opts, live);
+    ops.counters.reload(result.is_ok());
+    ops.health.reload(result);
+    notify::ready();
+}
+
 /// Reads the config again; on success reconciles it and swaps it in.
-fn reload(opts: &ServeOptions, live: &Live) {
+fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
     tracing::info!(config = %opts.config_path.display(), "SIGHUP: reloading the config");
     let loaded = match config::load(&opts.config_path, &opts.env) {
         Ok(loaded) => loaded,
@@ -152,7 +250,7 @@ fn reload(opts: &ServeOptions, live: &Live) {
                 }
             }
             tracing::error!("the new config was not used; the running config stays in force");
-            return;
+            return Err(err.to_string());
         }
     };
     for w in &loaded.warnings {
@@ -168,15 +266,18 @@ fn reload(opts: &ServeOptions, live: &Live) {
         );
         config.state_dir = old.state_dir.clone();
     }
-    if config.http.listen != old.http.listen {
-        tracing::warn!("[http] listen changed; that takes a restart");
+    if config.http.listen != old.http.listen
+        || config.http.metrics_listen != old.http.metrics_listen
+        || server::Limits::from_settings(&config.http) != server::Limits::from_settings(&old.http)
+    {
+        tracing::warn!("[http] listen, metrics_listen and the connection limits take a restart");
     }
     let parts = match mail_parts(&config) {
         Ok(parts) => parts,
         Err(e) => {
             tracing::error!("config reload failed: {e}");
             tracing::error!("the new config was not used; the running config stays in force");
-            return;
+            return Err(e.to_string());
         }
     };
     let revisions = {
@@ -187,7 +288,7 @@ fn reload(opts: &ServeOptions, live: &Live) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("config reload: the ledger failed, keeping the running config: {e}");
-            return;
+            return Err(e.to_string());
         }
     };
     live.feeds.replace(&config, &revisions);
@@ -195,6 +296,7 @@ fn reload(opts: &ServeOptions, live: &Live) {
     live.config.send_replace(Arc::new(config));
     live.wake.notify_one();
     tracing::info!("config reloaded");
+    Ok(())
 }
 
 /// Runs the service until `shutdown` completes.
@@ -225,13 +327,17 @@ pub async fn run(
     let outbox = Arc::new(MailOutbox::new(store.clone(), parts));
 
     let addr = opts.listen.unwrap_or(config.http.listen);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| DaemonError::Bind { addr, source })?;
-    tracing::info!("listening on http://{local}");
+    let listener = bind(addr).await?;
+    tracing::info!("listening on http://{}", local(&listener, addr)?);
+    let metrics_listener = match config.http.metrics_listen {
+        Some(addr) => {
+            let l = bind(addr).await?;
+            tracing::info!("metrics on http://{}/metrics", local(&l, addr)?);
+            Some(l)
+        }
+        None => None,
+    };
+    let limits = server::Limits::from_settings(&config.http);
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(DaemonError::Signals)?;
@@ -245,18 +351,28 @@ pub async fn run(
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let wake = Arc::new(Notify::new());
 
-    let http = tokio::spawn({
-        let stopped = stopped();
-        let app = router(feeds.clone());
-        async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::error!("HTTP server failed: {e}");
-            }
-        }
-    });
+    let watchdog = notify::watchdog_interval();
+    let slice = watchdog.map_or(MAX_SLICE, |d| d.min(MAX_SLICE));
+    if let Some(every) = watchdog {
+        tracing::info!("systemd watchdog on: WATCHDOG=1 every {every:?} from the scheduler loop");
+    }
+    let ops = Ops {
+        store: store.clone(),
+        health: Arc::new(Health::new(
+            Instant::now(),
+            slice * 3 + Duration::from_secs(60),
+        )),
+        counters: Arc::new(Counters::default()),
+        feeds: feeds.clone(),
+    };
+
+    let mut servers = Vec::new();
+    let app = router(feeds.clone(), ops.clone(), metrics_listener.is_none());
+    servers.push(tokio::spawn(serve_http(listener, app, limits, stopped())));
+    if let Some(l) = metrics_listener {
+        let app = ops_router(ops.clone(), true);
+        servers.push(tokio::spawn(serve_http(l, app, limits, stopped())));
+    }
     let scheduler = Scheduler {
         store: store.clone(),
         outbox: outbox.clone(),
@@ -264,7 +380,22 @@ pub async fn run(
         config: config_rx,
         wake: wake.clone(),
     };
-    let sched = tokio::spawn(scheduler.run(stopped()));
+    let health = ops.health.clone();
+    let mut petted: Option<Instant> = None;
+    let on_pass = move |pass: Result<Option<Timestamp>, &LedgerError>| {
+        let now = Instant::now();
+        health.pass(pass.map_err(ToString::to_string), now);
+        if let (Ok(_), Some(every)) = (pass, watchdog) {
+            // Passes can come every 100 ms; about one WATCHDOG=1 per interval is plenty.
+            if petted.is_none_or(|t| now.duration_since(t) >= every * 3 / 4) {
+                notify::watchdog();
+                petted = Some(now);
+            }
+        }
+    };
+    // Config valid, ledger open, sockets bound: ready (before the loop's first WATCHDOG=1).
+    notify::ready();
+    let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_pass));
     let live = Live {
         store,
         config: config_tx,
@@ -273,23 +404,49 @@ pub async fn run(
         wake,
     };
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("convenor is running");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = hangup.recv() => reload(&opts, &live),
+            _ = hangup.recv() => reload(&opts, &live, &ops),
         }
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notify::stopping();
+    tracing::info!("stopping: HTTP drains, a send in flight finishes");
     let _ = stop_tx.send(true);
-    for (name, task) in [("HTTP server", http), ("scheduler", sched)] {
+    for task in servers {
         if let Err(e) = task.await {
-            tracing::error!("{name} task ended abnormally: {e}");
+            tracing::error!("HTTP server task ended abnormally: {e}");
         }
+    }
+    if let Err(e) = sched.await {
+        tracing::error!("scheduler task ended abnormally: {e}");
     }
     drop(state_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+fn local(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, DaemonError> {
+    listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: server::Limits,
+    stopped: impl Future<Output = ()>,
+) {
+    if let Err(e) = server::serve(listener, app, limits, stopped).await {
+        tracing::error!("HTTP server failed: {e}");
+    }
 }

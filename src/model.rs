@@ -420,6 +420,14 @@ pub struct HttpSettings {
     pub published_ttl: SignedDuration,
     /// `Cache-Control: max-age` on the feeds.
     pub cache_max_age: SignedDuration,
+    /// Where `/metrics` and `/healthz` are served instead of `listen`, if set.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A client must send a request's headers within this (else the connection is closed).
+    pub header_timeout: SignedDuration,
+    /// The most a request may take from its headers to its response (else 503).
+    pub request_timeout: SignedDuration,
+    /// At most this many connections at once; more wait in the listen backlog.
+    pub max_connections: u32,
 }
 
 /// Scheduler settings.

@@ -80,6 +80,10 @@ pub struct RawHttp {
     pub refresh_interval: Option<S<String>>,
     pub published_ttl: Option<S<String>>,
     pub cache_max_age: Option<S<String>>,
+    pub metrics_listen: Option<S<String>>,
+    pub header_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

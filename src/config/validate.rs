@@ -443,13 +443,58 @@ fn http(c: &mut Checker, h: &RawHttp) -> Option<HttpSettings> {
         None => Some(None),
         Some(t) => c.parse(t, |s| FeedToken::parse(s)).map(Some),
     };
+    let metrics_listen = match &h.metrics_listen {
+        None => Some(None),
+        Some(l) => c
+            .parse(l, |s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    format!("`{s}` is not a listen address such as 127.0.0.1:9090 or [::1]:9090")
+                })
+            })
+            .map(Some),
+    };
+    let header_timeout = timeout(c, &h.header_timeout, SignedDuration::from_secs(10));
+    let request_timeout = timeout(c, &h.request_timeout, SignedDuration::from_secs(30));
+    let max_connections = match &h.max_connections {
+        None => Some(256),
+        Some(v) => c.parse(v, |n| {
+            u32::try_from(*n)
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| format!("{n} must be a whole number from 1 to 100000"))
+        }),
+    };
     Some(HttpSettings {
+        metrics_listen: metrics_listen?,
+        header_timeout: header_timeout?,
+        request_timeout: request_timeout?,
+        max_connections: max_connections?,
         listen: listen?,
         feed_token: feed_token?,
         refresh_interval: c.duration(&h.refresh_interval, SignedDuration::from_hours(4))?,
         published_ttl: c.duration(&h.published_ttl, SignedDuration::from_hours(4))?,
         cache_max_age: c.duration(&h.cache_max_age, SignedDuration::from_hours(1))?,
     })
+}
+
+/// A server timeout: a duration of at least 100 ms, or `default`.
+fn timeout(
+    c: &mut Checker,
+    raw: &Option<S<String>>,
+    default: SignedDuration,
+) -> Option<SignedDuration> {
+    match raw {
+        None => Some(default),
+        Some(r) => c.parse(r, |text| {
+            parse_duration(text).and_then(|d| {
+                if d < SignedDuration::from_millis(100) {
+                    Err(format!("`{text}` is too short: give at least 100ms"))
+                } else {
+                    Ok(d)
+                }
+            })
+        }),
+    }
 }
 
 fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {

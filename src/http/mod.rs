@@ -7,6 +7,7 @@
 //! is an argument of [`serve`], so tests stop the server by completing a future.
 
 pub mod page;
+pub mod server;
 pub mod state;
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use axum::{
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 
-pub use state::{Feed, FeedState, Feeds};
+pub use state::{Feed, FeedHits, FeedState, Feeds};
 
 const CALENDAR: HeaderValue = HeaderValue::from_static("text/calendar; charset=utf-8");
 const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
@@ -33,15 +34,15 @@ pub fn router(state: FeedState) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` completes, then finishes requests in flight.
+/// Serves on `listener` under the `[http]` limits ([`server`]) until `shutdown` completes,
+/// then finishes requests in flight.
 pub async fn serve(
     listener: TcpListener,
     state: FeedState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = server::Limits::from_settings(&state.current().config.http);
+    server::serve(listener, router(state), limits, shutdown).await
 }
 
 /// What a path names, once the token prefix is checked and removed.
@@ -112,7 +113,9 @@ fn page_response(feeds: &Feeds) -> Response {
 }
 
 fn feed_response(feed: &Feed, cache_control: &HeaderValue, request: &HeaderMap) -> Response {
-    let status = if not_modified(feed, request) {
+    let unchanged = not_modified(feed, request);
+    feed.hits.count(unchanged);
+    let status = if unchanged {
         StatusCode::NOT_MODIFIED
     } else {
         StatusCode::OK

@@ -6,7 +6,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::SystemTime,
 };
 
@@ -32,6 +35,34 @@ pub struct Feed {
     pub last_modified_header: HeaderValue,
     /// Last-Modified, whole seconds.
     pub last_modified: Timestamp,
+    /// Request counters, carried over from the feed at the same path across reloads.
+    pub hits: Arc<FeedHits>,
+}
+
+/// A feed's request counters for `/metrics`: atomics allocated once with the feed, so
+/// counting a request allocates nothing.
+#[derive(Debug, Default)]
+pub struct FeedHits {
+    requests: AtomicU64,
+    not_modified: AtomicU64,
+}
+
+impl FeedHits {
+    /// Counts one request; `not_modified` when it was answered 304.
+    pub fn count(&self, not_modified: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if not_modified {
+            self.not_modified.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (requests, of which 304) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.not_modified.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Everything the server answers from, built from one config load.
@@ -125,6 +156,7 @@ fn render_feed(
         etag,
         last_modified_header,
         last_modified: modified,
+        hits: before.map(|b| Arc::clone(&b.hits)).unwrap_or_default(),
     }
 }
 

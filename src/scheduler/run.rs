@@ -166,16 +166,30 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
 
     /// Runs passes until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_observed(shutdown, MAX_SLICE, |_| {}).await;
+    }
+
+    /// [`Scheduler::run`], sleeping at most `max_slice` between passes (capped at
+    /// [`MAX_SLICE`]) and calling `on_pass` after each pass with its result: the daemon pets
+    /// the systemd watchdog and records health there, so a stuck loop stops both.
+    pub async fn run_observed(
+        self,
+        shutdown: impl Future<Output = ()>,
+        max_slice: Duration,
+        mut on_pass: impl FnMut(Result<Option<Timestamp>, &LedgerError>),
+    ) {
+        let max_slice = max_slice.clamp(MIN_SLICE, MAX_SLICE);
         tokio::pin!(shutdown);
         loop {
             let pass = tokio::select! {
                 pass = self.tick() => pass,
                 () = &mut shutdown => break,
             };
+            on_pass(pass.as_ref().map(|next| *next));
             let wait = match pass {
                 Ok(next) => {
                     let now = self.clock.now();
-                    next.map_or(MAX_SLICE, |t| {
+                    next.map_or(max_slice, |t| {
                         Duration::try_from(now.duration_until(t)).unwrap_or(Duration::ZERO)
                     })
                 }
@@ -184,7 +198,7 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                     Duration::from_secs(5)
                 }
             };
-            let wait = wait.clamp(MIN_SLICE, MAX_SLICE);
+            let wait = wait.clamp(MIN_SLICE, max_slice);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.wake.notified() => {}

@@ -8,4 +8,5 @@ mod ledger;
 mod mail;
 mod restart;
 mod scheduler;
+mod service;
 mod support;

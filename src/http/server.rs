@@ -1,0 +1,182 @@
+//! The listener: accepts connections under limits and serves an axum [`Router`] on each.
+//!
+//! `axum::serve` has no knobs for slow or greedy clients, so connections are driven here with
+//! hyper's HTTP/1 builder (a timer installed, without which hyper's header timeout does
+//! nothing):
+//! - a client must send a request's headers within `[http] header_timeout`, also between
+//!   requests on a kept-alive connection, or the connection is closed;
+//! - request headers are capped at [`MAX_HEADER_BYTES`] (hyper answers 431 beyond);
+//! - a request must be answered within `[http] request_timeout` (else 503);
+//! - requests with a body get 413 and the connection is closed (the server takes none);
+//! - at most `[http] max_connections` connections are served at once: the accept loop takes a
+//!   semaphore permit before accepting, so further clients wait in the kernel's backlog until a
+//!   slot frees (a trickling client frees its slot at the header timeout at the latest).
+//!
+//! Shutdown: the listener closes, idle connections close, requests in flight finish (bounded by
+//! the request timeout plus a second, after which the remaining connections are dropped).
+
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header},
+};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tower::ServiceExt as _;
+
+use crate::model::HttpSettings;
+
+/// The cap on a request's line and headers together (hyper's smallest allowed buffer is 8 KiB;
+/// nginx allows 1 KiB plus up to 4 x 8 KiB).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The limits one listener enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Time allowed for a request's headers.
+    pub header_timeout: Duration,
+    /// Time allowed from a request's headers to its response.
+    pub request_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits of `[http]`.
+    pub fn from_settings(http: &HttpSettings) -> Self {
+        let dur =
+            |d: jiff::SignedDuration| Duration::try_from(d).unwrap_or(Duration::from_secs(10));
+        Self {
+            header_timeout: dur(http.header_timeout),
+            request_timeout: dur(http.request_timeout),
+            max_connections: usize::try_from(http.max_connections).unwrap_or(256),
+        }
+    }
+}
+
+/// Serves `app` on `listener` under `limits` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let timeout = limits.request_timeout;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(respond(app, req, timeout).await) }
+        });
+        let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                // Header time-outs, resets and malformed requests: the client's business.
+                tracing::debug!("connection closed: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drain = limits.request_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open after {drain:?}; closing them");
+    }
+    Ok(())
+}
+
+/// One request: refuse a body, else run the router under the request timeout.
+async fn respond(app: Router, req: Request<Incoming>, timeout: Duration) -> Response<Body> {
+    if has_body(req.headers()) {
+        let mut res = plain(StatusCode::PAYLOAD_TOO_LARGE, "requests take no body\n");
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
+    match tokio::time::timeout(timeout, app.oneshot(req)).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(never)) => match never {},
+        Err(_) => {
+            tracing::warn!("a request took longer than {timeout:?}; answered 503");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request took too long\n",
+            )
+        }
+    }
+}
+
+/// True when the request announces a body: any Transfer-Encoding, or a Content-Length that is
+/// not 0.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::from(text));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_announced_by_transfer_encoding_or_a_non_zero_length() {
+        let with = |name: header::HeaderName, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            has_body(&h)
+        };
+        assert!(!has_body(&HeaderMap::new()));
+        assert!(!with(header::CONTENT_LENGTH, "0"));
+        assert!(with(header::CONTENT_LENGTH, "5"));
+        assert!(with(header::TRANSFER_ENCODING, "chunked"));
+    }
+}

@@ -1,0 +1,520 @@
+//! `convenor serve` as systemd runs it: the notify protocol on a real datagram socket, reloads,
+//! graceful stop, `/healthz` and `/metrics` after a real send, HTTP limits against slow, idle,
+//! bodied and oversized clients on real sockets, and no secret in the log.
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::unix::net::UnixDatagram,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    daemon::harness::*,
+    support::{run_tool, write_config},
+};
+
+/// The notify socket: every datagram the daemon sent, in order.
+struct Notifications {
+    sock: UnixDatagram,
+    got: Vec<String>,
+}
+
+impl Notifications {
+    fn bind(path: &Path) -> Self {
+        let sock = UnixDatagram::bind(path).expect("bind the notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        Self {
+            sock,
+            got: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            // Each message is `KEY=VALUE` lines; the final newline is not part of it.
+            let text = String::from_utf8_lossy(&buf[..n]);
+            self.got.push(text.trim_end_matches('\n').to_owned());
+        }
+    }
+
+    /// Waits for a message at index `from` or later that `pred` accepts; returns its index.
+    fn wait(&mut self, what: &str, from: usize, pred: impl Fn(&str) -> bool) -> usize {
+        let mut found = None;
+        let start = Instant::now();
+        while found.is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no {what} after message {from}; got {:?}",
+                self.got
+            );
+            self.drain();
+            found = self.got.iter().skip(from).position(|m| pred(m));
+        }
+        from + found.unwrap_or_default()
+    }
+}
+
+fn spawn(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+    let mut cmd = serve_command(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stderr(File::create(log).expect("log file"))
+        .spawn()
+        .expect("start convenor serve");
+    Daemon {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+/// Waits for the process to exit (up to 60 s) and returns whether it exited 0.
+fn wait_exit(daemon: &mut Daemon) -> bool {
+    let mut status = None;
+    let log = daemon.log.clone();
+    let child = &mut daemon.child;
+    wait_for(
+        "convenor serve to exit",
+        || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        },
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    status.is_some_and(|s| s.success())
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let res = reqwest::get(url).await.expect("GET");
+    let status = res.status().as_u16();
+    (status, res.text().await.expect("body"))
+}
+
+async fn healthz(addr: &str) -> (u16, Value) {
+    let (status, body) = get(&format!("http://{addr}/healthz")).await;
+    (status, serde_json::from_str(&body).expect("healthz JSON"))
+}
+
+/// `/metrics` parsed by Python's prometheus_client: (name, labels) -> value.
+async fn metrics(addr: &str) -> Vec<(String, Value, f64)> {
+    let (status, text) = get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200, "{text}");
+    let out = run_tool("prom_parse.py", &[], text.as_bytes());
+    let parsed: Value = serde_json::from_slice(&out.stdout).expect("parser JSON");
+    parsed["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().expect("name").to_owned(),
+                s["labels"].clone(),
+                s["value"].as_f64().expect("value"),
+            )
+        })
+        .collect()
+}
+
+fn sample(samples: &[(String, Value, f64)], name: &str, label: (&str, &str)) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l[label.0] == label.1)
+        .map(|s| s.2)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_protocol_health_and_metrics_through_a_send_two_reloads_and_a_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = soon_text(&[2], None, "");
+    let config = write_config(dir.path(), &text);
+    let good = std::fs::read_to_string(&config).expect("config");
+    let sock_path = dir.path().join("notify.sock");
+    let mut notes = Notifications::bind(&sock_path);
+    let mut daemon = spawn(
+        &config,
+        &dir.path().join("serve.log"),
+        &[
+            ("NOTIFY_SOCKET", sock_path.as_os_str()),
+            ("WATCHDOG_USEC", "2000000".as_ref()),
+        ],
+    );
+    let addr = daemon.wait_ready();
+    let ready = notes.wait("READY=1", 0, |m| m == "READY=1");
+    assert_eq!(ready, 0, "READY=1 comes first: {:?}", notes.got);
+    notes.wait("WATCHDOG=1", ready, |m| m == "WATCHDOG=1");
+
+    // The mail goes out through the file transport.
+    let state = dir.path().join("state");
+    wait_for(
+        "the mail to be sent",
+        || {
+            ledger_rows(&state)
+                .get("soon/mail-0/list")
+                .map(|r| r.0.as_str())
+                == Some("sent")
+        },
+        || format!("{:?}\n{}", ledger_rows(&state), daemon.log_text()),
+    );
+    // One feed request, then a conditional one answered 304.
+    let client = reqwest::Client::new();
+    let feed = format!("http://{addr}/calendar.ics");
+    let first = client.get(&feed).send().await.expect("GET feed");
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].clone();
+    let again = client
+        .get(&feed)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("GET feed again");
+    assert_eq!(again.status(), 304);
+
+    let (status, health) = healthz(&addr).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["healthy"], true);
+    assert_eq!(health["ledger"], "ok");
+    assert_eq!(health["scheduler_error"], Value::Null);
+    assert!(
+        health["scheduler_last_pass_seconds"]
+            .as_f64()
+            .expect("seconds")
+            <= 60.0
+    );
+
+    let m = metrics(&addr).await;
+    let email = ("email", "mail-0");
+    assert_eq!(
+        sample(&m, "convenor_mails_sent_total", email),
+        Some(1.0),
+        "{m:?}"
+    );
+    assert_eq!(sample(&m, "convenor_mails_failed_total", email), Some(0.0));
+    assert_eq!(sample(&m, "convenor_mails_skipped_total", email), Some(0.0));
+    assert_eq!(sample(&m, "convenor_mail_retries_total", email), Some(0.0));
+    assert_eq!(sample(&m, "convenor_mails_pending", email), Some(0.0));
+    let cal = ("feed", "calendar");
+    assert_eq!(sample(&m, "convenor_feed_requests_total", cal), Some(2.0));
+    assert_eq!(
+        sample(&m, "convenor_feed_not_modified_total", cal),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "convenor_feed_requests_total", ("feed", "priority/p1")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "convenor_build_info",
+            ("version", env!("CARGO_PKG_VERSION"))
+        ),
+        Some(1.0)
+    );
+
+    // A broken config: RELOADING=1 with MONOTONIC_USEC, READY=1 again, and it keeps serving.
+    std::fs::write(
+        &config,
+        good.replace("max_catch_up = 100", "max_catch_up = 0"),
+    )
+    .expect("w");
+    let before = notes.got.len();
+    daemon.signal("HUP");
+    let reloading = notes.wait("RELOADING=1", before, |m| m.starts_with("RELOADING=1\n"));
+    let usec = notes.got[reloading]
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {:?}", notes.got[reloading]));
+    assert!(usec.parse::<u64>().expect("MONOTONIC_USEC is a number") > 0);
+    notes.wait("READY=1 after the failed reload", reloading, |m| {
+        m == "READY=1"
+    });
+    let (status, health) = healthz(&addr).await;
+    assert_eq!(status, 200, "{health}");
+    assert!(
+        health["reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("must be a whole number")),
+        "{health}"
+    );
+    assert_eq!(get(&feed).await.0, 200);
+    let m = metrics(&addr).await;
+    let reloads =
+        |m: &[(String, Value, f64)], r| sample(m, "convenor_config_reloads_total", ("result", r));
+    assert_eq!(
+        (reloads(&m, "ok"), reloads(&m, "failed")),
+        (Some(0.0), Some(1.0))
+    );
+
+    // A valid one.
+    std::fs::write(&config, &good).expect("write config");
+    let before = notes.got.len();
+    daemon.signal("HUP");
+    let reloading = notes.wait("RELOADING=1", before, |m| m.starts_with("RELOADING=1\n"));
+    notes.wait("READY=1 after the reload", reloading, |m| m == "READY=1");
+    let m = metrics(&addr).await;
+    assert_eq!(
+        (reloads(&m, "ok"), reloads(&m, "failed")),
+        (Some(1.0), Some(1.0))
+    );
+    assert_eq!(healthz(&addr).await.1["reload_error"], Value::Null);
+
+    // SIGTERM: STOPPING=1, a clean exit 0.
+    daemon.signal("TERM");
+    let stopping = notes.wait("STOPPING=1", 0, |m| m == "STOPPING=1");
+    assert!(
+        wait_exit(&mut daemon),
+        "exit status not 0\n{}",
+        daemon.log_text()
+    );
+    notes.drain();
+    assert_eq!(
+        stopping,
+        notes.got.len() - 1,
+        "STOPPING=1 is last: {:?}",
+        notes.got
+    );
+    assert!(
+        daemon.log_text().contains("\"stopped\""),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// What a raw client saw when the server ended its connection.
+fn ending(stream: &mut TcpStream, trickle: bool) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("read timeout");
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return "closed".to_owned(),
+            Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return "closed".to_owned(),
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return "still open after 60 s".to_owned();
+        }
+        if trickle && stream.write_all(b"a").is_err() {
+            return "closed".to_owned();
+        }
+    }
+}
+
+fn ended_by_server(outcome: &str) -> bool {
+    outcome == "closed" || outcome.starts_with("HTTP/1.1 408")
+}
+
+/// Sends `request` raw and returns the status line of the answer.
+fn raw_status(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    // The server may answer and close before reading everything: a failed write is fine.
+    let _ = s.write_all(request);
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut text = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+        if text.windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_idle_bodied_and_oversized_clients_are_cut_off_while_others_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[http]\nheader_timeout = \"1s\"\nrequest_timeout = \"5s\"\nmax_connections = 4\n";
+    let config = write_config(dir.path(), &soon_text(&[600], None, extra));
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    let addr = daemon.wait_ready();
+    let feed = format!("http://{addr}/calendar.ics");
+
+    // A client trickling its request line a byte at a time is cut off; others are served.
+    let slow = std::thread::spawn({
+        let addr = addr.clone();
+        move || {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(b"GET /cal").expect("write");
+            ending(&mut s, true)
+        }
+    });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    assert_eq!(client.get(&feed).send().await.expect("GET").status(), 200);
+    let outcome = slow.join().expect("slow client");
+    assert!(ended_by_server(&outcome), "slow client: {outcome}");
+
+    // As many idle connections as the cap: a request waits, and is served once the header
+    // timeout frees their slots; each idle one is closed by the server.
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let res = client
+        .get(&feed)
+        .send()
+        .await
+        .expect("GET past the idle ones");
+    assert_eq!(res.status(), 200);
+    for s in &mut idle {
+        let outcome = ending(s, false);
+        assert!(ended_by_server(&outcome), "idle client: {outcome}");
+    }
+
+    // No request bodies; headers capped.
+    let post = b"POST /calendar.ics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    assert_eq!(raw_status(&addr, post), "HTTP/1.1 413 Payload Too Large");
+    let chunked =
+        b"GET /calendar.ics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(raw_status(&addr, chunked), "HTTP/1.1 413 Payload Too Large");
+    let mut big = b"GET /calendar.ics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 40_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(
+        raw_status(&addr, &big),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // Still serving.
+    assert_eq!(client.get(&feed).send().await.expect("GET").status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_of_a_run_with_a_feed_token_and_an_smtp_password_holds_neither() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mails = dir.path().join("mails");
+    let sink = Sink::start(&mails, None);
+    let token = "Tok3n-never-in-logs-7f3a9c2e";
+    let password = "Pa55word-never-in-logs-41d8";
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).expect("creds dir");
+    std::fs::write(creds.join("smtp-password"), format!("{password}\n")).expect("credential");
+    let text = soon_text(
+        &[1],
+        Some(sink.port),
+        &format!("[http]\nfeed_token = \"{token}\"\n"),
+    )
+    .replace(
+        "timeout = \"5s\"\n",
+        "timeout = \"5s\"\nuser = \"convenor\"\npassword_credential = \"smtp-password\"\n",
+    );
+    let config = write_config(dir.path(), &text);
+    let log = dir.path().join("serve.log");
+    let mut daemon = spawn(
+        &config,
+        &log,
+        &[
+            ("CREDENTIALS_DIRECTORY", creds.as_os_str()),
+            ("RUST_LOG", "debug".as_ref()),
+        ],
+    );
+    let addr = daemon.wait_ready();
+    // The mail is attempted (sent, or refused by a sink without AUTH: either logs the attempt).
+    wait_for(
+        "a send attempt and its outcome",
+        || {
+            let log = daemon.log_text();
+            log.contains("\"sending\"")
+                && (log.contains("mail sent") || log.contains("mail not sent"))
+        },
+        || daemon.log_text(),
+    );
+    // Feed requests under the token, and ones with a wrong token, a token-like path and a body.
+    assert_eq!(
+        get(&format!("http://{addr}/{token}/calendar.ics")).await.0,
+        200
+    );
+    assert_eq!(get(&format!("http://{addr}/{token}/")).await.0, 200);
+    assert_eq!(
+        get(&format!("http://{addr}/{token}x/calendar.ics")).await.0,
+        404
+    );
+    assert_eq!(
+        get(&format!("http://{addr}/calendar.ics?t={token}"))
+            .await
+            .0,
+        404
+    );
+    let post = format!("POST /{token}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx");
+    assert!(raw_status(&addr, post.as_bytes()).starts_with("HTTP/1.1 413"));
+    assert_eq!(healthz(&addr).await.0, 200);
+    // A reload logs too.
+    daemon.signal("HUP");
+    wait_for(
+        "the reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    daemon.signal("TERM");
+    assert!(wait_exit(&mut daemon), "{}", daemon.log_text());
+    let text = daemon.log_text();
+    assert!(text.contains("soon") && text.contains("mail-0"), "{text}");
+    assert!(
+        !text.contains(token),
+        "the feed token is in the log:\n{text}"
+    );
+    assert!(
+        !text.contains(password),
+        "the SMTP password is in the log:\n{text}"
+    );
+}
+
+#[test]
+fn under_journald_lines_carry_a_priority_prefix_and_no_timestamp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &soon_text(&[600], None, ""));
+    let log = dir.path().join("serve.log");
+    let child = std::process::Command::new(crate::support::binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", "8:12345")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(File::create(&log).expect("log"))
+        .spawn()
+        .expect("start");
+    let mut daemon = Daemon { child, log };
+    daemon.wait_ready();
+    daemon.signal("TERM");
+    assert!(wait_exit(&mut daemon), "{}", daemon.log_text());
+    let text = daemon.log_text();
+    let running = text
+        .lines()
+        .find(|l| l.contains("convenor is running"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        running.starts_with("<6> INFO convenor is running"),
+        "{running}"
+    );
+    // Config warnings are printed by the CLI as diagnostics, not through tracing.
+    assert!(
+        text.lines()
+            .all(|l| l.starts_with('<') || l.contains(": warning: ")),
+        "{text}"
+    );
+}
