@@ -38,7 +38,7 @@ pub struct Overrides {
     pub smtp_port: Option<u16>,
 }
 
-/// The shipped config with `n` generated meetings, one a day from 2027-01-04 (after every
+/// The shipped config with `n` generated meetings, one a weekday from 2027-01-04 (after every
 /// mail's lead time from today, so none is due while a benchmark runs). They vary the way real
 /// ones do: start time, focus (none = all five priorities), location, join link, notes, and
 /// every 50th is cancelled.
@@ -62,11 +62,12 @@ pub fn config_toml(n: usize, o: &Overrides) -> String {
         );
     }
     let mut out = head;
-    let start = jiff::civil::date(2027, 1, 4);
+    // Weekdays only: no weekend or clock-change-day warnings at load.
+    let mut dates =
+        std::iter::successors(Some(jiff::civil::date(2027, 1, 4)), |d| d.tomorrow().ok())
+            .filter(|d| d.weekday().to_monday_one_offset() <= 5);
     for i in 0..n {
-        let date = start
-            .checked_add(jiff::Span::new().days(i as i64))
-            .unwrap_or(start);
+        let Some(date) = dates.next() else { break };
         let (from, to) = if i % 2 == 0 {
             ("10:00", "12:30")
         } else {
