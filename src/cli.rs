@@ -13,6 +13,8 @@ use std::io::Write as _;
 
 use crate::{
     config::{self, ConfigError, Environment, Loaded},
+    daemon,
+    ledger::{self, Store as _},
     mail,
     model::{Config, EmailId, Meeting, MeetingId, Trigger},
     plan,
@@ -82,6 +84,21 @@ pub enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Run the service: the HTTP server and the mail scheduler, until SIGTERM (SIGHUP reloads).
+    Serve {
+        /// Listen on this address instead of `[http] listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Release mails held by the clock-jump guard back to pending (all, or by meeting/email).
+    Release {
+        /// Only the mails of this meeting id.
+        #[arg(long)]
+        meeting: Option<String>,
+        /// Only the mails of this schedule entry (email id).
+        #[arg(long)]
+        email: Option<String>,
+    },
 }
 
 impl Cli {
@@ -112,6 +129,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eml,
         } => preview(&loaded, &meeting, &email, recipient.as_deref(), eml),
         Command::SendTest { to } => send_test(&loaded, &to),
+        Command::Serve { listen } => serve(loaded, path, listen),
+        Command::Release { meeting, email } => release(&loaded, meeting, email),
     }
 }
 
@@ -246,12 +265,36 @@ fn send_test(loaded: &Loaded, to: &str) -> anyhow::Result<ExitCode> {
 fn plan_command(loaded: &Loaded, from: Option<Date>, json: bool) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
     let from = from.map(|d| crate::schedule::local_instant(&config.network.time_zone, d.into()));
-    let rows = plan::rows(config, from, &plan::NoLedger);
+    let ledger_file = config.state_dir.join(ledger::LEDGER_FILE);
+    let snapshot = if ledger_file.exists() {
+        let store = ledger::SqliteStore::open(&ledger_file)?;
+        Some(ledger::Snapshot::new(store.rows()?))
+    } else {
+        None
+    };
+    let states: &dyn plan::MailStates = match &snapshot {
+        Some(s) => s,
+        None => &plan::NoLedger,
+    };
+    let rows = plan::rows(config, from, states);
     if json {
         let text = serde_json::to_string_pretty(&rows).context("serialising the plan")?;
         write_stdout(&format!("{text}\n"))?;
     } else {
-        write_stdout(&plan::Table(&rows).to_string())?;
+        let mut text = plan::Table(&rows).to_string();
+        let notices: Vec<_> = snapshot.iter().flat_map(|s| s.notices()).collect();
+        if !notices.is_empty() {
+            text.push_str("\nChange and cancellation notices:\n");
+            for r in notices {
+                let detail = r
+                    .last_error
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                text.push_str(&format!("  {}  {}  {}{detail}\n", r.due, r.key, r.state));
+            }
+        }
+        write_stdout(&text)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -266,8 +309,8 @@ pub fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Prints a feed. Without a ledger the revisions are empty: every meeting has SEQUENCE 0 and
-/// the fallback stamp (see [`crate::feed::FALLBACK_STAMP`]).
+/// Prints a feed with the ledger's SEQUENCE and stamps. Without a ledger the revisions are
+/// empty: every meeting has SEQUENCE 0 and the fallback stamp (see [`crate::feed::FALLBACK_STAMP`]).
 fn ics_command(loaded: &Loaded, priority: Option<&str>) -> anyhow::Result<ExitCode> {
     use crate::feed::{self, Selection};
     let config = &loaded.config;
@@ -288,7 +331,59 @@ fn ics_command(loaded: &Loaded, priority: Option<&str>) -> anyhow::Result<ExitCo
             }
         }
     };
-    let revisions = std::collections::BTreeMap::new();
+    let revisions = stored_revisions(config)?;
     write_stdout(&feed::render_calendar(config, &revisions, selection))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The meetings' stored revisions from the ledger, or none when there is no ledger yet.
+fn stored_revisions(
+    config: &Config,
+) -> anyhow::Result<std::collections::BTreeMap<MeetingId, StoredRevision>> {
+    let file = config.state_dir.join(ledger::LEDGER_FILE);
+    if !file.exists() {
+        return Ok(std::collections::BTreeMap::new());
+    }
+    let store = ledger::SqliteStore::open(&file)?;
+    Ok(store.revisions()?)
+}
+
+fn serve(
+    loaded: Loaded,
+    config_path: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let opts = daemon::ServeOptions {
+        config_path,
+        env: Environment::from_process(),
+        listen,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match runtime.block_on(daemon::run(opts, loaded.config, daemon::terminate_signal())) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(err @ daemon::DaemonError::Mail(_)) => {
+            eprintln!("convenor: {err}");
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn release(
+    loaded: &Loaded,
+    meeting: Option<String>,
+    email: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let file = loaded.config.state_dir.join(ledger::LEDGER_FILE);
+    anyhow::ensure!(
+        file.exists(),
+        "no ledger at {}: nothing is held",
+        file.display()
+    );
+    let mut store = ledger::SqliteStore::open(&file)?;
+    let n = store.release(&ledger::ReleaseFilter { meeting, email })?;
+    println!(
+        "released {n} held mail(s); a running convenor sends those still useful within a minute"
+    );
     Ok(ExitCode::SUCCESS)
 }

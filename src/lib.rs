@@ -6,11 +6,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod feed;
 pub mod http;
+pub mod ledger;
+pub mod lock;
 pub mod logging;
 pub mod mail;
 pub mod model;
 pub mod plan;
 pub mod revision;
 pub mod schedule;
+pub mod scheduler;

@@ -428,6 +428,9 @@ pub struct SchedulerSettings {
     /// More mails than this becoming due at once is treated as a clock jump: none is sent until
     /// an operator releases them.
     pub max_catch_up: u32,
+    /// The wait before the first retry after a transient failure; each further retry waits
+    /// twice as long (capped at an hour), with jitter. Config key `retry_base`, default 1m.
+    pub retry_base: SignedDuration,
 }
 
 /// The whole validated configuration.

@@ -92,6 +92,7 @@ pub struct RawState {
 #[serde(deny_unknown_fields)]
 pub struct RawScheduler {
     pub max_catch_up: Option<S<i64>>,
+    pub retry_base: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -462,8 +462,21 @@ fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {
                 .ok_or_else(|| format!("{n} must be a whole number of at least 1"))
         }),
     };
+    let retry_base = match &s.retry_base {
+        None => Some(SignedDuration::from_mins(1)),
+        Some(r) => c.parse(r, |text| {
+            parse_duration(text).and_then(|d| {
+                if d < SignedDuration::from_secs(1) {
+                    Err(format!("retry_base `{text}` must be at least 1s"))
+                } else {
+                    Ok(d)
+                }
+            })
+        }),
+    };
     Some(SchedulerSettings {
         max_catch_up: max_catch_up?,
+        retry_base: retry_base?,
     })
 }
 

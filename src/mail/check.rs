@@ -11,7 +11,7 @@ use super::{
     templates::{TemplateError, Templates},
 };
 use crate::{
-    model::{Audience, Config, EmailId, EmailRule, Meeting, TemplateName, Trigger},
+    model::{Config, EmailRule, Meeting, TemplateName, Trigger},
     revision::{Significant, StoredRevision},
     schedule::{self, Recipient},
 };
@@ -26,33 +26,29 @@ pub struct CheckReport {
 }
 
 impl Templates {
-    /// Renders every template set against every meeting of `config`, for every recipient its
-    /// schedule entries name (the list and each lead for a set no entry uses). Sets used by a
-    /// change entry, and sets no entry uses, get a made-up previous time and place (one week
-    /// earlier). Returns each distinct fault once, naming file and line and one case it broke.
+    /// Renders every template set the schedule uses against every meeting of `config`, for
+    /// every recipient its schedule entries name. Sets used by a change entry get a made-up
+    /// previous time and place (one week earlier). A set no entry uses is never sent, so only
+    /// its syntax is checked (by [`Templates::load`]): what it would be sent to is unknown.
+    /// Returns each distinct fault once, naming file and line and one case it broke.
     pub fn check_all(&self, config: &Config) -> Result<CheckReport, Vec<TemplateError>> {
         let mut errors: Vec<TemplateError> = Vec::new();
         let mut seen = BTreeSet::new();
         let mut renders = 0;
-        let mut sets: BTreeSet<String> = self.sets().map(str::to_owned).collect();
-        sets.extend(config.emails.iter().map(|r| r.template.to_string()));
+        let sets: BTreeSet<String> = config
+            .emails
+            .iter()
+            .map(|r| r.template.to_string())
+            .collect();
         for set in &sets {
             let Ok(name) = TemplateName::parse(set) else {
                 continue; // a directory that no rule can name
             };
-            let rules: Vec<EmailRule> = {
-                let used: Vec<EmailRule> = config
-                    .emails
-                    .iter()
-                    .filter(|r| r.template == name)
-                    .cloned()
-                    .collect();
-                if used.is_empty() {
-                    unused_rule(&name).into_iter().collect()
-                } else {
-                    used
-                }
-            };
+            let rules: Vec<&EmailRule> = config
+                .emails
+                .iter()
+                .filter(|r| r.template == name)
+                .collect();
             for meeting in &config.meetings {
                 for rule in &rules {
                     for recipient in schedule::recipients(config, meeting, rule) {
@@ -110,18 +106,6 @@ impl Templates {
             .map(|_| ())
             .map_err(|e| e.during(&during))
     }
-}
-
-/// A rule for a set no schedule entry uses: to the list and every lead, as a change notice.
-/// (Template names and email ids share the slug grammar, so the id always parses.)
-fn unused_rule(name: &TemplateName) -> Option<EmailRule> {
-    Some(EmailRule {
-        id: EmailId::parse(name.as_str()).ok()?,
-        template: name.clone(),
-        trigger: Trigger::OnChange,
-        audience: Audience::Both,
-        grace: jiff::SignedDuration::ZERO,
-    })
 }
 
 /// The meeting as if it had been one week earlier, for rendering change notices.

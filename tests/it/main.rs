@@ -1,7 +1,10 @@
 //! The integration tests: one binary, one module per area, real parts at every boundary.
 
 mod config;
+mod daemon;
 mod feed;
 mod http;
+mod ledger;
 mod mail;
+mod scheduler;
 mod support;

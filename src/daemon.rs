@@ -1,0 +1,295 @@
+//! `convenor serve`: the long-running service.
+//!
+//! Order of start: state directory, its lock ([`crate::lock`]), the ledger, crash recovery
+//! (rows left `sending` go out again with the same Message-ID), reconciliation with the config,
+//! the HTTP listener, then the scheduler task and the HTTP task side by side (sending never
+//! blocks the HTTP server). SIGHUP reloads the config: an invalid one is logged, diagnostic by
+//! diagnostic, and the running one stays; a valid one is reconciled and swapped in, and the
+//! scheduler woken. The shutdown future (SIGTERM or Ctrl-C from the CLI) stops both tasks.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use jiff::Timestamp;
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    config::{self, ConfigError, Environment},
+    http::FeedState,
+    ledger::{LedgerError, SqliteStore, Store},
+    lock::{LockError, StateLock},
+    mail::{Templates, Transport},
+    model::Config,
+    scheduler::{MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile, run::lock},
+};
+
+/// What `convenor serve` was asked to do.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The config file (re-read on SIGHUP).
+    pub config_path: PathBuf,
+    /// The environment the config was loaded with.
+    pub env: Environment,
+    /// Listen here instead of `[http] listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state directory could not be created.
+    #[error("cannot create state directory {}: {source}", dir.display())]
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state directory is locked by another instance, or cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The templates do not load or do not render, or the transport cannot be set up.
+    #[error("{0}")]
+    Mail(String),
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Reconciles `config` with the ledger at `now` and writes the result; logs what changed.
+pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Result<(), LedgerError> {
+    let rows = store.rows()?;
+    let revisions = store.revisions()?;
+    let result = reconcile(config, &rows, &revisions, now);
+    for note in &result.notes {
+        tracing::info!("plan: {note}");
+    }
+    if !result.replan.is_empty() {
+        store.apply(&result.replan)?;
+    }
+    Ok(())
+}
+
+/// The HTTP routes: `GET /healthz`, and the feeds and subscribe page of [`crate::http`].
+pub fn router(feeds: FeedState) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .merge(crate::http::router(feeds))
+}
+
+/// Loads the templates, renders every one against every meeting, and builds the transport:
+/// everything a config needs before it may be used for mail. Must run inside the runtime.
+pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
+    let templates = Templates::load(&config.mail.templates_dir)
+        .map_err(|e| DaemonError::Mail(e.to_string()))?;
+    if let Err(errors) = templates.check_all(config) {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(DaemonError::Mail(lines.join("\n")));
+    }
+    let transport = Transport::from_settings(&config.mail, &config.state_dir)
+        .map_err(|e| DaemonError::Mail(e.to_string()))?;
+    Ok(MailParts {
+        templates,
+        transport,
+    })
+}
+
+/// What a reload swaps: the config for the scheduler, the feeds, the templates and transport.
+struct Live {
+    store: SharedStore<SqliteStore>,
+    config: watch::Sender<Arc<Config>>,
+    feeds: FeedState,
+    outbox: Arc<MailOutbox<SqliteStore>>,
+    wake: Arc<Notify>,
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn terminate_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            // Without handlers, Ctrl-C is the only way to ask; tokio reports failure there too.
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Reads the config again; on success reconciles it and swaps it in.
+fn reload(opts: &ServeOptions, live: &Live) {
+    tracing::info!(config = %opts.config_path.display(), "SIGHUP: reloading the config");
+    let loaded = match config::load(&opts.config_path, &opts.env) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            match &err {
+                ConfigError::Read { .. } => tracing::error!("config reload failed: {err}"),
+                ConfigError::Invalid(diagnostics) => {
+                    for d in diagnostics {
+                        tracing::error!("config reload failed: {d}");
+                    }
+                }
+            }
+            tracing::error!("the new config was not used; the running config stays in force");
+            return;
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut config = loaded.config;
+    let old = live.config.borrow().clone();
+    if config.state_dir != old.state_dir {
+        tracing::warn!(
+            "the state directory changed to {}; that takes a restart, keeping {}",
+            config.state_dir.display(),
+            old.state_dir.display()
+        );
+        config.state_dir = old.state_dir.clone();
+    }
+    if config.http.listen != old.http.listen {
+        tracing::warn!("[http] listen changed; that takes a restart");
+    }
+    let parts = match mail_parts(&config) {
+        Ok(parts) => parts,
+        Err(e) => {
+            tracing::error!("config reload failed: {e}");
+            tracing::error!("the new config was not used; the running config stays in force");
+            return;
+        }
+    };
+    let revisions = {
+        let mut store = lock(&live.store);
+        replan(&mut *store, &config, Timestamp::now()).and_then(|()| store.revisions())
+    };
+    let revisions = match revisions {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("config reload: the ledger failed, keeping the running config: {e}");
+            return;
+        }
+    };
+    live.feeds.replace(&config, &revisions);
+    live.outbox.replace(parts);
+    live.config.send_replace(Arc::new(config));
+    live.wake.notify_one();
+    tracing::info!("config reloaded");
+}
+
+/// Runs the service until `shutdown` completes.
+pub async fn run(
+    opts: ServeOptions,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let dir = config.state_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| DaemonError::StateDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    let state_lock = StateLock::acquire(&dir)?;
+    tracing::info!(lock = %state_lock.path().display(), "state directory locked");
+
+    let mut store = SqliteStore::open_in(&dir)?;
+    for key in store.recover_sending()? {
+        tracing::warn!(
+            mail = %key,
+            "an attempt was cut short (crash or kill); sending again with the same Message-ID"
+        );
+    }
+    replan(&mut store, &config, Timestamp::now())?;
+    let feeds = FeedState::new(&config, &store.revisions()?);
+    let parts = mail_parts(&config)?;
+    let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
+    let outbox = Arc::new(MailOutbox::new(store.clone(), parts));
+
+    let addr = opts.listen.unwrap_or(config.http.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind { addr, source })?;
+    tracing::info!("listening on http://{local}");
+
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(DaemonError::Signals)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let wake = Arc::new(Notify::new());
+
+    let http = tokio::spawn({
+        let stopped = stopped();
+        let app = router(feeds.clone());
+        async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!("HTTP server failed: {e}");
+            }
+        }
+    });
+    let scheduler = Scheduler {
+        store: store.clone(),
+        outbox: outbox.clone(),
+        clock: SystemClock,
+        config: config_rx,
+        wake: wake.clone(),
+    };
+    let sched = tokio::spawn(scheduler.run(stopped()));
+    let live = Live {
+        store,
+        config: config_tx,
+        feeds,
+        outbox,
+        wake,
+    };
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("convenor is running");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => reload(&opts, &live),
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_tx.send(true);
+    for (name, task) in [("HTTP server", http), ("scheduler", sched)] {
+        if let Err(e) = task.await {
+            tracing::error!("{name} task ended abnormally: {e}");
+        }
+    }
+    drop(state_lock);
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! The mail ledger: one persistent row per scheduled mail, so none is missed and none doubled.
+//!
+//! A row is keyed by [`MailKey`] (meeting id, email id, audience, occurrence) and carries its due
+//! instant, state, attempts, last error, Message-ID and sent time. The ledger also keeps one
+//! [`StoredRevision`] per meeting (its SEQUENCE survives restarts and never goes down).
+//!
+//! The store sits behind the small [`Store`] trait; [`sqlite::SqliteStore`] is the one
+//! implementation today (a PostgreSQL store for several instances can follow: idempotent inserts
+//! with `ON CONFLICT DO NOTHING`, claims with `FOR UPDATE SKIP LOCKED` and a lease).
+//!
+//! # Delivery guarantee: at least once, and the one window for twice
+//!
+//! A mail's row is written (`pending`) before any SMTP call. The scheduler claims it
+//! (`pending -> sending`, committed), talks to the server, and marks it `sent` only after the
+//! server's `250` to the end of DATA. So:
+//! - a mail is never lost: a crash before the `250` leaves the row in `sending`, and the next
+//!   start sends it again, with the same Message-ID (stored in the row when it was planned);
+//! - a mail can go out twice in exactly one window: after the server answered `250` and before
+//!   our `sent` commit reached the disk (a crash, kill or power cut in between). The repeat
+//!   carries the same Message-ID, so receiving systems and readers can tell it is a repeat.
+
+pub mod sqlite;
+
+use std::{collections::BTreeMap, fmt};
+
+use jiff::Timestamp;
+
+use crate::{
+    model::{EmailId, MeetingId},
+    plan::{LedgerView, MailStates},
+    revision::StoredRevision,
+    schedule::Recipient,
+};
+
+pub use sqlite::SqliteStore;
+
+/// The ledger file's name inside the state directory.
+pub const LEDGER_FILE: &str = "ledger.sqlite3";
+
+/// Which mail a row is: meeting, schedule entry, audience and occurrence.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MailKey {
+    /// The meeting id.
+    pub meeting: String,
+    /// The schedule entry's id.
+    pub email: String,
+    /// The recipient key: `list` or `lead:<priority>` (see [`Recipient::key`]).
+    pub audience: String,
+    /// 0 for timed mails; for change and cancellation notices, the meeting's SEQUENCE that
+    /// queued them (a second change queues another notice, a restart does not).
+    pub occurrence: u32,
+}
+
+impl MailKey {
+    /// The key of a timed mail.
+    pub fn timed(meeting: &MeetingId, email: &EmailId, recipient: &Recipient) -> Self {
+        Self {
+            meeting: meeting.to_string(),
+            email: email.to_string(),
+            audience: recipient.key(),
+            occurrence: 0,
+        }
+    }
+}
+
+impl fmt::Display for MailKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.meeting, self.email, self.audience)?;
+        if self.occurrence > 0 {
+            write!(f, "#{}", self.occurrence)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a mail is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MailState {
+    /// Planned; goes out when due (and, after a failure, not before its next attempt).
+    Pending,
+    /// Claimed: the SMTP conversation is (or was, before a crash) under way.
+    Sending,
+    /// The server answered 250.
+    Sent,
+    /// Not sent, on purpose (too late to be useful, meeting cancelled, ...).
+    Skipped,
+    /// Not sent: a permanent failure, or transient ones until the meeting started.
+    Failed,
+    /// Held by the clock-jump guard until an operator runs `convenor release`.
+    Held,
+}
+
+impl MailState {
+    /// Every state.
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Sending,
+        Self::Sent,
+        Self::Skipped,
+        Self::Failed,
+        Self::Held,
+    ];
+
+    /// The ledger's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+            Self::Held => "held",
+        }
+    }
+
+    /// Parses the ledger's spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for MailState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One scheduled mail as the ledger holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerRow {
+    /// Which mail.
+    pub key: MailKey,
+    /// When it becomes due (UTC).
+    pub due: Timestamp,
+    /// The last instant a first attempt may start: due + grace, capped at the meeting start.
+    pub deadline: Timestamp,
+    /// When the meeting starts: no attempt at or after it.
+    pub starts: Timestamp,
+    /// Its state.
+    pub state: MailState,
+    /// Send attempts so far.
+    pub attempts: u32,
+    /// After a transient failure: not before this instant.
+    pub next_attempt: Option<Timestamp>,
+    /// The last error, or why it was skipped or held.
+    pub last_error: Option<String>,
+    /// The Message-ID header it goes out with (with angle brackets), fixed when planned.
+    pub message_id: String,
+    /// When the server accepted it.
+    pub sent_at: Option<Timestamp>,
+    /// The server's reply to the end of DATA.
+    pub reply: Option<String>,
+    /// When the row was planned (inserted).
+    pub created: Timestamp,
+    /// Released by an operator after a hold: the clock-jump guard no longer counts it.
+    pub released: bool,
+}
+
+/// A due instant that moved (the meeting moved), or a withdrawn mail that is wanted again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reschedule {
+    /// Which mail.
+    pub key: MailKey,
+    /// New due instant.
+    pub due: Timestamp,
+    /// New deadline.
+    pub deadline: Timestamp,
+    /// New meeting start.
+    pub starts: Timestamp,
+}
+
+/// The writes one reconciliation of config and ledger asks for, applied in one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replan {
+    /// New or changed meeting revisions.
+    pub revisions: Vec<(MeetingId, StoredRevision)>,
+    /// New rows (inserted only when absent).
+    pub inserts: Vec<LedgerRow>,
+    /// Rows not yet sent whose due instant changed: back to `pending` with the new times and
+    /// no attempts. Rows in `sent` or `sending` are never touched.
+    pub reschedules: Vec<Reschedule>,
+    /// `pending` or `held` rows no longer wanted, with the reason: they become `skipped`.
+    pub withdrawals: Vec<(MailKey, String)>,
+}
+
+impl Replan {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.revisions.is_empty()
+            && self.inserts.is_empty()
+            && self.reschedules.is_empty()
+            && self.withdrawals.is_empty()
+    }
+}
+
+/// How an attempt or a decision ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `sending -> sent`: the server answered 250 with this reply.
+    Sent {
+        /// When.
+        at: Timestamp,
+        /// The server's reply.
+        reply: String,
+    },
+    /// `sending -> pending` with a next attempt, after a transient failure.
+    Retry {
+        /// Not before this instant.
+        at: Timestamp,
+        /// The server's reply or the connection error.
+        error: String,
+    },
+    /// `-> failed`.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// `pending -> skipped`.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// `pending -> held`.
+    Held {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The state this outcome leads to.
+    pub fn state(&self) -> MailState {
+        match self {
+            Self::Sent { .. } => MailState::Sent,
+            Self::Retry { .. } => MailState::Pending,
+            Self::Failed { .. } => MailState::Failed,
+            Self::Skipped { .. } => MailState::Skipped,
+            Self::Held { .. } => MailState::Held,
+        }
+    }
+}
+
+/// Which held rows `convenor release` releases: all, or those of one meeting and/or email.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseFilter {
+    /// Only this meeting.
+    pub meeting: Option<String>,
+    /// Only this schedule entry.
+    pub email: Option<String>,
+}
+
+/// Why the ledger failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// SQLite reported an error.
+    #[error("ledger {path}: {source}")]
+    Sqlite {
+        /// The ledger file.
+        path: String,
+        /// The error.
+        source: rusqlite::Error,
+    },
+    /// A stored value could not be read back.
+    #[error("ledger {path}: corrupt row: {detail}")]
+    Corrupt {
+        /// The ledger file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// The persistent store of mail rows and meeting revisions.
+///
+/// Every write is one transaction. State changes are conditional on the state the caller
+/// expects, so a reload that withdraws a row and a scheduler that claims it cannot both win.
+pub trait Store: Send {
+    /// Every row, ordered by due instant then key.
+    fn rows(&self) -> Result<Vec<LedgerRow>, LedgerError>;
+
+    /// The stored revision of every meeting seen.
+    fn revisions(&self) -> Result<BTreeMap<MeetingId, StoredRevision>, LedgerError>;
+
+    /// The revision a meeting had at `sequence` (its last state at that SEQUENCE), if stored.
+    fn revision_at(
+        &self,
+        meeting: &MeetingId,
+        sequence: u32,
+    ) -> Result<Option<StoredRevision>, LedgerError>;
+
+    /// Applies a reconciliation in one transaction.
+    fn apply(&mut self, replan: &Replan) -> Result<(), LedgerError>;
+
+    /// After a crash: every row left in `sending` goes back to `pending` (same Message-ID,
+    /// no backoff), to be sent again. Returns their keys.
+    fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError>;
+
+    /// Claims a due mail: `pending -> sending` and one more attempt, only if it is still
+    /// pending and due at `now`. Returns the claimed row, or `None` if someone else moved it.
+    fn claim(&mut self, key: &MailKey, now: Timestamp) -> Result<Option<LedgerRow>, LedgerError>;
+
+    /// Records an outcome for a row in state `from`; false when the row was no longer in `from`.
+    fn settle(
+        &mut self,
+        key: &MailKey,
+        from: MailState,
+        outcome: &Outcome,
+    ) -> Result<bool, LedgerError>;
+
+    /// `held -> pending` for the rows matching `filter`, marked released so the clock-jump guard
+    /// lets them through. Returns how many.
+    fn release(&mut self, filter: &ReleaseFilter) -> Result<usize, LedgerError>;
+}
+
+/// A snapshot of the ledger's rows that answers `convenor plan`'s questions.
+pub struct Snapshot(BTreeMap<MailKey, LedgerRow>);
+
+impl Snapshot {
+    /// Indexes rows by key.
+    pub fn new(rows: Vec<LedgerRow>) -> Self {
+        Self(rows.into_iter().map(|r| (r.key.clone(), r)).collect())
+    }
+
+    /// Rows that are not timed mails (change and cancellation notices), for listing apart.
+    pub fn notices(&self) -> impl Iterator<Item = &LedgerRow> {
+        self.0.values().filter(|r| r.key.occurrence > 0)
+    }
+}
+
+/// The view `convenor plan` shows of one row.
+pub fn view(row: &LedgerRow) -> LedgerView {
+    LedgerView {
+        state: row.state.as_str().to_owned(),
+        attempts: row.attempts,
+        detail: row.last_error.clone(),
+        sent_at: row.sent_at.map(|t| t.to_string()),
+    }
+}
+
+impl MailStates for Snapshot {
+    fn state(
+        &self,
+        meeting: &MeetingId,
+        email: &EmailId,
+        recipient: &Recipient,
+    ) -> Option<LedgerView> {
+        self.0
+            .get(&MailKey::timed(meeting, email, recipient))
+            .map(view)
+    }
+}

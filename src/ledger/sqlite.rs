@@ -1,0 +1,467 @@
+//! The SQLite ledger: one file in the state directory, WAL, `synchronous=FULL`, `busy_timeout`,
+//! every write in a `BEGIN IMMEDIATE` transaction.
+//!
+//! Instants are stored as integer milliseconds since the Unix epoch (UTC), which sort and compare
+//! in SQL; `convenor plan` shows them as RFC 3339.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use rusqlite::{
+    Connection, OptionalExtension as _, Row, TransactionBehavior, params, types::Value,
+};
+
+use super::{LedgerError, LedgerRow, MailKey, MailState, Outcome, ReleaseFilter, Replan, Store};
+use crate::{model::MeetingId, revision::StoredRevision};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mails (
+    meeting          TEXT    NOT NULL,
+    email            TEXT    NOT NULL,
+    audience         TEXT    NOT NULL,
+    occurrence       INTEGER NOT NULL DEFAULT 0,
+    due_ms           INTEGER NOT NULL,
+    deadline_ms      INTEGER NOT NULL,
+    starts_ms        INTEGER NOT NULL,
+    state            TEXT    NOT NULL
+        CHECK (state IN ('pending', 'sending', 'sent', 'skipped', 'failed', 'held')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms  INTEGER,
+    last_error       TEXT,
+    message_id       TEXT    NOT NULL,
+    sent_at_ms       INTEGER,
+    reply            TEXT,
+    created_ms       INTEGER NOT NULL,
+    released         INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (meeting, email, audience, occurrence)
+);
+CREATE INDEX IF NOT EXISTS mails_by_state_due ON mails (state, due_ms);
+CREATE TABLE IF NOT EXISTS meeting_revisions (
+    meeting   TEXT    NOT NULL PRIMARY KEY,
+    sequence  INTEGER NOT NULL,
+    revision  TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revision_history (
+    meeting   TEXT    NOT NULL,
+    sequence  INTEGER NOT NULL,
+    revision  TEXT    NOT NULL,
+    PRIMARY KEY (meeting, sequence)
+);
+";
+
+const COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, deadline_ms, starts_ms, state, \
+     attempts, next_attempt_ms, last_error, message_id, sent_at_ms, reply, created_ms, released";
+
+/// The ledger in one SQLite file.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn ts(ms: i64) -> rusqlite::Result<Timestamp> {
+    Timestamp::from_millisecond(ms).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
+    })
+}
+
+fn opt_ts(ms: Option<i64>) -> rusqlite::Result<Option<Timestamp>> {
+    ms.map(ts).transpose()
+}
+
+fn read_row(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
+    let state: String = r.get(7)?;
+    let state = MailState::parse(&state).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            7,
+            rusqlite::types::Type::Text,
+            format!("unknown state `{state}`").into(),
+        )
+    })?;
+    Ok(LedgerRow {
+        key: MailKey {
+            meeting: r.get(0)?,
+            email: r.get(1)?,
+            audience: r.get(2)?,
+            occurrence: r.get(3)?,
+        },
+        due: ts(r.get(4)?)?,
+        deadline: ts(r.get(5)?)?,
+        starts: ts(r.get(6)?)?,
+        state,
+        attempts: r.get(8)?,
+        next_attempt: opt_ts(r.get(9)?)?,
+        last_error: r.get(10)?,
+        message_id: r.get(11)?,
+        sent_at: opt_ts(r.get(12)?)?,
+        reply: r.get(13)?,
+        created: ts(r.get(14)?)?,
+        released: r.get(15)?,
+    })
+}
+
+const KEY_WHERE: &str = "meeting = ?1 AND email = ?2 AND audience = ?3 AND occurrence = ?4";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the ledger at `path` and sets it up.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let err = |source| LedgerError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        // journal_mode answers with a row, so it is queried rather than executed.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(LedgerError::Corrupt {
+                path: path.display().to_string(),
+                detail: format!("cannot switch to WAL mode (journal mode is `{mode}`)"),
+            });
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens the ledger in `state_dir` (see [`super::LEDGER_FILE`]).
+    pub fn open_in(state_dir: &Path) -> Result<Self, LedgerError> {
+        Self::open(&state_dir.join(super::LEDGER_FILE))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> LedgerError {
+        LedgerError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits it.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, LedgerError> {
+        let path = self.path.display().to_string();
+        let err = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let out = f(&tx).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
+    fn row(&self, key: &MailKey) -> Result<Option<LedgerRow>, LedgerError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM mails WHERE {KEY_WHERE}"),
+                params![key.meeting, key.email, key.audience, key.occurrence],
+                read_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+}
+
+impl Store for SqliteStore {
+    fn rows(&self) -> Result<Vec<LedgerRow>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM mails \
+                 ORDER BY due_ms, meeting, email, audience, occurrence"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], read_row)
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    fn revisions(&self) -> Result<BTreeMap<MeetingId, StoredRevision>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT meeting, revision FROM meeting_revisions")
+            .map_err(|e| self.err(e))?;
+        let pairs = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        let corrupt = |detail: String| LedgerError::Corrupt {
+            path: self.path.display().to_string(),
+            detail,
+        };
+        pairs
+            .into_iter()
+            .map(|(id, json)| {
+                let meeting = MeetingId::parse(&id)
+                    .map_err(|e| corrupt(format!("meeting_revisions: {e}")))?;
+                let rev: StoredRevision = serde_json::from_str(&json)
+                    .map_err(|e| corrupt(format!("meeting_revisions `{id}`: {e}")))?;
+                Ok((meeting, rev))
+            })
+            .collect()
+    }
+
+    fn revision_at(
+        &self,
+        meeting: &MeetingId,
+        sequence: u32,
+    ) -> Result<Option<StoredRevision>, LedgerError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT revision FROM revision_history WHERE meeting = ?1 AND sequence = ?2",
+                params![meeting.as_str(), sequence],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| LedgerError::Corrupt {
+                path: self.path.display().to_string(),
+                detail: format!("revision_history `{meeting}` {sequence}: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    fn apply(&mut self, replan: &Replan) -> Result<(), LedgerError> {
+        let revisions: Vec<(String, u32, String)> = replan
+            .revisions
+            .iter()
+            .map(|(id, rev)| {
+                serde_json::to_string(rev)
+                    .map(|json| (id.to_string(), rev.sequence, json))
+                    .map_err(|e| LedgerError::Corrupt {
+                        path: self.path.display().to_string(),
+                        detail: format!("cannot encode the revision of `{id}`: {e}"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        self.write(|tx| {
+            for (id, sequence, json) in &revisions {
+                // SEQUENCE never goes down, whatever the caller computed.
+                tx.execute(
+                    "INSERT INTO meeting_revisions (meeting, sequence, revision) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (meeting) DO UPDATE SET sequence = excluded.sequence,
+                         revision = excluded.revision
+                     WHERE excluded.sequence >= meeting_revisions.sequence",
+                    params![id, sequence, json],
+                )?;
+                // The last revision at each SEQUENCE: a change notice shows the one before.
+                tx.execute(
+                    "INSERT INTO revision_history (meeting, sequence, revision) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (meeting, sequence) DO UPDATE SET revision = excluded.revision",
+                    params![id, sequence, json],
+                )?;
+            }
+            for r in &replan.inserts {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO mails ({COLUMNS}) VALUES \
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    params![
+                        r.key.meeting,
+                        r.key.email,
+                        r.key.audience,
+                        r.key.occurrence,
+                        ms(r.due),
+                        ms(r.deadline),
+                        ms(r.starts),
+                        r.state.as_str(),
+                        r.attempts,
+                        r.next_attempt.map(ms),
+                        r.last_error,
+                        r.message_id,
+                        r.sent_at.map(ms),
+                        r.reply,
+                        ms(r.created),
+                        r.released,
+                    ],
+                )?;
+            }
+            for r in &replan.reschedules {
+                tx.execute(
+                    &format!(
+                        "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, \
+                         state = 'pending', attempts = 0, next_attempt_ms = NULL, \
+                         last_error = NULL, released = 0 \
+                         WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'skipped', 'failed')"
+                    ),
+                    params![
+                        r.key.meeting,
+                        r.key.email,
+                        r.key.audience,
+                        r.key.occurrence,
+                        ms(r.due),
+                        ms(r.deadline),
+                        ms(r.starts)
+                    ],
+                )?;
+            }
+            for (key, reason) in &replan.withdrawals {
+                tx.execute(
+                    &format!(
+                        "UPDATE mails SET state = 'skipped', last_error = ?5 \
+                         WHERE {KEY_WHERE} AND state IN ('pending', 'held')"
+                    ),
+                    params![key.meeting, key.email, key.audience, key.occurrence, reason],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError> {
+        self.write(|tx| {
+            let keys = {
+                let mut stmt = tx.prepare(
+                    "SELECT meeting, email, audience, occurrence FROM mails \
+                     WHERE state = 'sending' ORDER BY due_ms",
+                )?;
+                stmt.query_map([], |r| {
+                    Ok(MailKey {
+                        meeting: r.get(0)?,
+                        email: r.get(1)?,
+                        audience: r.get(2)?,
+                        occurrence: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.execute(
+                "UPDATE mails SET state = 'pending', next_attempt_ms = NULL \
+                 WHERE state = 'sending'",
+                [],
+            )?;
+            Ok(keys)
+        })
+    }
+
+    fn claim(&mut self, key: &MailKey, now: Timestamp) -> Result<Option<LedgerRow>, LedgerError> {
+        let changed = self.write(|tx| {
+            tx.execute(
+                &format!(
+                    "UPDATE mails SET state = 'sending', attempts = attempts + 1 \
+                     WHERE {KEY_WHERE} AND state = 'pending' AND due_ms <= ?5 \
+                     AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?5)"
+                ),
+                params![
+                    key.meeting,
+                    key.email,
+                    key.audience,
+                    key.occurrence,
+                    ms(now)
+                ],
+            )
+        })?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.row(key)
+    }
+
+    fn settle(
+        &mut self,
+        key: &MailKey,
+        from: MailState,
+        outcome: &Outcome,
+    ) -> Result<bool, LedgerError> {
+        let to = outcome.state().as_str();
+        // ?1-?4 the key, ?5 the expected state, ?6 the new state, ?7 and ?8 the outcome's data.
+        let (set, a, b): (&str, Value, Value) = match outcome {
+            Outcome::Sent { at, reply } => (
+                "sent_at_ms = ?7, reply = ?8, last_error = NULL, next_attempt_ms = NULL",
+                ms(*at).into(),
+                reply.clone().into(),
+            ),
+            Outcome::Retry { at, error } => (
+                "next_attempt_ms = ?7, last_error = ?8",
+                ms(*at).into(),
+                error.clone().into(),
+            ),
+            Outcome::Failed { error: text }
+            | Outcome::Skipped { reason: text }
+            | Outcome::Held { reason: text } => (
+                // ?8 is unused here; NULLIF(?8, ?8) is NULL and keeps the parameter count fixed.
+                "last_error = ?7, next_attempt_ms = NULLIF(?8, ?8)",
+                text.clone().into(),
+                Value::Null,
+            ),
+        };
+        let statement =
+            format!("UPDATE mails SET state = ?6, {set} WHERE {KEY_WHERE} AND state = ?5");
+        let changed = self.write(|tx| {
+            tx.execute(
+                &statement,
+                params![
+                    key.meeting,
+                    key.email,
+                    key.audience,
+                    key.occurrence,
+                    from.as_str(),
+                    to,
+                    a,
+                    b
+                ],
+            )
+        })?;
+        Ok(changed > 0)
+    }
+
+    fn release(&mut self, filter: &ReleaseFilter) -> Result<usize, LedgerError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE mails SET state = 'pending', released = 1, last_error = NULL \
+                 WHERE state = 'held' AND (?1 IS NULL OR meeting = ?1) \
+                 AND (?2 IS NULL OR email = ?2)",
+                params![filter.meeting, filter.email],
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_is_wal_full_sync_with_a_busy_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_in(dir.path()).expect("open");
+        let get = |p: &str| -> i64 {
+            store
+                .conn
+                .query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+                .expect(p)
+        };
+        assert_eq!(get("synchronous"), 2, "FULL");
+        assert_eq!(get("busy_timeout"), 10_000);
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+    }
+}

@@ -1,0 +1,198 @@
+//! The pure decision: given the ledger's rows and `now`, what to do with each due mail.
+//!
+//! Nothing here reads the clock or touches the ledger: the loop in [`super::run`] applies the
+//! [`Action`]s. The rules (see also the module docs of [`crate::ledger`]):
+//! - a pending mail is due when `due <= now` and, after a failure, `next_attempt <= now`;
+//! - a first attempt goes out only while still useful: `now <= deadline` (due + grace) and
+//!   before the meeting starts; otherwise it is skipped, with the reason;
+//! - a retry goes out until the meeting starts, then the mail fails;
+//! - the clock-jump guard: if more than `max_catch_up` mails fell due at once after they were
+//!   planned (first attempts, not released by an operator), none of them is sent or skipped:
+//!   they are all held for `convenor release`. Mails already past when they were first planned
+//!   (a first start on old meetings) do not count: they are simply skipped.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::{
+    ledger::{LedgerRow, MailKey, MailState, Outcome},
+    model::SchedulerSettings,
+};
+
+/// What to do with one due mail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Claim it and send it now.
+    Send(MailKey),
+    /// Do not send it; mark it skipped.
+    Skip {
+        /// Which mail.
+        key: MailKey,
+        /// Why, for the ledger and the log.
+        reason: String,
+    },
+    /// Do not send it; hold it for an operator (clock-jump guard).
+    Hold {
+        /// Which mail.
+        key: MailKey,
+        /// Why.
+        reason: String,
+    },
+    /// Give up on it; mark it failed.
+    Fail {
+        /// Which mail.
+        key: MailKey,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Action {
+    /// The outcome to record for a non-sending action, from state `pending`.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            Self::Send(_) => None,
+            Self::Skip { reason, .. } => Some(Outcome::Skipped {
+                reason: reason.clone(),
+            }),
+            Self::Hold { reason, .. } => Some(Outcome::Held {
+                reason: reason.clone(),
+            }),
+            Self::Fail { reason, .. } => Some(Outcome::Failed {
+                error: reason.clone(),
+            }),
+        }
+    }
+
+    /// The mail it concerns.
+    pub fn key(&self) -> &MailKey {
+        match self {
+            Self::Send(key)
+            | Self::Skip { key, .. }
+            | Self::Hold { key, .. }
+            | Self::Fail { key, .. } => key,
+        }
+    }
+}
+
+/// Why a send failed, as the transport classified it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendFailure {
+    /// True for 4xx replies, refused connections and timeouts; false for 5xx and bad messages.
+    pub transient: bool,
+    /// The server's reply or the error.
+    pub message: String,
+}
+
+fn is_due(row: &LedgerRow, now: Timestamp) -> bool {
+    row.state == MailState::Pending && row.due <= now && row.next_attempt.is_none_or(|t| t <= now)
+}
+
+/// True when a due row counts towards the clock-jump guard: a first attempt that fell due after
+/// it was planned and that no operator released.
+fn counts_for_guard(row: &LedgerRow) -> bool {
+    row.attempts == 0 && !row.released && row.due > row.created
+}
+
+/// Decides what to do with every due mail among `rows` at `now`.
+pub fn decide(rows: &[LedgerRow], now: Timestamp, settings: &SchedulerSettings) -> Vec<Action> {
+    let due: Vec<&LedgerRow> = rows.iter().filter(|r| is_due(r, now)).collect();
+    let fell_due = due.iter().filter(|r| counts_for_guard(r)).count();
+    let hold = fell_due > settings.max_catch_up as usize;
+    // Reasons show `now` to the second; the decision uses the exact instant.
+    let shown = now.round(jiff::Unit::Second).unwrap_or(now);
+    due.into_iter()
+        .map(|row| {
+            let key = row.key.clone();
+            if hold && counts_for_guard(row) {
+                let reason = format!(
+                    "clock-jump guard: {fell_due} mails fell due at once at {shown}, more than \
+                     max_catch_up = {}; check the clock, then run `convenor release`",
+                    settings.max_catch_up
+                );
+                return Action::Hold { key, reason };
+            }
+            if row.attempts == 0 {
+                if now >= row.starts {
+                    let reason = format!(
+                        "too late: due {}, but the meeting started at {} before it could go out \
+                         (now {shown})",
+                        row.due, row.starts
+                    );
+                    Action::Skip { key, reason }
+                } else if now > row.deadline {
+                    let reason = format!(
+                        "too late: due {}, its grace ran out at {} (now {shown})",
+                        row.due, row.deadline
+                    );
+                    Action::Skip { key, reason }
+                } else {
+                    Action::Send(key)
+                }
+            } else if now >= row.starts {
+                let last = row.last_error.as_deref().unwrap_or("none recorded");
+                let reason = format!(
+                    "gave up after {} attempt(s): the meeting started at {}; last error: {last}",
+                    row.attempts, row.starts
+                );
+                Action::Fail { key, reason }
+            } else {
+                Action::Send(key)
+            }
+        })
+        .collect()
+}
+
+/// The next instant a pending row becomes due, if any; the loop sleeps towards it.
+pub fn next_wake(rows: &[LedgerRow]) -> Option<Timestamp> {
+    rows.iter()
+        .filter(|r| r.state == MailState::Pending)
+        .map(|r| r.next_attempt.map_or(r.due, |t| t.max(r.due)))
+        .min()
+}
+
+/// The longest wait between two attempts (unless the base itself is longer).
+pub const MAX_BACKOFF: SignedDuration = SignedDuration::from_hours(1);
+
+/// The wait before the next attempt after `attempts` attempts: `base * 2^(attempts-1)`, capped
+/// at [`MAX_BACKOFF`] (or `base` if longer), with "equal jitter": the result lies in
+/// `[d/2, d]` where `d` is the capped value; `jitter` in `[0, 1]` picks the point.
+pub fn backoff(base: SignedDuration, attempts: u32, jitter: f64) -> SignedDuration {
+    let exponent = attempts.saturating_sub(1).min(30);
+    let full = base
+        .checked_mul(1_i32 << exponent)
+        .unwrap_or(SignedDuration::MAX)
+        .min(MAX_BACKOFF.max(base));
+    let half = full / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// What to record after a failed attempt of `row` (whose `attempts` already counts it).
+pub fn after_failure(
+    row: &LedgerRow,
+    failure: &SendFailure,
+    now: Timestamp,
+    settings: &SchedulerSettings,
+    jitter: f64,
+) -> Outcome {
+    if !failure.transient {
+        return Outcome::Failed {
+            error: format!("permanent failure: {}", failure.message),
+        };
+    }
+    let wait = backoff(settings.retry_base, row.attempts, jitter);
+    let at = now.checked_add(wait).unwrap_or(Timestamp::MAX);
+    if at >= row.starts {
+        Outcome::Failed {
+            error: format!(
+                "gave up after {} attempt(s): the meeting starts at {} before the next one; \
+                 last error: {}",
+                row.attempts, row.starts, failure.message
+            ),
+        }
+    } else {
+        Outcome::Retry {
+            at,
+            error: format!("transient failure: {}", failure.message),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The scheduler: a pure planning core and the loop that applies it.
+//!
+//! - [`reconcile`] (pure): config + stored rows + revisions + `now` -> the ledger writes (new
+//!   rows, moved due instants, withdrawn mails, revisions, change notices).
+//! - [`decide`] (pure): rows + `now` -> what to do with each due mail (send, skip, hold, fail),
+//!   and what a failed attempt leads to (retry with backoff and jitter, or fail).
+//! - [`run`]: the loop, which owns the clock reading, the ledger calls and the sending.
+//! - [`outbox`]: the narrow sending interface, with a small stand-in sender.
+
+pub mod decide;
+pub mod outbox;
+pub mod reconcile;
+pub mod run;
+
+pub use decide::{Action, SendFailure, after_failure, backoff, decide, next_wake};
+pub use outbox::{MailOutbox, MailParts, Outbox};
+pub use reconcile::{Reconciled, reconcile};
+pub use run::{Clock, Scheduler, SharedStore, SystemClock};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+//! The pure reconciliation of the config with the ledger: which rows to add, move or withdraw,
+//! which revisions to store and which change notices to queue.
+//!
+//! Run at start and at every reload. Idempotent: reconciling the same config against the rows
+//! it produced yields nothing to write. Rows already `sent` (or being sent) are never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+
+use crate::{
+    ledger::{LedgerRow, MailKey, MailState, Replan, Reschedule},
+    model::{Config, EmailId, Meeting, MeetingId, Trigger},
+    revision::{self, Change, StoredRevision},
+    schedule::{self, Recipient},
+};
+
+/// Every withdrawal reason starts with this, so a mail withdrawn by a config change can be
+/// wanted again by a later one (a cancelled meeting reinstated).
+pub const WITHDRAWN: &str = "withdrawn: ";
+
+/// What a reconciliation asks the ledger to write, and what to log about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// The writes.
+    pub replan: Replan,
+    /// One line per noteworthy change, for the log.
+    pub notes: Vec<String>,
+}
+
+/// The Message-ID of a planned mail, fixed in its row so every retry carries the same one:
+/// [`crate::mail::message_id`] of its key (the occurrence, a notice's SEQUENCE, tells notices
+/// apart), so `convenor preview` shows the very Message-ID that will be sent.
+pub fn message_id(config: &Config, key: &MailKey) -> String {
+    match (
+        MeetingId::parse(&key.meeting),
+        EmailId::parse(&key.email),
+        Recipient::from_key(&key.audience),
+    ) {
+        (Ok(meeting), Ok(email), Some(recipient)) => {
+            crate::mail::message_id(config, &meeting, &email, &recipient, key.occurrence)
+        }
+        // Keys are built from the config, so this is unreachable in practice; stay unique.
+        _ => format!(
+            "<{}.{}.{}.{}@{}>",
+            key.meeting,
+            key.email,
+            key.audience.replace(':', "."),
+            key.occurrence,
+            config.mail.from.email.domain()
+        ),
+    }
+}
+
+fn new_row(
+    config: &Config,
+    key: MailKey,
+    due: Timestamp,
+    deadline: Timestamp,
+    starts: Timestamp,
+    now: Timestamp,
+) -> LedgerRow {
+    LedgerRow {
+        message_id: message_id(config, &key),
+        key,
+        due,
+        deadline,
+        starts,
+        state: MailState::Pending,
+        attempts: 0,
+        next_attempt: None,
+        last_error: None,
+        sent_at: None,
+        reply: None,
+        created: now,
+        released: false,
+    }
+}
+
+/// Notices (change or cancellation) a significant change of `meeting` queues, keyed by the new
+/// SEQUENCE.
+fn notices(
+    config: &Config,
+    meeting: &Meeting,
+    before: &revision::Significant,
+    sequence: u32,
+    now: Timestamp,
+) -> Vec<LedgerRow> {
+    let cancelled = revision::is_cancellation(before, meeting);
+    let tz = &config.network.time_zone;
+    let starts = meeting.starts_at(tz);
+    config
+        .emails
+        .iter()
+        .filter(|rule| match rule.trigger {
+            Trigger::OnCancel => cancelled,
+            Trigger::OnChange => !cancelled && !meeting.is_cancelled(),
+            _ => false,
+        })
+        .flat_map(|rule| {
+            schedule::recipients(config, meeting, rule)
+                .into_iter()
+                .map(move |r| (rule, r))
+        })
+        .map(|(rule, recipient)| {
+            let key = MailKey {
+                occurrence: sequence,
+                ..MailKey::timed(&meeting.id, &rule.id, &recipient)
+            };
+            let deadline = schedule::deadline(now, rule.grace, starts);
+            new_row(config, key, now, deadline, starts, now)
+        })
+        .collect()
+}
+
+/// Why a row no longer wanted by the config is withdrawn.
+fn withdrawal_reason(config: &Config, key: &MailKey) -> String {
+    let meeting = MeetingId::parse(&key.meeting)
+        .ok()
+        .and_then(|id| config.meeting(&id).cloned());
+    let rule = crate::model::EmailId::parse(&key.email)
+        .ok()
+        .and_then(|id| config.email(&id).cloned());
+    let why = match (meeting, rule) {
+        (None, _) => "the meeting is no longer in the config",
+        (Some(m), _) if m.is_cancelled() => "meeting cancelled",
+        (_, None) => "the email is no longer in the schedule",
+        _ => "the recipient is no longer concerned by the meeting",
+    };
+    format!("{WITHDRAWN}{why}")
+}
+
+/// Compares the config (as of `now`) with the ledger's rows and revisions.
+pub fn reconcile(
+    config: &Config,
+    rows: &[LedgerRow],
+    revisions: &BTreeMap<MeetingId, StoredRevision>,
+    now: Timestamp,
+) -> Reconciled {
+    let tz = &config.network.time_zone;
+    let by_key: BTreeMap<&MailKey, &LedgerRow> = rows.iter().map(|r| (&r.key, r)).collect();
+    let mut out = Reconciled::default();
+    let mut wanted: BTreeSet<MailKey> = BTreeSet::new();
+
+    for meeting in &config.meetings {
+        let (rev, change) =
+            revision::next_revision(revisions.get(&meeting.id), config, meeting, now);
+        if change == Change::Unchanged {
+            continue;
+        }
+        if let Change::Significant { before } = &change {
+            let queued = notices(config, meeting, before, rev.sequence, now);
+            out.notes.push(format!(
+                "meeting {} changed (SEQUENCE {} -> {}): {}",
+                meeting.id,
+                revisions.get(&meeting.id).map_or(0, |r| r.sequence),
+                rev.sequence,
+                if queued.is_empty() {
+                    "no notice in the schedule".to_owned()
+                } else {
+                    let names: Vec<String> = queued.iter().map(|r| r.key.to_string()).collect();
+                    format!("queued {}", names.join(", "))
+                }
+            ));
+            for row in queued {
+                if !by_key.contains_key(&row.key) {
+                    out.replan.inserts.push(row);
+                }
+            }
+        }
+        out.replan.revisions.push((meeting.id.clone(), rev));
+    }
+
+    // Notices already queued stay wanted while their meeting and rule still call for them.
+    for row in rows.iter().filter(|r| r.key.occurrence > 0) {
+        let meeting = MeetingId::parse(&row.key.meeting)
+            .ok()
+            .and_then(|id| config.meeting(&id));
+        let rule = crate::model::EmailId::parse(&row.key.email)
+            .ok()
+            .and_then(|id| config.email(&id));
+        let keep = match (meeting, rule) {
+            (Some(m), Some(rule)) => match rule.trigger {
+                Trigger::OnCancel => m.is_cancelled(),
+                Trigger::OnChange => !m.is_cancelled(),
+                _ => false,
+            },
+            _ => false,
+        };
+        if keep {
+            wanted.insert(row.key.clone());
+        }
+    }
+
+    for due in schedule::timeline(config) {
+        let key = MailKey::timed(&due.meeting, &due.email, &due.recipient);
+        let starts = config
+            .meeting(&due.meeting)
+            .map_or(due.deadline, |m| m.starts_at(tz));
+        wanted.insert(key.clone());
+        match by_key.get(&key) {
+            None => {
+                out.replan
+                    .inserts
+                    .push(new_row(config, key, due.due, due.deadline, starts, now))
+            }
+            Some(row) if matches!(row.state, MailState::Sent | MailState::Sending) => {}
+            Some(row) => {
+                let moved = (row.due, row.deadline, row.starts) != (due.due, due.deadline, starts);
+                let revived = row.state == MailState::Skipped
+                    && row
+                        .last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with(WITHDRAWN));
+                if moved || revived {
+                    out.notes.push(if moved {
+                        format!("{key}: due moved from {} to {}", row.due, due.due)
+                    } else {
+                        format!("{key}: wanted again, back to pending")
+                    });
+                    out.replan.reschedules.push(Reschedule {
+                        key,
+                        due: due.due,
+                        deadline: due.deadline,
+                        starts,
+                    });
+                }
+            }
+        }
+    }
+
+    for row in rows {
+        if wanted.contains(&row.key) || !matches!(row.state, MailState::Pending | MailState::Held) {
+            continue;
+        }
+        let reason = withdrawal_reason(config, &row.key);
+        out.notes.push(format!("{}: skipped, {reason}", row.key));
+        out.replan.withdrawals.push((row.key.clone(), reason));
+    }
+    out
+}

@@ -1,0 +1,625 @@
+//! Table tests of the pure core ([`super::reconcile`], [`super::decide`]) over a real SQLite
+//! ledger in a temporary directory: each step reconciles or decides at a given `now` and applies
+//! the result the way the loop does.
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::{Action, SendFailure, after_failure, backoff, decide, next_wake, reconcile};
+use crate::{
+    config::{Environment, parse},
+    daemon::replan,
+    ledger::{LedgerRow, MailKey, MailState, Outcome, ReleaseFilter, SqliteStore, Store},
+    model::{Config, SchedulerSettings},
+};
+
+fn t(s: &str) -> Timestamp {
+    s.parse().expect("timestamp")
+}
+
+const MEETINGS: &str = "
+[[meeting]]
+id = \"m1\"
+date = 2030-06-07
+start = \"10:00\"
+end = \"12:00\"
+title = \"Meeting one\"
+";
+
+/// A small config: one priority, the meetings given, two timed mails (a week and a day before,
+/// 09:00 London, grace 1d and 2h) and change and cancellation notices. June 2030 is BST, so
+/// m1 starts at 09:00Z, its week mail is due 2030-05-31T08:00Z and its day mail
+/// 2030-06-06T08:00Z.
+fn config(meetings: &str) -> Config {
+    let text = format!(
+        "
+[network]
+short_name = \"LEDNet\"
+name = \"Test network\"
+time_zone = \"Europe/London\"
+base_url = \"http://127.0.0.1:8080\"
+contact = \"team@example.org\"
+[mail]
+from = \"team@example.org\"
+list = [\"list@example.org\"]
+templates_dir = \"../templates\"
+[scheduler]
+max_catch_up = 3
+retry_base = \"1m\"
+[[priority]]
+id = \"p1\"
+name = \"P1\"
+summary = \"s\"
+[priority.lead]
+name = \"Lead\"
+email = \"lead@example.org\"
+{meetings}
+[[email]]
+id = \"week\"
+template = \"reminder\"
+days_before = 7
+at = \"09:00\"
+audience = \"list\"
+grace = \"1d\"
+[[email]]
+id = \"day\"
+template = \"reminder\"
+days_before = 1
+at = \"09:00\"
+audience = \"list\"
+grace = \"2h\"
+[[email]]
+id = \"change\"
+template = \"change-notice\"
+on = \"change\"
+audience = \"list\"
+[[email]]
+id = \"cancel\"
+template = \"cancellation-notice\"
+on = \"cancellation\"
+audience = \"list\"
+"
+    );
+    parse(
+        std::path::Path::new("config/test.toml"),
+        &text,
+        &Environment::default(),
+    )
+    .expect("valid test config")
+    .config
+}
+
+fn key(meeting: &str, email: &str, occurrence: u32) -> MailKey {
+    MailKey {
+        meeting: meeting.into(),
+        email: email.into(),
+        audience: "list".into(),
+        occurrence,
+    }
+}
+
+/// A real ledger in a temp dir, driven step by step.
+struct Sim {
+    _dir: tempfile::TempDir,
+    store: SqliteStore,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_in(dir.path()).expect("open ledger");
+        Self { _dir: dir, store }
+    }
+
+    fn load(&mut self, config: &Config, now: Timestamp) {
+        replan(&mut self.store, config, now).expect("replan");
+    }
+
+    /// Decides at `now` and applies: sends go through `send` (a stand-in for the server's answer).
+    fn step(
+        &mut self,
+        settings: &SchedulerSettings,
+        now: Timestamp,
+        send: impl Fn(&LedgerRow) -> Result<String, SendFailure>,
+    ) -> Vec<Action> {
+        let rows = self.store.rows().expect("rows");
+        let actions = decide(&rows, now, settings);
+        for a in &actions {
+            match a {
+                Action::Send(k) => {
+                    let row = self.store.claim(k, now).expect("claim").expect("claimed");
+                    let outcome = match send(&row) {
+                        Ok(reply) => Outcome::Sent { at: now, reply },
+                        Err(f) => after_failure(&row, &f, now, settings, 0.5),
+                    };
+                    assert!(
+                        self.store
+                            .settle(k, MailState::Sending, &outcome)
+                            .expect("settle")
+                    );
+                }
+                other => {
+                    let outcome = other.outcome().expect("outcome");
+                    assert!(
+                        self.store
+                            .settle(other.key(), MailState::Pending, &outcome)
+                            .expect("settle")
+                    );
+                }
+            }
+        }
+        actions
+    }
+
+    fn row(&self, k: &MailKey) -> LedgerRow {
+        self.store
+            .rows()
+            .expect("rows")
+            .into_iter()
+            .find(|r| &r.key == k)
+            .unwrap_or_else(|| panic!("no row {k}"))
+    }
+
+    fn states(&self) -> Vec<(String, MailState)> {
+        self.store
+            .rows()
+            .expect("rows")
+            .into_iter()
+            .map(|r| (r.key.to_string(), r.state))
+            .collect()
+    }
+}
+
+fn ok(_: &LedgerRow) -> Result<String, SendFailure> {
+    Ok("250 2.0.0 queued".into())
+}
+
+/// The kind of each action, for compact tables.
+fn kinds(actions: &[Action]) -> Vec<(String, &'static str)> {
+    actions
+        .iter()
+        .map(|a| {
+            let kind = match a {
+                Action::Send(_) => "send",
+                Action::Skip { .. } => "skip",
+                Action::Hold { .. } => "hold",
+                Action::Fail { .. } => "fail",
+            };
+            (a.key().to_string(), kind)
+        })
+        .collect()
+}
+
+#[test]
+fn first_start_on_past_meetings_sends_nothing() {
+    let text = std::fs::read_to_string("config/lednet.toml").expect("example config");
+    let c = parse(
+        std::path::Path::new("config/lednet.toml"),
+        &text,
+        &Environment::default(),
+    )
+    .expect("valid")
+    .config;
+    let mut sim = Sim::new();
+    let now = t("2026-01-10T12:00:00Z");
+    sim.load(&c, now);
+    let rows = sim.store.rows().expect("rows");
+    assert_eq!(rows.len(), crate::schedule::timeline(&c).len());
+    assert!(
+        rows.len() > c.scheduler.max_catch_up as usize,
+        "more than the guard's limit"
+    );
+    let actions = sim.step(&c.scheduler, now, ok);
+    assert_eq!(actions.len(), rows.len());
+    assert!(
+        actions.iter().all(|a| matches!(a, Action::Skip { .. })),
+        "{actions:?}"
+    );
+    // Idempotent: a restart plans nothing new and decides nothing more.
+    let again = reconcile(
+        &c,
+        &sim.store.rows().expect("rows"),
+        &sim.store.revisions().expect("revs"),
+        now,
+    );
+    assert!(again.replan.is_empty(), "{again:?}");
+    assert!(sim.step(&c.scheduler, now, ok).is_empty());
+}
+
+#[test]
+fn downtime_across_a_due_instant_inside_and_outside_the_grace() {
+    let c = config(MEETINGS);
+    let planned = t("2030-05-01T00:00:00Z");
+    // (now after the downtime, expected action for the day mail, words in the reason)
+    let table = [
+        ("2030-06-06T08:00:00Z", "send", ""),
+        ("2030-06-06T09:59:00Z", "send", ""),
+        (
+            "2030-06-06T10:00:01Z",
+            "skip",
+            "grace ran out at 2030-06-06T10:00:00Z",
+        ),
+        ("2030-06-07T09:00:00Z", "skip", "meeting started"),
+        ("2031-01-01T00:00:00Z", "skip", "meeting started"),
+    ];
+    for (now, want, why) in table {
+        let mut sim = Sim::new();
+        sim.load(&c, planned);
+        // The week mail went out on time before the downtime.
+        assert_eq!(
+            kinds(&sim.step(&c.scheduler, t("2030-05-31T08:00:00Z"), ok)),
+            [("m1/week/list".to_owned(), "send")]
+        );
+        let actions = sim.step(&c.scheduler, t(now), ok);
+        assert_eq!(
+            kinds(&actions),
+            [("m1/day/list".to_owned(), want)],
+            "at {now}"
+        );
+        if let Action::Skip { reason, .. } = &actions[0] {
+            assert!(reason.contains(why), "{reason}");
+            assert_eq!(
+                sim.row(&key("m1", "day", 0)).last_error.as_deref(),
+                Some(reason.as_str())
+            );
+        }
+    }
+}
+
+#[test]
+fn clock_forward_by_days_sends_what_is_useful_and_by_years_holds_everything() {
+    let three = format!(
+        "{MEETINGS}{}{}",
+        MEETINGS.replace("m1", "m2").replace("06-07", "06-14"),
+        MEETINGS.replace("m1", "m3").replace("06-07", "06-21")
+    );
+    let c = config(&three);
+    let planned = t("2030-05-01T00:00:00Z");
+
+    // Days: by 2030-06-07T10:00Z, three mails fell due (not more than max_catch_up = 3).
+    let mut sim = Sim::new();
+    sim.load(&c, planned);
+    let actions = sim.step(&c.scheduler, t("2030-06-07T10:00:00Z"), ok);
+    assert_eq!(
+        kinds(&actions),
+        [
+            ("m1/week/list".to_owned(), "skip"),
+            ("m1/day/list".to_owned(), "skip"),
+            ("m2/week/list".to_owned(), "send"),
+        ]
+    );
+
+    // Years: all six fell due at once: every one is held, none sent or skipped.
+    let mut sim = Sim::new();
+    sim.load(&c, planned);
+    let actions = sim.step(&c.scheduler, t("2036-03-01T00:00:00Z"), ok);
+    assert_eq!(actions.len(), 6);
+    assert!(
+        actions.iter().all(
+            |a| matches!(a, Action::Hold { reason, .. } if reason.contains("max_catch_up = 3"))
+        ),
+        "{actions:?}"
+    );
+    assert!(sim.states().iter().all(|(_, s)| *s == MailState::Held));
+    // Held rows do not wake the loop and stay held on the next pass.
+    assert_eq!(next_wake(&sim.store.rows().expect("rows")), None);
+    assert!(
+        sim.step(&c.scheduler, t("2036-03-01T00:01:00Z"), ok)
+            .is_empty()
+    );
+    // The operator releases one meeting: its mails are judged normally (too late: skipped),
+    // the others stay held.
+    let n = sim
+        .store
+        .release(&ReleaseFilter {
+            meeting: Some("m1".into()),
+            email: None,
+        })
+        .expect("release");
+    assert_eq!(n, 2);
+    let actions = sim.step(&c.scheduler, t("2036-03-01T00:02:00Z"), ok);
+    assert_eq!(
+        kinds(&actions),
+        [
+            ("m1/week/list".to_owned(), "skip"),
+            ("m1/day/list".to_owned(), "skip")
+        ]
+    );
+    // If the clock was wrong and is put right, released-and-still-useful mail goes out.
+    let n = sim
+        .store
+        .release(&ReleaseFilter::default())
+        .expect("release");
+    assert_eq!(n, 4);
+    let actions = sim.step(&c.scheduler, t("2030-06-13T09:00:00Z"), ok);
+    assert_eq!(
+        kinds(&actions),
+        [
+            ("m2/week/list".to_owned(), "skip"),
+            ("m2/day/list".to_owned(), "send")
+        ],
+        "m2/week is past its grace, m2/day is inside it, m3's are not due yet"
+    );
+}
+
+#[test]
+fn clock_backwards_never_resends_or_lowers_the_sequence() {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    assert_eq!(
+        sim.step(&c.scheduler, t("2030-05-31T08:00:05Z"), ok).len(),
+        1
+    );
+    let sent = sim.row(&key("m1", "week", 0));
+    assert_eq!(sent.state, MailState::Sent);
+    let revs = sim.store.revisions().expect("revisions");
+    // The clock steps back two days; a restart reconciles and decides at that instant.
+    let back = t("2030-05-29T08:00:00Z");
+    sim.load(&c, back);
+    assert!(sim.step(&c.scheduler, back, ok).is_empty());
+    assert_eq!(sim.row(&key("m1", "week", 0)), sent);
+    assert_eq!(sim.store.revisions().expect("revisions"), revs);
+    assert_eq!(
+        next_wake(&sim.store.rows().expect("rows")),
+        Some(t("2030-06-06T08:00:00Z"))
+    );
+}
+
+#[test]
+fn a_moved_meeting_moves_pending_mail_keeps_sent_mail_and_queues_one_notice_per_change() {
+    let moved = MEETINGS.replace("2030-06-07", "2030-06-10");
+    let moved_again = MEETINGS.replace("2030-06-07", "2030-06-12");
+
+    // Moved before anything was sent.
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    let week0 = sim.row(&key("m1", "week", 0));
+    sim.load(&config(&moved), t("2030-05-20T00:00:00Z"));
+    let week = sim.row(&key("m1", "week", 0));
+    assert_eq!(
+        (week.state, week.due),
+        (MailState::Pending, t("2030-06-03T08:00:00Z"))
+    );
+    assert_eq!(
+        week.message_id, week0.message_id,
+        "the mail keeps its Message-ID"
+    );
+    assert_eq!(sim.row(&key("m1", "day", 0)).due, t("2030-06-09T08:00:00Z"));
+    assert_eq!(sim.row(&key("m1", "change", 1)).state, MailState::Pending);
+    assert_eq!(
+        sim.store.revisions().expect("revs")[&crate::model::MeetingId::parse("m1").expect("id")]
+            .sequence,
+        1
+    );
+    // A restart with the same config queues nothing more.
+    let rows = sim.store.rows().expect("rows");
+    sim.load(&config(&moved), t("2030-05-20T00:05:00Z"));
+    assert_eq!(sim.store.rows().expect("rows"), rows);
+    // The notice goes out at once.
+    assert_eq!(
+        kinds(&sim.step(&config(&moved).scheduler, t("2030-05-20T00:06:00Z"), ok)),
+        [("m1/change/list#1".to_owned(), "send")]
+    );
+    // A second change queues a second notice and raises SEQUENCE again.
+    sim.load(&config(&moved_again), t("2030-05-21T00:00:00Z"));
+    assert_eq!(sim.row(&key("m1", "change", 2)).state, MailState::Pending);
+    assert_eq!(sim.row(&key("m1", "change", 1)).state, MailState::Sent);
+
+    // Moved after the week mail was sent: it stays sent; the day mail moves.
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.step(&config(MEETINGS).scheduler, t("2030-05-31T08:00:00Z"), ok);
+    sim.load(&config(&moved), t("2030-06-02T00:00:00Z"));
+    let week = sim.row(&key("m1", "week", 0));
+    assert_eq!(
+        (week.state, week.due),
+        (MailState::Sent, t("2030-05-31T08:00:00Z"))
+    );
+    assert_eq!(sim.row(&key("m1", "day", 0)).due, t("2030-06-09T08:00:00Z"));
+    assert_eq!(sim.row(&key("m1", "change", 1)).state, MailState::Pending);
+}
+
+#[test]
+fn a_cancellation_skips_pending_mail_and_queues_one_cancellation_notice() {
+    let cancelled = MEETINGS.replace(
+        "title = \"Meeting one\"",
+        "title = \"Meeting one\"\nstatus = \"cancelled\"",
+    );
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.step(&config(MEETINGS).scheduler, t("2030-05-31T08:00:00Z"), ok);
+    sim.load(&config(&cancelled), t("2030-06-02T00:00:00Z"));
+    assert_eq!(
+        sim.states(),
+        [
+            ("m1/week/list".to_owned(), MailState::Sent),
+            ("m1/cancel/list#1".to_owned(), MailState::Pending),
+            ("m1/day/list".to_owned(), MailState::Skipped),
+        ]
+    );
+    assert_eq!(
+        sim.row(&key("m1", "day", 0)).last_error.as_deref(),
+        Some("withdrawn: meeting cancelled")
+    );
+    // Restart: nothing new. Then the notice goes out, once.
+    sim.load(&config(&cancelled), t("2030-06-02T00:01:00Z"));
+    assert_eq!(sim.states().len(), 3);
+    assert_eq!(
+        kinds(&sim.step(&config(&cancelled).scheduler, t("2030-06-02T00:02:00Z"), ok)),
+        [("m1/cancel/list#1".to_owned(), "send")]
+    );
+    assert!(
+        sim.step(&config(&cancelled).scheduler, t("2030-06-06T09:00:00Z"), ok)
+            .is_empty()
+    );
+    // Reinstated: the withdrawn day mail is wanted again; a change notice is queued.
+    sim.load(&config(MEETINGS), t("2030-06-03T00:00:00Z"));
+    assert_eq!(sim.row(&key("m1", "day", 0)).state, MailState::Pending);
+    assert_eq!(sim.row(&key("m1", "change", 2)).state, MailState::Pending);
+}
+
+#[test]
+fn transient_failures_retry_with_backoff_until_the_meeting_then_fail_and_permanent_fail_at_once() {
+    let c = config(MEETINGS);
+    let settings = &c.scheduler;
+    let down = |_: &LedgerRow| {
+        Err(SendFailure {
+            transient: true,
+            message: "Connection refused".into(),
+        })
+    };
+    let rejected = |_: &LedgerRow| {
+        Err(SendFailure {
+            transient: false,
+            message: "550 5.1.1 no such user".into(),
+        })
+    };
+    let k = key("m1", "day", 0);
+
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let mut now = t("2030-06-06T08:00:00Z");
+    sim.step(settings, t("2030-05-31T08:00:00Z"), ok);
+    // Jitter 0.5: waits of 45s, 90s, 180s: base 1m doubling, times 0.75.
+    for (attempt, wait) in [(1, 45), (2, 90), (3, 180)] {
+        assert_eq!(
+            kinds(&sim.step(settings, now, down)),
+            [(k.to_string(), "send")]
+        );
+        let row = sim.row(&k);
+        assert_eq!((row.state, row.attempts), (MailState::Pending, attempt));
+        assert_eq!(
+            row.next_attempt,
+            Some(now + SignedDuration::from_secs(wait))
+        );
+        assert!(
+            row.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("Connection refused"))
+        );
+        // Not before the next attempt.
+        assert!(
+            sim.step(settings, now + SignedDuration::from_secs(wait - 1), down)
+                .is_empty()
+        );
+        now += SignedDuration::from_secs(wait);
+    }
+    // Retries are not bound by the grace (2h): only by the meeting start.
+    let row = sim.row(&k);
+    assert_eq!(
+        decide(
+            &[LedgerRow {
+                next_attempt: None,
+                ..row.clone()
+            }],
+            t("2030-06-07T08:59:00Z"),
+            settings
+        )
+        .len(),
+        1
+    );
+    let at_start = decide(
+        &[LedgerRow {
+            next_attempt: None,
+            ..row.clone()
+        }],
+        t("2030-06-07T09:00:00Z"),
+        settings,
+    );
+    assert!(
+        matches!(&at_start[..], [Action::Fail { reason, .. }] if reason.contains("Connection refused")),
+        "{at_start:?}"
+    );
+    // A failure whose next attempt would fall after the start fails at once.
+    let late = after_failure(
+        &row,
+        &SendFailure {
+            transient: true,
+            message: "421 busy".into(),
+        },
+        t("2030-06-07T08:59:30Z"),
+        settings,
+        0.0,
+    );
+    assert!(
+        matches!(&late, Outcome::Failed { error } if error.contains("421 busy")),
+        "{late:?}"
+    );
+    // Then the server rejects it: permanent, failed at once, with the server's reply.
+    assert_eq!(
+        kinds(&sim.step(settings, now, rejected)),
+        [(k.to_string(), "send")]
+    );
+    let row = sim.row(&k);
+    assert_eq!((row.state, row.attempts), (MailState::Failed, 4));
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("permanent failure: 550 5.1.1 no such user")
+    );
+    assert!(
+        sim.step(settings, now + SignedDuration::from_hours(1), ok)
+            .is_empty()
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_an_hour_within_jitter_bounds() {
+    let base = SignedDuration::from_mins(1);
+    let table: [(u32, i64); 9] = [
+        (1, 60),
+        (2, 120),
+        (3, 240),
+        (4, 480),
+        (5, 960),
+        (6, 1920),
+        (7, 3600),
+        (8, 3600),
+        (40, 3600),
+    ];
+    for (attempts, full) in table {
+        let full = SignedDuration::from_secs(full);
+        assert_eq!(backoff(base, attempts, 0.0), full / 2, "attempt {attempts}");
+        assert_eq!(backoff(base, attempts, 1.0), full, "attempt {attempts}");
+        for _ in 0..200 {
+            let d = backoff(base, attempts, fastrand::f64());
+            assert!(d >= full / 2 && d <= full, "attempt {attempts}: {d:?}");
+        }
+    }
+    // A base longer than the cap is used as is; a tiny base for tests doubles from 1s.
+    assert_eq!(
+        backoff(SignedDuration::from_hours(2), 3, 1.0),
+        SignedDuration::from_hours(2)
+    );
+    assert_eq!(
+        backoff(SignedDuration::from_secs(1), 3, 1.0),
+        SignedDuration::from_secs(4)
+    );
+}
+
+#[test]
+fn a_row_left_sending_by_a_crash_is_sent_again_with_the_same_message_id() {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let k = key("m1", "week", 0);
+    let now = t("2030-05-31T08:00:00Z");
+    let claimed = sim.store.claim(&k, now).expect("claim").expect("claimed");
+    // Crash here. On start:
+    assert_eq!(
+        sim.store.recover_sending().expect("recover"),
+        vec![k.clone()]
+    );
+    // Even after its grace, it goes out again (it may already have), with the same Message-ID.
+    let later = t("2030-06-03T00:00:00Z");
+    let ids = std::cell::RefCell::new(Vec::new());
+    let actions = sim.step(&c.scheduler, later, |row| {
+        ids.borrow_mut().push(row.message_id.clone());
+        Ok("250 ok".into())
+    });
+    assert_eq!(kinds(&actions)[0], (k.to_string(), "send"));
+    assert_eq!(ids.into_inner(), vec![claimed.message_id.clone()]);
+    assert_eq!(
+        (sim.row(&k).state, sim.row(&k).attempts),
+        (MailState::Sent, 2)
+    );
+}

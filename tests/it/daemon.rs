@@ -1,0 +1,382 @@
+//! `convenor serve` as a process: the state-directory lock, SIGHUP reloads (broken and valid),
+//! the HTTP listener; and the harness the scheduler tests share (daemon, SMTP sink, configs).
+
+use harness::*;
+
+/// Shared by the process-level tests of the daemon and the scheduler.
+pub mod harness {
+    use std::{
+        collections::BTreeMap,
+        fs::File,
+        io::{BufRead as _, BufReader},
+        path::{Path, PathBuf},
+        process::{Child, Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+
+    use crate::support::{binary, python, repo, write_config};
+
+    /// Polls `cond` every 100 ms for up to 60 s; panics with `what` (and `diag()`) on time-out.
+    pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool, diag: impl Fn() -> String) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}\n{}",
+                diag()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The Python SMTP sink (tests/tools/ledger_smtp_sink.py), killed on drop.
+    pub struct Sink {
+        child: Child,
+        /// Its port.
+        pub port: u16,
+    }
+
+    impl Sink {
+        /// Starts the sink storing into `dir`, on `port` or a free one.
+        pub fn start(dir: &Path, port: Option<u16>) -> Self {
+            let mut cmd = Command::new(python());
+            cmd.arg(repo().join("tests/tools/ledger_smtp_sink.py"))
+                .arg(dir);
+            if let Some(p) = port {
+                cmd.args(["--port", &p.to_string()]);
+            }
+            let mut child = cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the SMTP sink");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("read the sink's port");
+            let port = line
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("sink said {line:?}"));
+            Self { child, port }
+        }
+    }
+
+    impl Drop for Sink {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A running `convenor serve`, its log in a file; killed (SIGKILL) on drop.
+    pub struct Daemon {
+        /// The process.
+        pub child: Child,
+        /// Its stderr log (JSON lines).
+        pub log: PathBuf,
+    }
+
+    impl Daemon {
+        /// Starts `convenor serve` on `config`, listening on a free loopback port.
+        pub fn spawn(config: &Path, log: &Path) -> Self {
+            let child = serve_command(config)
+                .stderr(File::create(log).expect("log file"))
+                .spawn()
+                .expect("start convenor serve");
+            Self {
+                child,
+                log: log.to_path_buf(),
+            }
+        }
+
+        /// The log so far.
+        pub fn log_text(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        /// Waits until the log says it is running, and returns its HTTP address.
+        pub fn wait_ready(&mut self) -> String {
+            let mut addr = String::new();
+            let log = self.log.clone();
+            let child = &mut self.child;
+            wait_for(
+                "convenor serve to start",
+                || {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!(
+                            "convenor serve exited with {status}:\n{}",
+                            std::fs::read_to_string(&log).unwrap_or_default()
+                        );
+                    }
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if let Some(i) = text.find("listening on http://") {
+                        let rest = &text[i + "listening on http://".len()..];
+                        addr = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                            .collect();
+                    }
+                    !addr.is_empty() && text.contains("convenor is running")
+                },
+                || std::fs::read_to_string(&log).unwrap_or_default(),
+            );
+            addr
+        }
+
+        /// Sends a signal with kill(1).
+        pub fn signal(&self, name: &str) {
+            let ok = Command::new("kill")
+                .args(["-s", name, &self.child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(ok.success(), "kill -s {name} failed");
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `convenor serve` on `config` with a free port and JSON logs.
+    pub fn serve_command(config: &Path) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.args(["--log-json", "--config"])
+            .arg(config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(repo())
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    /// A config whose one meeting starts soon, today, with one list mail due `offsets[i]`
+    /// seconds from now for each `i` (ids `mail-0`, `mail-1`, ...), sent to `smtp_port` (or to
+    /// the file outbox when `None`). Returns the config path.
+    pub fn soon_config(dir: &Path, offsets: &[i64], smtp_port: Option<u16>) -> PathBuf {
+        write_config(dir, &soon_text(offsets, smtp_port, ""))
+    }
+
+    /// The text of [`soon_config`]'s config, with `extra` appended.
+    pub fn soon_text(offsets: &[i64], smtp_port: Option<u16>, extra: &str) -> String {
+        let now = Timestamp::now();
+        // A zone where the meeting (in 30 minutes, for 30 minutes) stays on today's date.
+        let (zone, local) = ["Europe/London", "Asia/Tokyo", "America/New_York"]
+            .iter()
+            .map(|z| (*z, now.to_zoned_datetime(TimeZone::get(z).expect("zone"))))
+            .find(|(_, l)| {
+                let minutes = i32::from(l.hour()) * 60 + i32::from(l.minute());
+                (10..=22 * 60).contains(&minutes)
+            })
+            .expect("one of three zones is between 00:10 and 22:00");
+        let start_local = local
+            .round(jiff::Unit::Minute)
+            .expect("round")
+            .checked_add(SignedDuration::from_mins(30))
+            .expect("add");
+        let end_local = start_local
+            .checked_add(SignedDuration::from_mins(30))
+            .expect("add");
+        let start = start_local.timestamp();
+        let transport = match smtp_port {
+            Some(port) => format!(
+                "transport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\n\
+                 tls = \"plaintext\"\ntimeout = \"5s\"\n"
+            ),
+            None => "transport = \"file\"\n".to_owned(),
+        };
+        let mut emails = String::new();
+        for (i, off) in offsets.iter().enumerate() {
+            let due = now
+                .checked_add(SignedDuration::from_secs(*off))
+                .expect("add");
+            let before = start.duration_since(due).as_secs();
+            emails.push_str(&format!(
+                "[[email]]\nid = \"mail-{i}\"\ntemplate = \"reminder\"\nbefore = \"{before}s\"\n\
+                 audience = \"list\"\ngrace = \"1h\"\n"
+            ));
+        }
+        format!(
+            "[network]\nshort_name = \"LEDNet\"\nname = \"Test network\"\ntime_zone = \"{zone}\"\n\
+             base_url = \"http://127.0.0.1:8080\"\ncontact = \"team@example.org\"\n\
+             [mail]\nfrom = \"team@example.org\"\nlist = [\"list@example.org\"]\n\
+             # templates_dir = \"templates\"\n{transport}\
+             # [state]\n# dir = \"state\"\n\
+             [scheduler]\nmax_catch_up = 100\nretry_base = \"1s\"\n\
+             [[priority]]\nid = \"p1\"\nname = \"P1\"\nsummary = \"s\"\n\
+             [priority.lead]\nname = \"Lead\"\nemail = \"lead@example.org\"\n\
+             [[meeting]]\nid = \"soon\"\ndate = {}\nstart = \"{}\"\nend = \"{}\"\n\
+             title = \"Soon meeting\"\n{emails}{extra}",
+            start_local.strftime("%Y-%m-%d"),
+            start_local.strftime("%H:%M"),
+            end_local.strftime("%H:%M"),
+        )
+    }
+
+    /// One received message: its ledger key (from the body) and its Message-ID header.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Received {
+        /// `meeting/email/audience`.
+        pub key: String,
+        /// The Message-ID header value.
+        pub message_id: String,
+    }
+
+    /// Every complete message in `dir` (`*.eml`).
+    pub fn received(dir: &Path) -> Vec<Received> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "eml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read eml");
+            let header = |name: &str| {
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(name)
+                            .filter(|_| l.len() > name.len())
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .unwrap_or_else(|| panic!("{} has no {name}\n{text}", path.display()))
+            };
+            // The Message-ID is `<meeting.email.n.digest@domain>` (mail::message_id); these
+            // tests send list mail only.
+            let message_id = header("Message-ID:");
+            let parts: Vec<&str> = message_id.trim_matches(['<', '>']).split('.').collect();
+            out.push(Received {
+                key: format!("{}/{}/list", parts[0], parts[1]),
+                message_id,
+            });
+        }
+        out
+    }
+
+    /// Received messages grouped by key.
+    pub fn by_key(dir: &Path) -> BTreeMap<String, Vec<String>> {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in received(dir) {
+            map.entry(r.key).or_default().push(r.message_id);
+        }
+        map
+    }
+
+    /// (state, attempts, last_error) of each ledger row, keyed `meeting/email/audience`.
+    pub fn ledger_rows(state_dir: &Path) -> BTreeMap<String, (String, u32, Option<String>)> {
+        let path = state_dir.join("ledger.sqlite3");
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return BTreeMap::new();
+        };
+        let _ = conn.busy_timeout(Duration::from_secs(5));
+        let Ok(mut stmt) = conn.prepare(
+            "SELECT meeting || '/' || email || '/' || audience, state, attempts, last_error \
+             FROM mails",
+        ) else {
+            return BTreeMap::new();
+        };
+        stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
+            .map(|rows| rows.flatten().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_second_serve_on_the_same_state_directory_exits_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = soon_config(dir.path(), &[600], None);
+    let mut first = Daemon::spawn(&config, &dir.path().join("first.log"));
+    first.wait_ready();
+    let second = serve_command(&config)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run a second serve");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "second serve succeeded: {stderr}");
+    assert!(
+        stderr.contains("another convenor")
+            && stderr.contains(&format!("pid {}", first.child.id()))
+            && stderr.contains("convenor.lock"),
+        "{stderr}"
+    );
+    // The first one is unharmed.
+    assert!(first.log_text().contains("convenor is running"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_a_broken_config_keeps_serving_and_sending_and_a_valid_one_replans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mails = dir.path().join("mails");
+    let sink = Sink::start(&mails, None);
+    // mail-0 soon; mail-1 later, due after the broken reload.
+    let offsets = [2, 8];
+    let config = soon_config(dir.path(), &offsets, Some(sink.port));
+    let good_text = std::fs::read_to_string(&config).expect("config");
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    let addr = daemon.wait_ready();
+    let client = reqwest::Client::new();
+    let health = format!("http://{addr}/healthz");
+    assert_eq!(client.get(&health).send().await.expect("GET").status(), 200);
+
+    // Break the config (two errors) and reload.
+    let broken = good_text
+        .replace("max_catch_up = 100", "max_catch_up = 0")
+        .replace(
+            "audience = \"list\"\ngrace = \"1h\"\n[[email]]",
+            "audience = \"all\"\ngrace = \"1h\"\n[[email]]",
+        );
+    std::fs::write(&config, &broken).expect("write broken config");
+    daemon.signal("HUP");
+    wait_for(
+        "the reload failure with every diagnostic",
+        || {
+            let log = daemon.log_text();
+            log.contains("the running config stays in force")
+                && log.contains("0 must be a whole number of at least 1")
+                && log.contains("unknown audience `all`")
+                && log.matches("config reload failed").count() == 2
+        },
+        || daemon.log_text(),
+    );
+    assert_eq!(client.get(&health).send().await.expect("GET").status(), 200);
+    // Both mails still go out under the old config (mail-1 comes due after the broken reload).
+    wait_for(
+        "both mails",
+        || by_key(&mails).len() == 2,
+        || format!("{:?}\n{}", by_key(&mails), daemon.log_text()),
+    );
+    assert!(daemon.child.id() > 0);
+
+    // A valid reload that adds a mail rule: the ledger plans it at once.
+    let extra = good_text.clone()
+        + "[[email]]\nid = \"added\"\ntemplate = \"reminder\"\nbefore = \"1m\"\naudience = \"list\"\n";
+    std::fs::write(&config, extra).expect("write valid config");
+    daemon.signal("HUP");
+    wait_for(
+        "the valid reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    let state = dir.path().join("state");
+    assert_eq!(
+        ledger_rows(&state)
+            .get("soon/added/list")
+            .map(|r| r.0.clone()),
+        Some("pending".to_owned()),
+        "{:?}",
+        ledger_rows(&state)
+    );
+}

@@ -1,0 +1,112 @@
+//! The SQLite ledger as a file: its settings, claims from two connections, SEQUENCE that never
+//! falls, and `convenor plan` / `convenor release` on held mail through the real binary.
+
+use convenor::{
+    config::{Environment, load},
+    daemon::replan,
+    ledger::{MailState, SqliteStore, Store},
+    revision::next_revision,
+    scheduler::{Action, decide},
+};
+use jiff::Timestamp;
+
+use crate::{daemon::harness::soon_config, support::convenor};
+
+#[test]
+fn the_ledger_file_is_wal_with_full_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _store = SqliteStore::open_in(dir.path()).expect("open");
+    let conn = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).expect("open");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    // `synchronous` is per connection; src/ledger/sqlite.rs checks the store's own.
+}
+
+#[test]
+fn only_one_of_two_connections_claims_a_row_and_sequence_never_falls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = load(
+        &soon_config(dir.path(), &[-5], None),
+        &Environment::default(),
+    )
+    .expect("config")
+    .config;
+    let now = Timestamp::now();
+    let mut a = SqliteStore::open_in(dir.path()).expect("open a");
+    let mut b = SqliteStore::open_in(dir.path()).expect("open b");
+    replan(&mut a, &config, now).expect("replan");
+    let rows = b.rows().expect("rows");
+    let [Action::Send(key)] = &decide(&rows, now, &config.scheduler)[..] else {
+        panic!("one mail to send: {rows:?}");
+    };
+    let first = a.claim(key, now).expect("claim a");
+    let second = b.claim(key, now).expect("claim b");
+    assert!(first.is_some() && second.is_none(), "{first:?} {second:?}");
+    assert_eq!(b.rows().expect("rows")[0].state, MailState::Sending);
+
+    // A revision with a lower SEQUENCE than the stored one is not written.
+    let meeting = &config.meetings[0];
+    let (mut rev, _) = next_revision(None, &config, meeting, now);
+    rev.sequence = 5;
+    let replan5 = convenor::ledger::Replan {
+        revisions: vec![(meeting.id.clone(), rev.clone())],
+        ..Default::default()
+    };
+    a.apply(&replan5).expect("apply");
+    rev.sequence = 2;
+    b.apply(&convenor::ledger::Replan {
+        revisions: vec![(meeting.id.clone(), rev)],
+        ..Default::default()
+    })
+    .expect("apply");
+    assert_eq!(a.revisions().expect("revs")[&meeting.id].sequence, 5);
+}
+
+#[test]
+fn plan_shows_held_mail_and_release_lets_it_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Ten mails due within the next minutes, planned now; max_catch_up lowered to 3.
+    let offsets: Vec<i64> = (0..10).map(|i| 60 + i).collect();
+    let path = soon_config(dir.path(), &offsets, None);
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(
+        &path,
+        text.replace("max_catch_up = 100", "max_catch_up = 3"),
+    )
+    .expect("write");
+    let config = load(&path, &Environment::default()).expect("config").config;
+    std::fs::create_dir_all(&config.state_dir).expect("state dir");
+    let mut store = SqliteStore::open_in(&config.state_dir).expect("open");
+    let now = Timestamp::now();
+    replan(&mut store, &config, now).expect("replan");
+    // The clock jumps ten minutes ahead: all ten fall due at once and are held.
+    let later = now + jiff::SignedDuration::from_mins(10);
+    for action in decide(&store.rows().expect("rows"), later, &config.scheduler) {
+        let outcome = action.outcome().expect("not a send");
+        store
+            .settle(action.key(), MailState::Pending, &outcome)
+            .expect("settle");
+    }
+    drop(store);
+    let p = path.to_str().expect("utf-8");
+    let plan = String::from_utf8_lossy(&convenor(&["plan", "--config", p]).stdout).to_string();
+    assert_eq!(
+        plan.matches(" held (clock-jump guard").count(),
+        10,
+        "{plan}"
+    );
+
+    let out = convenor(&["release", "--config", p, "--email", "mail-3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released 1 held mail(s)"));
+    let out = convenor(&["release", "--config", p, "--meeting", "soon"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("released 9 held mail(s)"));
+    let plan = String::from_utf8_lossy(&convenor(&["plan", "--config", p]).stdout).to_string();
+    assert_eq!(plan.matches(" pending").count(), 10, "{plan}");
+}
