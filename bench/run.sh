@@ -24,6 +24,7 @@ PORT_STARTUP=18490
 PORT_SMTP=18425
 
 WORK=$(mktemp -d /tmp/convenor-bench.XXXXXX)
+chmod 755 "$WORK" # nginx workers read it as an unprivileged user
 PIDS=()
 cleanup() {
   local p
@@ -162,7 +163,8 @@ http {
   tcp_nodelay on;
   keepalive_timeout 65;
   keepalive_requests 10000000;
-  open_file_cache max=16 valid=600s;
+  open_file_cache max=16 inactive=600s;
+  open_file_cache_valid 600s;
   client_body_temp_path $WORK/nginx-tmp/body;
   proxy_temp_path $WORK/nginx-tmp/proxy;
   fastcgi_temp_path $WORK/nginx-tmp/fastcgi;
@@ -193,7 +195,7 @@ for cfg in shipped 500; do
   # The very bytes convenor serves, as nginx's static file.
   curl -s -D "$WORK/h-convenor-$cfg" -o "$WORK/www-$cfg/calendar.ics" "http://127.0.0.1:$PORT_CONVENOR/calendar.ics"
   curl -s -D "$WORK/h-nginx-$cfg" -o "$WORK/nginx-$cfg.ics" "http://127.0.0.1:$nport/calendar.ics"
-  cmp -s "$WORK/www-$cfg/calendar.ics" "$WORK/nginx-$cfg.ics" || { echo "nginx serves other bytes" >&2; exit 1; }
+  cmp -s "$WORK/www-$cfg/calendar.ics" "$WORK/nginx-$cfg.ics" || { echo "nginx serves other bytes" >&2; head -3 "$WORK/h-nginx-$cfg" "$WORK/h-convenor-$cfg" >&2; exit 1; }
   ct_c=$(grep -i '^content-type:' "$WORK/h-convenor-$cfg" | tr -d '\r')
   ct_n=$(grep -i '^content-type:' "$WORK/h-nginx-$cfg" | tr -d '\r')
   [ "${ct_c,,}" = "${ct_n,,}" ] || { echo "Content-Type differs: $ct_c / $ct_n" >&2; exit 1; }

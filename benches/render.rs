@@ -1,4 +1,5 @@
-//! Criterion benches of the pure cores: feed rendering, mail planning, one mail.
+//! Criterion benches of the pure cores: feed rendering, mail planning (the timeline and the
+//! scheduler's reconcile), one mail.
 //!
 //! Sizes are 5 (the shipped year), 500 and 5,000 generated meetings (benches/support). Each
 //! size-dependent group sets `Throughput::Elements(meetings)`, so criterion prints meetings per
@@ -16,6 +17,7 @@ use convenor::{
     http::Feeds,
     mail::{self, ComposeInput, Templates},
     schedule::{self, Recipient},
+    scheduler,
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use jiff::Timestamp;
@@ -60,6 +62,18 @@ fn schedule_benches(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| schedule::timeline(black_box(&config)));
+        });
+    }
+    g.finish();
+
+    // The scheduler's planning core on a first start: every mail of the config is new.
+    let mut g = c.benchmark_group("scheduler_reconcile");
+    for n in SIZES {
+        let config = support::config(n, &support::Overrides::default());
+        let revisions = std::collections::BTreeMap::new();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| scheduler::reconcile(black_box(&config), &[], &revisions, now()));
         });
     }
     g.finish();
