@@ -16,6 +16,10 @@ pub const MAX_LINE_OCTETS: usize = 75;
 /// Makes free text safe to hand to the icalendar crate as a TEXT value: CRLF and CR become LF
 /// (which the crate escapes as `\n`), tabs become spaces, other control characters are dropped.
 pub fn clean_text(text: &str) -> String {
+    // Fast path (the feed cleans every event's texts on each render): nothing to change.
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return text.to_owned();
+    }
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     text.chars()
         .filter_map(|c| match c {
@@ -39,29 +43,33 @@ pub fn clean_param(text: &str) -> String {
 /// continuation lines start with one space, never inside a UTF-8 character and never between a
 /// backslash and the character it escapes. The result has no trailing CRLF.
 pub fn fold_line(line: &str, out: &mut String) {
+    // Most content lines are short: copy them whole. Longer ones are copied a physical line
+    // at a time (a slice, not char by char): this runs over every line of every feed render.
+    if line.len() <= MAX_LINE_OCTETS {
+        out.push_str(line);
+        return;
+    }
     let mut used = 0; // octets on the current physical line
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut start = 0; // byte offset of the first char not yet copied to `out`
+    let mut chars = line.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
         // A unit is one char, or a backslash with the char it escapes: never split.
-        let mut unit = [c, '\0'];
-        let mut n = 1;
+        let mut octets = c.len_utf8();
         if c == '\\'
-            && let Some(&next) = chars.peek()
+            && let Some(&(_, next)) = chars.peek()
         {
-            unit[1] = next;
-            n = 2;
+            octets += next.len_utf8();
             chars.next();
         }
-        let octets: usize = unit[..n].iter().map(|c| c.len_utf8()).sum();
         if used + octets > MAX_LINE_OCTETS {
+            out.push_str(&line[start..at]);
             out.push_str("\r\n ");
+            start = at;
             used = 1;
-        }
-        for c in &unit[..n] {
-            out.push(*c);
         }
         used += octets;
     }
+    out.push_str(&line[start..]);
 }
 
 /// Removes every fold (CRLF followed by one space or tab), giving logical content lines.
