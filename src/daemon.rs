@@ -69,6 +69,9 @@ pub enum DaemonError {
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The agenda store failed.
+    #[error(transparent)]
+    Agenda(#[from] crate::agenda::AgendaError),
 }
 
 /// Reconciles `config` with the ledger at `now` and writes the result; logs what changed.
@@ -116,6 +119,7 @@ struct Live {
     feeds: FeedState,
     outbox: Arc<MailOutbox<SqliteStore>>,
     wake: Arc<Notify>,
+    agenda: Arc<Mutex<crate::agenda::AgendaStore>>,
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -159,6 +163,17 @@ fn reload(opts: &ServeOptions, live: &Live) {
         tracing::warn!("{w}");
     }
     let mut config = loaded.config;
+    // The agenda (possibly changed from the CLI) is compiled afresh at every reload.
+    if let Err(e) = crate::agenda::attach(
+        &mut config,
+        &live
+            .agenda
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    ) {
+        tracing::error!("config reload: the agenda store failed, keeping the running config: {e}");
+        return;
+    }
     let old = live.config.borrow().clone();
     if config.state_dir != old.state_dir {
         tracing::warn!(
@@ -211,6 +226,10 @@ pub async fn run(
     let state_lock = StateLock::acquire(&dir)?;
     tracing::info!(lock = %state_lock.path().display(), "state directory locked");
 
+    let agenda = crate::agenda::AgendaStore::open_in(&dir)?;
+    let mut config = config;
+    crate::agenda::attach(&mut config, &agenda)?;
+    let agenda = Arc::new(Mutex::new(agenda));
     let mut store = SqliteStore::open_in(&dir)?;
     for key in store.recover_sending()? {
         tracing::warn!(
@@ -271,6 +290,7 @@ pub async fn run(
         feeds,
         outbox,
         wake,
+        agenda,
     };
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
