@@ -88,11 +88,42 @@ pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Resul
     Ok(())
 }
 
-/// The HTTP routes: `GET /healthz`, and the feeds and subscribe page of [`crate::http`].
-pub fn router(feeds: FeedState) -> axum::Router {
+/// The HTTP routes: `GET /healthz`, and the feeds, subscribe page and agenda pages of
+/// [`crate::http`].
+pub fn router(feeds: FeedState, agenda: crate::http::agenda_pages::AgendaPages) -> axum::Router {
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::http::router(feeds))
+        .merge(crate::http::router_with_agenda(feeds, agenda))
+}
+
+/// Applies an agenda change (a lead's decision on the web) to the running service: recompiles
+/// the agenda into the running config, reconciles (the meeting's SEQUENCE rises), re-renders the
+/// feeds, hands the scheduler the new config and wakes it. A failure is logged; the change stays
+/// stored and shows at the next change or reload.
+pub fn agenda_changed(
+    ledger: &SharedStore<SqliteStore>,
+    agenda: &Mutex<crate::agenda::AgendaStore>,
+    config: &watch::Sender<Arc<Config>>,
+    feeds: &FeedState,
+    wake: &Notify,
+) {
+    let current = config.borrow().clone();
+    let refreshed = {
+        let agenda = agenda
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ledger = lock(ledger);
+        crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now())
+    };
+    match refreshed {
+        Ok((config_now, revisions)) => {
+            feeds.replace(&config_now, &revisions);
+            config.send_replace(Arc::new(config_now));
+            wake.notify_one();
+            tracing::info!("agenda changed: feeds re-rendered");
+        }
+        Err(e) => tracing::error!("agenda changed but could not be applied: {e}"),
+    }
 }
 
 /// Loads the templates, renders every one against every meeting, and builds the transport:
@@ -266,7 +297,19 @@ pub async fn run(
 
     let http = tokio::spawn({
         let stopped = stopped();
-        let app = router(feeds.clone());
+        let hook = {
+            let (ledger, agenda, config_tx, feeds, wake) = (
+                store.clone(),
+                agenda.clone(),
+                config_tx.clone(),
+                feeds.clone(),
+                wake.clone(),
+            );
+            Arc::new(move || agenda_changed(&ledger, &agenda, &config_tx, &feeds, &wake))
+        };
+        let pages =
+            crate::http::agenda_pages::AgendaPages::new(feeds.clone(), agenda.clone(), hook, true);
+        let app = router(feeds.clone(), pages);
         async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stopped)

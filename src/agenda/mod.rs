@@ -13,6 +13,7 @@
 //! change to their signatures.
 
 pub mod model;
+pub mod notify;
 
 pub mod store;
 pub mod token;
@@ -31,6 +32,11 @@ use crate::{
     model::{Config, MeetingId},
     revision::StoredRevision,
 };
+
+/// The private page of a lead token: `<base_url>/leads/<token>/`.
+pub fn lead_url(config: &Config, token: &str) -> String {
+    format!("{}/leads/{token}/", config.network.base_url)
+}
 
 /// Compiles the agenda of every meeting from the store and puts it into `config`.
 pub fn attach(config: &mut Config, store: &AgendaStore) -> Result<(), AgendaError> {

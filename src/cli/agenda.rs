@@ -154,11 +154,6 @@ pub fn attach_stored(config: &mut Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lead page of a token.
-pub fn lead_url(config: &Config, token: &str) -> String {
-    format!("{}/leads/{token}/", config.network.base_url)
-}
-
 /// Runs `convenor agenda ...`.
 pub fn run(loaded: &Loaded, command: AgendaCommand) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
@@ -355,7 +350,7 @@ fn token(config: &Config, action: TokenAction, now: Timestamp) -> anyhow::Result
     if !matches!(action, TokenAction::Revoke { .. }) {
         let raw = store.issue_token(p.id.as_str(), &lead, "cli", now)?;
         println!("lead link for {} ({lead}):", p.name);
-        println!("{}", lead_url(config, &raw));
+        println!("{}", crate::agenda::lead_url(config, &raw));
     }
     Ok(ExitCode::SUCCESS)
 }
