@@ -515,14 +515,16 @@ async fn lead_page(State(pages): State<AgendaPages>, Path(raw): Path<String>) ->
         })
     });
     let mut res = page(StatusCode::OK, html);
-    // A private page: never cached, never sent on as a Referer.
+    // A private page: never cached, never sent to another site as a Referer. (`no-referrer`
+    // would make browsers post its forms with `Origin: null`, which the same-origin check
+    // refuses: `same-origin` keeps the real Origin on our own posts.)
     res.headers_mut().insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
     res.headers_mut().insert(
         header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
+        header::HeaderValue::from_static("same-origin"),
     );
     res
 }

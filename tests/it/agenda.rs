@@ -966,3 +966,142 @@ fn reminders_agenda_pack_and_lead_mail_show_the_agenda() {
         "{text}"
     );
 }
+
+/// The whole loop in a real browser: headless Chromium (tests/tools/browser.py, DevTools
+/// protocol) fills and submits the meeting page's form, the lead's mail arrives at a real SMTP
+/// server, Chromium opens the lead's link and presses Accept, the meeting page and the served
+/// feed show the item; after a restart the agenda pack carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_a_proposal_is_accepted_and_reaches_the_agenda_pack_and_the_feed() {
+    use crate::{
+        daemon::harness::{Sink, wait_for},
+        support::run_tool,
+    };
+    use web::*;
+
+    let browser = |url: &str, steps: serde_json::Value| -> Value {
+        let out = run_tool("browser.py", &[url, &steps.to_string()], b"");
+        serde_json::from_slice(&out.stdout).expect("browser json")
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let inbox = dir.path().join("inbox");
+    let sink = Sink::start(&inbox, None);
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let config = write_config(
+        dir.path(),
+        &web::text(zone, port, sink.port, (&d, &s, &e), ""),
+    );
+    let mut daemon = spawn(&config, &dir.path().join("serve1.log"));
+    let base = format!("http://127.0.0.1:{port}");
+
+    let v = browser(
+        &format!("{base}/meetings/m1"),
+        serde_json::json!([
+            {"fill": {
+                "name": "Grace Hopper", "organisation": "Islington", "email": "grace@islington.example",
+                "priority": "p2", "title": "Street trees for shade", "summary": "A plan for 2024.",
+                "presents": true, "minutes": "20"
+            }},
+            {"click": "#submit"},
+            {"text": "#thanks"},
+        ]),
+    );
+    assert_eq!(v["status"], 201, "{v}");
+    let thanks = v["texts"][0].as_str().expect("the thank-you note");
+    assert!(
+        thanks.contains("proposal #1") && thanks.contains("Paul Lead"),
+        "{thanks}"
+    );
+
+    wait_for(
+        "the lead's mail",
+        || mails(&inbox).len() == 1,
+        || daemon.log_text(),
+    );
+    let mail = &mails(&inbox)[0];
+    assert!(hdr(mail, "To").contains("lead2@example.org"), "{mail}");
+    let link = lead_link(mail);
+
+    let v = browser(
+        &link,
+        serde_json::json!([
+            {"text": "#proposal-1 .status"},
+            {"click": "#proposal-1 button.accept"},
+            {"text": "#proposal-1 .status"},
+        ]),
+    );
+    assert_eq!(
+        v["texts"],
+        serde_json::json!(["proposed", "accepted"]),
+        "{v}"
+    );
+    assert_eq!(v["url"], link.as_str());
+
+    let v = browser(
+        &format!("{base}/meetings/m1"),
+        serde_json::json!([{"text": "#agenda"}]),
+    );
+    let agenda = v["texts"][0].as_str().expect("agenda");
+    assert!(
+        agenda.contains("Street trees for shade")
+            && agenda.contains("presented by Grace Hopper (Islington)"),
+        "{agenda}"
+    );
+    let feed = || async {
+        reqwest::get(format!("{base}/calendar.ics"))
+            .await
+            .expect("feed")
+            .text()
+            .await
+            .expect("ics")
+    };
+    let ics = feed().await;
+    let ev = crate::feed::parse_ics(&ics)["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["uid"].as_str().is_some_and(|u| u.contains("m1")))
+        .cloned()
+        .expect("m1");
+    assert!(
+        ev["description"]
+            .as_str()
+            .expect("d")
+            .contains("10:00–10:20 Street trees for shade"),
+        "{ev}"
+    );
+    assert_eq!(ev["sequence"], 1);
+
+    // Restart, the meeting now later today with the agenda pack due in a few seconds.
+    daemon.signal("TERM");
+    let _ = daemon.child.wait();
+    let (m1, pack) = soon(zone, 4).expect("a meeting later today");
+    let moved = std::fs::read_to_string(&config).expect("config").replace(
+        &format!("date = {d}\nstart = \"{s}\"\nend = \"{e}\""),
+        &format!("date = {}\nstart = \"{}\"\nend = \"{}\"", m1.0, m1.1, m1.2),
+    );
+    std::fs::write(&config, format!("{moved}{pack}")).expect("rewrite config");
+    let daemon = spawn(&config, &dir.path().join("serve2.log"));
+    wait_for(
+        "the agenda pack",
+        || {
+            mails(&inbox)
+                .iter()
+                .any(|m| hdr(m, "Subject").starts_with("Agenda:"))
+        },
+        || daemon.log_text(),
+    );
+    let pack = mails(&inbox)
+        .into_iter()
+        .find(|m| hdr(m, "Subject").starts_with("Agenda:"))
+        .expect("pack");
+    let body = texts(&pack["tree"]);
+    assert!(
+        body.contains("Street trees for shade, presented by Grace Hopper (Islington)"),
+        "{body}"
+    );
+    let ics = feed().await;
+    assert!(ics.contains("Street trees for shade"));
+}
