@@ -162,7 +162,11 @@ fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
     let checked = mail::Templates::load(&config.mail.templates_dir)
         .map_err(|e| vec![e])
-        .and_then(|t| t.check_all(config));
+        .and_then(|t| {
+            let report = t.check_all(config)?;
+            agenda::check_templates(config, &t)?;
+            Ok(report)
+        });
     match checked {
         Ok(r) => {
             println!("templates:  {} sets, {} renders fine", r.sets, r.renders);

@@ -135,6 +135,8 @@ pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(DaemonError::Mail(lines.join("\n")));
     }
+    crate::agenda::notify::check(config, &templates)
+        .map_err(|e| DaemonError::Mail(format!("template proposal-received: {e}")))?;
     let transport = Transport::from_settings(&config.mail, &config.state_dir)
         .map_err(|e| DaemonError::Mail(e.to_string()))?;
     Ok(MailParts {
@@ -310,6 +312,10 @@ pub async fn run(
         let pages =
             crate::http::agenda_pages::AgendaPages::new(feeds.clone(), agenda.clone(), hook, true);
         let app = router(feeds.clone(), pages);
+        tokio::spawn(crate::agenda::notify::resend_pending(
+            Arc::new(config_tx.borrow().as_ref().clone()),
+            agenda.clone(),
+        ));
         async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stopped)

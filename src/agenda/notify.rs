@@ -4,8 +4,10 @@
 //! Only a token's hash is stored, so each such mail carries a freshly issued token for that lead
 //! (all of a lead's links stay valid until `convenor agenda token rotate|revoke`). The mail is
 //! rendered from the `proposal-received` template set with the usual context plus `proposal`.
-//! It is sent once, right after the proposal is stored; whether it went out is recorded on the
-//! proposal (`notified_ms`, `notify_error`), and the proposal itself never depends on the mail.
+//! It is sent right after the proposal is stored, retried a few times on failure
+//! ([`send_with_retries`]), and whether it went out is recorded on the proposal (`notified_ms`,
+//! `notify_error`). A mail still owed when the daemon stops goes out at its next start
+//! ([`resend_pending`]). The proposal itself never depends on the mail.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -40,7 +42,10 @@ pub enum NotifyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] super::AgendaError),
-    /// Rendering failed.
+    /// A template failed (names the file and line).
+    #[error(transparent)]
+    Template(#[from] crate::mail::TemplateError),
+    /// Building the message failed.
     #[error("{0}")]
     Render(String),
     /// Sending failed.
@@ -89,9 +94,7 @@ pub fn compose(
         priority_name: priority.name.to_string(),
         lead_url: lead_url.to_owned(),
     });
-    let rendered = templates
-        .render(&rule.template, &ctx)
-        .map_err(|e| render(e.to_string()))?;
+    let rendered = templates.render(&rule.template, &ctx)?;
     let date = std::time::SystemTime::try_from(now).map_err(|e| render(e.to_string()))?;
     let message_id = format!(
         "<proposal.{}.{}.{}@{}>",
@@ -119,6 +122,91 @@ pub fn compose(
         rendered.html,
     ))
     .map_err(|e| render(e.to_string()))
+}
+
+/// Attempts of [`send_with_retries`], and the wait before the first retry (then four times
+/// longer each time).
+const ATTEMPTS: u32 = 4;
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`send`], retried after 30 s, 2 min and 8 min when sending failed; logs the outcome.
+pub async fn send_with_retries(config: Arc<Config>, store: Arc<Mutex<AgendaStore>>, id: i64) {
+    let mut wait = FIRST_RETRY;
+    for attempt in 1..=ATTEMPTS {
+        match send(config.clone(), store.clone(), id).await {
+            Ok(()) => {
+                tracing::info!(proposal = id, "the lead was mailed");
+                return;
+            }
+            Err(e @ NotifyError::Send(_)) if attempt < ATTEMPTS => {
+                tracing::warn!(
+                    proposal = id,
+                    attempt,
+                    "the mail to the lead failed, will retry: {e}"
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+            }
+            Err(e) => {
+                tracing::error!(proposal = id, "the mail to the lead failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Sends every mail to a lead still owed (see the module docs); run once at start.
+pub async fn resend_pending(config: Arc<Config>, store: Arc<Mutex<AgendaStore>>) {
+    let owed = store
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .unnotified();
+    match owed {
+        Ok(ids) => {
+            tracing::info!(
+                owed = ids.len(),
+                "mails to leads owed from before this start"
+            );
+            for id in ids {
+                tracing::info!(
+                    proposal = id,
+                    "mailing the lead, owed from before the restart"
+                );
+                send_with_retries(config.clone(), store.clone(), id).await;
+            }
+        }
+        Err(e) => tracing::error!("cannot read the proposals owed a mail: {e}"),
+    }
+}
+
+/// Renders the proposal-received mail for every priority of every meeting with a made-up
+/// proposal, so a broken or missing template fails at start and reload, not on a member's
+/// proposal.
+pub fn check(config: &Config, templates: &Templates) -> Result<(), NotifyError> {
+    for meeting in &config.meetings {
+        for p in config.priorities_of(meeting) {
+            let sample = Proposal {
+                id: 1,
+                meeting: meeting.id.to_string(),
+                priority: p.id.to_string(),
+                name: "Sample Person".into(),
+                organisation: "Sample Borough".into(),
+                email: "sample@example.org".into(),
+                title: "Sample item".into(),
+                summary: "A sample summary.\nOn two lines.".into(),
+                presents: true,
+                minutes: 15,
+                status: super::Status::Proposed,
+                position: None,
+                created: Timestamp::UNIX_EPOCH,
+                decided_by: None,
+                decided_at: None,
+            };
+            let url = super::lead_url(config, &"0".repeat(64));
+            compose(config, templates, &sample, &url, Timestamp::UNIX_EPOCH)?;
+        }
+    }
+    Ok(())
 }
 
 /// Issues a lead link for proposal `id`, composes and sends the mail, and records the outcome.

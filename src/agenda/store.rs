@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS proposals (
     created_ms   INTEGER NOT NULL,
     decided_by   TEXT,
     decided_ms   INTEGER,
+    notify_wanted INTEGER NOT NULL DEFAULT 0,
     notified_ms  INTEGER,
     notify_error TEXT
 );
@@ -215,7 +216,15 @@ impl AgendaStore {
     }
 
     /// Stores a new proposal as `proposed`, with a `proposed` decision row; returns its number.
-    pub fn add(&mut self, p: &NewProposal, by: &str, now: Timestamp) -> Result<i64, AgendaError> {
+    /// With `notify`, the proposal is marked as owed a mail to its lead until
+    /// [`AgendaStore::mark_notified`] records one sent (see [`AgendaStore::unnotified`]).
+    pub fn add(
+        &mut self,
+        p: &NewProposal,
+        by: &str,
+        notify: bool,
+        now: Timestamp,
+    ) -> Result<i64, AgendaError> {
         let path = self.path.display().to_string();
         self.write(|tx| {
             let e = |source| AgendaError::Sqlite {
@@ -224,8 +233,8 @@ impl AgendaStore {
             };
             tx.execute(
                 "INSERT INTO proposals (meeting, priority, name, organisation, email, title, \
-                 summary, presents, minutes, status, created_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'proposed', ?10)",
+                 summary, presents, minutes, status, created_ms, notify_wanted) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'proposed', ?10, ?11)",
                 params![
                     p.meeting.as_str(),
                     p.priority,
@@ -236,7 +245,8 @@ impl AgendaStore {
                     p.summary,
                     p.presents,
                     p.minutes,
-                    now.as_millisecond()
+                    now.as_millisecond(),
+                    notify
                 ],
             )
             .map_err(e)?;
@@ -436,6 +446,19 @@ impl AgendaStore {
         Ok(())
     }
 
+    /// Proposals still owed a mail to their lead (the mail failed, or the daemon stopped first).
+    pub fn unnotified(&self) -> Result<Vec<i64>, AgendaError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM proposals WHERE notify_wanted = 1 AND notified_ms IS NULL ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<i64>>>())
+            .map_err(|e| self.err(e))
+    }
+
     /// Issues a new token for the lead of `priority` and returns it (only its hash is stored).
     pub fn issue_token(
         &mut self,
@@ -543,8 +566,14 @@ mod tests {
         let t1: Timestamp = "2023-01-11T10:00:00Z".parse().expect("ts");
         let (id, token) = {
             let mut s = AgendaStore::open_in(dir.path()).expect("open");
-            let id = s.add(&new("a@example.org"), "web", t0).expect("add");
-            s.add(&new("b@example.org"), "web", t0).expect("add");
+            let id = s.add(&new("a@example.org"), "web", true, t0).expect("add");
+            s.add(&new("b@example.org"), "cli", false, t0).expect("add");
+            assert_eq!(s.unnotified().expect("unnotified"), [id]);
+            s.mark_notified(id, t0, Some("421 try later"))
+                .expect("failed");
+            assert_eq!(s.unnotified().expect("unnotified"), [id]);
+            s.mark_notified(id, t1, None).expect("sent");
+            assert!(s.unnotified().expect("unnotified").is_empty());
             s.decide(id, Status::Accepted, "lead:future-places x@y", t1)
                 .expect("decide");
             s.order(id, 2, Some(20), "team", t1).expect("order");

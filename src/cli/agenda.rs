@@ -143,6 +143,22 @@ fn who(by: Option<String>) -> String {
     })
 }
 
+/// `convenor check`'s part: the proposal-received template renders for every priority of every
+/// meeting ([`crate::agenda::notify::check`]).
+pub fn check_templates(
+    config: &Config,
+    templates: &crate::mail::Templates,
+) -> Result<(), Vec<crate::mail::TemplateError>> {
+    use crate::{agenda::notify, mail::TemplateError};
+    notify::check(config, templates).map_err(|e| match e {
+        notify::NotifyError::Template(t) => vec![t],
+        other => vec![TemplateError::Read {
+            path: templates.dir().join(notify::TEMPLATE),
+            message: other.to_string(),
+        }],
+    })
+}
+
 /// Compiles the stored agenda into `config` when there is an agenda store (`ics`, `preview`
 /// and `plan` then show what the daemon shows); creates nothing.
 pub fn attach_stored(config: &mut Config) -> anyhow::Result<()> {
@@ -195,8 +211,11 @@ pub fn run(loaded: &Loaded, command: AgendaCommand) -> anyhow::Result<ExitCode> 
                 }
                 Err(FormRefusal::Honeypot) => anyhow::bail!("refused"),
             };
-            let id = open(config)?.add(&p, &who(None), now)?;
-            println!("added proposal #{id} to meeting {meeting} as proposed");
+            let id = open(config)?.add(&p, &who(None), false, now)?;
+            println!(
+                "added proposal #{id} to meeting {meeting} as proposed (no mail to the lead: \
+                 accept or decline it here, or send them a link with `agenda token issue`)"
+            );
             Ok(ExitCode::SUCCESS)
         }
         AgendaCommand::Accept(pick) => decide(config, pick, Status::Accepted, now),

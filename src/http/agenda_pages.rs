@@ -368,7 +368,12 @@ async fn propose(
             Ok((_, all)) if all >= PER_WINDOW => {
                 Err("too many proposals in the last hour; please try later".to_owned())
             }
-            Ok(_) => Ok(store.add(&new, &format!("web form ({})", new.email), now)),
+            Ok(_) => Ok(store.add(
+                &new,
+                &format!("web form ({})", new.email),
+                pages.notify,
+                now,
+            )),
             Err(e) => Ok(Err(e)),
         }
     };
@@ -387,9 +392,7 @@ async fn propose(
         let config = Arc::new(config.clone());
         let store = pages.store.clone();
         tokio::spawn(async move {
-            if let Err(e) = agenda::notify::send(config, store, pid).await {
-                tracing::error!(proposal = pid, "the mail to the lead failed: {e}");
-            }
+            agenda::notify::send_with_retries(config, store, pid).await;
         });
     }
     let lead = PriorityId::parse(&new.priority)

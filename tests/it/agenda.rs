@@ -967,6 +967,70 @@ fn reminders_agenda_pack_and_lead_mail_show_the_agenda() {
     );
 }
 
+/// The lead's mail is owed, not lost: with the SMTP server down the proposal is stored and the
+/// mail retried; after a restart with the server up it goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_mail_that_could_not_go_out_is_sent_after_a_restart() {
+    use crate::daemon::harness::{Sink, wait_for};
+    use web::*;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let inbox = dir.path().join("inbox");
+    let smtp = free_port();
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let config = write_config(dir.path(), &web::text(zone, port, smtp, (&d, &s, &e), ""));
+    let daemon = spawn(&config, &dir.path().join("serve1.log"));
+    let res = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
+        .form(&[
+            ("name", "Ada"),
+            ("organisation", "Camden"),
+            ("email", "ada@camden.example"),
+            ("priority", "p1"),
+            ("title", "Owed mail"),
+            ("summary", "S"),
+            ("minutes", "10"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), reqwest::StatusCode::CREATED);
+    wait_for(
+        "a failed attempt",
+        || daemon.log_text().contains("will retry"),
+        || daemon.log_text(),
+    );
+    daemon.signal("TERM");
+    let mut daemon = daemon;
+    let _ = daemon.child.wait();
+
+    let _sink = Sink::start(&inbox, Some(smtp));
+    let daemon = spawn(&config, &dir.path().join("serve2.log"));
+    wait_for(
+        "the owed mail",
+        || mails(&inbox).len() == 1,
+        || daemon.log_text(),
+    );
+    let mail = &mails(&inbox)[0];
+    assert!(hdr(mail, "Subject").contains("Owed mail"), "{mail}");
+    // Sent once: recorded, so a further restart does not send it again.
+    drop(daemon);
+    let again = spawn(&config, &dir.path().join("serve3.log"));
+    wait_for(
+        "the count of owed mails",
+        || again.log_text().contains("mails to leads owed"),
+        || again.log_text(),
+    );
+    assert!(
+        again.log_text().contains("\"owed\":0"),
+        "{}",
+        again.log_text()
+    );
+    assert_eq!(mails(&inbox).len(), 1);
+}
+
 /// The whole loop in a real browser: headless Chromium (tests/tools/browser.py, DevTools
 /// protocol) fills and submits the meeting page's form, the lead's mail arrives at a real SMTP
 /// server, Chromium opens the lead's link and presses Accept, the meeting page and the served
