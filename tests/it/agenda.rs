@@ -872,6 +872,31 @@ mod web {
         assert!(ev["description"].as_str().expect("d").contains("Bus lanes"));
         assert!(ev["sequence"].as_u64().expect("seq") >= 2, "{ev}");
         assert_eq!(count(&config), 6, "nothing lost across the restart");
+        // The meeting is now past its call's deadline: no form, and a post is refused.
+        let html = c
+            .get(format!("{base}/meetings/m1"))
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("body");
+        assert!(
+            html.contains("id=\"closed\"") && !html.contains("id=\"propose\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("Bus lanes"),
+            "the agreed agenda is still shown: {html}"
+        );
+        let res = c
+            .post(&url)
+            .form(&good("Late", "p1", "late@example.org"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert_eq!(count(&config), 6);
     }
 }
 
@@ -965,6 +990,73 @@ fn reminders_agenda_pack_and_lead_mail_show_the_agenda() {
         text.contains("Subject: New agenda proposal for Future Places: Heat pumps & schools"),
         "{text}"
     );
+}
+
+/// A change made from the CLI reaches the running daemon's feed at its next reload (SIGHUP), as
+/// the CLI says; a reload raises SEQUENCE once, and a second reload without change does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_change_shows_in_the_served_feed_after_sighup() {
+    use crate::daemon::harness::{Sink, wait_for};
+    use web::*;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let sink = Sink::start(&dir.path().join("inbox"), None);
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let config = write_config(
+        dir.path(),
+        &web::text(zone, port, sink.port, (&d, &s, &e), ""),
+    );
+    let daemon = spawn(&config, &dir.path().join("serve.log"));
+    let feed = || async {
+        let ics = reqwest::get(format!("http://127.0.0.1:{port}/calendar.ics"))
+            .await
+            .expect("feed")
+            .text()
+            .await
+            .expect("ics");
+        crate::feed::parse_ics(&ics)["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["uid"].as_str().is_some_and(|u| u.contains("m1")))
+            .cloned()
+            .expect("m1")
+    };
+    add(&config, "m1", "p1", "From the shell");
+    let out = ok(&cli(&config, &["agenda", "accept", "--meeting", "m1", "1"]));
+    assert!(out.contains("after its next reload"), "{out}");
+    let before = feed().await;
+    assert!(
+        !before["description"]
+            .as_str()
+            .expect("d")
+            .contains("From the shell")
+    );
+    let log = dir.path().join("serve.log");
+    let reloads = |n: usize| {
+        let log = log.clone();
+        move || daemon_log(&log).matches("config reloaded").count() >= n
+    };
+    daemon.signal("HUP");
+    wait_for("the reload", reloads(1), || daemon.log_text());
+    let after = feed().await;
+    assert!(
+        after["description"]
+            .as_str()
+            .expect("d")
+            .contains("From the shell"),
+        "{after}"
+    );
+    assert_eq!(after["sequence"], 1);
+    daemon.signal("HUP");
+    wait_for("the second reload", reloads(2), || daemon.log_text());
+    assert_eq!(feed().await["sequence"], 1);
+}
+
+fn daemon_log(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// The lead's mail is owed, not lost: with the SMTP server down the proposal is stored and the
