@@ -3,6 +3,8 @@
 //! Stage one is clap's parse of raw arguments into [`Cli`]; stage two loads the config into
 //! validated types. Each command reads the clock here, at the edge, and hands it to the pure core.
 
+pub mod agenda;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
@@ -99,6 +101,12 @@ pub enum Command {
         #[arg(long)]
         email: Option<String>,
     },
+    /// The agenda loop: list, add, accept, decline, move and order proposals; lead links.
+    Agenda {
+        /// What to do.
+        #[command(subcommand)]
+        command: agenda::AgendaCommand,
+    },
 }
 
 impl Cli {
@@ -111,10 +119,11 @@ impl Cli {
 /// Runs the parsed command line and returns the process's exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config_path();
-    let loaded = match config::load(&path, &Environment::from_process()) {
+    let mut loaded = match config::load(&path, &Environment::from_process()) {
         Ok(loaded) => loaded,
         Err(err) => return Ok(report_config_error(&err)),
     };
+    agenda::attach_stored(&mut loaded.config)?;
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
@@ -131,6 +140,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SendTest { to } => send_test(&loaded, &to),
         Command::Serve { listen } => serve(loaded, path, listen),
         Command::Release { meeting, email } => release(&loaded, meeting, email),
+        Command::Agenda { command } => agenda::run(&loaded, command),
     }
 }
 
@@ -152,7 +162,11 @@ fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let config = &loaded.config;
     let checked = mail::Templates::load(&config.mail.templates_dir)
         .map_err(|e| vec![e])
-        .and_then(|t| t.check_all(config));
+        .and_then(|t| {
+            let report = t.check_all(config)?;
+            agenda::check_templates(config, &t)?;
+            Ok(report)
+        });
     match checked {
         Ok(r) => {
             println!("templates:  {} sets, {} renders fine", r.sets, r.renders);

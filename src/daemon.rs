@@ -89,6 +89,9 @@ pub enum DaemonError {
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The agenda store failed.
+    #[error(transparent)]
+    Agenda(#[from] crate::agenda::AgendaError),
 }
 
 /// Reconciles `config` with the ledger at `now` and writes the result; logs what changed.
@@ -175,10 +178,45 @@ pub fn ops_router(ops: Ops, with_metrics: bool) -> axum::Router {
     }
 }
 
-/// The HTTP routes: `GET /healthz`, `GET /metrics` when `with_metrics`, and the feeds and
-/// subscribe page of [`crate::http`].
-pub fn router(feeds: FeedState, ops: Ops, with_metrics: bool) -> axum::Router {
-    ops_router(ops, with_metrics).merge(crate::http::router(feeds))
+/// The HTTP routes: `GET /healthz`, `GET /metrics` when `with_metrics`, and the feeds,
+/// subscribe page and agenda pages of [`crate::http`].
+pub fn router(
+    feeds: FeedState,
+    agenda: crate::http::agenda_pages::AgendaPages,
+    ops: Ops,
+    with_metrics: bool,
+) -> axum::Router {
+    ops_router(ops, with_metrics).merge(crate::http::router_with_agenda(feeds, agenda))
+}
+
+/// Applies an agenda change (a lead's decision on the web) to the running service: recompiles
+/// the agenda into the running config, reconciles (the meeting's SEQUENCE rises), re-renders the
+/// feeds, hands the scheduler the new config and wakes it. A failure is logged; the change stays
+/// stored and shows at the next change or reload.
+pub fn agenda_changed(
+    ledger: &SharedStore<SqliteStore>,
+    agenda: &Mutex<crate::agenda::AgendaStore>,
+    config: &watch::Sender<Arc<Config>>,
+    feeds: &FeedState,
+    wake: &Notify,
+) {
+    let current = config.borrow().clone();
+    let refreshed = {
+        let agenda = agenda
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ledger = lock(ledger);
+        crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now())
+    };
+    match refreshed {
+        Ok((config_now, revisions)) => {
+            feeds.replace(&config_now, &revisions);
+            config.send_replace(Arc::new(config_now));
+            wake.notify_one();
+            tracing::info!("agenda changed: feeds re-rendered");
+        }
+        Err(e) => tracing::error!("agenda changed but could not be applied: {e}"),
+    }
 }
 
 /// Loads the templates, renders every one against every meeting, and builds the transport:
@@ -190,6 +228,8 @@ pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(DaemonError::Mail(lines.join("\n")));
     }
+    crate::agenda::notify::check(config, &templates)
+        .map_err(|e| DaemonError::Mail(format!("template proposal-received: {e}")))?;
     let transport = Transport::from_settings(&config.mail, &config.state_dir)
         .map_err(|e| DaemonError::Mail(e.to_string()))?;
     Ok(MailParts {
@@ -205,6 +245,7 @@ struct Live {
     feeds: FeedState,
     outbox: Arc<MailOutbox<SqliteStore>>,
     wake: Arc<Notify>,
+    agenda: Arc<Mutex<crate::agenda::AgendaStore>>,
 }
 
 /// Completes on SIGTERM or SIGINT.
@@ -257,6 +298,17 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
         tracing::warn!("{w}");
     }
     let mut config = loaded.config;
+    // The agenda (possibly changed from the CLI) is compiled afresh at every reload.
+    if let Err(e) = crate::agenda::attach(
+        &mut config,
+        &live
+            .agenda
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    ) {
+        tracing::error!("config reload: the agenda store failed, keeping the running config: {e}");
+        return Err(e.to_string());
+    }
     let old = live.config.borrow().clone();
     if config.state_dir != old.state_dir {
         tracing::warn!(
@@ -313,6 +365,10 @@ pub async fn run(
     let state_lock = StateLock::acquire(&dir)?;
     tracing::info!(lock = %state_lock.path().display(), "state directory locked");
 
+    let agenda = crate::agenda::AgendaStore::open_in(&dir)?;
+    let mut config = config;
+    crate::agenda::attach(&mut config, &agenda)?;
+    let agenda = Arc::new(Mutex::new(agenda));
     let mut store = SqliteStore::open_in(&dir)?;
     for key in store.recover_sending()? {
         tracing::warn!(
@@ -367,7 +423,28 @@ pub async fn run(
     };
 
     let mut servers = Vec::new();
-    let app = router(feeds.clone(), ops.clone(), metrics_listener.is_none());
+    let hook = {
+        let (ledger, agenda, config_tx, feeds, wake) = (
+            store.clone(),
+            agenda.clone(),
+            config_tx.clone(),
+            feeds.clone(),
+            wake.clone(),
+        );
+        Arc::new(move || agenda_changed(&ledger, &agenda, &config_tx, &feeds, &wake))
+    };
+    let pages =
+        crate::http::agenda_pages::AgendaPages::new(feeds.clone(), agenda.clone(), hook, true);
+    tokio::spawn(crate::agenda::notify::resend_pending(
+        Arc::new(config_tx.borrow().as_ref().clone()),
+        agenda.clone(),
+    ));
+    let app = router(
+        feeds.clone(),
+        pages,
+        ops.clone(),
+        metrics_listener.is_none(),
+    );
     servers.push(tokio::spawn(serve_http(listener, app, limits, stopped())));
     if let Some(l) = metrics_listener {
         let app = ops_router(ops.clone(), true);
@@ -402,6 +479,7 @@ pub async fn run(
         feeds,
         outbox,
         wake,
+        agenda,
     };
 
     tracing::info!("convenor is running");

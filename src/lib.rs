@@ -4,6 +4,7 @@
 //! config -> feed -> HTTP. [`model`], [`schedule`] and the rendering modules are pure; files,
 //! sockets and the clock are touched only at the edges.
 
+pub mod agenda;
 pub mod cli;
 pub mod config;
 pub mod daemon;

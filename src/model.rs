@@ -462,6 +462,9 @@ pub struct Config {
     pub meetings: Vec<Meeting>,
     /// The mail schedule, in config order, ids unique.
     pub emails: Vec<EmailRule>,
+    /// The compiled agendas: not from the TOML but from the agenda store, attached after every
+    /// load by [`crate::agenda::attach`] (empty until then).
+    pub agenda: crate::agenda::Book,
 }
 
 impl Config {

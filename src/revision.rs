@@ -3,7 +3,9 @@
 //! Pure. The ledger stores one [`StoredRevision`] per meeting; at every config load
 //! [`next_revision`] compares it with the meeting as configured now. RFC 5545 3.8.7.4: SEQUENCE
 //! rises when the time, place or status changes; any other visible change (title, notes, focus)
-//! only moves LAST-MODIFIED and DTSTAMP. SEQUENCE never goes down.
+//! only moves LAST-MODIFIED and DTSTAMP. A change of the compiled agenda (an item accepted,
+//! declined, moved or retimed) also raises SEQUENCE, so calendars take the new DESCRIPTION,
+//! but queues no change notice. SEQUENCE never goes down.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -53,6 +55,10 @@ pub struct StoredRevision {
     pub significant: Significant,
     /// A digest of everything the feed and mail show of the meeting.
     pub content_digest: String,
+    /// The digest of the meeting's compiled agenda ([`crate::agenda::Agenda::digest`]; empty
+    /// for no agenda, which is also what revisions stored before agendas existed read as).
+    #[serde(default)]
+    pub agenda_digest: String,
 }
 
 /// How a meeting differs from its stored revision.
@@ -64,6 +70,8 @@ pub enum Change {
     Unchanged,
     /// Only descriptive fields changed: LAST-MODIFIED moves, SEQUENCE stays.
     Content,
+    /// Only the compiled agenda changed: SEQUENCE rises, no change notice.
+    Agenda,
     /// Time, place or status changed: SEQUENCE rises.
     Significant {
         /// The significant fields before the change.
@@ -93,6 +101,11 @@ pub fn content_digest(config: &Config, meeting: &Meeting) -> String {
         put(&p.lead.email.to_string());
     }
     put(config.network.contact.to_string().as_str());
+    // Only a non-empty agenda counts, so digests stored before agendas existed still match.
+    let agenda = config.agenda.get(&meeting.id).digest();
+    if !agenda.is_empty() {
+        put(&agenda);
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -105,12 +118,14 @@ pub fn next_revision(
 ) -> (StoredRevision, Change) {
     let significant = Significant::of(meeting);
     let content = content_digest(config, meeting);
+    let agenda_digest = config.agenda.get(&meeting.id).digest();
     let Some(prev) = stored else {
         let rev = StoredRevision {
             sequence: 0,
             last_modified: now,
             significant,
             content_digest: content,
+            agenda_digest,
         };
         return (rev, Change::New);
     };
@@ -122,6 +137,7 @@ pub fn next_revision(
             last_modified: modified,
             significant,
             content_digest: content,
+            agenda_digest,
         };
         (
             rev,
@@ -129,6 +145,15 @@ pub fn next_revision(
                 before: prev.significant.clone(),
             },
         )
+    } else if prev.agenda_digest != agenda_digest {
+        let rev = StoredRevision {
+            sequence: prev.sequence.saturating_add(1),
+            last_modified: modified,
+            content_digest: content,
+            agenda_digest,
+            ..prev.clone()
+        };
+        (rev, Change::Agenda)
     } else if prev.content_digest != content {
         let rev = StoredRevision {
             last_modified: modified,
@@ -219,5 +244,48 @@ mod tests {
             let (r2, _) = next_revision(Some(&r1), &c, m, t0);
             assert!(r2.last_modified >= r1.last_modified && r2.sequence >= r1.sequence);
         }
+    }
+
+    /// An agenda change raises SEQUENCE without a change notice; SEQUENCE never falls when the
+    /// agenda empties again; a revision stored before agendas existed reads as "no agenda".
+    #[test]
+    fn an_agenda_change_raises_sequence() {
+        use crate::agenda::model::{Proposal, Status, compile};
+        let t0: Timestamp = "2023-01-01T00:00:00Z".parse().expect("ts");
+        let t1: Timestamp = "2023-01-02T00:00:00Z".parse().expect("ts");
+        let mut c = config("");
+        let m = c.meetings[0].clone();
+        let (r0, _) = next_revision(None, &c, &m, t0);
+        let old_json = serde_json::to_string(&r0)
+            .expect("json")
+            .replace(",\"agenda_digest\":\"\"", "");
+        assert!(!old_json.contains("agenda_digest"));
+        let old: StoredRevision = serde_json::from_str(&old_json).expect("old revision");
+        assert_eq!(next_revision(Some(&old), &c, &m, t1).1, Change::Unchanged);
+
+        let p = Proposal {
+            id: 1,
+            meeting: m.id.to_string(),
+            priority: "future-places".into(),
+            name: "N".into(),
+            organisation: "O".into(),
+            email: "n@example.org".into(),
+            title: "Item".into(),
+            summary: "S".into(),
+            presents: true,
+            minutes: 10,
+            status: Status::Accepted,
+            position: None,
+            created: t0,
+            decided_by: None,
+            decided_at: None,
+        };
+        c.agenda = compile(&c, std::slice::from_ref(&p));
+        let (r1, ch) = next_revision(Some(&r0), &c, &m, t1);
+        assert_eq!((r1.sequence, ch), (1, Change::Agenda));
+        assert_ne!(r1.content_digest, r0.content_digest);
+        c.agenda = compile(&c, &[]);
+        let (r2, ch) = next_revision(Some(&r1), &c, &m, t1);
+        assert_eq!((r2.sequence, ch), (2, Change::Agenda));
     }
 }

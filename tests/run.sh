@@ -8,7 +8,7 @@ venv=target/test-venv
 if [ ! -x "$venv/bin/python3" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
+"$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
 # Debian packages the end-to-end tests drive (headless Chromium for the subscribe page).
 need=()

@@ -240,6 +240,7 @@ pub fn validate(
             priorities,
             meetings,
             emails,
+            agenda: crate::agenda::Book::default(),
         }),
         _ => None,
     };

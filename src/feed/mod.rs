@@ -244,8 +244,8 @@ fn event(config: &Config, meeting: &Meeting, revision: Option<&StoredRevision>) 
     ev.done().try_into_string().unwrap_or_default()
 }
 
-/// The plain-text DESCRIPTION: status, priorities in focus with their leads, join link, notes,
-/// contact and the subscribe page.
+/// The plain-text DESCRIPTION: status, priorities in focus with their leads, the agreed agenda
+/// (when any item is accepted), join link, notes, contact and the subscribe page.
 pub fn description(config: &Config, meeting: &Meeting) -> String {
     let mut lines = Vec::new();
     if meeting.is_cancelled() {
@@ -270,6 +270,12 @@ pub fn description(config: &Config, meeting: &Meeting) -> String {
             "- {}: lead {}{org} <{}>",
             p.name, p.lead.name, p.lead.email.email
         ));
+    }
+    let agenda = config.agenda.get(&meeting.id);
+    if !agenda.empty {
+        lines.push(String::new());
+        lines.push("Agenda:".to_owned());
+        lines.extend(agenda.lines());
     }
     if let Some(url) = &meeting.join_url {
         lines.push(String::new());

@@ -6,6 +6,7 @@
 //! an Outlook subscription) and `no-transform` asks proxies not to either. The shutdown signal
 //! is an argument of [`serve`], so tests stop the server by completing a future.
 
+pub mod agenda_pages;
 pub mod page;
 pub mod server;
 pub mod state;
@@ -32,6 +33,11 @@ const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD");
 /// change the token and the priorities without rebuilding the router.
 pub fn router(state: FeedState) -> Router {
     Router::new().fallback(handle).with_state(state)
+}
+
+/// [`router`] with the agenda pages ([`agenda_pages`]) in front of it.
+pub fn router_with_agenda(state: FeedState, agenda: agenda_pages::AgendaPages) -> Router {
+    agenda_pages::routes(agenda).merge(router(state))
 }
 
 /// Serves on `listener` under the `[http]` limits ([`server`]) until `shutdown` completes,

@@ -7,7 +7,9 @@
 //!   requests on a kept-alive connection, or the connection is closed;
 //! - request headers are capped at [`MAX_HEADER_BYTES`] (hyper answers 431 beyond);
 //! - a request must be answered within `[http] request_timeout` (else 503);
-//! - requests with a body get 413 and the connection is closed (the server takes none);
+//! - only a POST may carry a body (the agenda pages' forms), announced with a Content-Length of
+//!   at most [`super::agenda_pages::MAX_BODY`]; any other body gets 413 (a chunked one 411) and
+//!   the connection is closed, so the feeds never read a body;
 //! - at most `[http] max_connections` connections are served at once: the accept loop takes a
 //!   semaphore permit before accepting, so further clients wait in the kernel's backlog until a
 //!   slot frees (a trickling client frees its slot at the header timeout at the latest).
@@ -20,7 +22,7 @@ use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 use axum::{
     Router,
     body::Body,
-    http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header},
 };
 use hyper::body::Incoming;
 use hyper_util::{
@@ -122,10 +124,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// One request: refuse a body, else run the router under the request timeout.
+/// One request: refuse a body it may not carry, else run the router under the request timeout.
 async fn respond(app: Router, req: Request<Incoming>, timeout: Duration) -> Response<Body> {
-    if has_body(req.headers()) {
-        let mut res = plain(StatusCode::PAYLOAD_TOO_LARGE, "requests take no body\n");
+    if let Some((status, text)) = refuse_body(req.method(), req.headers()) {
+        let mut res = plain(status, text);
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return res;
@@ -140,6 +142,32 @@ async fn respond(app: Router, req: Request<Incoming>, timeout: Duration) -> Resp
                 "the request took too long\n",
             )
         }
+    }
+}
+
+/// Why a request's body is refused, if it is: a body on anything but POST (413), a chunked body
+/// (411: forms announce their length), or a Content-Length over the form limit (413).
+fn refuse_body(method: &Method, headers: &HeaderMap) -> Option<(StatusCode, &'static str)> {
+    if !has_body(headers) {
+        return None;
+    }
+    if method != Method::POST {
+        return Some((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "this request takes no body\n",
+        ));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Some((StatusCode::LENGTH_REQUIRED, "send a Content-Length\n"));
+    }
+    let lengths: Vec<Option<usize>> = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .map(|v| v.to_str().ok().and_then(|s| s.trim().parse().ok()))
+        .collect();
+    match lengths.as_slice() {
+        [Some(n)] if *n <= super::agenda_pages::MAX_BODY => None,
+        _ => Some((StatusCode::PAYLOAD_TOO_LARGE, "the body is too large\n")),
     }
 }
 
@@ -178,5 +206,46 @@ mod tests {
         assert!(!with(header::CONTENT_LENGTH, "0"));
         assert!(with(header::CONTENT_LENGTH, "5"));
         assert!(with(header::TRANSFER_ENCODING, "chunked"));
+    }
+
+    #[test]
+    fn only_a_post_within_the_form_limit_may_carry_a_body() {
+        let length = |n: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from_str(n).expect("value"),
+            );
+            h
+        };
+        let status = |m: Method, h: &HeaderMap| refuse_body(&m, h).map(|(s, _)| s);
+        assert_eq!(status(Method::GET, &HeaderMap::new()), None);
+        assert_eq!(
+            status(Method::GET, &length("5")),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(
+            status(Method::PUT, &length("5")),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(status(Method::POST, &length("5")), None);
+        assert_eq!(status(Method::POST, &length("16384")), None);
+        assert_eq!(
+            status(Method::POST, &length("16385")),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(
+            status(Method::POST, &length("x")),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        let mut chunked = HeaderMap::new();
+        chunked.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(
+            status(Method::POST, &chunked),
+            Some(StatusCode::LENGTH_REQUIRED)
+        );
     }
 }

@@ -84,6 +84,7 @@ impl Templates {
             last_modified: Timestamp::UNIX_EPOCH,
             significant: Significant::of(meeting),
             content_digest: String::new(),
+            agenda_digest: String::new(),
         };
         let before = matches!(rule.trigger, Trigger::OnChange).then(|| made_up_before(meeting));
         let during = describe(meeting, rule, recipient);

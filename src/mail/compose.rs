@@ -357,8 +357,9 @@ mod tests {
         let c = shipped();
         let t = Templates::load(&c.mail.templates_dir).expect("templates");
         let report = t.check_all(&c).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(report.sets, 5);
-        // 5 meetings x (agenda-call, reminder x2, change, cancellation: 1 each; nudge: 5 leads).
-        assert_eq!(report.renders, 5 * (5 + 5));
+        assert_eq!(report.sets, 6);
+        // 5 meetings x (agenda-call, reminder x2, agenda-pack, change, cancellation: 1 each;
+        // nudge: 5 leads).
+        assert_eq!(report.renders, 5 * (6 + 5));
     }
 }

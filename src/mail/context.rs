@@ -72,6 +72,23 @@ pub struct Context {
     pub change: Option<ChangeCtx>,
     /// The schedule entry being sent.
     pub email: EmailCtx,
+    /// The meeting's compiled agenda (`agenda.empty` when nothing is accepted yet).
+    pub agenda: crate::agenda::Agenda,
+    /// For the proposal-received mail: the proposal and the lead's private link; `none` in
+    /// scheduled mail.
+    pub proposal: Option<ProposalCtx>,
+}
+
+/// A new proposal, as the mail to its priority's lead shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProposalCtx {
+    /// The proposal itself (name, organisation, email, title, summary, presents, minutes...).
+    #[serde(flatten)]
+    pub proposal: crate::agenda::Proposal,
+    /// The priority's display name.
+    pub priority_name: String,
+    /// The lead's private page, where they accept or decline.
+    pub lead_url: String,
 }
 
 /// The network's names.
@@ -328,6 +345,8 @@ pub fn build(input: ContextInput<'_>) -> Result<Context, ContextError> {
             id: rule.id.as_str().to_owned(),
             template: rule.template.as_str().to_owned(),
         },
+        agenda: config.agenda.get(&meeting.id),
+        proposal: None,
     })
 }
 

@@ -423,7 +423,7 @@ fn check_accepts_the_shipped_config() {
     );
     assert!(stdout.contains("meetings:   5 (0 cancelled)"), "{stdout}");
     assert!(stdout.contains("priorities: 5"), "{stdout}");
-    assert!(stdout.contains("emails:     6 in the schedule"), "{stdout}");
+    assert!(stdout.contains("emails:     7 in the schedule"), "{stdout}");
 }
 
 #[test]
@@ -436,8 +436,8 @@ fn plan_lists_every_timed_mail_in_local_time_and_utc() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
-    // 5 meetings x (agenda call + 5 lead nudges + 2 reminders).
-    assert_eq!(rows.len(), 5 * 8);
+    // 5 meetings x (agenda call + 5 lead nudges + 2 reminders + agenda pack).
+    assert_eq!(rows.len(), 5 * 9);
     let find = |meeting: &str, email: &str| {
         rows.iter()
             .find(|r| r["meeting"] == meeting && r["email"] == email)

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per area, real parts at every boundary.
 
+mod agenda;
 mod config;
 mod daemon;
 mod feed;
