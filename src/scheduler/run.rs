@@ -29,6 +29,11 @@ pub const MAX_SLICE: Duration = Duration::from_secs(60);
 /// The shortest pause between passes, so a row that cannot be settled never spins the CPU.
 const MIN_SLICE: Duration = Duration::from_millis(100);
 
+/// After the shutdown signal, how long a pass under way may go on so that a mail in flight
+/// finishes (within systemd's `TimeoutStopSec=30s`). Mails not reached stay `pending`; one cut
+/// off at this bound stays `sending` and goes out again at the next start, same Message-ID.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + 'static {
     /// The current instant.
@@ -181,9 +186,20 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
         let max_slice = max_slice.clamp(MIN_SLICE, MAX_SLICE);
         tokio::pin!(shutdown);
         loop {
+            let tick = self.tick();
+            tokio::pin!(tick);
             let pass = tokio::select! {
-                pass = self.tick() => pass,
-                () = &mut shutdown => break,
+                pass = &mut tick => pass,
+                () = &mut shutdown => {
+                    // Let a send in flight finish rather than cut it off mid-conversation.
+                    if tokio::time::timeout(STOP_GRACE, &mut tick).await.is_err() {
+                        tracing::warn!(
+                            "stopping: a pass was still running after {STOP_GRACE:?}; a mail cut \
+                             off now goes out again at the next start, same Message-ID"
+                        );
+                    }
+                    break;
+                }
             };
             on_pass(pass.as_ref().map(|next| *next));
             let wait = match pass {

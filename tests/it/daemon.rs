@@ -41,9 +41,15 @@ pub mod harness {
     impl Sink {
         /// Starts the sink storing into `dir`, on `port` or a free one.
         pub fn start(dir: &Path, port: Option<u16>) -> Self {
+            Self::start_slow(dir, port, 0)
+        }
+
+        /// Like [`Sink::start`], but answering each DATA `delay_secs` seconds late.
+        pub fn start_slow(dir: &Path, port: Option<u16>, delay_secs: u32) -> Self {
             let mut cmd = Command::new(python());
             cmd.arg(repo().join("tests/tools/ledger_smtp_sink.py"))
-                .arg(dir);
+                .arg(dir)
+                .args(["--delay", &delay_secs.to_string()]);
             if let Some(p) = port {
                 cmd.args(["--port", &p.to_string()]);
             }
@@ -379,4 +385,43 @@ async fn sighup_with_a_broken_config_keeps_serving_and_sending_and_a_valid_one_r
         "{:?}",
         ledger_rows(&state)
     );
+}
+
+/// SIGTERM while a mail is in mid-conversation with a slow server: the send finishes, the row
+/// is `sent`, and the process exits 0 (a send in flight is not cut off).
+#[test]
+fn sigterm_lets_a_send_in_flight_finish_then_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mails = dir.path().join("mails");
+    let sink = Sink::start_slow(&mails, None, 3);
+    let config = soon_config(dir.path(), &[1], Some(sink.port));
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    daemon.wait_ready();
+    wait_for(
+        "the mail to be claimed",
+        || ledger_rows(&state).values().any(|r| r.0 == "sending"),
+        || format!("{:?}\n{}", ledger_rows(&state), daemon.log_text()),
+    );
+    daemon.signal("TERM");
+    let mut status = None;
+    let log = daemon.log.clone();
+    let child = &mut daemon.child;
+    wait_for(
+        "convenor serve to exit",
+        || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        },
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(by_key(&mails).len(), 1, "{}", daemon.log_text());
+    let rows = ledger_rows(&state);
+    assert!(rows.values().all(|r| r.0 == "sent"), "{rows:?}");
 }
