@@ -207,7 +207,7 @@ mod tests {
         assert!(
             render(&config(), after)
                 .expect("render")
-                .contains("No meetings are scheduled yet")
+                .contains("No upcoming meetings")
         );
     }
 }

@@ -435,7 +435,7 @@ async fn the_subscribe_page_in_chromium_has_working_links_for_every_client() {
             assert_eq!(res.status(), StatusCode::OK, "{https}");
         }
         // The page names the upcoming meetings (none: 2023 is past) and the refresh times.
-        assert!(dom.contains("No meetings are scheduled yet") || dom.contains("LEDNet meeting"));
+        assert!(dom.contains("No upcoming meetings") || dom.contains("LEDNet meeting"));
         assert!(dom.contains("every 8 to 24 hours"), "refresh note");
         assert!(
             dom.contains("every 4 hours"),
