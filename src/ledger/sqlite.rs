@@ -257,31 +257,46 @@ impl Store for SqliteStore {
                     })
             })
             .collect::<Result<_, _>>()?;
+        // One transaction; each statement is prepared once (`prepare_cached`) and run per row:
+        // preparing per row was half of this function's time at 5,000 meetings.
+        let insert = format!(
+            "INSERT INTO mails ({COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+             ON CONFLICT DO NOTHING"
+        );
+        let reschedule = format!(
+            "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, \
+             state = 'pending', attempts = 0, next_attempt_ms = NULL, \
+             last_error = NULL, released = 0 \
+             WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'skipped', 'failed')"
+        );
+        let withdraw = format!(
+            "UPDATE mails SET state = 'skipped', last_error = ?5 \
+             WHERE {KEY_WHERE} AND state IN ('pending', 'held')"
+        );
         self.write(|tx| {
-            for (id, sequence, json) in &revisions {
+            if !revisions.is_empty() {
                 // SEQUENCE never goes down, whatever the caller computed.
-                tx.execute(
+                let mut current = tx.prepare_cached(
                     "INSERT INTO meeting_revisions (meeting, sequence, revision) VALUES (?1, ?2, ?3)
                      ON CONFLICT (meeting) DO UPDATE SET sequence = excluded.sequence,
                          revision = excluded.revision
                      WHERE excluded.sequence >= meeting_revisions.sequence",
-                    params![id, sequence, json],
                 )?;
                 // The last revision at each SEQUENCE: a change notice shows the one before.
-                tx.execute(
+                let mut history = tx.prepare_cached(
                     "INSERT INTO revision_history (meeting, sequence, revision) VALUES (?1, ?2, ?3)
                      ON CONFLICT (meeting, sequence) DO UPDATE SET revision = excluded.revision",
-                    params![id, sequence, json],
                 )?;
+                for (id, sequence, json) in &revisions {
+                    current.execute(params![id, sequence, json])?;
+                    history.execute(params![id, sequence, json])?;
+                }
             }
-            for r in &replan.inserts {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO mails ({COLUMNS}) VALUES \
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
-                         ON CONFLICT DO NOTHING"
-                    ),
-                    params![
+            if !replan.inserts.is_empty() {
+                let mut stmt = tx.prepare_cached(&insert)?;
+                for r in &replan.inserts {
+                    stmt.execute(params![
                         r.key.meeting,
                         r.key.email,
                         r.key.audience,
@@ -298,18 +313,13 @@ impl Store for SqliteStore {
                         r.reply,
                         ms(r.created),
                         r.released,
-                    ],
-                )?;
+                    ])?;
+                }
             }
-            for r in &replan.reschedules {
-                tx.execute(
-                    &format!(
-                        "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, \
-                         state = 'pending', attempts = 0, next_attempt_ms = NULL, \
-                         last_error = NULL, released = 0 \
-                         WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'skipped', 'failed')"
-                    ),
-                    params![
+            if !replan.reschedules.is_empty() {
+                let mut stmt = tx.prepare_cached(&reschedule)?;
+                for r in &replan.reschedules {
+                    stmt.execute(params![
                         r.key.meeting,
                         r.key.email,
                         r.key.audience,
@@ -317,17 +327,20 @@ impl Store for SqliteStore {
                         ms(r.due),
                         ms(r.deadline),
                         ms(r.starts)
-                    ],
-                )?;
+                    ])?;
+                }
             }
-            for (key, reason) in &replan.withdrawals {
-                tx.execute(
-                    &format!(
-                        "UPDATE mails SET state = 'skipped', last_error = ?5 \
-                         WHERE {KEY_WHERE} AND state IN ('pending', 'held')"
-                    ),
-                    params![key.meeting, key.email, key.audience, key.occurrence, reason],
-                )?;
+            if !replan.withdrawals.is_empty() {
+                let mut stmt = tx.prepare_cached(&withdraw)?;
+                for (key, reason) in &replan.withdrawals {
+                    stmt.execute(params![
+                        key.meeting,
+                        key.email,
+                        key.audience,
+                        key.occurrence,
+                        reason
+                    ])?;
+                }
             }
             Ok(())
         })
