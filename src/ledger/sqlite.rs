@@ -221,6 +221,38 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn revision(&self, meeting: &MeetingId) -> Result<Option<StoredRevision>, LedgerError> {
+        let json: Option<String> = self
+            .conn
+            .prepare_cached("SELECT revision FROM meeting_revisions WHERE meeting = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![meeting.as_str()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| LedgerError::Corrupt {
+                path: self.path.display().to_string(),
+                detail: format!("meeting_revisions `{meeting}`: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    fn thread_root(&self, meeting: &str, except: &str) -> Result<Option<String>, LedgerError> {
+        // The primary key starts with the meeting: this reads that meeting's rows only.
+        self.conn
+            .prepare_cached(
+                "SELECT message_id FROM mails WHERE meeting = ?1 AND state = 'sent' \
+                 AND message_id <> ?2 ORDER BY sent_at_ms, message_id LIMIT 1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![meeting, except], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
     fn revision_at(
         &self,
         meeting: &MeetingId,
