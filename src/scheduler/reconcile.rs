@@ -156,7 +156,8 @@ pub fn reconcile(
     let by_key: HashMap<&MailKey, &LedgerRow> = rows.iter().map(|r| (&r.key, r)).collect();
     let index = meeting_index(config);
     let mut out = Reconciled::default();
-    let mut wanted: HashSet<MailKey> = HashSet::new();
+    // The keys of existing rows the config still wants (only rows can be withdrawn).
+    let mut wanted: HashSet<&MailKey> = HashSet::new();
 
     for meeting in &config.meetings {
         let (rev, change) =
@@ -198,7 +199,7 @@ pub fn reconcile(
             _ => false,
         };
         if keep {
-            wanted.insert(row.key.clone());
+            wanted.insert(&row.key);
         }
     }
 
@@ -207,8 +208,11 @@ pub fn reconcile(
         let starts = index
             .get(due.meeting.as_str())
             .map_or(due.deadline, |m| m.starts_at(tz));
-        wanted.insert(key.clone());
-        match by_key.get(&key) {
+        let existing = by_key.get(&key).copied();
+        if let Some(row) = existing {
+            wanted.insert(&row.key);
+        }
+        match existing {
             None => {
                 out.replan
                     .inserts
