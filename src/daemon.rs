@@ -219,12 +219,14 @@ pub fn agenda_changed(
     }
 }
 
-/// Loads the templates, renders every one against every meeting, and builds the transport:
-/// everything a config needs before it may be used for mail. Must run inside the runtime.
+/// Loads the templates, renders every rule's template for every recipient kind against a sample
+/// of meetings ([`Templates::check_sample`]; `convenor check` renders them against all), and
+/// builds the transport: everything a config needs before it may be used for mail. Must run
+/// inside the runtime.
 pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
     let templates = Templates::load(&config.mail.templates_dir)
         .map_err(|e| DaemonError::Mail(e.to_string()))?;
-    if let Err(errors) = templates.check_all(config) {
+    if let Err(errors) = templates.check_sample(config) {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(DaemonError::Mail(lines.join("\n")));
     }
@@ -357,6 +359,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let mut phases = Phases::default();
     let dir = config.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| DaemonError::StateDir {
         dir: dir.clone(),
@@ -376,9 +380,13 @@ pub async fn run(
             "an attempt was cut short (crash or kill); sending again with the same Message-ID"
         );
     }
+    phases.lap("ledger");
     replan(&mut store, &config, Timestamp::now())?;
+    phases.lap("plan");
     let feeds = FeedState::new(&config, &store.revisions()?);
+    phases.lap("feeds");
     let parts = mail_parts(&config)?;
+    phases.lap("templates");
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
     let outbox = Arc::new(MailOutbox::new(store.clone(), parts));
 
@@ -472,6 +480,11 @@ pub async fn run(
     };
     // Config valid, ledger open, sockets bound: ready (before the loop's first WATCHDOG=1).
     notify::ready();
+    tracing::info!(
+        "ready {} ms after the config was loaded ({})",
+        started.elapsed().as_millis(),
+        phases.laps.join(", ")
+    );
     let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_pass));
     let live = Live {
         store,
@@ -504,6 +517,30 @@ pub async fn run(
     drop(state_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Start-up phase durations, for the log line at READY.
+struct Phases {
+    last: Instant,
+    laps: Vec<String>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+}
+
+impl Phases {
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        let ms = now.duration_since(self.last).as_secs_f64() * 1000.0;
+        self.laps.push(format!("{name} {ms:.1} ms"));
+        self.last = now;
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {

@@ -77,10 +77,17 @@ pub fn meetings<'a>(
     config: &'a Config,
     selection: Selection<'a>,
 ) -> impl Iterator<Item = &'a Meeting> {
-    config.meetings.iter().filter(move |m| match selection {
+    config
+        .meetings
+        .iter()
+        .filter(move |m| selected(config, selection, m))
+}
+
+fn selected(config: &Config, selection: Selection<'_>, meeting: &Meeting) -> bool {
+    match selection {
         Selection::All => true,
-        Selection::Priority(p) => config.priorities_of(m).any(|q| q.id == p.id),
-    })
+        Selection::Priority(p) => config.priorities_of(meeting).any(|q| q.id == p.id),
+    }
 }
 
 /// The latest last change among a selection's meetings ([`FALLBACK_STAMP`] when none has one).
@@ -113,6 +120,38 @@ pub fn render_calendar(
     }
     text.push_str("END:VCALENDAR\r\n");
     fold::refold(&text)
+}
+
+/// Renders several feeds at once, each byte for byte what [`render_calendar`] gives for its
+/// selection, but every VEVENT (and the VTIMEZONE) rendered and folded only once and copied into
+/// each feed it belongs to: the whole calendar and every priority feed share their events.
+/// Folding the parts equals folding the whole because [`fold::refold`] works line by line and
+/// every part ends with CRLF.
+pub fn render_calendars(
+    config: &Config,
+    revisions: &BTreeMap<MeetingId, StoredRevision>,
+    selections: &[Selection<'_>],
+) -> Vec<String> {
+    let timezone = fold::refold(&timezone(config));
+    let events: Vec<String> = config
+        .meetings
+        .iter()
+        .map(|m| fold::refold(&event(config, m, revisions.get(&m.id))))
+        .collect();
+    selections
+        .iter()
+        .map(|&selection| {
+            let mut text = fold::refold(&header(config, selection));
+            text.push_str(&timezone);
+            for (meeting, event) in config.meetings.iter().zip(&events) {
+                if selected(config, selection, meeting) {
+                    text.push_str(event);
+                }
+            }
+            text.push_str("END:VCALENDAR\r\n");
+            text
+        })
+        .collect()
 }
 
 /// Renders the calendar part of a mail about one meeting: METHOD:PUBLISH, the VTIMEZONE and the

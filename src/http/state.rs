@@ -88,8 +88,14 @@ impl Feeds {
         previous: Option<&Feeds>,
         now: Timestamp,
     ) -> Self {
-        let one = |selection: Selection<'_>, before: Option<&Feed>| {
-            render_feed(config, revisions, selection, before, now)
+        // Every VEVENT is rendered once for all the feeds (feed::render_calendars).
+        let selections: Vec<Selection<'_>> = std::iter::once(Selection::All)
+            .chain(config.priorities.iter().map(Selection::Priority))
+            .collect();
+        let mut bodies = feed::render_calendars(config, revisions, &selections).into_iter();
+        let mut one = |selection: Selection<'_>, before: Option<&Feed>| {
+            let body = bodies.next().unwrap_or_default();
+            render_feed(config, revisions, selection, body, before, now)
         };
         let calendar = one(Selection::All, previous.map(|p| &p.calendar));
         let priorities = config
@@ -129,10 +135,11 @@ fn render_feed(
     config: &Config,
     revisions: &BTreeMap<MeetingId, StoredRevision>,
     selection: Selection<'_>,
+    body: String,
     before: Option<&Feed>,
     now: Timestamp,
 ) -> Feed {
-    let body = Bytes::from(feed::render_calendar(config, revisions, selection));
+    let body = Bytes::from(body);
     let digest = Sha256::digest(&body);
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     let etag =

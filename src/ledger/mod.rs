@@ -281,6 +281,25 @@ pub trait Store: Send {
     /// The stored revision of every meeting seen.
     fn revisions(&self) -> Result<BTreeMap<MeetingId, StoredRevision>, LedgerError>;
 
+    /// The stored revision of one meeting. The default reads them all; a store with an index
+    /// answers from it (sending a mail asks this once per mail).
+    fn revision(&self, meeting: &MeetingId) -> Result<Option<StoredRevision>, LedgerError> {
+        Ok(self.revisions()?.remove(meeting))
+    }
+
+    /// The Message-ID every mail about `meeting` is threaded under: the first one sent (by
+    /// sent instant, then Message-ID), other than `except`. The default scans every row; a
+    /// store with an index answers from it (sending a mail asks this once per mail).
+    fn thread_root(&self, meeting: &str, except: &str) -> Result<Option<String>, LedgerError> {
+        Ok(self
+            .rows()?
+            .into_iter()
+            .filter(|r| r.key.meeting == meeting && r.state == MailState::Sent)
+            .filter(|r| r.message_id != except)
+            .min_by_key(|r| (r.sent_at, r.message_id.clone()))
+            .map(|r| r.message_id))
+    }
+
     /// The revision a meeting had at `sequence` (its last state at that SEQUENCE), if stored.
     fn revision_at(
         &self,

@@ -221,6 +221,38 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn revision(&self, meeting: &MeetingId) -> Result<Option<StoredRevision>, LedgerError> {
+        let json: Option<String> = self
+            .conn
+            .prepare_cached("SELECT revision FROM meeting_revisions WHERE meeting = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![meeting.as_str()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| LedgerError::Corrupt {
+                path: self.path.display().to_string(),
+                detail: format!("meeting_revisions `{meeting}`: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    fn thread_root(&self, meeting: &str, except: &str) -> Result<Option<String>, LedgerError> {
+        // The primary key starts with the meeting: this reads that meeting's rows only.
+        self.conn
+            .prepare_cached(
+                "SELECT message_id FROM mails WHERE meeting = ?1 AND state = 'sent' \
+                 AND message_id <> ?2 ORDER BY sent_at_ms, message_id LIMIT 1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![meeting, except], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
     fn revision_at(
         &self,
         meeting: &MeetingId,
@@ -257,31 +289,46 @@ impl Store for SqliteStore {
                     })
             })
             .collect::<Result<_, _>>()?;
+        // One transaction; each statement is prepared once (`prepare_cached`) and run per row:
+        // preparing per row was half of this function's time at 5,000 meetings.
+        let insert = format!(
+            "INSERT INTO mails ({COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+             ON CONFLICT DO NOTHING"
+        );
+        let reschedule = format!(
+            "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, \
+             state = 'pending', attempts = 0, next_attempt_ms = NULL, \
+             last_error = NULL, released = 0 \
+             WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'skipped', 'failed')"
+        );
+        let withdraw = format!(
+            "UPDATE mails SET state = 'skipped', last_error = ?5 \
+             WHERE {KEY_WHERE} AND state IN ('pending', 'held')"
+        );
         self.write(|tx| {
-            for (id, sequence, json) in &revisions {
+            if !revisions.is_empty() {
                 // SEQUENCE never goes down, whatever the caller computed.
-                tx.execute(
+                let mut current = tx.prepare_cached(
                     "INSERT INTO meeting_revisions (meeting, sequence, revision) VALUES (?1, ?2, ?3)
                      ON CONFLICT (meeting) DO UPDATE SET sequence = excluded.sequence,
                          revision = excluded.revision
                      WHERE excluded.sequence >= meeting_revisions.sequence",
-                    params![id, sequence, json],
                 )?;
                 // The last revision at each SEQUENCE: a change notice shows the one before.
-                tx.execute(
+                let mut history = tx.prepare_cached(
                     "INSERT INTO revision_history (meeting, sequence, revision) VALUES (?1, ?2, ?3)
                      ON CONFLICT (meeting, sequence) DO UPDATE SET revision = excluded.revision",
-                    params![id, sequence, json],
                 )?;
+                for (id, sequence, json) in &revisions {
+                    current.execute(params![id, sequence, json])?;
+                    history.execute(params![id, sequence, json])?;
+                }
             }
-            for r in &replan.inserts {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO mails ({COLUMNS}) VALUES \
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
-                         ON CONFLICT DO NOTHING"
-                    ),
-                    params![
+            if !replan.inserts.is_empty() {
+                let mut stmt = tx.prepare_cached(&insert)?;
+                for r in &replan.inserts {
+                    stmt.execute(params![
                         r.key.meeting,
                         r.key.email,
                         r.key.audience,
@@ -298,18 +345,13 @@ impl Store for SqliteStore {
                         r.reply,
                         ms(r.created),
                         r.released,
-                    ],
-                )?;
+                    ])?;
+                }
             }
-            for r in &replan.reschedules {
-                tx.execute(
-                    &format!(
-                        "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, \
-                         state = 'pending', attempts = 0, next_attempt_ms = NULL, \
-                         last_error = NULL, released = 0 \
-                         WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'skipped', 'failed')"
-                    ),
-                    params![
+            if !replan.reschedules.is_empty() {
+                let mut stmt = tx.prepare_cached(&reschedule)?;
+                for r in &replan.reschedules {
+                    stmt.execute(params![
                         r.key.meeting,
                         r.key.email,
                         r.key.audience,
@@ -317,17 +359,20 @@ impl Store for SqliteStore {
                         ms(r.due),
                         ms(r.deadline),
                         ms(r.starts)
-                    ],
-                )?;
+                    ])?;
+                }
             }
-            for (key, reason) in &replan.withdrawals {
-                tx.execute(
-                    &format!(
-                        "UPDATE mails SET state = 'skipped', last_error = ?5 \
-                         WHERE {KEY_WHERE} AND state IN ('pending', 'held')"
-                    ),
-                    params![key.meeting, key.email, key.audience, key.occurrence, reason],
-                )?;
+            if !replan.withdrawals.is_empty() {
+                let mut stmt = tx.prepare_cached(&withdraw)?;
+                for (key, reason) in &replan.withdrawals {
+                    stmt.execute(params![
+                        key.meeting,
+                        key.email,
+                        key.audience,
+                        key.occurrence,
+                        reason
+                    ])?;
+                }
             }
             Ok(())
         })

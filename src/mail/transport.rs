@@ -14,18 +14,19 @@
 use std::{
     fmt, io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
+    Message,
     transport::smtp::{
-        PoolConfig,
         authentication::Credentials,
-        client::{Certificate, Tls, TlsParameters},
+        client::{Certificate, TlsParameters},
     },
 };
 
+use super::smtp::{Failure, Relay, Security};
 use crate::model::{MailSettings, PasswordSource, SmtpSettings, TlsMode, TransportSettings};
 
 /// Why a transport could not be set up.
@@ -129,10 +130,10 @@ pub enum Transport {
         /// The outbox directory.
         outbox: PathBuf,
     },
-    /// A pooled SMTP connection to the relay.
+    /// SMTP to the relay, on connections kept for reuse ([`super::smtp`]).
     Smtp {
-        /// lettre's transport.
-        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
+        /// The relay and its kept connections.
+        client: Arc<Relay>,
         /// The bound on every send.
         timeout: Duration,
         /// `host:port`, for messages.
@@ -156,7 +157,6 @@ impl fmt::Debug for Transport {
 impl Transport {
     /// Sets up the transport the settings name. Reads the password and the CA file now (the
     /// edge), and creates the outbox directory for the file transport. Opens no connection.
-    /// Call it inside a tokio runtime: lettre's SMTP pool spawns its housekeeping task here.
     pub fn from_settings(settings: &MailSettings, state_dir: &Path) -> Result<Self, MailError> {
         match &settings.transport {
             TransportSettings::File => {
@@ -176,24 +176,35 @@ impl Transport {
         match self {
             Self::File { outbox } => write_eml(outbox, message).await,
             Self::Smtp {
-                transport,
+                client,
                 timeout,
                 relay,
             } => {
                 let bytes = message.formatted();
-                let sending = transport.send_raw(message.envelope(), &bytes);
+                let sending = client.send(message.envelope(), &bytes);
                 match tokio::time::timeout(*timeout, sending).await {
                     Err(_) => Err(SendError::transient(format!(
                         "{relay} did not finish within {}s",
                         timeout.as_secs_f64()
                     ))),
-                    Ok(Err(e)) => Err(classify(&e, relay)),
+                    Ok(Err(Failure::Connect(e))) => Err(SendError::transient(format!(
+                        "{relay}: cannot connect: {e}"
+                    ))),
+                    Ok(Err(Failure::Smtp(e))) => Err(classify(&e, relay)),
                     Ok(Ok(response)) => Ok(Delivery::Smtp {
                         code: response.code().to_string(),
                         reply: response.message().collect::<Vec<_>>().join(" "),
                     }),
                 }
             }
+        }
+    }
+
+    /// SMTP connections kept open for reuse now (0 for the file transport).
+    pub fn idle_connections(&self) -> usize {
+        match self {
+            Self::File { .. } => 0,
+            Self::Smtp { client, .. } => client.idle_connections(),
         }
     }
 }
@@ -212,10 +223,6 @@ fn classify(e: &lettre::transport::smtp::Error, relay: &str) -> SendError {
 
 fn smtp(s: &SmtpSettings) -> Result<Transport, MailError> {
     let timeout = s.timeout.unsigned_abs();
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
-        .port(s.port)
-        .timeout(Some(timeout))
-        .pool_config(PoolConfig::new().max_size(4));
     let tls_err = |e: lettre::transport::smtp::Error| MailError::Tls {
         host: s.host.clone(),
         message: e.to_string(),
@@ -235,18 +242,22 @@ fn smtp(s: &SmtpSettings) -> Result<Transport, MailError> {
         }
         p.build_rustls().map_err(tls_err)
     };
-    builder = match s.tls {
-        TlsMode::Implicit => builder.tls(Tls::Wrapper(params()?)),
-        TlsMode::StartTls => builder.tls(Tls::Required(params()?)),
+    let security = match s.tls {
+        TlsMode::Implicit => Security::Implicit(params()?),
+        TlsMode::StartTls => Security::StartTls(params()?),
         // Config validation accepts plaintext only for a loopback relay, and only when asked.
-        TlsMode::Plaintext => builder.tls(Tls::None),
+        TlsMode::Plaintext => Security::Plaintext,
     };
-    if let Some(user) = &s.user {
-        let password = read_password(&s.password)?.ok_or(MailError::NoPassword)?;
-        builder = builder.credentials(Credentials::new(user.clone(), password));
-    }
+    let credentials = match &s.user {
+        Some(user) => {
+            let password = read_password(&s.password)?.ok_or(MailError::NoPassword)?;
+            Some(Credentials::new(user.clone(), password))
+        }
+        None => None,
+    };
+    let client = Relay::new(s.host.clone(), s.port, timeout, security, credentials);
     Ok(Transport::Smtp {
-        transport: Box::new(builder.build()),
+        client: Arc::new(client),
         timeout,
         relay: format!("{}:{}", s.host, s.port),
     })

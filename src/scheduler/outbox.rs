@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use super::{SharedStore, decide::SendFailure, run::lock};
 use crate::{
     feed,
-    ledger::{LedgerRow, MailState, Store},
+    ledger::{LedgerRow, Store},
     mail::{self, ComposeInput, SendClass, Templates, Transport},
     model::{Config, EmailId, MeetingId, Trigger},
     schedule::Recipient,
@@ -99,10 +99,10 @@ impl<S: Store> MailOutbox<S> {
         };
         let (revision, before, thread_root) = {
             let store = lock(&self.store);
+            // One meeting's revision and thread, not the whole ledger: this runs per mail.
             let revision = store
-                .revisions()
+                .revision(&meeting.id)
                 .map_err(ledger)?
-                .remove(&meeting.id)
                 .ok_or_else(|| permanent(format!("no revision stored for `{}`", meeting.id)))?;
             // A notice's occurrence is the SEQUENCE it announces; the one before is the old state.
             let before = match rule.trigger {
@@ -114,13 +114,8 @@ impl<S: Store> MailOutbox<S> {
             };
             // Thread every mail about a meeting under the first one that went out.
             let thread_root = store
-                .rows()
-                .map_err(ledger)?
-                .into_iter()
-                .filter(|r| r.key.meeting == key.meeting && r.state == MailState::Sent)
-                .filter(|r| r.message_id != row.message_id)
-                .min_by_key(|r| (r.sent_at, r.message_id.clone()))
-                .map(|r| r.message_id);
+                .thread_root(&key.meeting, &row.message_id)
+                .map_err(ledger)?;
             (revision, before, thread_root)
         };
         if rule.trigger == Trigger::OnChange && before.is_none() {

@@ -4,13 +4,13 @@
 //! Run at start and at every reload. Idempotent: reconciling the same config against the rows
 //! it produced yields nothing to write. Rows already `sent` (or being sent) are never touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use jiff::Timestamp;
 
 use crate::{
     ledger::{LedgerRow, MailKey, MailState, Replan, Reschedule},
-    model::{Config, EmailId, Meeting, MeetingId, Trigger},
+    model::{Config, EmailId, EmailRule, Meeting, MeetingId, Trigger},
     revision::{self, Change, StoredRevision},
     schedule::{self, Recipient},
 };
@@ -113,15 +113,30 @@ fn notices(
         .collect()
 }
 
+/// The config's meetings by id: [`Config::meeting`] is a linear search, and reconciliation
+/// looks a meeting up for every row (a search per row made it quadratic in the meetings).
+type MeetingIndex<'a> = HashMap<&'a str, &'a Meeting>;
+
+fn meeting_index(config: &Config) -> MeetingIndex<'_> {
+    config.meetings.iter().map(|m| (m.id.as_str(), m)).collect()
+}
+
+/// The meeting and the schedule entry a key names, if the config still has them.
+fn lookup<'a>(
+    config: &'a Config,
+    meetings: &MeetingIndex<'a>,
+    key: &MailKey,
+) -> (Option<&'a Meeting>, Option<&'a EmailRule>) {
+    let meeting = meetings.get(key.meeting.as_str()).copied();
+    let rule = EmailId::parse(&key.email)
+        .ok()
+        .and_then(|id| config.email(&id));
+    (meeting, rule)
+}
+
 /// Why a row no longer wanted by the config is withdrawn.
-fn withdrawal_reason(config: &Config, key: &MailKey) -> String {
-    let meeting = MeetingId::parse(&key.meeting)
-        .ok()
-        .and_then(|id| config.meeting(&id).cloned());
-    let rule = crate::model::EmailId::parse(&key.email)
-        .ok()
-        .and_then(|id| config.email(&id).cloned());
-    let why = match (meeting, rule) {
+fn withdrawal_reason(config: &Config, meetings: &MeetingIndex<'_>, key: &MailKey) -> String {
+    let why = match lookup(config, meetings, key) {
         (None, _) => "the meeting is no longer in the config",
         (Some(m), _) if m.is_cancelled() => "meeting cancelled",
         (_, None) => "the email is no longer in the schedule",
@@ -138,9 +153,11 @@ pub fn reconcile(
     now: Timestamp,
 ) -> Reconciled {
     let tz = &config.network.time_zone;
-    let by_key: BTreeMap<&MailKey, &LedgerRow> = rows.iter().map(|r| (&r.key, r)).collect();
+    let by_key: HashMap<&MailKey, &LedgerRow> = rows.iter().map(|r| (&r.key, r)).collect();
+    let index = meeting_index(config);
     let mut out = Reconciled::default();
-    let mut wanted: BTreeSet<MailKey> = BTreeSet::new();
+    // The keys of existing rows the config still wants (only rows can be withdrawn).
+    let mut wanted: HashSet<&MailKey> = HashSet::new();
 
     for meeting in &config.meetings {
         let (rev, change) =
@@ -173,13 +190,7 @@ pub fn reconcile(
 
     // Notices already queued stay wanted while their meeting and rule still call for them.
     for row in rows.iter().filter(|r| r.key.occurrence > 0) {
-        let meeting = MeetingId::parse(&row.key.meeting)
-            .ok()
-            .and_then(|id| config.meeting(&id));
-        let rule = crate::model::EmailId::parse(&row.key.email)
-            .ok()
-            .and_then(|id| config.email(&id));
-        let keep = match (meeting, rule) {
+        let keep = match lookup(config, &index, &row.key) {
             (Some(m), Some(rule)) => match rule.trigger {
                 Trigger::OnCancel => m.is_cancelled(),
                 Trigger::OnChange => !m.is_cancelled(),
@@ -188,17 +199,20 @@ pub fn reconcile(
             _ => false,
         };
         if keep {
-            wanted.insert(row.key.clone());
+            wanted.insert(&row.key);
         }
     }
 
     for due in schedule::timeline(config) {
         let key = MailKey::timed(&due.meeting, &due.email, &due.recipient);
-        let starts = config
-            .meeting(&due.meeting)
+        let starts = index
+            .get(due.meeting.as_str())
             .map_or(due.deadline, |m| m.starts_at(tz));
-        wanted.insert(key.clone());
-        match by_key.get(&key) {
+        let existing = by_key.get(&key).copied();
+        if let Some(row) = existing {
+            wanted.insert(&row.key);
+        }
+        match existing {
             None => {
                 out.replan
                     .inserts
@@ -233,7 +247,7 @@ pub fn reconcile(
         if wanted.contains(&row.key) || !matches!(row.state, MailState::Pending | MailState::Held) {
             continue;
         }
-        let reason = withdrawal_reason(config, &row.key);
+        let reason = withdrawal_reason(config, &index, &row.key);
         out.notes.push(format!("{}: skipped, {reason}", row.key));
         out.replan.withdrawals.push((row.key.clone(), reason));
     }

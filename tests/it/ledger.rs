@@ -110,3 +110,73 @@ fn plan_shows_held_mail_and_release_lets_it_go() {
     let plan = String::from_utf8_lossy(&convenor(&["plan", "--config", p]).stdout).to_string();
     assert_eq!(plan.matches(" pending").count(), 10, "{plan}");
 }
+
+/// What sending asks the ledger per mail, answered from the index, agrees with the whole
+/// ledger: the meeting's revision, and the first mail sent about it to thread under.
+#[test]
+fn one_meetings_revision_and_thread_root_agree_with_the_whole_ledger() {
+    use convenor::{ledger::Outcome, model::MeetingId};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let later = "[[meeting]]\nid = \"later\"\ndate = 2031-03-04\nstart = \"10:00\"\n\
+                 end = \"11:00\"\ntitle = \"Later\"\n";
+    let text = crate::daemon::harness::soon_text(&[-5, -4, -3], None, later);
+    let path = crate::support::write_config(dir.path(), &text);
+    let config = load(&path, &Environment::default()).expect("config").config;
+    let now = Timestamp::now();
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    replan(&mut store, &config, now).expect("replan");
+    let id = |email: &str| {
+        store
+            .rows()
+            .expect("rows")
+            .into_iter()
+            .find(|r| r.key.meeting == "soon" && r.key.email == email)
+            .unwrap_or_else(|| panic!("no row for {email}"))
+    };
+    let (m0, m1, m2) = (id("mail-0"), id("mail-1"), id("mail-2"));
+    assert_eq!(
+        store.thread_root("soon", &m2.message_id).expect("root"),
+        None
+    );
+    // mail-1 went out first, then mail-0.
+    for (row, secs) in [(&m1, 10), (&m0, 20)] {
+        store.claim(&row.key, now).expect("claim").expect("claimed");
+        let at = Timestamp::from_second(now.as_second() + secs).expect("ts");
+        let sent = Outcome::Sent {
+            at,
+            reply: "250 ok".into(),
+        };
+        assert!(
+            store
+                .settle(&row.key, MailState::Sending, &sent)
+                .expect("settle")
+        );
+    }
+    let whole = |meeting: &str, except: &str| {
+        store
+            .rows()
+            .expect("rows")
+            .into_iter()
+            .filter(|r| r.key.meeting == meeting && r.state == MailState::Sent)
+            .filter(|r| r.message_id != except)
+            .min_by_key(|r| (r.sent_at, r.message_id.clone()))
+            .map(|r| r.message_id)
+    };
+    for (meeting, except, want) in [
+        ("soon", &m2.message_id, Some(&m1.message_id)),
+        ("soon", &m1.message_id, Some(&m0.message_id)),
+        ("soon", &m0.message_id, Some(&m1.message_id)),
+        ("later", &m2.message_id, None),
+    ] {
+        let got = store.thread_root(meeting, except).expect("root");
+        assert_eq!(got.as_ref(), want, "{meeting} except {except}");
+        assert_eq!(got, whole(meeting, except));
+    }
+    let all = store.revisions().expect("revisions");
+    for m in ["soon", "later", "absent"] {
+        let m = MeetingId::parse(m).expect("id");
+        assert_eq!(store.revision(&m).expect("revision"), all.get(&m).cloned());
+    }
+    assert!(all.contains_key(&MeetingId::parse("later").expect("id")));
+}

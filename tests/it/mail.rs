@@ -405,6 +405,126 @@ async fn a_refused_connection_is_transient() {
     assert_eq!(err.class, SendClass::Transient, "{err}");
 }
 
+/// The peer (client) ports of the stored messages, in order: one port per connection.
+fn peers(store: &Path, n: usize) -> Vec<u64> {
+    (1..=n)
+        .map(|i| {
+            let meta: Value = serde_json::from_slice(
+                &std::fs::read(store.join(format!("{i}.json"))).expect("meta"),
+            )
+            .expect("json");
+            meta["peer"][1].as_u64().expect("peer port")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_goes_over_one_kept_connection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(&dir.path().join("received"), &[]);
+    let config = smtp_config(
+        dir.path(),
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"",
+            server.port
+        ),
+    );
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    assert_eq!(
+        transport.idle_connections(),
+        0,
+        "nothing opened before a send"
+    );
+    for rule in ["agenda-call", "reminder-week", "reminder-day"] {
+        let msg = compose(&config, rule, &Recipient::List, None);
+        transport.send(&msg).await.expect("delivered");
+        assert_eq!(transport.idle_connections(), 1);
+    }
+    let ports = peers(&dir.path().join("received"), 3);
+    assert!(
+        ports.iter().all(|p| *p == ports[0]),
+        "one connection: {ports:?}"
+    );
+}
+
+/// A server that closes the channel (421) on a kept connection: the message goes out on a new
+/// connection within the same send, not as a failure.
+#[tokio::test]
+async fn a_kept_connection_the_server_gave_up_is_replaced_within_the_send() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(&dir.path().join("received"), &["--one-per-connection"]);
+    let config = smtp_config(
+        dir.path(),
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"",
+            server.port
+        ),
+    );
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    for rule in ["agenda-call", "reminder-week", "reminder-day"] {
+        let msg = compose(&config, rule, &Recipient::List, None);
+        let delivery = transport
+            .send(&msg)
+            .await
+            .expect("delivered on a new connection");
+        assert!(delivery.to_string().starts_with("250"), "{delivery}");
+    }
+    assert_eq!(server.received().len(), 3);
+    let mut ports = peers(&dir.path().join("received"), 3);
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "three connections: {ports:?}");
+}
+
+#[tokio::test]
+async fn implicit_tls_verifies_the_server_and_keeps_the_connection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = dir.path().join("certs");
+    run_tool("make_certs.py", &[certs.to_str().expect("utf-8")], b"");
+    let server = SmtpServer::start(
+        &dir.path().join("received"),
+        &[
+            "--implicit-tls",
+            "--tls-cert",
+            certs.join("server.pem").to_str().expect("utf-8"),
+            "--tls-key",
+            certs.join("server.key").to_str().expect("utf-8"),
+        ],
+    );
+    let base = format!(
+        "host = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\ntimeout = \"10s\"",
+        server.port
+    );
+    let untrusting = smtp_config(&dir.path().join("a"), &base);
+    let msg = compose(&untrusting, "reminder-day", &Recipient::List, None);
+    let transport = Transport::from_settings(&untrusting.mail, &untrusting.state_dir).expect("t");
+    let err = transport
+        .send(&msg)
+        .await
+        .expect_err("untrusted certificate");
+    assert_eq!(err.class, SendClass::Transient, "{err}");
+    assert!(err.message.contains("certificate"), "{err}");
+    assert!(server.received().is_empty());
+
+    let trusting = smtp_config(
+        &dir.path().join("b"),
+        &format!("{base}\nca_file = \"{}\"", certs.join("ca.pem").display()),
+    );
+    let transport = Transport::from_settings(&trusting.mail, &trusting.state_dir).expect("t");
+    for _ in 0..2 {
+        let delivery = transport.send(&msg).await.expect("delivered over TLS");
+        assert!(delivery.to_string().starts_with("250"), "{delivery}");
+    }
+    let store = dir.path().join("received");
+    for i in 1..=2 {
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(store.join(format!("{i}.json"))).expect("meta"))
+                .expect("json");
+        assert_eq!(meta["tls"], true, "{meta}");
+    }
+    let ports = peers(&store, 2);
+    assert_eq!(ports[0], ports[1], "the TLS connection was kept");
+}
+
 #[tokio::test]
 async fn file_transport_writes_one_eml_per_message_id() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -7,6 +7,7 @@ mod feed;
 mod http;
 mod ledger;
 mod mail;
+mod perf;
 mod restart;
 mod scheduler;
 mod service;

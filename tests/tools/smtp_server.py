@@ -9,6 +9,10 @@ Options:
   --code CODE            the reply code for --fail-at (e.g. 421, 451, 550)
   --stall                accept connections and never say anything
   --tls-cert/--tls-key   offer STARTTLS with this certificate and require it before MAIL
+  --one-per-connection   after one message on a connection, answer MAIL with 421
+  --implicit-tls         with --tls-cert/--tls-key: TLS from the first byte (port 465 style)
+The .json also records the client's address ("peer", [host, port]): one peer port per
+connection, so a test can tell reused connections from new ones.
 Runs until killed.
 """
 import argparse
@@ -22,7 +26,8 @@ from aiosmtpd.smtp import SMTP
 
 
 class Handler:
-    def __init__(self, store, fail_at, code):
+    def __init__(self, store, fail_at, code, one_per_connection=False):
+        self.one_per_connection = one_per_connection
         self.store = store
         self.fail_at = fail_at
         self.code = code
@@ -37,6 +42,8 @@ class Handler:
         fail = self._fail("mail")
         if fail:
             return fail
+        if self.one_per_connection and getattr(session, "accepted", 0) > 0:
+            return "421 4.7.0 test server takes one message per connection"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -53,6 +60,7 @@ class Handler:
         if fail:
             return fail
         self.count += 1
+        session.accepted = getattr(session, "accepted", 0) + 1
         n = self.count
         base = os.path.join(self.store, str(n))
         with open(base + ".eml.tmp", "wb") as f:
@@ -61,7 +69,10 @@ class Handler:
         meta = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
-            "tls": session.ssl is not None,
+            # After STARTTLS (session.ssl) or from the first byte (the transport's TLS).
+            "tls": session.ssl is not None
+            or server.transport.get_extra_info("ssl_object") is not None,
+            "peer": list(session.peer),
         }
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
@@ -84,9 +95,11 @@ async def main():
     p.add_argument("--stall", action="store_true")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--one-per-connection", action="store_true")
     a = p.parse_args()
     os.makedirs(a.store, exist_ok=True)
-    handler = Handler(a.store, a.fail_at, a.code)
+    handler = Handler(a.store, a.fail_at, a.code, a.one_per_connection)
     tls = None
     if a.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -98,13 +111,15 @@ async def main():
         return SMTP(
             handler,
             hostname="test-smtp.invalid",
-            tls_context=tls,
-            require_starttls=tls is not None,
+            tls_context=None if a.implicit_tls else tls,
+            require_starttls=tls is not None and not a.implicit_tls,
             data_size_limit=10 * 1024 * 1024,
         )
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, "127.0.0.1", 0)
+    server = await loop.create_server(
+        factory, "127.0.0.1", 0, ssl=tls if a.implicit_tls else None
+    )
     port = server.sockets[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
     async with server:

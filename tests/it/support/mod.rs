@@ -84,12 +84,15 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// Runs the binary with arguments and returns its output.
+/// Runs the binary with arguments from the repository root and returns its output. The state
+/// directory is a fresh empty one (via `$STATE_DIRECTORY`, which a config without `[state] dir`
+/// follows), so a `./state` left by `cargo run -- serve` never leaks into a test.
 pub fn convenor(args: &[&str]) -> Output {
+    let state = tempfile::tempdir().expect("state tempdir");
     Command::new(binary())
         .args(args)
         .current_dir(repo())
-        .env_remove("STATE_DIRECTORY")
+        .env("STATE_DIRECTORY", state.path())
         .output()
         .expect("run convenor")
 }
