@@ -23,16 +23,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-};
-
 use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 
+mod ops;
+mod reload;
+
+pub use ops::{Ops, ops_router, router};
+pub use reload::agenda_changed;
+use reload::{Live, reload};
+
 use crate::{
-    config::{self, ConfigError, Environment},
+    config::Environment,
     health::Health,
     http::{FeedState, server},
     ledger::{LedgerError, SqliteStore, Store},
@@ -42,8 +44,7 @@ use crate::{
     model::Config,
     notify,
     scheduler::{
-        MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile,
-        run::{MAX_SLICE, lock},
+        MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile, run::MAX_SLICE,
     },
 };
 
@@ -108,117 +109,6 @@ pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Resul
     Ok(())
 }
 
-/// What `/healthz` and `/metrics` read: the ledger, the loop's health, the counters, the feeds.
-#[derive(Clone)]
-pub struct Ops {
-    /// The ledger (probed by `/healthz`, counted by `/metrics`).
-    pub store: SharedStore<SqliteStore>,
-    /// The scheduler loop's and reloads' record.
-    pub health: Arc<Health>,
-    /// Reload counters.
-    pub counters: Arc<Counters>,
-    /// The feeds (their request counters).
-    pub feeds: FeedState,
-}
-
-/// The ledger's rows, read off the async threads.
-async fn ledger_rows(ops: &Ops) -> Result<Vec<crate::ledger::LedgerRow>, String> {
-    let store = ops.store.clone();
-    tokio::task::spawn_blocking(move || lock(&store).rows().map_err(|e| e.to_string()))
-        .await
-        .unwrap_or_else(|e| Err(format!("ledger probe panicked: {e}")))
-}
-
-async fn healthz(ops: Ops) -> Response {
-    let ledger = ledger_rows(&ops).await.map(drop);
-    let report = ops.health.report(ledger, Instant::now());
-    let status = if report.healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    let mut res = (status, body + "\n").into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
-}
-
-async fn metrics(ops: Ops) -> Response {
-    match ledger_rows(&ops).await {
-        Ok(rows) => {
-            let text = crate::metrics::render(&rows, &ops.feeds.current(), &ops.counters);
-            let mut res = text.into_response();
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-            );
-            res
-        }
-        Err(e) => {
-            tracing::error!("/metrics: the ledger failed: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "the ledger failed\n").into_response()
-        }
-    }
-}
-
-/// `GET /healthz` and, when `with_metrics`, `GET /metrics`.
-pub fn ops_router(ops: Ops, with_metrics: bool) -> axum::Router {
-    let health = ops.clone();
-    let router = axum::Router::new().route(
-        "/healthz",
-        axum::routing::get(move || healthz(health.clone())),
-    );
-    if with_metrics {
-        router.route("/metrics", axum::routing::get(move || metrics(ops.clone())))
-    } else {
-        router
-    }
-}
-
-/// The HTTP routes: `GET /healthz`, `GET /metrics` when `with_metrics`, and the feeds,
-/// subscribe page and agenda pages of [`crate::http`].
-pub fn router(
-    feeds: FeedState,
-    agenda: crate::http::agenda_pages::AgendaPages,
-    ops: Ops,
-    with_metrics: bool,
-) -> axum::Router {
-    ops_router(ops, with_metrics).merge(crate::http::router_with_agenda(feeds, agenda))
-}
-
-/// Applies an agenda change (a lead's decision on the web) to the running service: recompiles
-/// the agenda into the running config, reconciles (the meeting's SEQUENCE rises), re-renders the
-/// feeds, hands the scheduler the new config and wakes it. A failure is logged; the change stays
-/// stored and shows at the next change or reload.
-pub fn agenda_changed(
-    ledger: &SharedStore<SqliteStore>,
-    agenda: &Mutex<crate::agenda::AgendaStore>,
-    config: &watch::Sender<Arc<Config>>,
-    feeds: &FeedState,
-    wake: &Notify,
-) {
-    let current = config.borrow().clone();
-    let refreshed = {
-        let agenda = agenda
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut ledger = lock(ledger);
-        crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now())
-    };
-    match refreshed {
-        Ok((config_now, revisions)) => {
-            feeds.replace(&config_now, &revisions);
-            config.send_replace(Arc::new(config_now));
-            wake.notify_one();
-            tracing::info!("agenda changed: feeds re-rendered");
-        }
-        Err(e) => tracing::error!("agenda changed but could not be applied: {e}"),
-    }
-}
-
 /// Loads the templates, renders every rule's template for every recipient kind against a sample
 /// of meetings ([`Templates::check_sample`]; `convenor check` renders them against all), and
 /// builds the transport: everything a config needs before it may be used for mail. Must run
@@ -240,16 +130,6 @@ pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
     })
 }
 
-/// What a reload swaps: the config for the scheduler, the feeds, the templates and transport.
-struct Live {
-    store: SharedStore<SqliteStore>,
-    config: watch::Sender<Arc<Config>>,
-    feeds: FeedState,
-    outbox: Arc<MailOutbox<SqliteStore>>,
-    wake: Arc<Notify>,
-    agenda: Arc<Mutex<crate::agenda::AgendaStore>>,
-}
-
 /// Completes on SIGTERM or SIGINT.
 pub async fn terminate_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -267,90 +147,6 @@ pub async fn terminate_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-/// Reloads between RELOADING=1 and READY=1, and records the outcome for health and metrics.
-fn reload(opts: &ServeOptions, live: &Live, ops: &Ops) {
-    notify::reloading();
-    let result = try_reload(opts, live);
-    ops.counters.reload(result.is_ok());
-    ops.health.reload(result);
-    notify::ready();
-}
-
-/// Reads the config again; on success reconciles it and swaps it in.
-fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
-    tracing::info!(config = %opts.config_path.display(), "SIGHUP: reloading the config");
-    let loaded = match config::load(&opts.config_path, &opts.env) {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            match &err {
-                ConfigError::Read { .. } => tracing::error!("config reload failed: {err}"),
-                ConfigError::Invalid(diagnostics) => {
-                    for d in diagnostics {
-                        tracing::error!("config reload failed: {d}");
-                    }
-                }
-            }
-            tracing::error!("the new config was not used; the running config stays in force");
-            return Err(err.to_string());
-        }
-    };
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    let mut config = loaded.config;
-    // The agenda (possibly changed from the CLI) is compiled afresh at every reload.
-    if let Err(e) = crate::agenda::attach(
-        &mut config,
-        &live
-            .agenda
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    ) {
-        tracing::error!("config reload: the agenda store failed, keeping the running config: {e}");
-        return Err(e.to_string());
-    }
-    let old = live.config.borrow().clone();
-    if config.state_dir != old.state_dir {
-        tracing::warn!(
-            "the state directory changed to {}; that takes a restart, keeping {}",
-            config.state_dir.display(),
-            old.state_dir.display()
-        );
-        config.state_dir = old.state_dir.clone();
-    }
-    if config.http.listen != old.http.listen
-        || config.http.metrics_listen != old.http.metrics_listen
-        || server::Limits::from_settings(&config.http) != server::Limits::from_settings(&old.http)
-    {
-        tracing::warn!("[http] listen, metrics_listen and the connection limits take a restart");
-    }
-    let parts = match mail_parts(&config) {
-        Ok(parts) => parts,
-        Err(e) => {
-            tracing::error!("config reload failed: {e}");
-            tracing::error!("the new config was not used; the running config stays in force");
-            return Err(e.to_string());
-        }
-    };
-    let revisions = {
-        let mut store = lock(&live.store);
-        replan(&mut *store, &config, Timestamp::now()).and_then(|()| store.revisions())
-    };
-    let revisions = match revisions {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("config reload: the ledger failed, keeping the running config: {e}");
-            return Err(e.to_string());
-        }
-    };
-    live.feeds.replace(&config, &revisions);
-    live.outbox.replace(parts);
-    live.config.send_replace(Arc::new(config));
-    live.wake.notify_one();
-    tracing::info!("config reloaded");
-    Ok(())
 }
 
 /// Runs the service until `shutdown` completes.
