@@ -300,6 +300,12 @@ pub trait Store: Send {
             .map(|r| r.message_id))
     }
 
+    /// A cheap probe that the store answers (`/healthz`). The default reads every row; a store
+    /// with a cheaper query overrides it.
+    fn ping(&self) -> Result<(), LedgerError> {
+        self.rows().map(drop)
+    }
+
     /// The revision a meeting had at `sequence` (its last state at that SEQUENCE), if stored.
     fn revision_at(
         &self,

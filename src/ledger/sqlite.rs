@@ -253,6 +253,13 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    fn ping(&self) -> Result<(), LedgerError> {
+        self.conn
+            .query_row("SELECT count(*) FROM mails", [], |r| r.get::<_, i64>(0))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     fn revision_at(
         &self,
         meeting: &MeetingId,
