@@ -22,3 +22,4 @@ pub mod plan;
 pub mod revision;
 pub mod schedule;
 pub mod scheduler;
+pub mod sqlite_file;

@@ -7,10 +7,7 @@
 //! a proposal for a cancelled or removed meeting stays, and every decision is a row in
 //! `decisions` with who and when.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
@@ -77,6 +74,14 @@ pub enum AgendaError {
         path: String,
         /// The error.
         source: rusqlite::Error,
+    },
+    /// The file refused WAL mode.
+    #[error("agenda store {path}: cannot switch to WAL mode (journal mode is `{mode}`)")]
+    NotWal {
+        /// The file.
+        path: String,
+        /// The journal mode it kept.
+        mode: String,
     },
     /// No proposal with this number.
     #[error("no proposal #{0}")]
@@ -167,18 +172,16 @@ fn read(r: &Row<'_>) -> rusqlite::Result<Proposal> {
 impl AgendaStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, AgendaError> {
-        let err = |source| AgendaError::Sqlite {
-            path: path.display().to_string(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err)?;
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        let conn = crate::sqlite_file::open(path, SCHEMA).map_err(|e| match e {
+            crate::sqlite_file::OpenError::Sqlite(source) => AgendaError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            },
+            crate::sqlite_file::OpenError::NotWal(mode) => AgendaError::NotWal {
+                path: path.display().to_string(),
+                mode,
+            },
+        })?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),

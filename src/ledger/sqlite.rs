@@ -7,13 +7,14 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use jiff::Timestamp;
 use rusqlite::{
     Connection, OptionalExtension as _, Row, TransactionBehavior, params, types::Value,
 };
+
+use crate::sqlite_file::OpenError;
 
 use super::{LedgerError, LedgerRow, MailKey, MailState, Outcome, ReleaseFilter, Replan, Store};
 use crate::{model::MeetingId, revision::StoredRevision};
@@ -112,25 +113,16 @@ const KEY_WHERE: &str = "meeting = ?1 AND email = ?2 AND audience = ?3 AND occur
 impl SqliteStore {
     /// Opens (creating if needed) the ledger at `path` and sets it up.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let err = |source| LedgerError::Sqlite {
-            path: path.display().to_string(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        // journal_mode answers with a row, so it is queried rather than executed.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(LedgerError::Corrupt {
+        let conn = crate::sqlite_file::open(path, SCHEMA).map_err(|e| match e {
+            OpenError::Sqlite(source) => LedgerError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            },
+            OpenError::NotWal(mode) => LedgerError::Corrupt {
                 path: path.display().to_string(),
                 detail: format!("cannot switch to WAL mode (journal mode is `{mode}`)"),
-            });
-        }
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+            },
+        })?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
