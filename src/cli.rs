@@ -31,7 +31,7 @@ pub const EXIT_CONFIG: u8 = 78;
 #[derive(Debug, Parser)]
 #[command(name = "convenor", version, about)]
 pub struct Cli {
-    /// The config file [default: /etc/convenor/convenor.toml if it exists, else config/lednet.toml]
+    /// The config file [default: config/lednet.toml when run from the repository, else /etc/convenor/convenor.toml]
     #[arg(long, global = true, env = "CONVENOR_CONFIG")]
     pub config: Option<PathBuf>,
 

@@ -118,13 +118,20 @@ fn clean_toml_message(message: &str) -> String {
         .replace("missing field", "missing key")
 }
 
-/// The config path to use when none is given: `/etc/convenor/convenor.toml` when it exists,
-/// else `config/lednet.toml` (the example shipped in the repository).
+/// The config path to use when none is given: `config/lednet.toml` when run from the repository
+/// (it exists relative to the working directory), else the installed
+/// `/etc/convenor/convenor.toml`. So `cargo run -- serve` in a checkout uses the checkout's
+/// config even on a machine where the package is installed.
 pub fn default_path() -> PathBuf {
-    let system = PathBuf::from("/etc/convenor/convenor.toml");
-    if system.exists() {
-        system
+    default_path_in(Path::new("."))
+}
+
+/// [`default_path`] as seen from the working directory `cwd`.
+pub fn default_path_in(cwd: &Path) -> PathBuf {
+    let repo = Path::new("config/lednet.toml");
+    if cwd.join(repo).is_file() {
+        repo.to_path_buf()
     } else {
-        PathBuf::from("config/lednet.toml")
+        PathBuf::from("/etc/convenor/convenor.toml")
     }
 }

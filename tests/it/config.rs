@@ -469,3 +469,27 @@ fn plan_lists_every_timed_mail_in_local_time_and_utc() {
     assert!(table.contains("2023-11-02 09:00 GMT"), "{table}");
     assert!(!table.contains("2023-09-29  "), "{table}");
 }
+
+#[test]
+fn the_default_config_is_the_repositorys_in_a_checkout_and_the_installed_one_elsewhere() {
+    use convenor::config::default_path_in;
+    assert_eq!(default_path_in(&repo()), Path::new("config/lednet.toml"));
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    assert_eq!(
+        default_path_in(elsewhere.path()),
+        Path::new("/etc/convenor/convenor.toml")
+    );
+    // The binary without --config, run from the repository, checks the shipped config.
+    let out = convenor(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("config config/lednet.toml is valid"),
+        "{stdout}"
+    );
+}
