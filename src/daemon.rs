@@ -120,7 +120,7 @@ pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(DaemonError::Mail(lines.join("\n")));
     }
-    crate::agenda::notify::check(config, &templates)
+    crate::agenda::notify::check(config, &templates, &crate::mail::check::sample(config))
         .map_err(|e| DaemonError::Mail(format!("template proposal-received: {e}")))?;
     let transport = Transport::from_settings(&config.mail, &config.state_dir)
         .map_err(|e| DaemonError::Mail(e.to_string()))?;

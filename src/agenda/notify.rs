@@ -26,7 +26,9 @@ use crate::{
         Templates, Transport,
         context::{self, ContextInput, ProposalCtx},
     },
-    model::{Audience, Config, EmailId, EmailRule, MeetingId, PriorityId, TemplateName, Trigger},
+    model::{
+        Audience, Config, EmailId, EmailRule, Meeting, MeetingId, PriorityId, TemplateName, Trigger,
+    },
     schedule::Recipient,
 };
 
@@ -179,11 +181,16 @@ pub async fn resend_pending(config: Arc<Config>, store: Arc<Mutex<AgendaStore>>)
     }
 }
 
-/// Renders the proposal-received mail for every priority of every meeting with a made-up
-/// proposal, so a broken or missing template fails at start and reload, not on a member's
-/// proposal.
-pub fn check(config: &Config, templates: &Templates) -> Result<(), NotifyError> {
-    for meeting in &config.meetings {
+/// Renders the proposal-received mail for every priority of each of `meetings` with a made-up
+/// proposal, so a broken or missing template fails at check, start and reload, not on a
+/// member's proposal. `convenor check` passes every meeting; start and reload pass the bounded
+/// sample of [`crate::mail::check::sample`] (every shape of meeting, every lead).
+pub fn check(
+    config: &Config,
+    templates: &Templates,
+    meetings: &[&Meeting],
+) -> Result<(), NotifyError> {
+    for meeting in meetings.iter().copied() {
         for p in config.priorities_of(meeting) {
             let sample = Proposal {
                 id: 1,

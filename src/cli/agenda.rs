@@ -150,7 +150,8 @@ pub fn check_templates(
     templates: &crate::mail::Templates,
 ) -> Result<(), Vec<crate::mail::TemplateError>> {
     use crate::{agenda::notify, mail::TemplateError};
-    notify::check(config, templates).map_err(|e| match e {
+    let every: Vec<&crate::model::Meeting> = config.meetings.iter().collect();
+    notify::check(config, templates, &every).map_err(|e| match e {
         notify::NotifyError::Template(t) => vec![t],
         other => vec![TemplateError::Read {
             path: templates.dir().join(notify::TEMPLATE),
