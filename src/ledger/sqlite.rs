@@ -134,6 +134,14 @@ impl SqliteStore {
         Self::open(&state_dir.join(super::LEDGER_FILE))
     }
 
+    /// Decodes a stored revision; `what` names the row for the error.
+    fn decode_revision(&self, json: &str, what: &str) -> Result<StoredRevision, LedgerError> {
+        serde_json::from_str(json).map_err(|e| LedgerError::Corrupt {
+            path: self.path.display().to_string(),
+            detail: format!("{what}: {e}"),
+        })
+    }
+
     fn err(&self, source: rusqlite::Error) -> LedgerError {
         LedgerError::Sqlite {
             path: self.path.display().to_string(),
@@ -206,8 +214,7 @@ impl Store for SqliteStore {
             .map(|(id, json)| {
                 let meeting = MeetingId::parse(&id)
                     .map_err(|e| corrupt(format!("meeting_revisions: {e}")))?;
-                let rev: StoredRevision = serde_json::from_str(&json)
-                    .map_err(|e| corrupt(format!("meeting_revisions `{id}`: {e}")))?;
+                let rev = self.decode_revision(&json, &format!("meeting_revisions `{id}`"))?;
                 Ok((meeting, rev))
             })
             .collect()
@@ -222,13 +229,8 @@ impl Store for SqliteStore {
                     .optional()
             })
             .map_err(|e| self.err(e))?;
-        json.map(|j| {
-            serde_json::from_str(&j).map_err(|e| LedgerError::Corrupt {
-                path: self.path.display().to_string(),
-                detail: format!("meeting_revisions `{meeting}`: {e}"),
-            })
-        })
-        .transpose()
+        json.map(|j| self.decode_revision(&j, &format!("meeting_revisions `{meeting}`")))
+            .transpose()
     }
 
     fn thread_root(&self, meeting: &str, except: &str) -> Result<Option<String>, LedgerError> {
@@ -266,13 +268,8 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        json.map(|j| {
-            serde_json::from_str(&j).map_err(|e| LedgerError::Corrupt {
-                path: self.path.display().to_string(),
-                detail: format!("revision_history `{meeting}` {sequence}: {e}"),
-            })
-        })
-        .transpose()
+        json.map(|j| self.decode_revision(&j, &format!("revision_history `{meeting}` {sequence}")))
+            .transpose()
     }
 
     fn apply(&mut self, replan: &Replan) -> Result<(), LedgerError> {
