@@ -66,6 +66,7 @@ pub enum AgendaCommand {
     Decline(Pick),
     /// Move a proposal to another meeting (for instance from a cancelled one).
     Move {
+        /// Which proposal.
         #[command(flatten)]
         pick: Pick,
         /// The meeting to move it to.
@@ -74,6 +75,7 @@ pub enum AgendaCommand {
     },
     /// Set a proposal's place in the running order, and optionally its minutes.
     Order {
+        /// Which proposal.
         #[command(flatten)]
         pick: Pick,
         /// Position in the running order within its priority (lower goes first).

@@ -4,7 +4,7 @@
 //! module re-checks anything. Every problem is a [`Diagnostic`] with file, line and column.
 
 pub mod diagnostic;
-pub mod raw;
+mod raw;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

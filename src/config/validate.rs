@@ -199,7 +199,7 @@ pub fn default_grace(trigger: &Trigger) -> SignedDuration {
 }
 
 /// Converts the raw file. `file` and `text` are for positions; `env` supplies what systemd sets.
-pub fn validate(
+pub(crate) fn validate(
     raw: RawConfig,
     file: &Path,
     text: &str,
