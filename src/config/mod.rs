@@ -1,6 +1,6 @@
 //! Loading the config file: TOML text to a validated [`Config`], in two stages.
 //!
-//! [`raw`] mirrors the file with spans; [`validate`] turns it into domain types once, so no other
+//! `raw` mirrors the file with spans; [`validate`] turns it into domain types once, so no other
 //! module re-checks anything. Every problem is a [`Diagnostic`] with file, line and column.
 
 pub mod diagnostic;

@@ -2,7 +2,7 @@
 //!
 //! - [`context`]: what templates see (pure), including the agenda and lead deadlines.
 //! - [`templates`]: loading, rendering and error positions; [`check`]: render everything up front.
-//! - [`compose`]: one scheduled mail as a MIME message with the meeting's calendar (pure).
+//! - [`compose`](mod@compose): one scheduled mail as a MIME message with the meeting's calendar (pure).
 //! - [`transport`]: the outbox directory or SMTP, with transient/permanent failure classes;
 //!   [`smtp`]: SMTP connections with `TCP_NODELAY`, kept for reuse (a lettre workaround).
 

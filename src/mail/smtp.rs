@@ -23,7 +23,7 @@
 //!
 //! Implicit TLS needs TLS before the server's greeting, but `connect_with_transport` reads the
 //! greeting at once from the stream it is given. So the TLS stream is made first by lettre's own
-//! (deprecated but public) `AsyncNetworkStream::upgrade_tls`, and [`TlsStream`] adapts it to the
+//! (deprecated but public) `AsyncNetworkStream::upgrade_tls`, and `TlsStream` adapts it to the
 //! tokio traits `connect_with_transport` takes.
 
 use std::{

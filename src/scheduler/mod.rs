@@ -1,8 +1,8 @@
 //! The scheduler: a pure planning core and the loop that applies it.
 //!
-//! - [`reconcile`] (pure): config + stored rows + revisions + `now` -> the ledger writes (new
+//! - [`reconcile`](mod@reconcile) (pure): config + stored rows + revisions + `now` -> the ledger writes (new
 //!   rows, moved due instants, withdrawn mails, revisions, change notices).
-//! - [`decide`] (pure): rows + `now` -> what to do with each due mail (send, skip, hold, fail),
+//! - [`decide`](mod@decide) (pure): rows + `now` -> what to do with each due mail (send, skip, hold, fail),
 //!   and what a failed attempt leads to (retry with backoff and jitter, or fail).
 //! - [`run`]: the loop, which owns the clock reading, the ledger calls and the sending.
 //! - [`outbox`]: the narrow sending interface, with a small stand-in sender.

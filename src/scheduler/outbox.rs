@@ -2,7 +2,7 @@
 //! the configured transport.
 //!
 //! [`Outbox`] is the narrow interface the loop sends through; [`MailOutbox`] implements it with
-//! [`mail::compose`] and [`mail::Transport`]. The row's stored Message-ID is used as it is, so
+//! [`mail::compose()`] and [`mail::Transport`]. The row's stored Message-ID is used as it is, so
 //! every retry of one mail carries the same Message-ID. Templates and transport are swapped as
 //! one on reload ([`MailOutbox::replace`]).
 
