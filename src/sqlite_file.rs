@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 /// Why a store file could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -30,4 +30,20 @@ pub fn open(path: &Path, schema: &str) -> Result<Connection, OpenError> {
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     conn.execute_batch(schema)?;
     Ok(conn)
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction (it takes the write lock at once, so it waits out
+/// another writer under the busy timeout instead of failing with SQLITE_BUSY on upgrade) and
+/// commits it; `sqlite` turns SQLite's errors into the store's own error type.
+pub fn write_immediate<T, E>(
+    conn: &mut Connection,
+    sqlite: impl Fn(rusqlite::Error) -> E,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(&sqlite)?;
+    let out = f(&tx)?;
+    tx.commit().map_err(sqlite)?;
+    Ok(out)
 }

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
-use rusqlite::{Connection, OptionalExtension as _, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::model::{NewProposal, Proposal, Status};
 
@@ -209,13 +209,7 @@ impl AgendaStore {
             path: path.clone(),
             source,
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(err)?;
-        Ok(out)
+        crate::sqlite_file::write_immediate(&mut self.conn, err, f)
     }
 
     /// Stores a new proposal as `proposed`, with a `proposed` decision row; returns its number.

@@ -10,9 +10,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use rusqlite::{
-    Connection, OptionalExtension as _, Row, TransactionBehavior, params, types::Value,
-};
+use rusqlite::{Connection, OptionalExtension as _, Row, params, types::Value};
 
 use crate::sqlite_file::OpenError;
 
@@ -159,13 +157,7 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let out = f(&tx).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(out)
+        crate::sqlite_file::write_immediate(&mut self.conn, err, |tx| f(tx).map_err(err))
     }
 
     fn row(&self, key: &MailKey) -> Result<Option<LedgerRow>, LedgerError> {
