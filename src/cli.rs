@@ -123,7 +123,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(loaded) => loaded,
         Err(err) => return Ok(report_config_error(&err)),
     };
-    agenda::attach_stored(&mut loaded.config)?;
+    // `serve` compiles the agenda itself, under the store it keeps open.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        agenda::attach_stored(&mut loaded.config)?;
+    }
     for w in &loaded.warnings {
         eprintln!("{w}");
     }

@@ -558,24 +558,6 @@ async fn file_transport_writes_one_eml_per_message_id() {
     assert_eq!(m["tree"]["type"], "multipart/mixed");
 }
 
-/// Copies the shipped templates into `dir/templates` and applies `edit` to one file.
-fn broken_templates(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> PathBuf {
-    let to = dir.join("templates");
-    for set in std::fs::read_dir(repo().join("templates")).expect("templates") {
-        let set = set.expect("entry").path();
-        let dest = to.join(set.file_name().expect("name"));
-        std::fs::create_dir_all(&dest).expect("mkdir");
-        for f in std::fs::read_dir(&set).expect("set") {
-            let f = f.expect("entry").path();
-            std::fs::copy(&f, dest.join(f.file_name().expect("name"))).expect("copy");
-        }
-    }
-    let path = to.join(file);
-    let text = std::fs::read_to_string(&path).expect("read");
-    std::fs::write(&path, edit(&text)).expect("write");
-    to
-}
-
 fn config_with_templates(dir: &Path, templates: &Path) -> PathBuf {
     let text = example_config_text().replace(
         "# templates_dir = \"templates\"",
@@ -587,7 +569,7 @@ fn config_with_templates(dir: &Path, templates: &Path) -> PathBuf {
 #[test]
 fn check_reports_an_undefined_variable_with_file_and_line_and_exits_78() {
     let dir = tempfile::tempdir().expect("tmp");
-    let t = broken_templates(dir.path(), "reminder/body.txt", |s| {
+    let t = crate::support::templates_with(dir.path(), "reminder/body.txt", |s| {
         s.replacen("A reminder", "A {{ meeting.no_such_field }} reminder", 1)
     });
     let path = config_with_templates(dir.path(), &t);
@@ -608,7 +590,7 @@ fn check_reports_an_undefined_variable_with_file_and_line_and_exits_78() {
 #[test]
 fn check_reports_a_syntax_error_with_file_and_line() {
     let dir = tempfile::tempdir().expect("tmp");
-    let t = broken_templates(dir.path(), "agenda-call/body.html", |s| {
+    let t = crate::support::templates_with(dir.path(), "agenda-call/body.html", |s| {
         s.replacen("<p>Dear colleagues,</p>", "<p>{% if %}</p>", 1)
     });
     let path = config_with_templates(dir.path(), &t);
@@ -627,7 +609,7 @@ fn check_reports_a_syntax_error_with_file_and_line() {
 #[test]
 fn a_subject_rendering_a_line_break_is_refused() {
     let dir = tempfile::tempdir().expect("tmp");
-    let t = broken_templates(dir.path(), "reminder/subject.txt", |_| {
+    let t = crate::support::templates_with(dir.path(), "reminder/subject.txt", |_| {
         "Reminder{{ \"\\r\\nBcc: victim@example.org\" }}\n".to_owned()
     });
     let path = config_with_templates(dir.path(), &t);

@@ -2,8 +2,6 @@
 //! byte for byte the feeds rendered one by one, and the sampled template check at start and
 //! reload still stops a template broken for one shape of meeting only.
 
-use std::path::Path;
-
 use convenor::{
     feed::{self, Selection},
     http::state::Feeds,
@@ -12,7 +10,7 @@ use convenor::{
 use jiff::Timestamp;
 
 use crate::daemon::harness::{Daemon, soon_text, wait_for};
-use crate::support::{repo, write_config};
+use crate::support::write_config;
 
 /// The benches' generated configs (benches/support).
 #[path = "../../benches/support/mod.rs"]
@@ -46,26 +44,6 @@ fn feeds_rendered_together_are_the_feeds_rendered_one_by_one() {
             );
         }
     }
-}
-
-/// Copies the shipped templates into `dir/templates` and applies `edit` to one file.
-fn templates_with(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> std::path::PathBuf {
-    let to = dir.join("templates");
-    for set in std::fs::read_dir(repo().join("templates")).expect("templates") {
-        let set = set.expect("entry").path();
-        let dest = to.join(set.file_name().expect("name"));
-        std::fs::create_dir_all(&dest).expect("mkdir");
-        for f in std::fs::read_dir(&set).expect("set") {
-            let f = f.expect("entry").path();
-            std::fs::copy(&f, dest.join(f.file_name().expect("name"))).expect("copy");
-        }
-    }
-    let path = to.join(file);
-    let text = std::fs::read_to_string(&path).expect("read");
-    let edited = edit(&text);
-    assert_ne!(edited, text, "the edit changed nothing in {file}");
-    std::fs::write(&path, edited).expect("write");
-    to
 }
 
 /// Breaks reminder/body.txt for meetings with a join link and notes but no location only.
@@ -128,7 +106,8 @@ fn the_sample_is_bounded_covers_every_shape_and_lead_and_catches_a_one_shape_fau
     assert!(some.renders * 10 < all.renders, "{some:?} vs {all:?}");
 
     let dir = tempfile::tempdir().expect("tmp");
-    let broken = templates_with(dir.path(), "reminder/body.txt", break_for_one_shape);
+    let broken =
+        crate::support::templates_with(dir.path(), "reminder/body.txt", break_for_one_shape);
     let broken = Templates::load(&broken).expect("the syntax is fine");
     assert!(
         config
@@ -153,7 +132,7 @@ fn the_sample_is_bounded_covers_every_shape_and_lead_and_catches_a_one_shape_fau
 #[test]
 fn a_reload_with_a_template_broken_for_one_meeting_keeps_the_running_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let templates = templates_with(dir.path(), "reminder/body.txt", |t| {
+    let templates = crate::support::templates_with(dir.path(), "reminder/body.txt", |t| {
         t.replacen("In focus:", "In focus: ", 1)
     });
     let later = "[[meeting]]\nid = \"later\"\ndate = 2031-03-04\nstart = \"10:00\"\nend = \"11:00\"\n\

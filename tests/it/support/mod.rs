@@ -96,3 +96,24 @@ pub fn convenor(args: &[&str]) -> Output {
         .output()
         .expect("run convenor")
 }
+
+/// Copies the shipped templates into `dir/templates`, applies `edit` to one file (which must
+/// change it), and returns the copy's directory.
+pub fn templates_with(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    let to = dir.join("templates");
+    for set in std::fs::read_dir(repo().join("templates")).expect("templates") {
+        let set = set.expect("entry").path();
+        let dest = to.join(set.file_name().expect("name"));
+        std::fs::create_dir_all(&dest).expect("mkdir");
+        for f in std::fs::read_dir(&set).expect("set") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, dest.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let path = to.join(file);
+    let text = std::fs::read_to_string(&path).expect("read");
+    let edited = edit(&text);
+    assert_ne!(edited, text, "the edit changed nothing in {file}");
+    std::fs::write(&path, edited).expect("write");
+    to
+}
