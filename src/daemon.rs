@@ -95,18 +95,39 @@ pub enum DaemonError {
     Agenda(#[from] crate::agenda::AgendaError),
 }
 
-/// Reconciles `config` with the ledger at `now` and writes the result; logs what changed.
+/// Reconciles `config` with the ledger at `now` and writes the result with the config's digest
+/// as the plan stamp; logs what changed. When the ledger's stamp already is that digest (a
+/// restart or reload with the same config, by the same build), reconciling would write nothing,
+/// and the rows are not even read: at 5,000 meetings that is 40,000 rows, most of a warm start.
 pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Result<(), LedgerError> {
+    let stamp = crate::digest::config_digest(config).to_string();
+    if store.plan_stamp()?.as_deref() == Some(stamp.as_str()) {
+        tracing::debug!("plan: the ledger is already reconciled with this config ({stamp})");
+        return Ok(());
+    }
     let rows = store.rows()?;
     let revisions = store.revisions()?;
-    let result = reconcile(config, &rows, &revisions, now);
+    let mut result = reconcile(config, &rows, &revisions, now);
     for note in &result.notes {
         tracing::info!("plan: {note}");
     }
-    if !result.replan.is_empty() {
-        store.apply(&result.replan)?;
+    result.replan.stamp = Some(stamp);
+    store.apply(&result.replan)
+}
+
+/// Stores the feeds being served in the feed cache of `state_dir`, on a blocking thread when
+/// called inside the runtime; a failure is logged (it only costs a rendering at the next start).
+pub fn save_feed_cache(feeds: &FeedState, state_dir: &std::path::Path) {
+    let (feeds, dir) = (feeds.clone(), state_dir.to_path_buf());
+    let save = move || {
+        if let Err(e) = feeds.save_cache(&dir) {
+            tracing::warn!("cannot write the feed cache in {}: {e}", dir.display());
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(save)),
+        Err(_) => save(),
     }
-    Ok(())
 }
 
 /// Loads the templates, renders every rule's template for every recipient kind against a sample
@@ -179,8 +200,12 @@ pub async fn run(
     phases.lap("ledger");
     replan(&mut store, &config, Timestamp::now())?;
     phases.lap("plan");
-    let feeds = FeedState::new(&config, &store.revisions()?);
-    phases.lap("feeds");
+    let (feeds, feeds_cached) = FeedState::new_cached(&config, &store.revisions()?, &dir);
+    phases.lap(if feeds_cached {
+        "feeds (from the cache)"
+    } else {
+        "feeds"
+    });
     let parts = mail_parts(&config)?;
     phases.lap("templates");
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
@@ -281,6 +306,9 @@ pub async fn run(
         started.elapsed().as_millis(),
         phases.laps.join(", ")
     );
+    if !feeds_cached {
+        save_feed_cache(&feeds, &dir);
+    }
     let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_pass));
     let live = Live {
         store,

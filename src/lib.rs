@@ -11,6 +11,7 @@ pub mod agenda;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod feed;
 pub mod health;
 pub mod http;

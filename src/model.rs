@@ -159,8 +159,25 @@ pub struct Network {
     pub contact: Mailbox,
 }
 
+// By hand because jiff's `TimeZone` has no `Hash`: the zone is hashed by its IANA name, which
+// with the tz database bundled in the binary determines it. The destructuring makes a new field
+// a compile error here, so the config digest (crate::digest) can never miss one.
+impl std::hash::Hash for Network {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let Self {
+            short_name,
+            name,
+            time_zone: _,
+            time_zone_name,
+            base_url,
+            contact,
+        } = self;
+        (short_name, name, time_zone_name, base_url, contact).hash(state);
+    }
+}
+
 /// A person who leads (or deputises for) a priority.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Person {
     /// Display name.
     pub name: HeaderText,
@@ -171,7 +188,7 @@ pub struct Person {
 }
 
 /// One of the network's strategic priorities.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Priority {
     /// Stable id.
     pub id: PriorityId,
@@ -205,7 +222,7 @@ impl MeetingStatus {
 }
 
 /// One meeting of the network, in the network's local time.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Meeting {
     /// Stable id (defaults to the date, `2023-02-24`).
     pub id: MeetingId,
@@ -257,7 +274,7 @@ impl Meeting {
 }
 
 /// When a scheduled email becomes due, relative to its meeting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Trigger {
     /// Whole days before the meeting's date, at a local time of day.
     DaysBefore {
@@ -275,7 +292,7 @@ pub enum Trigger {
 }
 
 /// Who receives a scheduled email.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Audience {
     /// The mailing list(s).
     List,
@@ -297,7 +314,7 @@ impl Audience {
 }
 
 /// One entry of the mail schedule: which template goes to whom, when.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct EmailRule {
     /// Stable id, a ledger key.
     pub id: EmailId,
@@ -312,7 +329,7 @@ pub struct EmailRule {
 }
 
 /// How mail leaves convenor.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub enum TransportSettings {
     /// Write each message as an `.eml` file under `<state_dir>/outbox`.
     File,
@@ -321,7 +338,7 @@ pub enum TransportSettings {
 }
 
 /// How the SMTP connection is secured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TlsMode {
     /// TLS from the first byte (port 465, RFC 8314).
     Implicit,
@@ -332,7 +349,7 @@ pub enum TlsMode {
 }
 
 /// Where the SMTP password comes from; it is never in the config file.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PasswordSource {
     /// No authentication.
     None,
@@ -345,7 +362,7 @@ pub enum PasswordSource {
 }
 
 /// SMTP relay settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct SmtpSettings {
     /// Relay host name (also the name its certificate must carry).
     pub host: String,
@@ -364,7 +381,7 @@ pub struct SmtpSettings {
 }
 
 /// Mail settings shared by every message.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct MailSettings {
     /// The From mailbox.
     pub from: Mailbox,
@@ -379,7 +396,7 @@ pub struct MailSettings {
 }
 
 /// A secret path segment that hides the feeds: `/<token>/calendar.ics`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct FeedToken(String);
 
 impl FeedToken {
@@ -408,7 +425,7 @@ impl fmt::Debug for FeedToken {
 }
 
 /// HTTP server and feed settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct HttpSettings {
     /// Address the server binds.
     pub listen: SocketAddr,
@@ -431,7 +448,7 @@ pub struct HttpSettings {
 }
 
 /// Scheduler settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct SchedulerSettings {
     /// More mails than this becoming due at once is treated as a clock jump: none is sent until
     /// an operator releases them.
@@ -442,7 +459,7 @@ pub struct SchedulerSettings {
 }
 
 /// The whole validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Hash)]
 pub struct Config {
     /// The file it was read from.
     pub source: PathBuf,

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::model::{Config, Meeting, MeetingStatus};
 
 /// The part of a meeting whose change raises SEQUENCE (and may send a change notice).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Significant {
     /// Local date, `YYYY-MM-DD`.
     pub date: String,
@@ -45,7 +45,7 @@ impl Significant {
 }
 
 /// What the ledger keeps per meeting.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StoredRevision {
     /// RFC 5545 SEQUENCE.
     pub sequence: u32,

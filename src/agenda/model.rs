@@ -27,7 +27,7 @@ pub const MINUTES: std::ops::RangeInclusive<u32> = 5..=90;
 pub const HONEYPOT: &str = "website";
 
 /// Where a proposal stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Waiting for the lead.
@@ -60,7 +60,7 @@ impl Status {
 }
 
 /// A stored proposal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Hash)]
 pub struct Proposal {
     /// Its number.
     pub id: i64,
@@ -293,7 +293,7 @@ pub fn call_closes(config: &Config, meeting: &Meeting) -> Timestamp {
 }
 
 /// One accepted item, as the agenda shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Hash)]
 pub struct AgendaItem {
     /// The proposal's number.
     pub id: i64,
@@ -314,7 +314,7 @@ pub struct AgendaItem {
 }
 
 /// The accepted items of one priority.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Hash)]
 pub struct AgendaGroup {
     /// The priority's id.
     pub priority: String,
@@ -325,7 +325,7 @@ pub struct AgendaGroup {
 }
 
 /// A meeting's compiled agenda.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Hash)]
 pub struct Agenda {
     /// Groups in the config's priority order, only those with items.
     pub groups: Vec<AgendaGroup>,
@@ -372,7 +372,7 @@ impl Agenda {
 }
 
 /// The compiled agendas of every meeting, keyed by meeting id.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Hash)]
 pub struct Book(pub BTreeMap<String, Agenda>);
 
 impl Book {

@@ -7,6 +7,7 @@
 //! is an argument of [`serve`], so tests stop the server by completing a future.
 
 pub mod agenda_pages;
+pub mod feed_cache;
 pub mod page;
 pub mod server;
 pub mod state;

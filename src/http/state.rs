@@ -13,23 +13,27 @@ use std::{
     time::SystemTime,
 };
 
-use axum::http::HeaderValue;
-use bytes::Bytes;
-use jiff::{SignedDuration, Timestamp};
-use sha2::{Digest, Sha256};
-
 use crate::{
+    digest::Digest,
     feed::{self, Selection},
+    http::feed_cache,
     model::{Config, MeetingId},
     revision::StoredRevision,
 };
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use jiff::{SignedDuration, Timestamp};
 
 /// One rendered feed with its precomputed response headers.
 #[derive(Clone, Debug)]
 pub struct Feed {
     /// The iCalendar bytes.
     pub body: Bytes,
-    /// Strong ETag: `"` + the first 32 hex digits of the body's SHA-256 + `"`.
+    /// Their BLAKE3 (the ETag is made of it; the feed cache stores it).
+    pub hash: blake3::Hash,
+    /// Strong ETag: `"` + the first 32 hex digits of the body's BLAKE3 + `"` (BLAKE3 rather
+    /// than SHA-256: the same strength for an ETag, and a few times faster over the 5 MB of
+    /// feeds of a 5,000-meeting config).
     pub etag: HeaderValue,
     /// Last-Modified as an HTTP date.
     pub last_modified_header: HeaderValue,
@@ -76,6 +80,8 @@ pub struct Feeds {
     pub priorities: BTreeMap<String, Feed>,
     /// `max-age=<cache_max_age>, no-transform` (no-transform: no proxy may compress the feed).
     pub cache_control: HeaderValue,
+    /// The key of what the feeds were rendered from ([`feed_cache::cache_key`]).
+    pub key: Digest,
 }
 
 impl Feeds {
@@ -88,13 +94,65 @@ impl Feeds {
         previous: Option<&Feeds>,
         now: Timestamp,
     ) -> Self {
-        // Every VEVENT is rendered once for all the feeds (feed::render_calendars).
-        let selections: Vec<Selection<'_>> = std::iter::once(Selection::All)
-            .chain(config.priorities.iter().map(Selection::Priority))
-            .collect();
-        let mut bodies = feed::render_calendars(config, revisions, &selections).into_iter();
+        let key = feed_cache::cache_key(config, revisions);
+        let bodies = render_bodies(config, revisions);
+        Self::from_bodies(config, revisions, key, bodies, previous, now)
+    }
+
+    /// [`Feeds::build`] for a start: the bodies come from the feed cache in `state_dir` when it
+    /// holds the feeds of this config, these revisions and this build. Says whether they did.
+    pub fn build_cached(
+        config: &Config,
+        revisions: &BTreeMap<MeetingId, StoredRevision>,
+        state_dir: &std::path::Path,
+        now: Timestamp,
+    ) -> (Self, bool) {
+        let key = feed_cache::cache_key(config, revisions);
+        let count = 1 + config.priorities.len();
+        match feed_cache::load(state_dir, &key, count) {
+            Some(bodies) => (
+                Self::from_bodies(config, revisions, key, bodies, None, now),
+                true,
+            ),
+            None => {
+                let bodies = render_bodies(config, revisions);
+                let feeds = Self::from_bodies(config, revisions, key, bodies, None, now);
+                (feeds, false)
+            }
+        }
+    }
+
+    /// Every body, in the order [`render_bodies`] renders them: the whole calendar, then each
+    /// priority's feed in config order.
+    pub fn bodies(&self) -> Vec<HashedBody> {
+        std::iter::once(&self.calendar)
+            .chain(
+                self.config
+                    .priorities
+                    .iter()
+                    .filter_map(|p| self.priorities.get(p.id.as_str())),
+            )
+            .map(|f| HashedBody {
+                body: f.body.clone(),
+                hash: f.hash,
+            })
+            .collect()
+    }
+
+    /// The feeds of `bodies`, in the order of [`render_bodies`].
+    fn from_bodies(
+        config: &Config,
+        revisions: &BTreeMap<MeetingId, StoredRevision>,
+        key: Digest,
+        bodies: Vec<HashedBody>,
+        previous: Option<&Feeds>,
+        now: Timestamp,
+    ) -> Self {
+        let mut bodies = bodies.into_iter();
         let mut one = |selection: Selection<'_>, before: Option<&Feed>| {
-            let body = bodies.next().unwrap_or_default();
+            let body = bodies
+                .next()
+                .unwrap_or_else(|| HashedBody::new(Bytes::new()));
             render_feed(config, revisions, selection, body, before, now)
         };
         let calendar = one(Selection::All, previous.map(|p| &p.calendar));
@@ -117,6 +175,7 @@ impl Feeds {
             calendar,
             priorities,
             cache_control,
+            key,
         }
     }
 
@@ -131,17 +190,50 @@ impl Feeds {
     }
 }
 
+/// Renders the whole calendar, then each priority's feed in config order; every VEVENT is
+/// rendered once for all of them ([`feed::render_calendars`]).
+pub fn render_bodies(
+    config: &Config,
+    revisions: &BTreeMap<MeetingId, StoredRevision>,
+) -> Vec<HashedBody> {
+    let selections: Vec<Selection<'_>> = std::iter::once(Selection::All)
+        .chain(config.priorities.iter().map(Selection::Priority))
+        .collect();
+    feed::render_calendars(config, revisions, &selections)
+        .into_iter()
+        .map(|text| HashedBody::new(Bytes::from(text)))
+        .collect()
+}
+
+/// A feed's bytes with their BLAKE3, computed once: it makes the ETag and checks the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashedBody {
+    /// The bytes.
+    pub body: Bytes,
+    /// Their BLAKE3.
+    pub hash: blake3::Hash,
+}
+
+impl HashedBody {
+    /// Hashes `body`.
+    pub fn new(body: Bytes) -> Self {
+        let hash = blake3::hash(&body);
+        Self { body, hash }
+    }
+}
+
 fn render_feed(
     config: &Config,
     revisions: &BTreeMap<MeetingId, StoredRevision>,
     selection: Selection<'_>,
-    body: String,
+    HashedBody { body, hash }: HashedBody,
     before: Option<&Feed>,
     now: Timestamp,
 ) -> Feed {
-    let body = Bytes::from(body);
-    let digest = Sha256::digest(&body);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hash.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let etag =
         HeaderValue::try_from(format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
     let mut modified = whole_seconds(feed::last_change(config, revisions, selection));
@@ -160,6 +252,7 @@ fn render_feed(
         .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
     Feed {
         body,
+        hash,
         etag,
         last_modified_header,
         last_modified: modified,
@@ -180,10 +273,31 @@ pub struct FeedState {
 impl FeedState {
     /// Renders the feeds of a freshly loaded config.
     pub fn new(config: &Config, revisions: &BTreeMap<MeetingId, StoredRevision>) -> Self {
-        let feeds = Feeds::build(config, revisions, None, Timestamp::now());
+        Self::of(Feeds::build(config, revisions, None, Timestamp::now()))
+    }
+
+    /// The feeds of a freshly loaded config, from the feed cache in `state_dir` when it holds
+    /// them ([`Feeds::build_cached`]); says whether it did.
+    pub fn new_cached(
+        config: &Config,
+        revisions: &BTreeMap<MeetingId, StoredRevision>,
+        state_dir: &std::path::Path,
+    ) -> (Self, bool) {
+        let (feeds, hit) = Feeds::build_cached(config, revisions, state_dir, Timestamp::now());
+        (Self::of(feeds), hit)
+    }
+
+    fn of(feeds: Feeds) -> Self {
         Self {
             inner: Arc::new(RwLock::new(Arc::new(feeds))),
         }
+    }
+
+    /// Stores the feeds now being served in the feed cache in `state_dir` (blocking file I/O:
+    /// call it off the runtime's threads).
+    pub fn save_cache(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        let feeds = self.current();
+        feed_cache::store(state_dir, &feeds.key, &feeds.bodies())
     }
 
     /// Renders the feeds of a reloaded config and swaps them in; requests in flight finish with

@@ -181,6 +181,11 @@ pub struct Replan {
     pub reschedules: Vec<Reschedule>,
     /// `pending` or `held` rows no longer wanted, with the reason: they become `skipped`.
     pub withdrawals: Vec<(MailKey, String)>,
+    /// The digest of the config these writes reconcile the ledger with
+    /// ([`crate::digest::config_digest`]), stored with them as the ledger's plan stamp. `None`
+    /// clears the stamp: writes not made by reconciling a whole config may leave the ledger out
+    /// of step with any config, so the next start reconciles in full.
+    pub stamp: Option<String>,
 }
 
 impl Replan {
@@ -313,8 +318,14 @@ pub trait Store: Send {
         sequence: u32,
     ) -> Result<Option<StoredRevision>, LedgerError>;
 
-    /// Applies a reconciliation in one transaction.
+    /// Applies a reconciliation in one transaction, storing its stamp (or clearing it).
     fn apply(&mut self, replan: &Replan) -> Result<(), LedgerError>;
+
+    /// The plan stamp: the digest of the config the ledger was last reconciled with by
+    /// [`Store::apply`], if any. Reconciling that same config again (same build) would write
+    /// nothing: the scheduler's own state changes (claim, settle, release, recovery) never
+    /// make a reconciliation want anything, so they leave the stamp valid.
+    fn plan_stamp(&self) -> Result<Option<String>, LedgerError>;
 
     /// After a crash: every row left in `sending` goes back to `pending` (same Message-ID,
     /// no backoff), to be sent again. Returns their keys.

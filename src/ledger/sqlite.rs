@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS revision_history (
     revision  TEXT    NOT NULL,
     PRIMARY KEY (meeting, sequence)
 );
+CREATE TABLE IF NOT EXISTS plan_stamp (
+    id      INTEGER NOT NULL PRIMARY KEY CHECK (id = 0),
+    digest  TEXT    NOT NULL
+);
 ";
 
 const COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, deadline_ms, starts_ms, state, \
@@ -350,6 +354,15 @@ impl Store for SqliteStore {
                     ])?;
                 }
             }
+            match &replan.stamp {
+                Some(digest) => tx
+                    .prepare_cached(
+                        "INSERT INTO plan_stamp (id, digest) VALUES (0, ?1)
+                         ON CONFLICT (id) DO UPDATE SET digest = excluded.digest",
+                    )?
+                    .execute(params![digest])?,
+                None => tx.execute("DELETE FROM plan_stamp", [])?,
+            };
             if !replan.withdrawals.is_empty() {
                 let mut stmt = tx.prepare_cached(&withdraw)?;
                 for (key, reason) in &replan.withdrawals {
@@ -364,6 +377,15 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
+    }
+
+    fn plan_stamp(&self) -> Result<Option<String>, LedgerError> {
+        self.conn
+            .query_row("SELECT digest FROM plan_stamp WHERE id = 0", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError> {

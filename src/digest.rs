@@ -1,0 +1,146 @@
+//! Digests that say "nothing changed since last time": of a config and of this very build.
+//!
+//! Start-up skips work whose inputs did not change: the ledger keeps the digest of the config
+//! it was last reconciled with (a restart with the same config and the same build reconciles
+//! nothing), and the feed cache is keyed by the digest of the config, the revisions and the
+//! build. A digest is BLAKE3 over the values' [`std::hash::Hash`] encoding, which the derives
+//! make complete: every field of every model type is fed in (adding a field adds it to the
+//! digest; the one hand-written impl, `Network`'s, destructures so a new field cannot be
+//! missed). `Hash` encodings are not stable across Rust versions or platforms, so every digest
+//! also covers [`build_identity`]: a digest is only ever compared with one made by the same
+//! binary.
+
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+    sync::OnceLock,
+};
+
+use crate::model::Config;
+
+/// A 256-bit digest, shown as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+/// A [`Hasher`] that feeds everything into BLAKE3, so that `value.hash(&mut hasher)` yields a
+/// collision-resistant digest of the value's whole `Hash` encoding (not the 64-bit `finish`).
+#[derive(Clone, Debug, Default)]
+pub struct DigestHasher(blake3::Hasher);
+
+impl DigestHasher {
+    /// A hasher whose digests are distinct from those of any other `domain`.
+    pub fn new(domain: &str) -> Self {
+        let mut h = Self::default();
+        domain.hash(&mut h);
+        build_identity().hash(&mut h);
+        h
+    }
+
+    /// The digest of everything written so far.
+    pub fn digest(&self) -> Digest {
+        Digest(*self.0.finalize().as_bytes())
+    }
+}
+
+impl Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The first 8 bytes of the digest; use [`DigestHasher::digest`] for the whole of it.
+    fn finish(&self) -> u64 {
+        let d = self.0.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+/// The digest of a whole config (meetings, schedule, settings, attached agendas), as the
+/// ledger's reconciliation and the feeds see it, for this build.
+pub fn config_digest(config: &Config) -> Digest {
+    let mut h = DigestHasher::new("convenor config");
+    config.hash(&mut h);
+    h.digest()
+}
+
+/// What tells this build of convenor from any other: the package version and the running
+/// executable's size, modification time and inode (the same test ccache uses for compilers).
+/// A rebuilt or reinstalled binary gets a new identity, so nothing one build derived is trusted
+/// by another. When the executable cannot be examined, the identity is unique to this process,
+/// so nothing derived by an earlier run is trusted.
+pub fn build_identity() -> &'static str {
+    static IDENTITY: OnceLock<String> = OnceLock::new();
+    IDENTITY.get_or_init(|| {
+        let version = env!("CARGO_PKG_VERSION");
+        let exe = std::env::current_exe().and_then(std::fs::metadata);
+        match exe {
+            Ok(meta) => {
+                use std::os::unix::fs::MetadataExt as _;
+                format!(
+                    "{version} {} {} {}.{} {}",
+                    meta.len(),
+                    meta.dev(),
+                    meta.ino(),
+                    meta.mtime(),
+                    meta.mtime_nsec()
+                )
+            }
+            Err(e) => {
+                tracing::debug!("cannot examine the executable ({e}): no digest is reused");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                format!(
+                    "{version} process {} {}",
+                    std::process::id(),
+                    now.as_nanos()
+                )
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_covers_the_whole_encoding_and_the_domain() {
+        let of = |domain: &str, v: &(&str, u32)| {
+            let mut h = DigestHasher::new(domain);
+            v.hash(&mut h);
+            h.digest()
+        };
+        assert_eq!(of("a", &("x", 1)), of("a", &("x", 1)));
+        assert_ne!(of("a", &("x", 1)), of("a", &("x", 2)));
+        assert_ne!(of("a", &("x", 1)), of("a", &("y", 1)));
+        assert_ne!(of("a", &("x", 1)), of("b", &("x", 1)));
+        assert_eq!(of("a", &("x", 1)).to_string().len(), 64);
+    }
+
+    #[test]
+    fn the_build_identity_names_the_version_and_the_executable() {
+        let id = build_identity();
+        assert!(id.starts_with(env!("CARGO_PKG_VERSION")), "{id}");
+        assert!(
+            !id.contains("process"),
+            "the test binary can be examined: {id}"
+        );
+    }
+}
