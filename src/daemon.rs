@@ -102,7 +102,7 @@ pub enum DaemonError {
 pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Result<(), LedgerError> {
     let stamp = crate::digest::config_digest(config).to_string();
     if store.plan_stamp()?.as_deref() == Some(stamp.as_str()) {
-        tracing::debug!("plan: the ledger is already reconciled with this config ({stamp})");
+        tracing::info!("plan: the ledger is already reconciled with this config");
         return Ok(());
     }
     let rows = store.rows()?;

@@ -88,7 +88,12 @@ pub mod harness {
     impl Daemon {
         /// Starts `convenor serve` on `config`, listening on a free loopback port.
         pub fn spawn(config: &Path, log: &Path) -> Self {
-            let child = serve_command(config)
+            Self::spawn_command(serve_command(config), log)
+        }
+
+        /// Starts `command` (a [`serve_command`] or [`serve_command_of`]), its log in `log`.
+        pub fn spawn_command(mut command: Command, log: &Path) -> Self {
+            let child = command
                 .stderr(File::create(log).expect("log file"))
                 .spawn()
                 .expect("start convenor serve");
@@ -151,7 +156,12 @@ pub mod harness {
 
     /// `convenor serve` on `config` with a free port and JSON logs.
     pub fn serve_command(config: &Path) -> Command {
-        let mut cmd = Command::new(binary());
+        serve_command_of(&binary(), config)
+    }
+
+    /// [`serve_command`] running the executable at `binary`.
+    pub fn serve_command_of(binary: &Path, config: &Path) -> Command {
+        let mut cmd = Command::new(binary);
         cmd.args(["--log-json", "--config"])
             .arg(config)
             .args(["serve", "--listen", "127.0.0.1:0"])

@@ -180,3 +180,128 @@ fn one_meetings_revision_and_thread_root_agree_with_the_whole_ledger() {
     }
     assert!(all.contains_key(&MeetingId::parse("later").expect("id")));
 }
+
+/// The plan stamp lets a restart with the same config skip reconciling, and nothing else: a
+/// config that differs in any way reconciles in full, and writes not stamped with a config
+/// clear the stamp.
+#[test]
+fn the_plan_stamp_skips_only_an_unchanged_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let load_text = |text: &str| {
+        let path = crate::support::write_config(dir.path(), text);
+        load(&path, &Environment::default()).expect("config").config
+    };
+    let a = load_text(&crate::daemon::harness::soon_text(&[600, 1200], None, ""));
+    let b = load_text(&crate::daemon::harness::soon_text(&[600, 900], None, ""));
+    let digest = |c: &convenor::model::Config| convenor::digest::config_digest(c).to_string();
+    assert_ne!(
+        digest(&a),
+        digest(&b),
+        "the configs differ in one mail's offset"
+    );
+
+    let now = Timestamp::now();
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    assert_eq!(
+        store.plan_stamp().expect("stamp"),
+        None,
+        "a new ledger has none"
+    );
+    replan(&mut store, &a, now).expect("replan a");
+    assert_eq!(store.plan_stamp().expect("stamp"), Some(digest(&a)));
+    let pending = |s: &SqliteStore| {
+        s.rows()
+            .expect("rows")
+            .iter()
+            .filter(|r| r.state == MailState::Pending)
+            .map(|r| r.key.email.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pending(&store), ["mail-0", "mail-1"]);
+
+    // Withdraw mail-1 behind the reconciliation's back, keeping the stamp: reconciling `a`
+    // again would bring it back, so its staying withdrawn shows the reconciliation was skipped.
+    let mail1 = store.rows().expect("rows")[1].key.clone();
+    let withdraw = |stamp: Option<String>| convenor::ledger::Replan {
+        withdrawals: vec![(mail1.clone(), "withdrawn: by the test".to_owned())],
+        stamp,
+        ..Default::default()
+    };
+    store.apply(&withdraw(Some(digest(&a)))).expect("apply");
+    replan(&mut store, &a, now).expect("replan a again");
+    assert_eq!(
+        pending(&store),
+        ["mail-0"],
+        "same config, same build: skipped"
+    );
+
+    // Another config reconciles in full (mail-1 moves and is wanted again) and is stamped.
+    replan(&mut store, &b, now).expect("replan b");
+    assert_eq!(pending(&store), ["mail-0", "mail-1"]);
+    assert_eq!(store.plan_stamp().expect("stamp"), Some(digest(&b)));
+    let due_b = store.rows().expect("rows")[1].due;
+
+    // Writes without a stamp clear it: the next reconciliation of `b` runs and revives mail-1.
+    store.apply(&withdraw(None)).expect("apply");
+    assert_eq!(store.plan_stamp().expect("stamp"), None);
+    replan(&mut store, &b, now).expect("replan b again");
+    assert_eq!(pending(&store), ["mail-0", "mail-1"]);
+    assert_eq!(store.rows().expect("rows")[1].due, due_b);
+
+    // Back to `a`: reconciled, mail-1 due at `a`'s time again.
+    replan(&mut store, &a, now).expect("replan a at last");
+    assert_ne!(store.rows().expect("rows")[1].due, due_b);
+    assert_eq!(store.plan_stamp().expect("stamp"), Some(digest(&a)));
+}
+
+/// The config digest changes with any field the ledger or the feeds depend on, down to a
+/// lead's address, the feed token and an attached agenda.
+#[test]
+fn the_config_digest_changes_with_every_kind_of_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = crate::support::example_config_text();
+    let load_text = |text: &str| {
+        let path = crate::support::write_config(dir.path(), text);
+        load(&path, &Environment::default()).expect("config").config
+    };
+    let digest = |c: &convenor::model::Config| convenor::digest::config_digest(c);
+    let original = load_text(&base);
+    assert_eq!(
+        digest(&original),
+        digest(&load_text(&base)),
+        "deterministic"
+    );
+    let edits: [(&str, &str); 3] = [
+        ("start = \"10:00\"", "start = \"10:05\""),
+        (
+            "time_zone = \"Europe/London\"",
+            "time_zone = \"Europe/Dublin\"",
+        ),
+        ("title = \"", "title = \"X"),
+    ];
+    for (from, to) in edits {
+        assert!(base.contains(from), "{from}");
+        let edited = load_text(&base.replacen(from, to, 1));
+        assert_ne!(digest(&original), digest(&edited), "{from} -> {to}");
+    }
+    let mut lead = original.clone();
+    lead.priorities[0].lead.email = "someone.else@example.org".parse().expect("address");
+    assert_ne!(digest(&original), digest(&lead), "a lead's address");
+    let mut token = original.clone();
+    token.http.feed_token =
+        Some(convenor::model::FeedToken::parse("abcdefghijklmnopq").expect("token"));
+    let mut token2 = original.clone();
+    token2.http.feed_token =
+        Some(convenor::model::FeedToken::parse("abcdefghijklmnopr").expect("token"));
+    assert_ne!(
+        digest(&token),
+        digest(&token2),
+        "the feed token (redacted in Debug)"
+    );
+    let mut agenda = original.clone();
+    agenda.agenda.0.insert(
+        original.meetings[0].id.as_str().to_owned(),
+        convenor::agenda::Agenda::default(),
+    );
+    assert_ne!(digest(&original), digest(&agenda), "an attached agenda");
+}

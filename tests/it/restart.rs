@@ -4,21 +4,29 @@
 use std::path::Path;
 
 use crate::{
-    daemon::harness::{Daemon, wait_for},
+    daemon::harness::{Daemon, serve_command_of, wait_for},
     feed::parse_ics,
     support::{example_config_text, write_config},
 };
 
-/// Runs `convenor serve` on `config` until the feed answers, returns the feed's
-/// (SEQUENCE, DTSTAMP) of the 2023-06-07 meeting as read by the independent parser, then stops
-/// the daemon with SIGTERM and checks it exits 0.
-fn feed_after_start(config: &Path, log: &Path) -> (i64, String) {
-    let mut daemon = Daemon::spawn(config, log);
+/// One run of `convenor serve` on `config`: waits until it runs, fetches `/calendar.ics`, stops
+/// it with SIGTERM (checking it exits 0). Returns the feed's body, its ETag and the run's log.
+fn serve_once(config: &Path, log: &Path) -> (String, String, String) {
+    serve_once_with(&crate::support::binary(), config, log)
+}
+
+/// [`serve_once`] with the executable at `binary`.
+fn serve_once_with(binary: &Path, config: &Path, log: &Path) -> (String, String, String) {
+    let mut daemon = Daemon::spawn_command(serve_command_of(binary, config), log);
     let addr = daemon.wait_ready();
-    let body = reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
+    let response = reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
         .and_then(|r| r.error_for_status())
-        .and_then(|r| r.text())
         .expect("GET /calendar.ics");
+    let etag = response.headers()["etag"]
+        .to_str()
+        .expect("etag")
+        .to_owned();
+    let body = response.text().expect("body");
     daemon.signal("TERM");
     let mut status = None;
     let log_text = || std::fs::read_to_string(log).unwrap_or_default();
@@ -37,6 +45,14 @@ fn feed_after_start(config: &Path, log: &Path) -> (i64, String) {
         "{}",
         daemon.log_text()
     );
+    (body, etag, daemon.log_text())
+}
+
+/// Runs `convenor serve` on `config` until the feed answers, returns the feed's
+/// (SEQUENCE, DTSTAMP) of the 2023-06-07 meeting as read by the independent parser, then stops
+/// the daemon with SIGTERM and checks it exits 0.
+fn feed_after_start(config: &Path, log: &Path) -> (i64, String) {
+    let (body, _, _) = serve_once(config, log);
     let v = parse_ics(&body);
     let event = v["events"]
         .as_array()
@@ -81,4 +97,78 @@ fn sequence_survives_restarts_rises_on_a_move_and_never_falls() {
     // Moving it back is another change: SEQUENCE goes on up, never back to 0.
     write_config(dir.path(), &original);
     assert_eq!(feed_after_start(&config, &log).0, 2);
+}
+
+/// A restart on the same config serves the feeds from the cache in the state directory: the
+/// same bytes and ETag as rendered; a changed config, a damaged cache or none at all are
+/// rendered afresh, never served stale.
+#[test]
+fn a_restart_serves_cached_feeds_only_when_they_are_the_feeds_of_this_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let cache = dir.path().join("state").join("feeds.cache");
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"09:30\"", 1);
+    let config = write_config(dir.path(), &original);
+    let from_cache = |log: &str| {
+        let ready = log
+            .lines()
+            .find(|l| l.contains("\"message\":\"ready "))
+            .expect("ready line");
+        ready.contains("feeds (from the cache)")
+    };
+
+    let (rendered, etag, log0) = serve_once(&config, &log);
+    assert!(
+        !from_cache(&log0),
+        "nothing cached on a first start:\n{log0}"
+    );
+    assert!(cache.exists(), "the cache is written after start");
+    let (cached, cached_etag, log1) = serve_once(&config, &log);
+    assert!(from_cache(&log1), "same config, same build:\n{log1}");
+    assert_eq!((&cached, &cached_etag), (&rendered, &etag));
+    let skipped = "the ledger is already reconciled with this config";
+    assert!(!log0.contains(skipped), "{log0}");
+    assert!(log1.contains(skipped), "{log1}");
+
+    // The meeting moves: rendered afresh, with the new time and SEQUENCE 1.
+    write_config(dir.path(), &moved);
+    let (after_move, moved_etag, log2) = serve_once(&config, &log);
+    assert!(!from_cache(&log2), "a changed config is rendered:\n{log2}");
+    assert!(
+        !log2.contains(skipped),
+        "a changed config is reconciled:\n{log2}"
+    );
+    assert_ne!(after_move, rendered);
+    assert_ne!(moved_etag, etag);
+    assert!(after_move.contains("DTSTART;TZID=Europe/London:20230607T093000"));
+    assert_eq!(feed_after_start(&config, &log).0, 1);
+    let (again, again_etag, log3) = serve_once(&config, &log);
+    assert!(from_cache(&log3), "{log3}");
+    assert_eq!((&again, &again_etag), (&after_move, &moved_etag));
+
+    // A damaged cache is rendered over, and the feed is the same.
+    let mut bytes = std::fs::read(&cache).expect("read cache");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&cache, &bytes).expect("damage cache");
+    let (repaired, repaired_etag, log4) = serve_once(&config, &log);
+    assert!(!from_cache(&log4), "a damaged cache is not used:\n{log4}");
+    assert_eq!((&repaired, &repaired_etag), (&after_move, &moved_etag));
+
+    // Another build (here: a copy of the binary, another file) trusts neither the cache nor
+    // the plan stamp, and renders the same bytes.
+    let copy = dir.path().join("convenor-copy");
+    std::fs::copy(crate::support::binary(), &copy).expect("copy the binary");
+    let (other, other_etag, log_other) = serve_once_with(&copy, &config, &log);
+    assert!(!from_cache(&log_other), "{log_other}");
+    assert!(!log_other.contains(skipped), "{log_other}");
+    assert_eq!((&other, &other_etag), (&after_move, &moved_etag));
+
+    // No cache at all: rendered, the same.
+    std::fs::remove_file(&cache).expect("remove cache");
+    let (fresh, fresh_etag, log5) = serve_once(&config, &log);
+    assert!(!from_cache(&log5), "{log5}");
+    assert_eq!((&fresh, &fresh_etag), (&after_move, &moved_etag));
 }
