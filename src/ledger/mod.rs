@@ -283,6 +283,29 @@ pub trait Store: Send {
     /// Every row, ordered by due instant then key.
     fn rows(&self) -> Result<Vec<LedgerRow>, LedgerError>;
 
+    /// The `pending` rows due at `now` (`due <= now`), ordered like [`Store::rows`]: every row
+    /// [`crate::scheduler::decide`] can act on at `now`. The default filters [`Store::rows`]; a
+    /// store with an index answers without reading the others (the scheduler asks every pass).
+    fn due_rows(&self, now: Timestamp) -> Result<Vec<LedgerRow>, LedgerError> {
+        Ok(self
+            .rows()?
+            .into_iter()
+            .filter(|r| r.state == MailState::Pending && r.due <= now)
+            .collect())
+    }
+
+    /// When the next `pending` row becomes due: the earliest of each one's due instant, or its
+    /// next attempt when that is later ([`crate::scheduler::next_wake`] over every row). The
+    /// default reads every row; a store with an index answers from it.
+    fn next_wake(&self) -> Result<Option<Timestamp>, LedgerError> {
+        Ok(self
+            .rows()?
+            .iter()
+            .filter(|r| r.state == MailState::Pending)
+            .map(|r| r.next_attempt.map_or(r.due, |t| t.max(r.due)))
+            .min())
+    }
+
     /// The stored revision of every meeting seen.
     fn revisions(&self) -> Result<BTreeMap<MeetingId, StoredRevision>, LedgerError>;
 

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS mails (
     PRIMARY KEY (meeting, email, audience, occurrence)
 );
 CREATE INDEX IF NOT EXISTS mails_by_state_due ON mails (state, due_ms);
+CREATE INDEX IF NOT EXISTS mails_retrying ON mails (next_attempt_ms)
+    WHERE state = 'pending' AND next_attempt_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meeting_revisions (
     meeting   TEXT    NOT NULL PRIMARY KEY,
     sequence  INTEGER NOT NULL,
@@ -109,6 +111,24 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         released: r.get(15)?,
     })
 }
+
+/// The scheduler's due rows at `?1`: a range of the (state, due_ms) index.
+fn due_rows_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM mails WHERE state = 'pending' AND due_ms <= ?1 \
+         ORDER BY due_ms, meeting, email, audience, occurrence"
+    )
+}
+
+/// The first pending row without a retry, from the (state, due_ms) index.
+const FIRST_DUE_SQL: &str = "SELECT due_ms FROM mails \
+     WHERE state = 'pending' AND next_attempt_ms IS NULL ORDER BY due_ms LIMIT 1";
+
+/// The earliest retry, from the partial index of retrying rows (a handful at most); without
+/// statistics SQLite would walk every pending row of the other index instead.
+const NEXT_RETRY_SQL: &str = "SELECT MIN(MAX(due_ms, next_attempt_ms)) \
+     FROM mails INDEXED BY mails_retrying \
+     WHERE state = 'pending' AND next_attempt_ms IS NOT NULL";
 
 const KEY_WHERE: &str = "meeting = ?1 AND email = ?2 AND audience = ?3 AND occurrence = ?4";
 
@@ -190,6 +210,36 @@ impl Store for SqliteStore {
             .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.err(e))?;
         Ok(rows)
+    }
+
+    fn due_rows(&self, now: Timestamp) -> Result<Vec<LedgerRow>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&due_rows_sql())
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([ms(now)], read_row)
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))
+    }
+
+    fn next_wake(&self) -> Result<Option<Timestamp>, LedgerError> {
+        let first: Option<i64> = self
+            .conn
+            .prepare_cached(FIRST_DUE_SQL)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        let retry: Option<i64> = self
+            .conn
+            .prepare_cached(NEXT_RETRY_SQL)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        first
+            .into_iter()
+            .chain(retry)
+            .min()
+            .map(ts)
+            .transpose()
+            .map_err(|e| self.err(e))
     }
 
     fn revisions(&self) -> Result<BTreeMap<MeetingId, StoredRevision>, LedgerError> {
@@ -500,6 +550,35 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scheduler_queries_search_indexes_and_never_scan_the_ledger() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_in(dir.path()).expect("open");
+        let plan = |sql: &str| -> String {
+            let mut stmt = store
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain");
+            let zeros =
+                rusqlite::params_from_iter(std::iter::repeat_n(0_i64, stmt.parameter_count()));
+            let details: Vec<String> = stmt
+                .query_map(zeros, |r| r.get::<_, String>(3))
+                .and_then(|it| it.collect())
+                .expect("plan");
+            details.join("; ")
+        };
+        let due = plan(&due_rows_sql());
+        assert!(
+            due.contains("USING INDEX mails_by_state_due (state=? AND due_ms<?)"),
+            "{due}"
+        );
+        let first = plan(FIRST_DUE_SQL);
+        assert!(first.contains("USING INDEX mails_by_state_due"), "{first}");
+        assert!(!first.contains("TEMP B-TREE"), "{first}");
+        let retry = plan(NEXT_RETRY_SQL);
+        assert!(retry.contains("USING INDEX mails_retrying"), "{retry}");
+    }
 
     #[test]
     fn the_connection_is_wal_full_sync_with_a_busy_timeout() {

@@ -312,8 +312,10 @@ async fn a_reload_swaps_the_feeds_and_last_modified_never_goes_back() {
         third.headers()[header::LAST_MODIFIED],
         "Wed, 01 May 2024 10:00:01 GMT"
     );
-    // The same data again: nothing moves.
+    // The same data again: nothing moves, nothing is rendered (the very same feeds stay).
+    let before = server.state.current();
     server.state.replace_at(&config, &BTreeMap::new(), now);
+    assert!(std::sync::Arc::ptr_eq(&before, &server.state.current()));
     let fourth = get("/calendar.ics").await;
     assert_eq!(
         fourth.headers()[header::LAST_MODIFIED],

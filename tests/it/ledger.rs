@@ -305,3 +305,132 @@ fn the_config_digest_changes_with_every_kind_of_field() {
     );
     assert_ne!(digest(&original), digest(&agenda), "an attached agenda");
 }
+
+/// The indexed queries the scheduler runs every pass answer exactly what the pure definitions
+/// answer over every row: the due rows (`pending`, `due <= now`) and the next wake (due
+/// instants, and retries not before their next attempt).
+#[test]
+fn due_rows_and_next_wake_from_the_index_match_the_whole_ledger() {
+    use convenor::ledger::Outcome;
+    use jiff::SignedDuration;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let offsets = [-600, -60, 60, 600, 900];
+    let config = load(
+        &soon_config(dir.path(), &offsets, None),
+        &Environment::default(),
+    )
+    .expect("config")
+    .config;
+    // Whole milliseconds, as the ledger stores instants.
+    let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).expect("now");
+    let at = |secs: i64| {
+        now.checked_add(SignedDuration::from_secs(secs))
+            .expect("add")
+    };
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    replan(&mut store, &config, now).expect("replan");
+    let key = |i: usize| {
+        store
+            .rows()
+            .expect("rows")
+            .into_iter()
+            .find(|r| r.key.email == format!("mail-{i}"))
+            .expect("row")
+            .key
+    };
+    let keys: Vec<_> = (0..offsets.len()).map(key).collect();
+    let check = |store: &SqliteStore, what: &str| {
+        let all = store.rows().expect("rows");
+        for t in [-3600, -300, 0, 30, 120, 700, 1000, 1300, 7200] {
+            let expected: Vec<_> = all
+                .iter()
+                .filter(|r| r.state == MailState::Pending && r.due <= at(t))
+                .cloned()
+                .collect();
+            assert_eq!(
+                store.due_rows(at(t)).expect("due"),
+                expected,
+                "{what} at {t}"
+            );
+        }
+        let wake = store.next_wake().expect("wake");
+        assert_eq!(wake, convenor::scheduler::next_wake(&all), "{what}");
+        wake
+    };
+    assert_eq!(
+        check(&store, "as planned"),
+        Some(keys_due(&store, &keys[0]))
+    );
+
+    // mail-0 fails and retries after 20 minutes; mail-1 is sent.
+    store.claim(&keys[0], now).expect("claim").expect("claimed");
+    let retry = |at: Timestamp| Outcome::Retry {
+        at,
+        error: "451 try later".into(),
+    };
+    assert!(
+        store
+            .settle(&keys[0], MailState::Sending, &retry(at(1200)))
+            .expect("settle")
+    );
+    store.claim(&keys[1], now).expect("claim").expect("claimed");
+    let sent = Outcome::Sent {
+        at: now,
+        reply: "250 ok".into(),
+    };
+    assert!(
+        store
+            .settle(&keys[1], MailState::Sending, &sent)
+            .expect("settle")
+    );
+    assert_eq!(
+        check(&store, "a retry and a sent"),
+        Some(keys_due(&store, &keys[2]))
+    );
+
+    // mail-2 skipped, mail-3 held, mail-4 retried after its due instant: the earliest wake is
+    // now mail-4's next attempt, found through the index of retrying rows.
+    let skipped = Outcome::Skipped {
+        reason: "test".into(),
+    };
+    assert!(
+        store
+            .settle(&keys[2], MailState::Pending, &skipped)
+            .expect("settle")
+    );
+    let held = Outcome::Held {
+        reason: "test".into(),
+    };
+    assert!(
+        store
+            .settle(&keys[3], MailState::Pending, &held)
+            .expect("settle")
+    );
+    store
+        .claim(&keys[4], at(901))
+        .expect("claim")
+        .expect("claimed");
+    assert!(
+        store
+            .settle(&keys[4], MailState::Sending, &retry(at(960)))
+            .expect("settle")
+    );
+    assert_eq!(check(&store, "retries only"), Some(at(960)));
+
+    // Nothing pending: no wake.
+    for (k, a) in [(&keys[0], at(1200)), (&keys[4], at(960))] {
+        store.claim(k, a).expect("claim").expect("claimed");
+        assert!(store.settle(k, MailState::Sending, &sent).expect("settle"));
+    }
+    assert_eq!(check(&store, "all done"), None);
+}
+
+fn keys_due(store: &SqliteStore, key: &convenor::ledger::MailKey) -> Timestamp {
+    store
+        .rows()
+        .expect("rows")
+        .into_iter()
+        .find(|r| &r.key == key)
+        .expect("row")
+        .due
+}
