@@ -39,13 +39,26 @@ impl fmt::Debug for Digest {
 
 /// A [`Hasher`] that feeds everything into BLAKE3, so that `value.hash(&mut hasher)` yields a
 /// collision-resistant digest of the value's whole `Hash` encoding (not the 64-bit `finish`).
+///
+/// `Hash` writes a value a few bytes at a time (a length, a string, a separator); they are
+/// gathered into blocks of [`DigestHasher::BLOCK`] bytes before BLAKE3 sees them, which makes
+/// hashing a 5,000-meeting config several times faster than one BLAKE3 update per write.
 #[derive(Clone, Debug, Default)]
-pub struct DigestHasher(blake3::Hasher);
+pub struct DigestHasher {
+    blake3: blake3::Hasher,
+    pending: Vec<u8>,
+}
 
 impl DigestHasher {
+    /// Bytes gathered before they are handed to BLAKE3.
+    pub const BLOCK: usize = 16 * 1024;
+
     /// A hasher whose digests are distinct from those of any other `domain`.
     pub fn new(domain: &str) -> Self {
-        let mut h = Self::default();
+        let mut h = Self {
+            blake3: blake3::Hasher::new(),
+            pending: Vec::with_capacity(Self::BLOCK),
+        };
         domain.hash(&mut h);
         build_identity().hash(&mut h);
         h
@@ -53,20 +66,30 @@ impl DigestHasher {
 
     /// The digest of everything written so far.
     pub fn digest(&self) -> Digest {
-        Digest(*self.0.finalize().as_bytes())
+        let mut all = self.blake3.clone();
+        all.update(&self.pending);
+        Digest(*all.finalize().as_bytes())
     }
 }
 
 impl Hasher for DigestHasher {
     fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        if self.pending.len() + bytes.len() > Self::BLOCK {
+            self.blake3.update(&self.pending);
+            self.pending.clear();
+        }
+        if bytes.len() >= Self::BLOCK {
+            self.blake3.update(bytes);
+        } else {
+            self.pending.extend_from_slice(bytes);
+        }
     }
 
     /// The first 8 bytes of the digest; use [`DigestHasher::digest`] for the whole of it.
     fn finish(&self) -> u64 {
-        let d = self.0.finalize();
+        let d = self.digest();
         let mut first = [0u8; 8];
-        first.copy_from_slice(&d.as_bytes()[..8]);
+        first.copy_from_slice(&d.0[..8]);
         u64::from_le_bytes(first)
     }
 }
@@ -132,6 +155,25 @@ mod tests {
         assert_ne!(of("a", &("x", 1)), of("a", &("y", 1)));
         assert_ne!(of("a", &("x", 1)), of("b", &("x", 1)));
         assert_eq!(of("a", &("x", 1)).to_string().len(), 64);
+    }
+
+    #[test]
+    fn gathering_writes_into_blocks_changes_no_digest() {
+        // The same bytes, written in pieces of every size around the block, give the digest of
+        // the bytes written at once (BLAKE3 of the concatenation).
+        let data: Vec<u8> = (0..3 * DigestHasher::BLOCK + 7)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut whole = blake3::Hasher::new();
+        whole.update(&data);
+        let expected = Digest(*whole.finalize().as_bytes());
+        for piece in [1, 7, 1000, DigestHasher::BLOCK - 1, DigestHasher::BLOCK, 40_000] {
+            let mut h = DigestHasher::default();
+            for chunk in data.chunks(piece) {
+                h.write(chunk);
+            }
+            assert_eq!(h.digest(), expected, "pieces of {piece}");
+        }
     }
 
     #[test]

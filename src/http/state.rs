@@ -13,6 +13,10 @@ use std::{
     time::SystemTime,
 };
 
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use jiff::{SignedDuration, Timestamp};
+
 use crate::{
     digest::Digest,
     feed::{self, Selection},
@@ -20,9 +24,6 @@ use crate::{
     model::{Config, MeetingId},
     revision::StoredRevision,
 };
-use axum::http::HeaderValue;
-use bytes::Bytes;
-use jiff::{SignedDuration, Timestamp};
 
 /// One rendered feed with its precomputed response headers.
 #[derive(Clone, Debug)]
