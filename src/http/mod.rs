@@ -8,6 +8,7 @@
 
 pub mod agenda_pages;
 pub mod page;
+pub mod sendfile;
 pub mod server;
 pub mod state;
 

@@ -1,7 +1,8 @@
 //! The pre-rendered feeds, shared by every request and swapped whole on a config reload.
 //!
 //! Each feed is rendered once per load into [`Bytes`] with its header values computed, so a
-//! request only clones an `Arc` and a few reference-counted values. Last-Modified never moves
+//! request only clones an `Arc` and a few reference-counted values. Bodies of at least
+//! [`super::sendfile::SEAL_MIN_BYTES`] live in a sealed memfd, sent with `sendfile`. Last-Modified never moves
 //! backwards across reloads, and moves forward whenever a feed's bytes change.
 
 use std::{
@@ -139,7 +140,12 @@ fn render_feed(
     before: Option<&Feed>,
     now: Timestamp,
 ) -> Feed {
-    let body = Bytes::from(body);
+    // Big bodies go out with sendfile from a sealed memfd (super::sendfile).
+    let body = if body.len() >= super::sendfile::SEAL_MIN_BYTES {
+        super::sendfile::seal(body.into_bytes())
+    } else {
+        Bytes::from(body)
+    };
     let digest = Sha256::digest(&body);
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     let etag =
