@@ -19,7 +19,8 @@
 //!
 //! Where memfd or mmap is refused (a seccomp filter, no memory), [`seal`] logs one warning and
 //! returns the bytes on the heap: the feed is always served. [`sendfile_bytes`] counts what went
-//! out through `sendfile` (the `convenor_feed_bytes_sendfile_total` metric).
+//! out through `sendfile` and [`sealed_bodies`] the live mappings (the metrics
+//! `convenor_feed_sendfile_bytes_total` and `convenor_feed_sealed_bodies`).
 
 use std::{
     fs::File,
@@ -168,6 +169,11 @@ fn find_mapped(bufs: &[IoSlice<'_>]) -> Option<(usize, Arc<OwnedFd>, u64)> {
 /// Bytes sent with `sendfile` by every [`SendfileStream`] since the process started.
 pub fn sendfile_bytes() -> u64 {
     SENDFILE_BYTES.load(Ordering::Relaxed)
+}
+
+/// Feed bodies now held in sealed memfd mappings (0 with big feeds means the heap fallback).
+pub fn sealed_bodies() -> usize {
+    REGISTRY.read().unwrap_or_else(PoisonError::into_inner).len()
 }
 
 /// A [`TcpStream`] whose vectored writes send buffers from [`seal`]ed bodies with `sendfile`.
