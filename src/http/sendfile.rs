@@ -173,7 +173,10 @@ pub fn sendfile_bytes() -> u64 {
 
 /// Feed bodies now held in sealed memfd mappings (0 with big feeds means the heap fallback).
 pub fn sealed_bodies() -> usize {
-    REGISTRY.read().unwrap_or_else(PoisonError::into_inner).len()
+    REGISTRY
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len()
 }
 
 /// A [`TcpStream`] whose vectored writes send buffers from [`seal`]ed bodies with `sendfile`.
