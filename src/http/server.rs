@@ -102,6 +102,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // As nginx's `tcp_nodelay on`: the last, short segment of a body sent in pieces
+        // (sendfile on a full socket) must not wait for the client's delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
         let app = app.clone();
         let timeout = limits.request_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
