@@ -357,7 +357,7 @@ mod tests {
             assert!(n > 0, "closed after {} of {len} bytes", got.len());
             got.extend_from_slice(&buf[..n]);
             reads += 1;
-            if reads % 8 == 0 {
+            if reads.is_multiple_of(8) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
