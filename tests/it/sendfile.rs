@@ -12,13 +12,10 @@ use tokio::{
 use crate::{
     daemon::harness::Daemon,
     feed::parse_ics,
+    perf::generated,
     service::metrics,
     support::{binary, repo},
 };
-
-/// The benches' generated configs (benches/support).
-#[path = "../../benches/support/mod.rs"]
-mod generated;
 
 /// Meetings enough for a calendar feed (5.2 MB) larger than the kernel's largest socket send
 /// buffer, so `sendfile` sends it in pieces and resumes at offsets inside the mapping (a smaller
