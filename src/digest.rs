@@ -167,7 +167,14 @@ mod tests {
         let mut whole = blake3::Hasher::new();
         whole.update(&data);
         let expected = Digest(*whole.finalize().as_bytes());
-        for piece in [1, 7, 1000, DigestHasher::BLOCK - 1, DigestHasher::BLOCK, 40_000] {
+        for piece in [
+            1,
+            7,
+            1000,
+            DigestHasher::BLOCK - 1,
+            DigestHasher::BLOCK,
+            40_000,
+        ] {
             let mut h = DigestHasher::default();
             for chunk in data.chunks(piece) {
                 h.write(chunk);

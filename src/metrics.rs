@@ -2,8 +2,9 @@
 //!
 //! Mail counts come from the ledger at scrape time, so they survive restarts and always agree
 //! with `convenor plan`: a mail counted `sent` is a ledger row in state `sent`. Feed requests
-//! come from the per-feed atomics of [`crate::http::FeedHits`]; reloads from [`Counters`].
-//! [`render`] is pure over those inputs.
+//! come from the per-feed atomics of [`crate::http::FeedHits`]; reloads from [`Counters`]; bytes
+//! sent with `sendfile` and the sealed bodies from the process-wide counters of
+//! [`crate::http::sendfile`]. [`render`] is pure over those inputs.
 //!
 //! Written by hand: the format is a few lines of text per family, and the `prometheus` and
 //! `prometheus-client` crates would need a registry kept in step with the ledger. The
@@ -168,6 +169,20 @@ pub fn render(rows: &[LedgerRow], feeds: &Feeds, counters: &Counters) -> String 
         "counter",
         "Feed requests answered 304 Not Modified.",
         per_feed(true),
+    );
+    family(
+        &mut out,
+        "convenor_feed_sendfile_bytes_total",
+        "counter",
+        "Feed body bytes sent with sendfile from a sealed memfd (bodies of 64 KiB and more).",
+        [("", crate::http::sendfile::sendfile_bytes())],
+    );
+    family(
+        &mut out,
+        "convenor_feed_sealed_bodies",
+        "gauge",
+        "Feed bodies held in sealed memfds for sendfile; 0 with big feeds means memfd was refused.",
+        [("", crate::http::sendfile::sealed_bodies())],
     );
     family(
         &mut out,

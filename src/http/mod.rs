@@ -9,6 +9,7 @@
 pub mod agenda_pages;
 pub mod feed_cache;
 pub mod page;
+pub mod sendfile;
 pub mod server;
 pub mod state;
 

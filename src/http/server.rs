@@ -14,6 +14,9 @@
 //!   semaphore permit before accepting, so further clients wait in the kernel's backlog until a
 //!   slot frees (a trickling client frees its slot at the header timeout at the latest).
 //!
+//! Each connection is a [`SendfileStream`]: feed bodies sealed into a memfd go out with
+//! `sendfile` (see [`super::sendfile`]).
+//!
 //! Shutdown: the listener closes, idle connections close, requests in flight finish (bounded by
 //! the request timeout plus a second, after which the remaining connections are dropped).
 
@@ -32,6 +35,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::ServiceExt as _;
 
+use super::sendfile::SendfileStream;
 use crate::model::HttpSettings;
 
 /// The cap on a request's line and headers together (hyper's smallest allowed buffer is 8 KiB;
@@ -98,13 +102,19 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // As nginx's `tcp_nodelay on`: the last, short segment of a body sent in pieces
+        // (sendfile on a full socket) must not wait for the client's delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
         let app = app.clone();
         let timeout = limits.request_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(respond(app, req, timeout).await) }
         });
-        let conn = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful
+            .watch(http1.serve_connection(TokioIo::new(SendfileStream::new(stream)), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 // Header time-outs, resets and malformed requests: the client's business.

@@ -1,7 +1,8 @@
 //! The pre-rendered feeds, shared by every request and swapped whole on a config reload.
 //!
 //! Each feed is rendered once per load into [`Bytes`] with its header values computed, so a
-//! request only clones an `Arc` and a few reference-counted values. Last-Modified never moves
+//! request only clones an `Arc` and a few reference-counted values. Bodies of at least
+//! [`super::sendfile::SEAL_MIN_BYTES`] live in a sealed memfd, sent with `sendfile`. Last-Modified never moves
 //! backwards across reloads, and moves forward whenever a feed's bytes change.
 
 use std::{
@@ -231,6 +232,13 @@ fn render_feed(
     before: Option<&Feed>,
     now: Timestamp,
 ) -> Feed {
+    // Big bodies go out with sendfile from a sealed memfd (super::sendfile), whether rendered
+    // now or read from the feed cache.
+    let body = if body.len() >= super::sendfile::SEAL_MIN_BYTES {
+        super::sendfile::seal(body)
+    } else {
+        body
+    };
     let hex: String = hash.as_bytes()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -240,7 +248,7 @@ fn render_feed(
     let mut modified = whole_seconds(feed::last_change(config, revisions, selection));
     if let Some(prev) = before {
         modified = modified.max(prev.last_modified);
-        if prev.body != body && modified <= prev.last_modified {
+        if prev.hash != hash && modified <= prev.last_modified {
             let next = prev
                 .last_modified
                 .checked_add(SignedDuration::from_secs(1))

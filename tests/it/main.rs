@@ -10,5 +10,6 @@ mod mail;
 mod perf;
 mod restart;
 mod scheduler;
+mod sendfile;
 mod service;
 mod support;

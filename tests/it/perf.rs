@@ -14,7 +14,7 @@ use crate::support::write_config;
 
 /// The benches' generated configs (benches/support).
 #[path = "../../benches/support/mod.rs"]
-mod generated;
+pub(crate) mod generated;
 
 fn generated_config(n: usize) -> convenor::model::Config {
     generated::config(n, &generated::Overrides::default())

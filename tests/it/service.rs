@@ -104,7 +104,7 @@ async fn healthz(addr: &str) -> (u16, Value) {
 }
 
 /// `/metrics` parsed by Python's prometheus_client: (name, labels) -> value.
-async fn metrics(addr: &str) -> Vec<(String, Value, f64)> {
+pub(crate) async fn metrics(addr: &str) -> Vec<(String, Value, f64)> {
     let (status, text) = get(&format!("http://{addr}/metrics")).await;
     assert_eq!(status, 200, "{text}");
     let out = run_tool("prom_parse.py", &[], text.as_bytes());

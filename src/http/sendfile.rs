@@ -1,0 +1,488 @@
+//! Big feed bodies sent with `sendfile(2)` from a sealed memfd, as nginx sends files.
+//!
+//! Why: a body written with `writev` from our heap is copied by the kernel into fresh socket
+//! buffer pages on every response, and a client on another CPU then reads cache lines that are
+//! dirty in the server's cache. `sendfile` from a memfd hands the socket references to the same
+//! page-cache pages every time: no copy on the server, clean lines for the client. On the 517 KB
+//! feed at 256 connections this is the difference between 0.7x and ~1x nginx (BENCHMARKS.md).
+//!
+//! How:
+//! - [`seal`] writes a rendered body into a memfd, seals it against any change
+//!   (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL`), maps it read-only, and returns
+//!   a [`Bytes`] that points into the mapping. The mapping is recorded in a process-wide
+//!   registry (base address, length, memfd) until the last `Bytes` handle to it is dropped.
+//! - [`SendfileStream`] wraps each accepted [`TcpStream`]. When hyper writes a buffer that lies
+//!   inside a registered mapping, it is sent with `sendfile(socket, memfd, offset, len)`; any
+//!   other buffer goes out with the usual `writev`. Headers followed by a mapped body in the same
+//!   write are sent with `MSG_MORE` first, so they leave in the same segment as the body's start
+//!   (what nginx does with `TCP_CORK`); headers alone (HEAD, 304) are never corked.
+//!
+//! Where memfd or mmap is refused (a seccomp filter, no memory), [`seal`] logs one warning and
+//! returns the bytes on the heap: the feed is always served. [`sendfile_bytes`] counts what went
+//! out through `sendfile` and [`sealed_bodies`] the live mappings (the metrics
+//! `convenor_feed_sendfile_bytes_total` and `convenor_feed_sealed_bodies`).
+
+use std::{
+    fs::File,
+    io::{self, IoSlice, Write as _},
+    os::fd::{AsFd as _, OwnedFd},
+    pin::Pin,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use rustix::{
+    fs::{MemfdFlags, SealFlags},
+    net::{SendAncillaryBuffer, SendFlags},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
+    net::TcpStream,
+};
+
+/// Bodies of at least this many bytes are sealed into a memfd by the feed state. Below it one
+/// `writev` of headers and body is as cheap (the shipped 7 KB feed measured no better with
+/// `sendfile`; BENCHMARKS.md).
+pub const SEAL_MIN_BYTES: usize = 64 * 1024;
+
+/// Bytes sent with `sendfile` since start.
+static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the fallback warning was logged (once per process).
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The live mappings. A handful at most (a few feeds, old and new during a reload), so a lookup
+/// is a read lock and a scan, with no allocation.
+static REGISTRY: RwLock<Vec<Entry>> = RwLock::new(Vec::new());
+
+/// One live mapping in [`REGISTRY`].
+struct Entry {
+    base: usize,
+    len: usize,
+    fd: Arc<OwnedFd>,
+}
+
+/// The owner behind a sealed [`Bytes`]: the read-only mapping of a sealed memfd.
+struct Sealed {
+    map: memmap2::Mmap,
+}
+
+impl AsRef<[u8]> for Sealed {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for Sealed {
+    fn drop(&mut self) {
+        // Out of the registry before the mapping goes (the fields drop after this body): an
+        // address found in the registry is always mapped by the entry's memfd.
+        let base = self.map.as_ptr() as usize;
+        REGISTRY
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|e| e.base != base);
+    }
+}
+
+/// Returns `body` as [`Bytes`] backed by a sealed, read-only memfd mapping that
+/// [`SendfileStream`] sends with `sendfile`; or, when that cannot be set up (or `body` is
+/// empty), the same bytes on the heap, after one warning per process.
+pub fn seal(body: impl Into<Bytes>) -> Bytes {
+    let body: Bytes = body.into();
+    if body.is_empty() {
+        return Bytes::new();
+    }
+    match map_sealed(&body) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cannot put a feed into a sealed memfd ({e}); serving feeds from the heap \
+                     with writev instead of sendfile"
+                );
+            }
+            body
+        }
+    }
+}
+
+fn map_sealed(body: &[u8]) -> io::Result<Bytes> {
+    let fd = rustix::fs::memfd_create(
+        "convenor-feed",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut file = File::from(fd);
+    file.write_all(body)?;
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )?;
+    // SAFETY: mapping a file is unsound only if the file can change while mapped. This memfd is
+    // sealed against shrinking, growing and writing, and the seals themselves are sealed: no
+    // process (not even one holding the fd) can change its bytes or its length from now on, so
+    // the read-only mapping stays valid, immutable memory for its whole life.
+    let map = unsafe { memmap2::MmapOptions::new().len(body.len()).map(&file)? };
+    if map.len() != body.len() {
+        return Err(io::Error::other("the mapping has the wrong length"));
+    }
+    let entry = Entry {
+        base: map.as_ptr() as usize,
+        len: map.len(),
+        fd: Arc::new(OwnedFd::from(file)),
+    };
+    REGISTRY
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(entry);
+    Ok(Bytes::from_owner(Sealed { map }))
+}
+
+/// The memfd and offset of `buf` when it lies wholly inside a registered mapping.
+#[cfg(test)]
+fn lookup(buf: &[u8]) -> Option<(Arc<OwnedFd>, u64)> {
+    find_mapped(&[IoSlice::new(buf)]).map(|(_, fd, offset)| (fd, offset))
+}
+
+/// The first non-empty buffer of `bufs` that lies wholly inside a registered mapping: its
+/// index, the mapping's memfd and the buffer's offset in it. One read lock for all of them.
+fn find_mapped(bufs: &[IoSlice<'_>]) -> Option<(usize, Arc<OwnedFd>, u64)> {
+    let registry = REGISTRY.read().unwrap_or_else(PoisonError::into_inner);
+    if registry.is_empty() {
+        return None;
+    }
+    bufs.iter().enumerate().find_map(|(i, buf)| {
+        let start = buf.as_ptr() as usize;
+        let end = start.checked_add(buf.len())?;
+        let e = registry
+            .iter()
+            .find(|e| !buf.is_empty() && start >= e.base && end <= e.base + e.len)?;
+        // The caller borrows `buf`, so the mapping it lies in (this entry's: entries leave the
+        // registry before their mapping is unmapped) stays alive at least as long as the borrow.
+        Some((i, Arc::clone(&e.fd), (start - e.base) as u64))
+    })
+}
+
+/// Bytes sent with `sendfile` by every [`SendfileStream`] since the process started.
+pub fn sendfile_bytes() -> u64 {
+    SENDFILE_BYTES.load(Ordering::Relaxed)
+}
+
+/// Feed bodies now held in sealed memfd mappings (0 with big feeds means the heap fallback).
+pub fn sealed_bodies() -> usize {
+    REGISTRY
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len()
+}
+
+/// A [`TcpStream`] whose vectored writes send buffers from [`seal`]ed bodies with `sendfile`.
+/// Reads, flush and shutdown are the stream's own.
+#[derive(Debug)]
+pub struct SendfileStream {
+    inner: TcpStream,
+}
+
+impl SendfileStream {
+    /// Wraps an accepted connection.
+    pub fn new(inner: TcpStream) -> Self {
+        Self { inner }
+    }
+
+    /// One attempt at a write, the socket being reported writable: the `plain` buffers (none
+    /// of them mapped) with `MSG_MORE`, then `body`, which lies at `offset` in the memfd `fd`,
+    /// with `sendfile`. Returns what was written, even when the second step fails.
+    fn write_once(
+        &self,
+        plain: &[IoSlice<'_>],
+        body: &[u8],
+        fd: &OwnedFd,
+        mut offset: u64,
+    ) -> io::Result<usize> {
+        let socket = self.inner.as_fd();
+        let mut sent = 0;
+        if !plain.is_empty() {
+            let wanted: usize = plain.iter().map(|b| b.len()).sum();
+            // Corked because the body follows in this very call, which sends it (sendfile's
+            // last piece goes out without MORE, pushing the segment).
+            let flags = SendFlags::MORE | SendFlags::NOSIGNAL;
+            sent = rustix::net::sendmsg(socket, plain, &mut SendAncillaryBuffer::default(), flags)?;
+            if sent < wanted {
+                return Ok(sent);
+            }
+        }
+        match rustix::fs::sendfile(socket, fd, Some(&mut offset), body.len()) {
+            Ok(n) => {
+                SENDFILE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(sent + n)
+            }
+            // What was already written counts; the error comes back on the next call.
+            Err(_) if sent > 0 => Ok(sent),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl AsyncRead for SendfileStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendfileStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let first = bufs
+            .iter()
+            .position(|b| !b.is_empty())
+            .unwrap_or(bufs.len());
+        let bufs = &bufs[first..];
+        // The leading run of buffers outside any mapping, and the mapped one after it.
+        let Some((plain, fd, offset)) = find_mapped(bufs) else {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        };
+        let body: &[u8] = &bufs[plain];
+        loop {
+            ready!(this.inner.poll_write_ready(cx))?;
+            let attempt = this.inner.try_io(Interest::WRITABLE, || {
+                this.write_once(&bufs[..plain], body, &fd, offset)
+            });
+            match attempt {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, time::Duration};
+
+    use tokio::{
+        io::AsyncReadExt as _,
+        net::{TcpListener, TcpSocket},
+    };
+
+    use super::*;
+
+    /// A body that differs at every offset (so a wrong offset shows).
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+            .collect()
+    }
+
+    /// A connected loopback pair: (the wrapped sender with a small send buffer, the receiver).
+    async fn pair() -> (SendfileStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_send_buffer_size(16 * 1024).expect("sndbuf");
+        let (connected, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().expect("addr")),
+            listener.accept()
+        );
+        let receiver = accepted.expect("accept").0;
+        // A small receive buffer too, so a slow reader holds the sender back.
+        rustix::net::sockopt::set_socket_recv_buffer_size(&receiver, 16 * 1024).expect("rcvbuf");
+        (SendfileStream::new(connected.expect("connect")), receiver)
+    }
+
+    /// Writes `chunks` through the wrapper the way hyper does: vectored writes of what is left,
+    /// advancing by what each write took. Returns how often a write had to wait.
+    async fn send_all(stream: &mut SendfileStream, chunks: &[Bytes]) -> usize {
+        let mut chunks: Vec<Bytes> = chunks.to_vec();
+        let mut waits = 0;
+        while chunks.iter().any(|c| !c.is_empty()) {
+            let n = poll_fn(|cx| {
+                let slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+                let polled = Pin::new(&mut *stream).poll_write_vectored(cx, &slices);
+                if polled.is_pending() {
+                    waits += 1;
+                }
+                polled
+            })
+            .await
+            .expect("write");
+            assert!(n > 0, "a write took nothing");
+            let mut left = n;
+            for c in &mut chunks {
+                let take = left.min(c.len());
+                let _ = c.split_to(take);
+                left -= take;
+            }
+        }
+        waits
+    }
+
+    /// Reads `len` bytes in small pieces with pauses.
+    async fn read_slowly(mut stream: TcpStream, len: usize) -> Vec<u8> {
+        let mut got = Vec::with_capacity(len);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut reads = 0u32;
+        while got.len() < len {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {} of {len} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            reads += 1;
+            if reads.is_multiple_of(8) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_sealed_body_holds_the_input_and_is_registered() {
+        let input = pattern(200_000);
+        let body = seal(input.clone());
+        assert_eq!(body.as_ref(), input.as_slice());
+        assert!(lookup(&body).is_some(), "not registered");
+        assert_eq!(lookup(&body[1000..2000]).expect("registered").1, 1000);
+        assert!(lookup(&input).is_none(), "heap bytes are not mapped");
+        assert!(seal(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn the_seals_refuse_any_change() {
+        let body = seal(pattern(100_000));
+        let (fd, _) = lookup(&body).expect("registered");
+        let err = |r: rustix::io::Result<()>| r.expect_err("a sealed memfd changed");
+        assert_eq!(
+            rustix::io::write(&*fd, b"x").expect_err("write"),
+            rustix::io::Errno::PERM
+        );
+        assert_eq!(
+            rustix::io::pwrite(&*fd, b"x", 0).expect_err("pwrite"),
+            rustix::io::Errno::PERM
+        );
+        assert_eq!(
+            err(rustix::fs::ftruncate(&*fd, 10)),
+            rustix::io::Errno::PERM
+        );
+        assert_eq!(
+            err(rustix::fs::ftruncate(&*fd, 200_000)),
+            rustix::io::Errno::PERM
+        );
+        assert_eq!(
+            err(rustix::fs::fcntl_add_seals(&*fd, SealFlags::FUTURE_WRITE)),
+            rustix::io::Errno::PERM
+        );
+        assert!(
+            rustix::fs::fcntl_get_seals(&*fd)
+                .expect("seals")
+                .contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL)
+        );
+        // A writable shared mapping is refused too (F_SEAL_WRITE).
+        let file = File::from(fd.try_clone().expect("dup"));
+        // SAFETY: the mapping is expected to fail; if it did not, it is dropped unused.
+        let writable = unsafe { memmap2::MmapOptions::new().map_mut(&file) };
+        assert!(writable.is_err(), "a writable mapping of a sealed memfd");
+    }
+
+    #[test]
+    fn the_registry_entry_goes_with_the_last_handle() {
+        let body = seal(pattern(70_000));
+        let copy = body.slice(10..20);
+        let (ptr, len) = (body.as_ptr() as usize, body.len());
+        let registered = |ptr: usize| {
+            REGISTRY
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|e| e.base == ptr && e.len == len)
+        };
+        drop(body);
+        assert!(registered(ptr), "a slice still holds the mapping");
+        drop(copy);
+        assert!(!registered(ptr), "entry left after the last handle");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_body_goes_out_whole_through_sendfile_to_a_slow_reader() {
+        let input = pattern(6 * 1024 * 1024 + 123);
+        let body = seal(input.clone());
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 6291579\r\n\r\n");
+        let before = sendfile_bytes();
+        let (mut tx, rx) = pair().await;
+        let reader = tokio::spawn(read_slowly(rx, head.len() + input.len()));
+        let waits = send_all(&mut tx, &[head.clone(), body]).await;
+        let got = reader.await.expect("reader");
+        assert_eq!(&got[..head.len()], &head[..]);
+        assert!(got[head.len()..] == input[..], "the body differs");
+        assert!(
+            waits > 0,
+            "the writer never had to wait: no EAGAIN exercised"
+        );
+        assert!(sendfile_bytes() - before >= input.len() as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slice_from_the_middle_sends_its_own_bytes() {
+        let input = pattern(300_000);
+        let body = seal(input.clone());
+        let middle = body.slice(123_457..200_001);
+        let before = sendfile_bytes();
+        let (mut tx, rx) = pair().await;
+        let reader = tokio::spawn(read_slowly(rx, middle.len() + 5));
+        send_all(&mut tx, &[Bytes::from_static(b"head:"), middle]).await;
+        let got = reader.await.expect("reader");
+        assert_eq!(&got[..5], b"head:");
+        assert!(got[5..] == input[123_457..200_001], "wrong bytes");
+        assert!(sendfile_bytes() - before >= (200_001 - 123_457) as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heap_buffers_go_out_with_writev() {
+        let input = pattern(2 * 1024 * 1024);
+        let heap = Bytes::from(input.clone());
+        assert!(lookup(&heap).is_none());
+        let (mut tx, rx) = pair().await;
+        let reader = tokio::spawn(read_slowly(rx, input.len() + 3));
+        let waits = send_all(&mut tx, &[Bytes::from_static(b"abc"), heap]).await;
+        let got = reader.await.expect("reader");
+        assert_eq!(&got[..3], b"abc");
+        assert!(got[3..] == input[..]);
+        assert!(waits > 0);
+        // Shutdown and flush are the stream's own.
+        poll_fn(|cx| Pin::new(&mut tx).poll_flush(cx))
+            .await
+            .expect("flush");
+        poll_fn(|cx| Pin::new(&mut tx).poll_shutdown(cx))
+            .await
+            .expect("shutdown");
+    }
+}
