@@ -119,10 +119,12 @@ impl Cli {
 /// Runs the parsed command line and returns the process's exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config_path();
+    let loading = std::time::Instant::now();
     let mut loaded = match config::load(&path, &Environment::from_process()) {
         Ok(loaded) => loaded,
         Err(err) => return Ok(report_config_error(&err)),
     };
+    let config_load = loading.elapsed();
     // `serve` compiles the agenda itself, under the store it keeps open.
     if !matches!(cli.command, Command::Serve { .. }) {
         agenda::attach_stored(&mut loaded.config)?;
@@ -141,7 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eml,
         } => preview(&loaded, &meeting, &email, recipient.as_deref(), eml),
         Command::SendTest { to } => send_test(&loaded, &to),
-        Command::Serve { listen } => serve(loaded, path, listen),
+        Command::Serve { listen } => serve(loaded, path, listen, config_load),
         Command::Release { meeting, email } => release(&loaded, meeting, email),
         Command::Agenda { command } => agenda::run(&loaded, command),
     }
@@ -369,11 +371,13 @@ fn serve(
     loaded: Loaded,
     config_path: PathBuf,
     listen: Option<std::net::SocketAddr>,
+    config_load: std::time::Duration,
 ) -> anyhow::Result<ExitCode> {
     let opts = daemon::ServeOptions {
         config_path,
         env: Environment::from_process(),
         listen,
+        config_load,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match runtime.block_on(daemon::run(opts, loaded.config, daemon::terminate_signal())) {

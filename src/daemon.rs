@@ -57,6 +57,8 @@ pub struct ServeOptions {
     pub env: Environment,
     /// Listen here instead of `[http] listen`.
     pub listen: Option<SocketAddr>,
+    /// How long reading and validating the config took (shown in the READY log line).
+    pub config_load: Duration,
 }
 
 /// Why the service could not start.
@@ -302,8 +304,9 @@ pub async fn run(
     // Config valid, ledger open, sockets bound: ready (before the loop's first WATCHDOG=1).
     notify::ready();
     tracing::info!(
-        "ready {} ms after the config was loaded ({})",
-        started.elapsed().as_millis(),
+        "ready {} ms after start (config {:.1} ms, {})",
+        (opts.config_load + started.elapsed()).as_millis(),
+        opts.config_load.as_secs_f64() * 1000.0,
         phases.laps.join(", ")
     );
     if !feeds_cached {

@@ -49,17 +49,19 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
 
 /// The cached bodies in `state_dir` if they were stored under `key` and are intact: `count`
 /// bodies, each matching its stored BLAKE3. Otherwise `None` (logged at debug: a missing or
-/// stale cache is normal, a damaged one is rendered over).
+/// stale cache is normal, a damaged one is rendered over). Bodies of
+/// [`super::sendfile::SEAL_MIN_BYTES`] and more go from the file into sealed memfds by the
+/// kernel, never through the heap; the hash is checked on the sealed copy, the one served.
 pub fn load(state_dir: &Path, key: &Digest, count: usize) -> Option<Vec<HashedBody>> {
     let path = path_in(state_dir);
-    let data = match std::fs::read(&path) {
-        Ok(data) => Bytes::from(data),
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
         Err(e) => {
             tracing::debug!("no feed cache at {}: {e}", path.display());
             return None;
         }
     };
-    match parse(&data, key, count) {
+    match read(&file, key, count) {
         Ok(bodies) => Some(bodies),
         Err(why) => {
             tracing::debug!("feed cache {} not used: {why}", path.display());
@@ -68,46 +70,74 @@ pub fn load(state_dir: &Path, key: &Digest, count: usize) -> Option<Vec<HashedBo
     }
 }
 
-fn parse(data: &Bytes, key: &Digest, count: usize) -> Result<Vec<HashedBody>, &'static str> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Result<Bytes, &'static str> {
-        let end = at
-            .checked_add(n)
-            .filter(|&e| e <= data.len())
-            .ok_or("truncated")?;
-        let part = data.slice(at..end);
-        at = end;
-        Ok(part)
-    };
-    if take(MAGIC.len())?.as_ref() != MAGIC {
-        return Err("not a feed cache of this version");
+fn read(file: &std::fs::File, key: &Digest, count: usize) -> Result<Vec<HashedBody>, String> {
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut at = 0u64;
+    let mut take = |n: usize| take_at(file, &mut at, n);
+    if take(MAGIC.len())? != MAGIC {
+        return Err("not a feed cache of this version".into());
     }
-    if take(32)?.as_ref() != key.0 {
-        return Err("rendered from another config, revisions or build");
+    if take(32)? != key.0 {
+        return Err("rendered from another config, revisions or build".into());
     }
     let n = u32::from_le_bytes(fixed(&take(4)?)?);
     if usize::try_from(n).ok() != Some(count) {
-        return Err("another number of feeds");
+        return Err("another number of feeds".into());
     }
     let mut bodies = Vec::with_capacity(count);
     for _ in 0..count {
-        let len = usize::try_from(u64::from_le_bytes(fixed(&take(8)?)?)).map_err(|_| "too long")?;
-        let hash = take(32)?;
-        let body = take(len)?;
+        let len = u64::from_le_bytes(fixed(&take_at(file, &mut at, 8)?)?);
+        let stored: [u8; 32] = fixed(&take_at(file, &mut at, 32)?)?;
+        let len = usize::try_from(len).map_err(|_| "too long")?;
+        let body = take_body(file, &mut at, len, size)?;
         let body = HashedBody::new(body);
-        if body.hash.as_bytes() != hash.as_ref() {
-            return Err("a body does not match its hash");
+        if body.hash.as_bytes() != &stored {
+            return Err("a body does not match its hash".into());
         }
         bodies.push(body);
     }
-    if take(1).is_ok() {
-        return Err("trailing bytes");
+    if at != size {
+        return Err("trailing bytes".into());
     }
     Ok(bodies)
 }
 
-fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], &'static str> {
-    bytes.try_into().map_err(|_| "truncated")
+/// `n` bytes of `file` at `*at`, moving `*at` past them.
+fn take_at(file: &std::fs::File, at: &mut u64, n: usize) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, *at)
+        .map_err(|e| format!("truncated ({e})"))?;
+    *at += n as u64;
+    Ok(buf)
+}
+
+/// A body of `len` bytes at `*at` (the file being `size` bytes long), moving `*at` past it: a
+/// big one sealed straight from the file ([`super::sendfile::seal_from_file`]), a small one
+/// read.
+fn take_body(file: &std::fs::File, at: &mut u64, len: usize, size: u64) -> Result<Bytes, String> {
+    let end = at
+        .checked_add(len as u64)
+        .filter(|&e| e <= size)
+        .ok_or("truncated")?;
+    if len < super::sendfile::SEAL_MIN_BYTES {
+        return take_at(file, at, len).map(Bytes::from);
+    }
+    match super::sendfile::seal_from_file(file, *at, len) {
+        Ok(body) => {
+            *at = end;
+            Ok(body)
+        }
+        // No memfd here (a seccomp filter): read it; the feed state serves it from the heap.
+        Err(e) => {
+            tracing::debug!("feed cache: cannot seal a body straight from the file ({e})");
+            take_at(file, at, len).map(Bytes::from)
+        }
+    }
+}
+
+fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], String> {
+    bytes.try_into().map_err(|_| "truncated".to_owned())
 }
 
 /// Stores `bodies` under `key` in `state_dir`: written to a temporary file, then renamed over
@@ -154,7 +184,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(load(dir.path(), &key(1), 3), None, "nothing stored yet");
         store(dir.path(), &key(1), &bodies()).expect("store");
-        assert_eq!(load(dir.path(), &key(1), 3), Some(bodies()));
+        let loaded = load(dir.path(), &key(1), 3).expect("loaded");
+        assert_eq!(loaded, bodies());
+        // The big body went from the file into a sealed memfd; the small ones were read.
+        assert!(crate::http::sendfile::is_sealed(&loaded[2].body));
+        assert!(!crate::http::sendfile::is_sealed(&loaded[0].body));
         assert_eq!(load(dir.path(), &key(2), 3), None, "another key");
         assert_eq!(
             load(dir.path(), &key(1), 2),

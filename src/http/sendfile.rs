@@ -112,12 +112,45 @@ pub fn seal(body: impl Into<Bytes>) -> Bytes {
 }
 
 fn map_sealed(body: &[u8]) -> io::Result<Bytes> {
+    let mut file = new_memfd()?;
+    file.write_all(body)?;
+    seal_and_map(file, body.len())
+}
+
+/// `len` bytes of `file` from `offset`, copied by the kernel (`sendfile` into a memfd: no pass
+/// through our memory) into a sealed memfd mapping as [`seal`] makes them. For the feed cache,
+/// whose bodies go from its file to the socket without being read into the heap first. On any
+/// failure (short file, a refused syscall) the error is returned and nothing is registered.
+pub fn seal_from_file(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let memfd = new_memfd()?;
+    let mut at = offset;
+    let mut copied = 0;
+    while copied < len {
+        let n = rustix::fs::sendfile(&memfd, file, Some(&mut at), len - copied)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file ended before the body",
+            ));
+        }
+        copied += n;
+    }
+    seal_and_map(memfd, len)
+}
+
+fn new_memfd() -> io::Result<File> {
     let fd = rustix::fs::memfd_create(
         "convenor-feed",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )?;
-    let mut file = File::from(fd);
-    file.write_all(body)?;
+    Ok(File::from(fd))
+}
+
+/// Seals `file` (holding exactly `len` bytes), maps it read-only and registers the mapping.
+fn seal_and_map(file: File, len: usize) -> io::Result<Bytes> {
     rustix::fs::fcntl_add_seals(
         &file,
         SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
@@ -126,8 +159,8 @@ fn map_sealed(body: &[u8]) -> io::Result<Bytes> {
     // sealed against shrinking, growing and writing, and the seals themselves are sealed: no
     // process (not even one holding the fd) can change its bytes or its length from now on, so
     // the read-only mapping stays valid, immutable memory for its whole life.
-    let map = unsafe { memmap2::MmapOptions::new().len(body.len()).map(&file)? };
-    if map.len() != body.len() {
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file)? };
+    if map.len() != len || file.metadata()?.len() != len as u64 {
         return Err(io::Error::other("the mapping has the wrong length"));
     }
     let entry = Entry {
@@ -140,6 +173,11 @@ fn map_sealed(body: &[u8]) -> io::Result<Bytes> {
         .unwrap_or_else(PoisonError::into_inner)
         .push(entry);
     Ok(Bytes::from_owner(Sealed { map }))
+}
+
+/// True when `bytes` lies wholly inside a sealed mapping (so [`seal`] would only copy it).
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    find_mapped(&[IoSlice::new(bytes)]).is_some()
 }
 
 /// The memfd and offset of `buf` when it lies wholly inside a registered mapping.

@@ -234,11 +234,12 @@ fn render_feed(
 ) -> Feed {
     // Big bodies go out with sendfile from a sealed memfd (super::sendfile), whether rendered
     // now or read from the feed cache.
-    let body = if body.len() >= super::sendfile::SEAL_MIN_BYTES {
-        super::sendfile::seal(body)
-    } else {
-        body
-    };
+    let body =
+        if body.len() >= super::sendfile::SEAL_MIN_BYTES && !super::sendfile::is_sealed(&body) {
+            super::sendfile::seal(body)
+        } else {
+            body
+        };
     let hex: String = hash.as_bytes()[..16]
         .iter()
         .map(|b| format!("{b:02x}"))
