@@ -262,7 +262,11 @@ done
 say "mail: 2,000 distinct messages through mail::Transport (plaintext SMTP) to smtp-sink"
 taskset -c "$CCPU" /usr/sbin/smtp-sink -u postfix "127.0.0.1:$PORT_SMTP" 256 &
 PIDS+=("$!")
-sleep 0.3
+# Wait until smtp-sink accepts (a fixed sleep lost the race under load: refused connections).
+for _ in $(seq 1 200); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT_SMTP") 2>/dev/null && break
+  sleep 0.05
+done
 taskset -c "$SCPU" "$TOOL" smtp --port "$PORT_SMTP" --count 2000 --concurrency 1
 taskset -c "$SCPU" "$TOOL" smtp --port "$PORT_SMTP" --count 2000 --concurrency 4
 
