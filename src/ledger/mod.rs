@@ -284,7 +284,7 @@ pub trait Store: Send {
     fn rows(&self) -> Result<Vec<LedgerRow>, LedgerError>;
 
     /// The `pending` rows due at `now` (`due <= now`), ordered like [`Store::rows`]: every row
-    /// [`crate::scheduler::decide`] can act on at `now`. The default filters [`Store::rows`]; a
+    /// [`crate::scheduler::decide()`] can act on at `now`. The default filters [`Store::rows`]; a
     /// store with an index answers without reading the others (the scheduler asks every pass).
     fn due_rows(&self, now: Timestamp) -> Result<Vec<LedgerRow>, LedgerError> {
         Ok(self
