@@ -11,6 +11,8 @@
 # server's CPU per request, then the req/s ratio. Only 127.0.0.1 is contacted; everything
 # started here is stopped on exit. Needs wrk, nginx-light and curl (bench/run.sh installs them).
 set -euo pipefail
+# shellcheck source=bench/nginx.sh
+. "$(dirname "$0")/nginx.sh"
 BIN=$(realpath "$1")
 CONFIG=$(realpath "$2")
 CONNS=${3:-256}
@@ -20,7 +22,7 @@ PORT_NGINX=18581
 
 WORK=$(mktemp -d /tmp/convenor-pair.XXXXXX)
 chmod 755 "$WORK"
-mkdir -p "$WORK/www" "$WORK/state" "$WORK/nginx-tmp"
+mkdir -p "$WORK/www" "$WORK/state"
 PIDS=()
 cleanup() {
   local p
@@ -40,23 +42,7 @@ for _ in $(seq 1 200); do
 done
 [ -s "$WORK/www/calendar.ics" ] || { cat "$WORK/convenor.log" >&2; exit 1; }
 
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
-  keepalive_timeout 65; keepalive_requests 10000000;
-  open_file_cache max=16 inactive=600s; open_file_cache_valid 600s;
-  client_body_temp_path $WORK/nginx-tmp/body; proxy_temp_path $WORK/nginx-tmp/proxy;
-  fastcgi_temp_path $WORK/nginx-tmp/fastcgi; uwsgi_temp_path $WORK/nginx-tmp/uwsgi;
-  scgi_temp_path $WORK/nginx-tmp/scgi;
-  types { } default_type "text/calendar; charset=utf-8";
-  server { listen 127.0.0.1:$PORT_NGINX; root $WORK/www;
-           add_header Cache-Control "max-age=3600, no-transform"; }
-}
-EOF
+write_nginx_conf "$WORK" "$PORT_NGINX:$WORK/www"
 taskset -c 1 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 NPID=$!
 PIDS+=("$NPID")

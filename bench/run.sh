@@ -15,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/nginx.sh
+. bench/nginx.sh
 SECS=${BENCH_SECONDS:-5}
 SCPU=${BENCH_SERVER_CPU:-1}
 CCPU=${BENCH_CLIENT_CPU:-0}
@@ -150,34 +152,8 @@ stop_convenor() {
 
 # --- 2. nginx -----------------------------------------------------------------------------------
 say "nginx: one worker, pinned to CPU $SCPU"
-mkdir -p "$WORK/nginx-tmp" "$WORK/www-shipped" "$WORK/www-500"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  tcp_nodelay on;
-  keepalive_timeout 65;
-  keepalive_requests 10000000;
-  open_file_cache max=16 inactive=600s;
-  open_file_cache_valid 600s;
-  client_body_temp_path $WORK/nginx-tmp/body;
-  proxy_temp_path $WORK/nginx-tmp/proxy;
-  fastcgi_temp_path $WORK/nginx-tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx-tmp/uwsgi;
-  scgi_temp_path $WORK/nginx-tmp/scgi;
-  types { }
-  default_type "text/calendar; charset=utf-8";
-  server { listen 127.0.0.1:$PORT_NGINX; root $WORK/www-shipped;
-           add_header Cache-Control "max-age=3600, no-transform"; }
-  server { listen 127.0.0.1:$((PORT_NGINX + 1)); root $WORK/www-500;
-           add_header Cache-Control "max-age=3600, no-transform"; }
-}
-EOF
+mkdir -p "$WORK/www-shipped" "$WORK/www-500"
+write_nginx_conf "$WORK" "$PORT_NGINX:$WORK/www-shipped" "$((PORT_NGINX + 1)):$WORK/www-500"
 taskset -c "$SCPU" nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 NPID=$!
 PIDS+=("$NPID")
