@@ -172,3 +172,64 @@ fn a_restart_serves_cached_feeds_only_when_they_are_the_feeds_of_this_config() {
     assert!(!from_cache(&log5), "{log5}");
     assert_eq!((&fresh, &fresh_etag), (&after_move, &moved_etag));
 }
+
+/// A reload renders the new feeds and stores them in the cache, and its reconciliation stamps
+/// the ledger: the restart after it is a warm one, serving what the reload served.
+#[test]
+fn a_restart_after_a_reload_starts_from_what_the_reload_rendered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
+    let config = write_config(dir.path(), &original);
+
+    let mut daemon = Daemon::spawn(&config, &log);
+    let addr = daemon.wait_ready();
+    let fetch = || {
+        let r = reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
+            .and_then(|r| r.error_for_status())
+            .expect("GET /calendar.ics");
+        let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+        (r.text().expect("body"), etag)
+    };
+    let (before, _) = fetch();
+    write_config(dir.path(), &moved);
+    daemon.signal("HUP");
+    wait_for(
+        "the reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    let (reloaded, reloaded_etag) = fetch();
+    assert_ne!(reloaded, before);
+    assert!(reloaded.contains("DTSTART;TZID=Europe/London:20230607T084500"));
+    // The cache is written off the request path: wait until it holds the reloaded feeds.
+    let cache = dir.path().join("state").join("feeds.cache");
+    wait_for(
+        "the cache of the reloaded feeds",
+        || {
+            std::fs::read(&cache)
+                .is_ok_and(|bytes| bytes.windows(15).any(|w| w == b"20230607T084500"))
+        },
+        || daemon.log_text(),
+    );
+    daemon.signal("TERM");
+    let child = &mut daemon.child;
+    wait_for(
+        "convenor serve to exit after SIGTERM",
+        || child.try_wait().ok().flatten().is_some(),
+        String::new,
+    );
+
+    let (after, after_etag, log_after) = serve_once(&config, &log);
+    assert!(
+        log_after.contains("feeds (from the cache)"),
+        "the restart uses the feeds the reload rendered:\n{log_after}"
+    );
+    assert!(
+        log_after.contains("the ledger is already reconciled with this config"),
+        "the reload stamped the ledger:\n{log_after}"
+    );
+    assert_eq!((after, after_etag), (reloaded, reloaded_etag));
+}
