@@ -13,6 +13,8 @@ fi
 # Debian packages the end-to-end tests drive (headless Chromium for the subscribe page).
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# libseccomp for tests/tools/deny_syscalls.py (a real seccomp filter around the binary).
+ldconfig -p | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -162,6 +162,13 @@ pub mod harness {
     /// [`serve_command`] running the executable at `binary`.
     pub fn serve_command_of(binary: &Path, config: &Path) -> Command {
         let mut cmd = Command::new(binary);
+        serve_arguments(&mut cmd, config);
+        cmd
+    }
+
+    /// Appends `serve`'s arguments and environment to `cmd` (a convenor binary, or a wrapper
+    /// whose last argument so far is one).
+    pub fn serve_arguments(cmd: &mut Command, config: &Path) {
         cmd.args(["--log-json", "--config"])
             .arg(config)
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -171,7 +178,6 @@ pub mod harness {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        cmd
     }
 
     /// A config whose one meeting starts soon, today, with one list mail due `offsets[i]`

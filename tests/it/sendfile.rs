@@ -10,11 +10,11 @@ use tokio::{
 };
 
 use crate::{
-    daemon::harness::Daemon,
+    daemon::harness::{Daemon, serve_arguments},
     feed::parse_ics,
     perf::generated,
     service::metrics,
-    support::{binary, repo},
+    support::{binary, python, repo},
 };
 
 /// Meetings enough for a calendar feed (5.2 MB) larger than the kernel's largest socket send
@@ -219,4 +219,52 @@ async fn a_big_feed_goes_out_with_sendfile_byte_for_byte() {
         .await
         .expect("body");
     assert!(last == body);
+}
+
+/// Where a stricter seccomp filter than the unit's refuses `memfd_create`, the big feed is served
+/// from the heap: the same bytes, one warning in the log, nothing sealed, nothing through
+/// `sendfile`. The filter is a real one, installed by tests/tools/deny_syscalls.py before it
+/// execs the binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_memfd_a_big_feed_is_served_from_the_heap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides = generated::Overrides {
+        templates_dir: Some(repo().join("templates").display().to_string()),
+        state_dir: Some(dir.path().join("state").display().to_string()),
+        ..Default::default()
+    };
+    let config = dir.path().join("convenor.toml");
+    // 200 meetings: a feed of about 200 KB, above the sealing threshold.
+    std::fs::write(&config, generated::config_toml(200, &overrides)).expect("config");
+    let mut command = std::process::Command::new(python());
+    command
+        .arg(repo().join("tests/tools/deny_syscalls.py"))
+        .arg("memfd_create")
+        .arg(binary());
+    serve_arguments(&mut command, &config);
+    let mut daemon = Daemon::spawn_command(command, &dir.path().join("serve.log"));
+    let addr = daemon.wait_ready();
+
+    let body = reqwest::get(format!("http://{addr}/calendar.ics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body.len() >= 64 * 1024, "{} bytes", body.len());
+    assert!(body[..] == ics(&config, &[])[..], "served feed differs");
+    let m = metrics(&addr).await;
+    assert_eq!(value(&m, "convenor_feed_sealed_bodies"), 0.0, "{m:?}");
+    assert_eq!(
+        value(&m, "convenor_feed_sendfile_bytes_total"),
+        0.0,
+        "{m:?}"
+    );
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("cannot put a feed into a sealed memfd").count(),
+        1,
+        "one warning:\n{log}"
+    );
 }
