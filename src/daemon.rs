@@ -202,6 +202,7 @@ pub async fn run(
     phases.lap("ledger");
     replan(&mut store, &config, Timestamp::now())?;
     phases.lap("plan");
+    crate::http::feed_cache::remove_unfinished(&dir);
     let (feeds, feeds_cached) = FeedState::new_cached(&config, &store.revisions()?, &dir);
     phases.lap(if feeds_cached {
         "feeds (from the cache)"

@@ -102,15 +102,20 @@ pub fn config_digest(config: &Config) -> Digest {
     h.digest()
 }
 
-/// What tells this build of convenor from any other: the package version and the running
-/// executable's size, modification time and inode (the same test ccache uses for compilers).
-/// A rebuilt or reinstalled binary gets a new identity, so nothing one build derived is trusted
-/// by another. When the executable cannot be examined, the identity is unique to this process,
-/// so nothing derived by an earlier run is trusted.
+/// What tells this build of convenor from any other: the package version, the linker's GNU
+/// build-id (a hash of the linked code, read from the running image by the `buildid` crate;
+/// the toolchains convenor is built with emit one), and the running executable's size,
+/// modification time and inode (the test ccache uses for compilers: it also covers a binary
+/// linked without a build-id). A rebuilt or reinstalled binary gets a new identity, so nothing
+/// one build derived is trusted by another. When the executable cannot be examined, the
+/// identity is unique to this process, so nothing derived by an earlier run is trusted.
 pub fn build_identity() -> &'static str {
     static IDENTITY: OnceLock<String> = OnceLock::new();
     IDENTITY.get_or_init(|| {
-        let version = env!("CARGO_PKG_VERSION");
+        let build_id: String = buildid::build_id()
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_else(|| "no-build-id".to_owned());
+        let version = format!("{} {build_id}", env!("CARGO_PKG_VERSION"));
         let exe = std::env::current_exe().and_then(std::fs::metadata);
         match exe {
             Ok(meta) => {
@@ -184,12 +189,25 @@ mod tests {
     }
 
     #[test]
-    fn the_build_identity_names_the_version_and_the_executable() {
+    fn the_build_identity_names_the_version_the_build_id_and_the_executable() {
         let id = build_identity();
         assert!(id.starts_with(env!("CARGO_PKG_VERSION")), "{id}");
         assert!(
             !id.contains("process"),
             "the test binary can be examined: {id}"
         );
+        // The linker's build-id, as readelf (binutils) shows it for this very executable.
+        let exe = std::env::current_exe().expect("exe");
+        let out = std::process::Command::new("readelf")
+            .arg("-n")
+            .arg(&exe)
+            .output()
+            .expect("run readelf");
+        let notes = String::from_utf8_lossy(&out.stdout);
+        let from_readelf = notes
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Build ID: "))
+            .expect("the test binary has a GNU build-id");
+        assert!(id.contains(from_readelf), "{id} lacks {from_readelf}");
     }
 }

@@ -15,6 +15,8 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # libseccomp for tests/tools/deny_syscalls.py (a real seccomp filter around the binary).
 ldconfig -p | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
+# readelf, to check the build-id convenor reads from its own image.
+command -v readelf >/dev/null 2>&1 || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -147,9 +147,23 @@ pub fn store(state_dir: &Path, key: &Digest, bodies: &[HashedBody]) -> io::Resul
     // interleave in one file; the last rename wins, and either cache is whole.
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let path = path_in(state_dir);
-    let tmp = state_dir.join(format!("{FEED_CACHE_FILE}.{}.{n}.tmp", std::process::id()));
-    let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let tmp = state_dir.join(format!(
+        "{FEED_CACHE_FILE}.{}.{n}{TMP_SUFFIX}",
+        std::process::id()
+    ));
+    let written =
+        write_to(&tmp, key, bodies).and_then(|()| std::fs::rename(&tmp, path_in(state_dir)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The ending of a cache file being written.
+const TMP_SUFFIX: &str = ".tmp";
+
+fn write_to(tmp: &Path, key: &Digest, bodies: &[HashedBody]) -> io::Result<()> {
+    let mut out = io::BufWriter::new(std::fs::File::create(tmp)?);
     out.write_all(MAGIC)?;
     out.write_all(&key.0)?;
     let n = u32::try_from(bodies.len()).map_err(io::Error::other)?;
@@ -160,7 +174,25 @@ pub fn store(state_dir: &Path, key: &Digest, bodies: &[HashedBody]) -> io::Resul
         out.write_all(body)?;
     }
     out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    std::fs::rename(&tmp, &path)
+    Ok(())
+}
+
+/// Removes cache files left half-written in `state_dir` (a crash or kill during a write). Call
+/// it at start, under the state directory's lock, before any write can be under way.
+pub fn remove_unfinished(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&format!("{FEED_CACHE_FILE}.")) && name.ends_with(TMP_SUFFIX) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!("removed an unfinished feed cache write: {name}"),
+                Err(e) => tracing::warn!("cannot remove {name}: {e}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +235,16 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["feeds.cache"], "no temporary file left");
+        // A write cut short by a crash leaves one; the next start removes it, and only it.
+        std::fs::write(dir.path().join("feeds.cache.99.0.tmp"), b"half").expect("write");
+        std::fs::write(dir.path().join("ledger.sqlite3.tmp"), b"not ours").expect("write");
+        remove_unfinished(dir.path());
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["feeds.cache", "ledger.sqlite3.tmp"]);
     }
 
     #[test]
