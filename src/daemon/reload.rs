@@ -37,8 +37,9 @@ pub fn agenda_changed(
     };
     match refreshed {
         Ok((config_now, revisions)) => {
-            feeds.replace(&config_now, &revisions);
-            super::save_feed_cache(feeds, &config_now.state_dir);
+            if feeds.replace(&config_now, &revisions) {
+                super::save_feed_cache(feeds, &config_now.state_dir);
+            }
             config.send_replace(Arc::new(config_now));
             wake.notify_one();
             tracing::info!("agenda changed: feeds re-rendered");
@@ -133,8 +134,9 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
-    live.feeds.replace(&config, &revisions);
-    super::save_feed_cache(&live.feeds, &config.state_dir);
+    if live.feeds.replace(&config, &revisions) {
+        super::save_feed_cache(&live.feeds, &config.state_dir);
+    }
     live.outbox.replace(parts);
     live.config.send_replace(Arc::new(config));
     live.wake.notify_one();

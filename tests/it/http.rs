@@ -314,7 +314,7 @@ async fn a_reload_swaps_the_feeds_and_last_modified_never_goes_back() {
     );
     // The same data again: nothing moves, nothing is rendered (the very same feeds stay).
     let before = server.state.current();
-    server.state.replace_at(&config, &BTreeMap::new(), now);
+    assert!(!server.state.replace_at(&config, &BTreeMap::new(), now));
     assert!(std::sync::Arc::ptr_eq(&before, &server.state.current()));
     let fourth = get("/calendar.ics").await;
     assert_eq!(
