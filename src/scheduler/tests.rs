@@ -623,3 +623,108 @@ fn a_row_left_sending_by_a_crash_is_sent_again_with_the_same_message_id() {
         (MailState::Sent, 2)
     );
 }
+
+/// What the ledger's plan stamp relies on (`daemon::replan` skips reconciling a config the
+/// ledger is stamped with): once a config is reconciled, nothing the scheduler does to the rows
+/// (sends, retries, failures, skips, holds, releases, at any clock) makes reconciling that same
+/// config want a write or a log line, whenever it runs.
+#[test]
+fn after_any_scheduler_activity_reconciling_the_same_config_again_changes_nothing() {
+    let four = format!(
+        "{MEETINGS}{}{}{}",
+        MEETINGS.replace("m1", "m2").replace("06-07", "06-14"),
+        MEETINGS.replace("m1", "m3").replace("06-07", "06-21"),
+        MEETINGS.replace("m1", "m4").replace("06-07", "07-05"),
+    );
+    let a = config(&four);
+    // b moves m1 by an hour (a change notice); c also cancels m3 (a cancellation notice); d adds
+    // meetings in 2031 to c.
+    let b = config(&four.replacen("start = \"10:00\"", "start = \"11:00\"", 1));
+    let cancel_m3 =
+        |text: String| text.replacen("id = \"m3\"", "id = \"m3\"\nstatus = \"cancelled\"", 1);
+    let c = config(&cancel_m3(four.replacen(
+        "start = \"10:00\"",
+        "start = \"11:00\"",
+        1,
+    )));
+    let mut sim = Sim::new();
+    let unchanged = |sim: &Sim, config: &Config, now: Timestamp, what: &str| {
+        let rows = sim.store.rows().expect("rows");
+        let revisions = sim.store.revisions().expect("revisions");
+        let again = reconcile(config, &rows, &revisions, now);
+        assert_eq!(again, super::Reconciled::default(), "{what} at {now}");
+    };
+    // "day" mails fail for good, "week" mails fail once for a while, notices go through.
+    let flaky = |row: &LedgerRow| match row.key.email.as_str() {
+        "day" => Err(SendFailure {
+            transient: false,
+            message: "550 no such list".into(),
+        }),
+        "week" if row.attempts < 2 => Err(SendFailure {
+            transient: true,
+            message: "451 try later".into(),
+        }),
+        _ => Ok("250 2.0.0 queued".into()),
+    };
+
+    let start = t("2030-05-01T00:00:00Z");
+    sim.load(&a, start);
+    unchanged(&sim, &a, start, "after the first plan");
+    let moved = t("2030-05-02T00:00:00Z");
+    sim.load(&b, moved);
+    unchanged(&sim, &b, moved, "after a move");
+    let mut now = moved;
+    let mut current = &b;
+    let mut acted = 0;
+    while now < t("2030-07-10T00:00:00Z") {
+        if now == t("2030-06-10T00:00:00Z") {
+            sim.load(&c, now);
+            current = &c;
+            unchanged(&sim, current, now, "after a cancellation");
+        }
+        acted += sim.step(&current.scheduler, now, flaky).len();
+        unchanged(&sim, current, now, "after a pass");
+        // Reconciling later (a restart days on) wants nothing either.
+        let later = now
+            .checked_add(SignedDuration::from_hours(24 * 30))
+            .expect("add");
+        unchanged(&sim, current, later, "a month on");
+        now = now.checked_add(SignedDuration::from_mins(90)).expect("add");
+    }
+    assert!(acted >= 8, "the passes acted on {acted} mails");
+    let states = sim.states();
+    for state in [MailState::Sent, MailState::Failed, MailState::Skipped] {
+        assert!(states.iter().any(|(_, s)| *s == state), "{states:?}");
+    }
+
+    // A clock jump: everything left falls due at once and is held, then released.
+    let mut more = String::new();
+    for i in 5..9 {
+        more.push_str(
+            &MEETINGS
+                .replace("m1", &format!("m{i}"))
+                .replace("2030-06-07", &format!("2031-0{}-07", i - 3)),
+        );
+    }
+    let d = config(&cancel_m3(format!("{four}{more}").replacen(
+        "start = \"10:00\"",
+        "start = \"11:00\"",
+        1,
+    )));
+    assert_eq!(d.meetings.iter().filter(|m| m.is_cancelled()).count(), 1);
+    sim.load(&d, now);
+    unchanged(&sim, &d, now, "after adding meetings");
+    let jumped = t("2033-01-01T00:00:00Z");
+    let held = sim.step(&d.scheduler, jumped, ok);
+    assert!(
+        held.iter().all(|a| matches!(a, Action::Hold { .. })) && held.len() > 3,
+        "{held:?}"
+    );
+    unchanged(&sim, &d, jumped, "after a hold");
+    sim.store
+        .release(&ReleaseFilter::default())
+        .expect("release");
+    unchanged(&sim, &d, jumped, "after a release");
+    sim.step(&d.scheduler, jumped, ok);
+    unchanged(&sim, &d, jumped, "after the released mails were decided");
+}
