@@ -24,10 +24,7 @@ pub struct Digest(pub [u8; 32]);
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -113,7 +110,7 @@ pub fn build_identity() -> &'static str {
     static IDENTITY: OnceLock<String> = OnceLock::new();
     IDENTITY.get_or_init(|| {
         let build_id: String = buildid::build_id()
-            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+            .map(hex::encode)
             .unwrap_or_else(|| "no-build-id".to_owned());
         let version = format!("{} {build_id}", env!("CARGO_PKG_VERSION"));
         let exe = std::env::current_exe().and_then(std::fs::metadata);

@@ -106,7 +106,7 @@ pub fn content_digest(config: &Config, meeting: &Meeting) -> String {
     if !agenda.is_empty() {
         put(&agenda);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 /// The revision a meeting has now, given what was stored and the instant of this load.

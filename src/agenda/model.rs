@@ -347,7 +347,7 @@ impl Agenda {
             h.update((line.len() as u64).to_le_bytes());
             h.update(line.as_bytes());
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(h.finalize())
     }
 
     /// The agenda as plain-text lines (the feed's DESCRIPTION uses them).

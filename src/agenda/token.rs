@@ -22,20 +22,16 @@ pub fn random_bytes() -> Result<[u8; 32], RandomError> {
     Ok(b)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A fresh lead token: (the token to hand out, its hash to store).
 pub fn issue() -> Result<(String, String), RandomError> {
-    let raw = hex(&random_bytes()?);
+    let raw = hex::encode(random_bytes()?);
     let h = hash(&raw);
     Ok((raw, h))
 }
 
 /// The stored form of a token: the hex SHA-256 of its text.
 pub fn hash(raw: &str) -> String {
-    hex(&Sha256::digest(raw.as_bytes()))
+    hex::encode(Sha256::digest(raw.as_bytes()))
 }
 
 /// True when `raw` has the shape of a token (64 lowercase hex digits); anything else is refused
@@ -56,7 +52,7 @@ pub fn csrf(secret: &[u8], token_hash: &str, proposal: i64) -> String {
     mac.update(token_hash.as_bytes());
     mac.update(b"\0");
     mac.update(proposal.to_string().as_bytes());
-    hex(&mac.finalize().into_bytes())
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Checks a posted CSRF token in constant time.

@@ -240,10 +240,7 @@ fn render_feed(
         } else {
             body
         };
-    let hex: String = hash.as_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hex::encode(&hash.as_bytes()[..16]);
     let etag =
         HeaderValue::try_from(format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
     let mut modified = whole_seconds(feed::last_change(config, revisions, selection));

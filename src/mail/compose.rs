@@ -120,10 +120,7 @@ pub fn message_id(
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    let digest: String = h.finalize()[..10]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(&h.finalize()[..10]);
     format!(
         "<{meeting_id}.{email_id}.{n}.{digest}@{}>",
         config.mail.from.email.domain()
