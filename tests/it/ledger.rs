@@ -434,3 +434,52 @@ fn keys_due(store: &SqliteStore, key: &convenor::ledger::MailKey) -> Timestamp {
         .expect("row")
         .due
 }
+
+/// A first plan's rows go in many to a statement: every row reads back as reconciled, across
+/// whole batches and a remainder, and inserting rows already there changes none of them.
+#[test]
+fn rows_inserted_in_batches_read_back_whole_and_never_overwrite() {
+    use convenor::ledger::Replan;
+    let config = crate::perf::generated::config(41, &Default::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    // Whole milliseconds, as the ledger stores instants.
+    let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).expect("now");
+    let mut inserts = convenor::scheduler::reconcile(&config, &[], &Default::default(), now)
+        .replan
+        .inserts;
+    assert!(
+        inserts.len() > 4 * 64 && !inserts.len().is_multiple_of(64),
+        "{}",
+        inserts.len()
+    );
+    let replan = Replan {
+        inserts: inserts.clone(),
+        ..Default::default()
+    };
+    store.apply(&replan).expect("apply");
+    let mut rows = store.rows().expect("rows");
+    let by_key = |a: &convenor::ledger::LedgerRow, b: &convenor::ledger::LedgerRow| {
+        a.key.to_string().cmp(&b.key.to_string())
+    };
+    rows.sort_by(by_key);
+    inserts.sort_by(by_key);
+    assert_eq!(rows, inserts);
+
+    // One row sent; inserting every row again leaves it sent and the others as they were.
+    let first = &rows[0].key;
+    let due = rows[0].due;
+    store.claim(first, due).expect("claim").expect("claimed");
+    let sent = convenor::ledger::Outcome::Sent {
+        at: due,
+        reply: "250 ok".into(),
+    };
+    assert!(
+        store
+            .settle(first, MailState::Sending, &sent)
+            .expect("settle")
+    );
+    let before = store.rows().expect("rows");
+    store.apply(&replan).expect("apply again");
+    assert_eq!(store.rows().expect("rows"), before);
+}
