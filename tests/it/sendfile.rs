@@ -40,6 +40,19 @@ fn value(samples: &[(String, serde_json::Value, f64)], name: &str) -> f64 {
         .2
 }
 
+/// A generated config of `meetings` meetings in `dir` (the repository's templates, the state
+/// directory `dir/state`); returns its path.
+fn generated_config(dir: &std::path::Path, meetings: usize) -> std::path::PathBuf {
+    let overrides = generated::Overrides {
+        templates_dir: Some(repo().join("templates").display().to_string()),
+        state_dir: Some(dir.join("state").display().to_string()),
+        ..Default::default()
+    };
+    let config = dir.join("convenor.toml");
+    std::fs::write(&config, generated::config_toml(meetings, &overrides)).expect("config");
+    config
+}
+
 /// `convenor ics` on the same config and ledger.
 fn ics(config: &std::path::Path, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new(binary())
@@ -101,13 +114,7 @@ fn split_response(bytes: &[u8], body_len: usize) -> (String, &[u8], &[u8]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_big_feed_goes_out_with_sendfile_byte_for_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let overrides = generated::Overrides {
-        templates_dir: Some(repo().join("templates").display().to_string()),
-        state_dir: Some(dir.path().join("state").display().to_string()),
-        ..Default::default()
-    };
-    let config = dir.path().join("convenor.toml");
-    std::fs::write(&config, generated::config_toml(MEETINGS, &overrides)).expect("config");
+    let config = generated_config(dir.path(), MEETINGS);
     let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
     let addr = daemon.wait_ready();
     let url = format!("http://{addr}/calendar.ics");
@@ -228,14 +235,8 @@ async fn a_big_feed_goes_out_with_sendfile_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_memfd_a_big_feed_is_served_from_the_heap() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let overrides = generated::Overrides {
-        templates_dir: Some(repo().join("templates").display().to_string()),
-        state_dir: Some(dir.path().join("state").display().to_string()),
-        ..Default::default()
-    };
-    let config = dir.path().join("convenor.toml");
     // 200 meetings: a feed of about 200 KB, above the sealing threshold.
-    std::fs::write(&config, generated::config_toml(200, &overrides)).expect("config");
+    let config = generated_config(dir.path(), 200);
     let mut command = std::process::Command::new(python());
     command
         .arg(repo().join("tests/tools/deny_syscalls.py"))
