@@ -117,6 +117,18 @@ pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Resul
     store.apply(&result.replan)
 }
 
+/// Runs a ledger checkpoint a bulk write left due, on a blocking thread when called inside the
+/// runtime (it copies megabytes and syncs the file).
+pub fn run_checkpoint(checkpoint: Option<crate::ledger::Checkpoint>) {
+    let Some(checkpoint) = checkpoint else {
+        return;
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(move || checkpoint.run())),
+        Err(_) => checkpoint.run(),
+    }
+}
+
 /// Stores the feeds being served in the feed cache of `state_dir`, on a blocking thread when
 /// called inside the runtime; a failure is logged (it only costs a rendering at the next start).
 pub fn save_feed_cache(feeds: &FeedState, state_dir: &std::path::Path) {
@@ -201,6 +213,8 @@ pub async fn run(
     }
     phases.lap("ledger");
     replan(&mut store, &config, Timestamp::now())?;
+    // A first plan's pages go from the WAL into the database file after READY.
+    let checkpoint = store.take_checkpoint();
     phases.lap("plan");
     crate::http::feed_cache::remove_unfinished(&dir);
     let (feeds, feeds_cached) = FeedState::new_cached(&config, &store.revisions()?, &dir);
@@ -313,6 +327,7 @@ pub async fn run(
     if !feeds_cached {
         save_feed_cache(&feeds, &dir);
     }
+    run_checkpoint(checkpoint);
     let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_pass));
     let live = Live {
         store,

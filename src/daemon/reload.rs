@@ -33,7 +33,9 @@ pub fn agenda_changed(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut ledger = lock(ledger);
-        crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now())
+        let refreshed = crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now());
+        super::run_checkpoint(ledger.take_checkpoint());
+        refreshed
     };
     match refreshed {
         Ok((config_now, revisions)) => {
@@ -125,7 +127,10 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
     };
     let revisions = {
         let mut store = lock(&live.store);
-        replan(&mut *store, &config, Timestamp::now()).and_then(|()| store.revisions())
+        let revisions =
+            replan(&mut *store, &config, Timestamp::now()).and_then(|()| store.revisions());
+        super::run_checkpoint(store.take_checkpoint());
+        revisions
     };
     let revisions = match revisions {
         Ok(r) => r,

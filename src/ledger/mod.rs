@@ -32,7 +32,7 @@ use crate::{
     schedule::Recipient,
 };
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{BULK_ROWS, Checkpoint, SqliteStore};
 
 /// The ledger file's name inside the state directory.
 pub const LEDGER_FILE: &str = "ledger.sqlite3";

@@ -65,6 +65,34 @@ const COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, deadline_ms
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// A bulk [`Store::apply`] left its pages in the WAL ([`SqliteStore::take_checkpoint`]).
+    checkpoint_due: bool,
+}
+
+/// An [`Store::apply`] of this many rows (mail rows and revisions) or more is a bulk write: its
+/// commit does not copy the WAL into the database file, the caller does it off the critical path
+/// ([`SqliteStore::take_checkpoint`]). A first plan at 5 meetings has about 50 rows, at 5,000
+/// about 50,000; a day's scheduler passes write a handful.
+pub const BULK_ROWS: usize = 1000;
+
+/// A checkpoint of the ledger's WAL, due after a bulk write; run it on a blocking thread.
+#[derive(Debug)]
+#[must_use = "a checkpoint does nothing until it is run"]
+pub struct Checkpoint {
+    path: PathBuf,
+}
+
+impl Checkpoint {
+    /// Copies the WAL into the database file ([`crate::sqlite_file::checkpoint`]) and logs the
+    /// outcome; a failure costs nothing but WAL size (the next commits retry it).
+    pub fn run(self) {
+        match crate::sqlite_file::checkpoint(&self.path) {
+            Ok((log, done)) => {
+                tracing::debug!(path = %self.path.display(), "ledger checkpoint: {done} of {log} WAL frames");
+            }
+            Err(e) => tracing::warn!("ledger checkpoint of {} failed: {e}", self.path.display()),
+        }
+    }
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -162,6 +190,14 @@ impl SqliteStore {
         Ok(Self {
             conn,
             path: path.to_path_buf(),
+            checkpoint_due: false,
+        })
+    }
+
+    /// The checkpoint a bulk write left due (at most once per such write), or `None`.
+    pub fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        std::mem::take(&mut self.checkpoint_due).then(|| Checkpoint {
+            path: self.path.clone(),
         })
     }
 
@@ -196,6 +232,24 @@ impl SqliteStore {
             source,
         };
         crate::sqlite_file::write_immediate(&mut self.conn, err, |tx| f(tx).map_err(err))
+    }
+
+    /// [`Self::write`] for a bulk write: without the automatic checkpoint at its commit, and
+    /// with [`Self::take_checkpoint`] due after it.
+    fn write_bulk<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, LedgerError> {
+        let path = self.path.display().to_string();
+        let err = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let out = crate::sqlite_file::without_autocheckpoint(&mut self.conn, err, |conn| {
+            crate::sqlite_file::write_immediate(conn, err, |tx| f(tx).map_err(err))
+        })?;
+        self.checkpoint_due = true;
+        Ok(out)
     }
 
     fn row(&self, key: &MailKey) -> Result<Option<LedgerRow>, LedgerError> {
@@ -357,7 +411,7 @@ impl Store for SqliteStore {
             "UPDATE mails SET state = 'skipped', last_error = ?5 \
              WHERE {KEY_WHERE} AND state IN ('pending', 'held')"
         );
-        self.write(|tx| {
+        let write = |tx: &rusqlite::Transaction<'_>| {
             if !revisions.is_empty() {
                 // SEQUENCE never goes down, whatever the caller computed.
                 let mut current = tx.prepare_cached(
@@ -455,7 +509,12 @@ impl Store for SqliteStore {
                 }
             }
             Ok(())
-        })
+        };
+        if replan.inserts.len() + revisions.len() >= BULK_ROWS {
+            self.write_bulk(write)
+        } else {
+            self.write(write)
+        }
     }
 
     fn plan_stamp(&self) -> Result<Option<String>, LedgerError> {

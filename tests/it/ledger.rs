@@ -483,3 +483,71 @@ fn rows_inserted_in_batches_read_back_whole_and_never_overwrite() {
     store.apply(&replan).expect("apply again");
     assert_eq!(store.rows().expect("rows"), before);
 }
+
+/// A bulk write (a first plan) commits durably without copying its pages into the database
+/// file: a second connection reads every row from the WAL, the copy is left to the checkpoint
+/// the store hands out once (src/sqlite_file.rs checks that the automatic one comes back on).
+#[test]
+fn a_bulk_plan_leaves_the_copy_into_the_database_file_to_its_checkpoint() {
+    // Enough rows for more WAL pages than the automatic checkpoint's threshold (1,000 pages).
+    let config = crate::perf::generated::config(2000, &Default::default());
+    let file_len = |dir: &std::path::Path, name: &str| {
+        std::fs::metadata(dir.join(name)).map_or(0, |m| m.len())
+    };
+    let now = Timestamp::now();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    let empty = file_len(dir.path(), "ledger.sqlite3");
+    replan(&mut store, &config, now).expect("replan");
+    let rows = SqliteStore::open_in(dir.path())
+        .expect("second connection")
+        .rows()
+        .expect("rows");
+    assert!(rows.len() >= convenor::ledger::BULK_ROWS, "{}", rows.len());
+    assert_eq!(
+        file_len(dir.path(), "ledger.sqlite3"),
+        empty,
+        "no checkpoint at the commit"
+    );
+    assert!(file_len(dir.path(), "ledger.sqlite3-wal") > 100 * 4096);
+    let checkpoint = store.take_checkpoint().expect("a checkpoint is due");
+    assert!(store.take_checkpoint().is_none(), "handed out once");
+    let (log, done) =
+        convenor::sqlite_file::checkpoint(&dir.path().join("ledger.sqlite3")).expect("checkpoint");
+    assert!(
+        log > u64::from(convenor::sqlite_file::AUTOCHECKPOINT_PAGES) && done == log,
+        "{done} of {log} frames"
+    );
+    assert!(file_len(dir.path(), "ledger.sqlite3") > 100 * 4096);
+    checkpoint.run(); // nothing left to copy; it must not fail either
+    drop(store);
+    let reopened = SqliteStore::open_in(dir.path()).expect("reopen");
+    assert_eq!(reopened.rows().expect("rows").len(), rows.len());
+
+    // A small write is not a bulk one.
+    let few = crate::perf::generated::config(3, &Default::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    replan(&mut store, &few, now).expect("replan");
+    assert!(store.take_checkpoint().is_none());
+}
+
+/// The daemon's first start plans in bulk and copies the WAL into the ledger file after READY,
+/// on its own (a restart, or the next big write, would otherwise be left to do it).
+#[test]
+fn the_daemon_checkpoints_its_first_plan_after_ready() {
+    use crate::daemon::harness::{Daemon, wait_for};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::sendfile::generated_config(dir.path(), 2000);
+    let ledger = dir.path().join("state").join("ledger.sqlite3");
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    daemon.wait_ready();
+    let log = daemon.log.clone();
+    wait_for(
+        "the checkpoint of the first plan",
+        || std::fs::metadata(&ledger).is_ok_and(|m| m.len() > 1000 * 4096),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    daemon.signal("TERM");
+}

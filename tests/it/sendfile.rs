@@ -42,7 +42,7 @@ fn value(samples: &[(String, serde_json::Value, f64)], name: &str) -> f64 {
 
 /// A generated config of `meetings` meetings in `dir` (the repository's templates, the state
 /// directory `dir/state`); returns its path.
-fn generated_config(dir: &std::path::Path, meetings: usize) -> std::path::PathBuf {
+pub fn generated_config(dir: &std::path::Path, meetings: usize) -> std::path::PathBuf {
     let overrides = generated::Overrides {
         templates_dir: Some(repo().join("templates").display().to_string()),
         state_dir: Some(dir.join("state").display().to_string()),
