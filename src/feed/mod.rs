@@ -132,26 +132,83 @@ pub fn render_calendars(
     revisions: &BTreeMap<MeetingId, StoredRevision>,
     selections: &[Selection<'_>],
 ) -> Vec<String> {
-    let timezone = fold::refold(&timezone(config));
-    let events: Vec<String> = config
-        .meetings
-        .iter()
-        .map(|m| fold::refold(&event(config, m, revisions.get(&m.id))))
-        .collect();
-    selections
-        .iter()
-        .map(|&selection| {
-            let mut text = fold::refold(&header(config, selection));
-            text.push_str(&timezone);
-            for (meeting, event) in config.meetings.iter().zip(&events) {
-                if selected(config, selection, meeting) {
-                    text.push_str(event);
-                }
-            }
-            text.push_str("END:VCALENDAR\r\n");
-            text
-        })
-        .collect()
+    let calendars = Calendars::render(config, revisions, selections);
+    (0..selections.len()).map(|i| calendars.text(i)).collect()
+}
+
+/// Several calendars as the pieces they are made of: each VEVENT rendered once, however many
+/// calendars it is in. A calendar's text is its [`Calendars::pieces`] one after the other, which
+/// a caller can write out (into a memfd, say) without first joining them into one string.
+#[derive(Debug)]
+pub struct Calendars {
+    headers: Vec<String>,
+    timezone: String,
+    events: Vec<String>,
+    /// For each calendar, the indexes of its events in `events`.
+    members: Vec<Vec<usize>>,
+}
+
+const CALENDAR_END: &str = "END:VCALENDAR\r\n";
+
+impl Calendars {
+    /// Renders every meeting once and each selection's header (see [`render_calendars`]).
+    pub fn render(
+        config: &Config,
+        revisions: &BTreeMap<MeetingId, StoredRevision>,
+        selections: &[Selection<'_>],
+    ) -> Self {
+        Self {
+            headers: selections
+                .iter()
+                .map(|&selection| fold::refold(&header(config, selection)))
+                .collect(),
+            timezone: fold::refold(&timezone(config)),
+            events: config
+                .meetings
+                .iter()
+                .map(|m| fold::refold(&event(config, m, revisions.get(&m.id))))
+                .collect(),
+            members: selections
+                .iter()
+                .map(|&selection| {
+                    (config.meetings.iter().enumerate())
+                        .filter(|(_, m)| selected(config, selection, m))
+                        .map(|(i, _)| i)
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// How many calendars there are (one per selection rendered).
+    pub fn len(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// True when no selection was rendered.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// The pieces of calendar `i`, in order. Panics when `i` is not below [`Self::len`].
+    pub fn pieces(&self, i: usize) -> impl Iterator<Item = &str> {
+        [self.headers[i].as_str(), self.timezone.as_str()]
+            .into_iter()
+            .chain(self.members[i].iter().map(|&e| self.events[e].as_str()))
+            .chain(std::iter::once(CALENDAR_END))
+    }
+
+    /// The length in bytes of calendar `i`.
+    pub fn text_len(&self, i: usize) -> usize {
+        self.pieces(i).map(str::len).sum()
+    }
+
+    /// The text of calendar `i`, joined into one string of exactly its length.
+    pub fn text(&self, i: usize) -> String {
+        let mut text = String::with_capacity(self.text_len(i));
+        self.pieces(i).for_each(|piece| text.push_str(piece));
+        text
+    }
 }
 
 /// Renders the calendar part of a mail about one meeting: METHOD:PUBLISH, the VTIMEZONE and the

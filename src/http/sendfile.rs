@@ -100,14 +100,60 @@ pub fn seal(body: impl Into<Bytes>) -> Bytes {
     match map_sealed(&body) {
         Ok(bytes) => bytes,
         Err(e) => {
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "cannot put a feed into a sealed memfd ({e}); serving feeds from the heap \
-                     with writev instead of sendfile"
-                );
-            }
+            warn_heap(&e);
             body
         }
+    }
+}
+
+/// [`seal`] for a body given as pieces (`len` bytes in all), written into the memfd with
+/// `writev` without first being joined on the heap: at 5,000 meetings a start joined 21 MB of
+/// VEVENTs into six feeds only to copy them again. `None` where memfd or mmap is refused (after
+/// the same one warning as [`seal`]): the caller then joins the pieces on the heap.
+pub fn seal_pieces<'a>(pieces: impl Iterator<Item = &'a [u8]>, len: usize) -> Option<Bytes> {
+    if len == 0 {
+        return Some(Bytes::new());
+    }
+    let sealed = new_memfd().and_then(|mut file| {
+        write_pieces(&mut file, pieces)?;
+        seal_and_map(file, len)
+    });
+    match sealed {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            warn_heap(&e);
+            None
+        }
+    }
+}
+
+/// Writes every piece, many to a `writev` (at most `IOV_MAX`, 1,024 on Linux).
+fn write_pieces<'a>(file: &mut File, pieces: impl Iterator<Item = &'a [u8]>) -> io::Result<()> {
+    const BATCH: usize = 1024;
+    let mut pieces = pieces.peekable();
+    let mut batch: Vec<IoSlice<'a>> = Vec::with_capacity(BATCH);
+    while pieces.peek().is_some() {
+        batch.clear();
+        batch.extend(pieces.by_ref().take(BATCH).map(IoSlice::new));
+        let mut bufs = &mut batch[..];
+        while !bufs.is_empty() {
+            match file.write_vectored(bufs) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn warn_heap(e: &io::Error) {
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "cannot put a feed into a sealed memfd ({e}); serving feeds from the heap with \
+             writev instead of sendfile"
+        );
     }
 }
 
@@ -342,6 +388,27 @@ mod tests {
         (0..len)
             .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
             .collect()
+    }
+
+    #[test]
+    fn pieces_are_sealed_as_the_body_they_make_across_writev_batches() {
+        let body = pattern(300_000);
+        // 2,999 pieces of 1 to 199 bytes (three writev batches), and the rest in one.
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for i in 0..2999 {
+            let n = 1 + (i * 37) % 199;
+            pieces.push(&body[at..at + n]);
+            at += n;
+        }
+        pieces.push(&body[at..]);
+        let sealed = seal_pieces(pieces.iter().copied(), body.len()).expect("memfd");
+        assert_eq!(&sealed[..], &body[..]);
+        assert!(is_sealed(&sealed));
+        assert_eq!(
+            seal_pieces(std::iter::empty(), 0).expect("empty"),
+            Bytes::new()
+        );
     }
 
     /// A connected loopback pair: (the wrapped sender with a small send buffer, the receiver).

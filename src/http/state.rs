@@ -193,7 +193,8 @@ impl Feeds {
 }
 
 /// Renders the whole calendar, then each priority's feed in config order; every VEVENT is
-/// rendered once for all of them ([`feed::render_calendars`]).
+/// rendered once for all of them ([`feed::Calendars`]). A body of
+/// [`super::sendfile::SEAL_MIN_BYTES`] or more goes from its pieces straight into a sealed memfd.
 pub fn render_bodies(
     config: &Config,
     revisions: &BTreeMap<MeetingId, StoredRevision>,
@@ -201,9 +202,17 @@ pub fn render_bodies(
     let selections: Vec<Selection<'_>> = std::iter::once(Selection::All)
         .chain(config.priorities.iter().map(Selection::Priority))
         .collect();
-    feed::render_calendars(config, revisions, &selections)
-        .into_iter()
-        .map(|text| HashedBody::new(Bytes::from(text)))
+    let calendars = feed::Calendars::render(config, revisions, &selections);
+    (0..calendars.len())
+        .map(|i| {
+            let len = calendars.text_len(i);
+            let sealed = (len >= super::sendfile::SEAL_MIN_BYTES)
+                .then(|| super::sendfile::seal_pieces(calendars.pieces(i).map(str::as_bytes), len))
+                .flatten();
+            // Hashed after sealing, in one call: BLAKE3 is several times faster on one long
+            // slice than fed piece by piece.
+            HashedBody::new(sealed.unwrap_or_else(|| Bytes::from(calendars.text(i))))
+        })
         .collect()
 }
 
