@@ -1,5 +1,6 @@
 //! The real server on 127.0.0.1:0 with a real HTTP client: feeds, conditional GET, HEAD, 404,
-//! 405, the feed token, reloads, and the subscribe page in headless Chromium.
+//! 405, the feed token, reloads, TCP_NODELAY on accepted sockets, and the subscribe page in
+//! headless Chromium.
 
 use std::{collections::BTreeMap, net::SocketAddr, process::Command};
 
@@ -444,4 +445,72 @@ async fn the_subscribe_page_in_chromium_has_working_links_for_every_client() {
             "classic Outlook follows X-PUBLISHED-TTL"
         );
     }
+}
+
+/// The inode of the TCP socket on 127.0.0.1 with local address `local` and peer `peer` (port 0
+/// for a listening socket), from /proc/net/tcp.
+fn tcp_socket_inode(local: SocketAddr, peer: Option<SocketAddr>) -> Option<u64> {
+    let hex = |a: Option<SocketAddr>| match a {
+        Some(SocketAddr::V4(a)) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(a.ip().octets()),
+            a.port()
+        ),
+        _ => "00000000:0000".to_owned(),
+    };
+    let (local, peer) = (hex(Some(local)), hex(peer));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&peer.as_str()))
+            .then(|| f.get(9)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Whether the socket with `inode`, open in this process (the server runs in it), has
+/// TCP_NODELAY: its descriptor is found in /proc/self/fd and duplicated with pidfd_getfd.
+fn nodelay_of_socket(inode: u64) -> bool {
+    let target = format!("socket:[{inode}]");
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .expect("fds")
+        .flatten()
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == target))
+        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .expect("the socket's descriptor");
+    let me = rustix::process::pidfd_open(
+        rustix::process::getpid(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .expect("pidfd_open");
+    let socket = rustix::process::pidfd_getfd(&me, fd, rustix::process::PidfdGetfdFlags::empty())
+        .expect("pidfd_getfd");
+    rustix::net::sockopt::tcp_nodelay(&socket).expect("getsockopt")
+}
+
+/// Accepted connections get TCP_NODELAY (nginx's `tcp_nodelay on`: without it, the last short
+/// segment of a big feed waited ~40 ms for the client's delayed ACK). Read from the server's own
+/// socket; the listening socket, which the server does not set, reads false.
+#[tokio::test]
+async fn accepted_connections_have_tcp_nodelay() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = spawn(None).await;
+    let mut client = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /calendar.ics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut head = [0; 12];
+    client.read_exact(&mut head).await.expect("response");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let accepted = tcp_socket_inode(server.addr, Some(client.local_addr().expect("addr")))
+        .expect("the server's end of the connection");
+    assert!(
+        nodelay_of_socket(accepted),
+        "accepted socket without TCP_NODELAY"
+    );
+    let listening = tcp_socket_inode(server.addr, None).expect("the listening socket");
+    assert!(!nodelay_of_socket(listening));
 }
