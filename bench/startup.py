@@ -4,12 +4,16 @@
 Used by bench/run.sh. Each run starts the daemon pinned to one CPU with a NOTIFY_SOCKET datagram
 socket of our own, waits for READY=1 and for a 200 on the feed (whichever the daemon offers),
 then stops it with SIGTERM. "cold" runs get an empty state directory (the ledger is created and
-the plan written); "warm" runs reuse the state of the previous run, as a restart does.
+the plan written), removed after the run; "warm" runs reuse the state of the previous run, as a
+restart does. Before each start the page cache is synced (outside the timing): otherwise a run's
+fsync waits behind the write-back of the files the previous run left, which a real start would
+not meet, and the figures depend on how fast the runs follow each other.
 Only 127.0.0.1 is contacted.
 """
 import argparse
 import http.client
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -99,9 +103,12 @@ def main():
                 state = tempfile.mkdtemp(prefix=f"state-{args.label}-", dir=args.work)
             if kind == "warm" and i == 0:
                 once(args, state, args.port)  # creates the ledger; not counted
+            os.sync()
             ready, first = once(args, state, args.port)
             readies.append(ready)
             firsts.append(first)
+            if kind == "cold":
+                shutil.rmtree(state)
         print(
             f"startup {args.label:>14} {kind}: {summary('READY', readies)}; "
             f"{summary('first 200', firsts)}",
