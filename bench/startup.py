@@ -30,14 +30,14 @@ def once(args, state_dir, port):
     sock.bind(path)
     sock.setblocking(False)
     env = dict(os.environ, NOTIFY_SOCKET=path, STATE_DIRECTORY=state_dir)
-    cpu = args.cpu
+    cpus = {int(c) for c in args.cpus.split(",")}
     start = time.monotonic()
     proc = subprocess.Popen(
         [args.binary, "--config", args.config, "serve", "--listen", f"127.0.0.1:{port}"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(state_dir, "..", f"startup-{port}.log"), "ab"),
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
     )
     ready = first_200 = None
     deadline = start + args.timeout
@@ -91,7 +91,7 @@ def main():
     p.add_argument("--work", required=True, help="a scratch directory")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", default="/calendar.ics")
-    p.add_argument("--cpu", type=int, default=1)
+    p.add_argument("--cpus", default="1", help="the CPUs to run it on, as 0,1 (default: 1)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--timeout", type=float, default=20.0)
     args = p.parse_args()

@@ -16,6 +16,7 @@
 //! `/metrics` on a private address with `[http] metrics_listen`.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     net::SocketAddr,
     path::PathBuf,
@@ -41,8 +42,9 @@ use crate::{
     lock::{LockError, StateLock},
     mail::{Templates, Transport},
     metrics::Counters,
-    model::Config,
+    model::{Config, MeetingId},
     notify,
+    revision::StoredRevision,
     scheduler::{
         MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile, run::MAX_SLICE,
     },
@@ -102,19 +104,52 @@ pub enum DaemonError {
 /// restart or reload with the same config, by the same build), reconciling would write nothing,
 /// and the rows are not even read: at 5,000 meetings that is 40,000 rows, most of a warm start.
 pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Result<(), LedgerError> {
-    let stamp = crate::digest::config_digest(config).to_string();
-    if store.plan_stamp()?.as_deref() == Some(stamp.as_str()) {
-        tracing::info!("plan: the ledger is already reconciled with this config");
-        return Ok(());
+    match PendingPlan::prepare(store, config, now)? {
+        Some(plan) => store.apply(&plan.replan),
+        None => Ok(()),
     }
-    let rows = store.rows()?;
-    let revisions = store.revisions()?;
-    let mut result = reconcile(config, &rows, &revisions, now);
-    for note in &result.notes {
-        tracing::info!("plan: {note}");
+}
+
+/// A reconciliation not yet written: what [`replan`] would apply, and the revisions the ledger
+/// holds once it is applied (so the feeds can be rendered while it is being written).
+#[derive(Debug)]
+pub struct PendingPlan {
+    /// The writes, stamped with the config's digest.
+    pub replan: crate::ledger::Replan,
+    /// The stored revisions with this plan's over them: what [`Store::revisions`] returns after
+    /// [`Store::apply`] of `replan` (a revision's SEQUENCE never goes down, and reconciliation
+    /// only ever computes it from the stored one, so the ledger's guard never refuses one).
+    pub revisions: BTreeMap<MeetingId, StoredRevision>,
+}
+
+impl PendingPlan {
+    /// Reconciles `config` with `store` at `now` and logs what changed; `None` when the ledger's
+    /// plan stamp says it is already reconciled with this config.
+    pub fn prepare<S: Store>(
+        store: &S,
+        config: &Config,
+        now: Timestamp,
+    ) -> Result<Option<Self>, LedgerError> {
+        let stamp = crate::digest::config_digest(config).to_string();
+        if store.plan_stamp()?.as_deref() == Some(stamp.as_str()) {
+            tracing::info!("plan: the ledger is already reconciled with this config");
+            return Ok(None);
+        }
+        let rows = store.rows()?;
+        let mut revisions = store.revisions()?;
+        let mut result = reconcile(config, &rows, &revisions, now);
+        for note in &result.notes {
+            tracing::info!("plan: {note}");
+        }
+        result.replan.stamp = Some(stamp);
+        for (id, revision) in &result.replan.revisions {
+            revisions.insert(id.clone(), revision.clone());
+        }
+        Ok(Some(Self {
+            replan: result.replan,
+            revisions,
+        }))
     }
-    result.replan.stamp = Some(stamp);
-    store.apply(&result.replan)
 }
 
 /// Runs a ledger checkpoint a bulk write left due, on a blocking thread when called inside the
@@ -212,17 +247,40 @@ pub async fn run(
         );
     }
     phases.lap("ledger");
-    replan(&mut store, &config, Timestamp::now())?;
+    crate::http::feed_cache::remove_unfinished(&dir);
+    let (feeds, feeds_cached) = match PendingPlan::prepare(&store, &config, Timestamp::now())? {
+        None => {
+            phases.lap("plan");
+            let feeds = FeedState::new_cached(&config, &store.revisions()?, &dir);
+            phases.lap(if feeds.1 {
+                "feeds (from the cache)"
+            } else {
+                "feeds"
+            });
+            feeds
+        }
+        Some(plan) => {
+            phases.lap("reconcile");
+            // The feeds need the plan's revisions, not its rows: they are rendered on a second
+            // thread while the plan is written (READY still waits for both).
+            let feeds = std::thread::scope(|scope| {
+                let render = scope.spawn(|| FeedState::new_cached(&config, &plan.revisions, &dir));
+                let applied = store.apply(&plan.replan);
+                let feeds = render
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                applied.map(|()| feeds)
+            })?;
+            phases.lap(if feeds.1 {
+                "plan written beside feeds (from the cache)"
+            } else {
+                "plan written beside feeds"
+            });
+            feeds
+        }
+    };
     // A first plan's pages go from the WAL into the database file after READY.
     let checkpoint = store.take_checkpoint();
-    phases.lap("plan");
-    crate::http::feed_cache::remove_unfinished(&dir);
-    let (feeds, feeds_cached) = FeedState::new_cached(&config, &store.revisions()?, &dir);
-    phases.lap(if feeds_cached {
-        "feeds (from the cache)"
-    } else {
-        "feeds"
-    });
     let parts = mail_parts(&config)?;
     phases.lap("templates");
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));

@@ -551,3 +551,61 @@ fn the_daemon_checkpoints_its_first_plan_after_ready() {
     );
     daemon.signal("TERM");
 }
+
+/// A prepared plan's revisions are what the ledger holds once the plan is written (the first
+/// start renders the feeds from them while it writes): on a first plan, after a meeting moved,
+/// was retitled, was removed and came back as it was. An unchanged config prepares nothing.
+#[test]
+fn a_pending_plans_revisions_are_the_ledgers_after_it_is_written() {
+    use convenor::daemon::PendingPlan;
+    let parse = |text: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bench.toml");
+        convenor::config::parse(&path, text, &Environment::default())
+            .expect("config")
+            .config
+    };
+    let text = crate::perf::generated::config_toml(12, &Default::default());
+    let moved = text.replacen("start = \"14:00\"", "start = \"15:00\"", 1);
+    let retitled = moved.replacen("LEDNet meeting 4\"", "LEDNet meeting four\"", 1);
+    let third = retitled
+        .find("[[meeting]]\ndate = 2027-01-06")
+        .expect("meeting 3");
+    let next = third
+        + 1
+        + retitled[third + 1..]
+            .find("[[meeting]]")
+            .expect("meeting 4");
+    let removed = format!("{}{}", &retitled[..third], &retitled[next..]);
+    let steps = [&text, &moved, &retitled, &removed, &text];
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    let mut now = Timestamp::from_second(1_790_000_000).expect("now");
+    for (i, step) in steps.into_iter().enumerate() {
+        let config = parse(step);
+        now += jiff::SignedDuration::from_hours(1);
+        let plan = PendingPlan::prepare(&store, &config, now)
+            .expect("prepare")
+            .expect("a changed config has a plan");
+        store.apply(&plan.replan).expect("apply");
+        assert_eq!(
+            store.revisions().expect("revisions"),
+            plan.revisions,
+            "step {i}"
+        );
+        assert!(
+            PendingPlan::prepare(&store, &config, now)
+                .expect("prepare")
+                .is_none(),
+            "step {i}: reconciled already"
+        );
+    }
+    let sequences: Vec<u32> = store
+        .revisions()
+        .expect("revisions")
+        .values()
+        .map(|r| r.sequence)
+        .collect();
+    assert!(sequences.iter().any(|&s| s >= 2), "{sequences:?}");
+    assert_eq!(sequences.len(), 12, "a removed meeting's revision stays");
+}
