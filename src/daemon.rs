@@ -261,16 +261,22 @@ pub async fn run(
         }
         Some(plan) => {
             phases.lap("reconcile");
-            // The feeds need the plan's revisions, not its rows: they are rendered on a second
-            // thread while the plan is written (READY still waits for both).
-            let feeds = std::thread::scope(|scope| {
-                let render = scope.spawn(|| FeedState::new_cached(&config, &plan.revisions, &dir));
-                let applied = store.apply(&plan.replan);
-                let feeds = render
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                applied.map(|()| feeds)
-            })?;
+            // The feeds need the plan's revisions, not its rows: the plan is written on one of
+            // the runtime's blocking threads (the one that then writes the feed cache, so no
+            // thread is made for this alone) while the feeds are rendered here. READY waits for
+            // both.
+            let PendingPlan { replan, revisions } = plan;
+            let write = tokio::task::spawn_blocking(move || {
+                let applied = store.apply(&replan);
+                (store, applied)
+            });
+            let feeds = FeedState::new_cached(&config, &revisions, &dir);
+            let (returned, applied) = match write.await {
+                Ok(done) => done,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+            store = returned;
+            applied?;
             phases.lap(if feeds.1 {
                 "plan written beside feeds (from the cache)"
             } else {
@@ -382,6 +388,9 @@ pub async fn run(
         opts.config_load.as_secs_f64() * 1000.0,
         phases.laps.join(", ")
     );
+    // Start-up's transient memory (rendering, reconciling, the plan written on a second
+    // thread) goes back to the kernel rather than staying in RSS for the daemon's life.
+    crate::memory::release_free_heap();
     if !feeds_cached {
         save_feed_cache(&feeds, &dir);
     }

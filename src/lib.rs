@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod lock;
 pub mod logging;
 pub mod mail;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;

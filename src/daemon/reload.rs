@@ -64,6 +64,8 @@ pub(super) struct Live {
 pub(super) fn reload(opts: &ServeOptions, live: &Live, ops: &Ops) {
     notify::reloading();
     let result = try_reload(opts, live);
+    // Loading, reconciling and rendering are transient: their memory goes back to the kernel.
+    crate::memory::release_free_heap();
     ops.counters.reload(result.is_ok());
     ops.health.reload(result);
     notify::ready();
