@@ -247,6 +247,10 @@ pub async fn run(
         );
     }
     phases.lap("ledger");
+    // Templates and transport are checked before anything is written: a broken template stops
+    // the start with the ledger as it was.
+    let parts = mail_parts(&config)?;
+    phases.lap("templates");
     crate::http::feed_cache::remove_unfinished(&dir);
     let (feeds, feeds_cached) = match PendingPlan::prepare(&store, &config, Timestamp::now())? {
         None => {
@@ -287,8 +291,6 @@ pub async fn run(
     };
     // A first plan's pages go from the WAL into the database file after READY.
     let checkpoint = store.take_checkpoint();
-    let parts = mail_parts(&config)?;
-    phases.lap("templates");
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
     let outbox = Arc::new(MailOutbox::new(store.clone(), parts));
 

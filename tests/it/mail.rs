@@ -767,3 +767,27 @@ fn send_test_through_smtp_prints_the_server_reply() {
     assert_eq!(stdout.trim(), "250 2.0.0 Ok: queued as test-1");
     assert_eq!(server.received().len(), 1);
 }
+
+/// `convenor serve` checks the templates before it plans anything: a broken one stops a first
+/// start with a non-zero exit naming the file, and the ledger holds no mail.
+#[test]
+fn serve_with_a_broken_template_exits_before_planning_any_mail() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let t = crate::support::templates_with(dir.path(), "agenda-call/body.html", |s| {
+        s.replacen("<p>Dear colleagues,</p>", "<p>{% if %}</p>", 1)
+    });
+    let path = config_with_templates(dir.path(), &t);
+    let out = crate::daemon::harness::serve_command(&path)
+        .output()
+        .expect("run convenor serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("agenda-call/body.html"), "{stderr}");
+    let state = dir.path().join("state");
+    let store = convenor::ledger::SqliteStore::open_in(&state).expect("ledger");
+    assert_eq!(
+        convenor::ledger::Store::rows(&store).expect("rows").len(),
+        0,
+        "nothing planned"
+    );
+}
