@@ -152,31 +152,77 @@ impl PendingPlan {
     }
 }
 
-/// Runs a ledger checkpoint a bulk write left due, on a blocking thread when called inside the
-/// runtime (it copies megabytes and syncs the file).
-pub fn run_checkpoint(checkpoint: Option<crate::ledger::Checkpoint>) {
-    let Some(checkpoint) = checkpoint else {
-        return;
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn_blocking(move || checkpoint.run())),
-        Err(_) => checkpoint.run(),
+/// Blocking writes started off the request path (the feed cache, a ledger checkpoint). Shutdown
+/// waits for them: a SIGTERM right after a start would otherwise drop a cache write still
+/// queued for a blocking thread, and the next start would render everything again.
+#[derive(Clone, Debug, Default)]
+pub struct BackgroundWrites {
+    pending: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl BackgroundWrites {
+    /// Runs `write` on one of the runtime's blocking threads and remembers it; outside a
+    /// runtime, runs it now.
+    pub fn spawn(&self, write: impl FnOnce() + Send + 'static) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let handle = rt.spawn_blocking(write);
+                let mut pending = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                pending.retain(|h| !h.is_finished());
+                pending.push(handle);
+            }
+            Err(_) => write(),
+        }
+    }
+
+    /// Completes when every write started so far (and any they started) has finished.
+    pub async fn finish(&self) {
+        loop {
+            let pending = std::mem::take(
+                &mut *self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if pending.is_empty() {
+                return;
+            }
+            for handle in pending {
+                if let Err(e) = handle.await {
+                    tracing::error!("a background write ended abnormally: {e}");
+                }
+            }
+        }
     }
 }
 
-/// Stores the feeds being served in the feed cache of `state_dir`, on a blocking thread when
-/// called inside the runtime; a failure is logged (it only costs a rendering at the next start).
-pub fn save_feed_cache(feeds: &FeedState, state_dir: &std::path::Path) {
+/// Runs a ledger checkpoint a bulk write left due, as a background write (it copies megabytes
+/// and syncs the file).
+pub fn run_checkpoint(
+    checkpoint: Option<crate::ledger::Checkpoint>,
+    background: &BackgroundWrites,
+) {
+    if let Some(checkpoint) = checkpoint {
+        background.spawn(move || checkpoint.run());
+    }
+}
+
+/// Stores the feeds being served in the feed cache of `state_dir`, as a background write; a
+/// failure is logged (it only costs a rendering at the next start).
+pub fn save_feed_cache(
+    feeds: &FeedState,
+    state_dir: &std::path::Path,
+    background: &BackgroundWrites,
+) {
     let (feeds, dir) = (feeds.clone(), state_dir.to_path_buf());
-    let save = move || {
+    background.spawn(move || {
         if let Err(e) = feeds.save_cache(&dir) {
             tracing::warn!("cannot write the feed cache in {}: {e}", dir.display());
         }
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn_blocking(save)),
-        Err(_) => save(),
-    }
+    });
 }
 
 /// Loads the templates, renders every rule's template for every recipient kind against a sample
@@ -335,15 +381,19 @@ pub async fn run(
     };
 
     let mut servers = Vec::new();
+    let background = BackgroundWrites::default();
     let hook = {
-        let (ledger, agenda, config_tx, feeds, wake) = (
+        let (ledger, agenda, config_tx, feeds, wake, background) = (
             store.clone(),
             agenda.clone(),
             config_tx.clone(),
             feeds.clone(),
             wake.clone(),
+            background.clone(),
         );
-        Arc::new(move || agenda_changed(&ledger, &agenda, &config_tx, &feeds, &wake))
+        Arc::new(move || {
+            agenda_changed(&ledger, &agenda, &config_tx, &feeds, &wake, &background);
+        })
     };
     let pages =
         crate::http::agenda_pages::AgendaPages::new(feeds.clone(), agenda.clone(), hook, true);
@@ -394,9 +444,9 @@ pub async fn run(
     // thread) goes back to the kernel rather than staying in RSS for the daemon's life.
     crate::memory::release_free_heap();
     if !feeds_cached {
-        save_feed_cache(&feeds, &dir);
+        save_feed_cache(&feeds, &dir, &background);
     }
-    run_checkpoint(checkpoint);
+    run_checkpoint(checkpoint, &background);
     let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_pass));
     let live = Live {
         store,
@@ -405,6 +455,7 @@ pub async fn run(
         outbox,
         wake,
         agenda,
+        background: background.clone(),
     };
 
     tracing::info!("convenor is running");
@@ -426,6 +477,7 @@ pub async fn run(
     if let Err(e) = sched.await {
         tracing::error!("scheduler task ended abnormally: {e}");
     }
+    background.finish().await;
     drop(state_lock);
     tracing::info!("stopped");
     Ok(())
@@ -475,5 +527,44 @@ async fn serve_http(
 ) {
     if let Err(e) = server::serve(listener, app, limits, stopped).await {
         tracing::error!("HTTP server failed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn shutdown_waits_for_every_background_write_and_those_they_start() {
+        let background = BackgroundWrites::default();
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let (done, again) = (done.clone(), background.clone());
+            background.spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let inner = done.clone();
+                // A write started by a write (a reload's cache write, say) is waited for too.
+                again.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    inner.fetch_add(1, Ordering::SeqCst);
+                });
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        background.finish().await;
+        assert_eq!(done.load(Ordering::SeqCst), 6);
+        background.finish().await; // nothing pending: returns at once
+    }
+
+    #[test]
+    fn outside_a_runtime_a_background_write_runs_at_once() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        BackgroundWrites::default().spawn(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 
-use super::{Ops, ServeOptions, mail_parts, replan};
+use super::{BackgroundWrites, Ops, ServeOptions, mail_parts, replan};
 use crate::{
     config::{self, ConfigError},
     http::{FeedState, server},
@@ -26,6 +26,7 @@ pub fn agenda_changed(
     config: &watch::Sender<Arc<Config>>,
     feeds: &FeedState,
     wake: &Notify,
+    background: &BackgroundWrites,
 ) {
     let current = config.borrow().clone();
     let refreshed = {
@@ -34,13 +35,13 @@ pub fn agenda_changed(
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut ledger = lock(ledger);
         let refreshed = crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now());
-        super::run_checkpoint(ledger.take_checkpoint());
+        super::run_checkpoint(ledger.take_checkpoint(), background);
         refreshed
     };
     match refreshed {
         Ok((config_now, revisions)) => {
             if feeds.replace(&config_now, &revisions) {
-                super::save_feed_cache(feeds, &config_now.state_dir);
+                super::save_feed_cache(feeds, &config_now.state_dir, background);
             }
             config.send_replace(Arc::new(config_now));
             wake.notify_one();
@@ -58,6 +59,7 @@ pub(super) struct Live {
     pub(super) outbox: Arc<MailOutbox<SqliteStore>>,
     pub(super) wake: Arc<Notify>,
     pub(super) agenda: Arc<Mutex<crate::agenda::AgendaStore>>,
+    pub(super) background: BackgroundWrites,
 }
 
 /// Reloads between RELOADING=1 and READY=1, and records the outcome for health and metrics.
@@ -131,7 +133,7 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
         let mut store = lock(&live.store);
         let revisions =
             replan(&mut *store, &config, Timestamp::now()).and_then(|()| store.revisions());
-        super::run_checkpoint(store.take_checkpoint());
+        super::run_checkpoint(store.take_checkpoint(), &live.background);
         revisions
     };
     let revisions = match revisions {
@@ -142,7 +144,7 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
         }
     };
     if live.feeds.replace(&config, &revisions) {
-        super::save_feed_cache(&live.feeds, &config.state_dir);
+        super::save_feed_cache(&live.feeds, &config.state_dir, &live.background);
     }
     live.outbox.replace(parts);
     live.config.send_replace(Arc::new(config));
