@@ -380,7 +380,12 @@ fn serve(
         config_load,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    match runtime.block_on(daemon::run(opts, loaded.config, daemon::terminate_signal())) {
+    // The signal handlers are installed inside the runtime, before anything else is done.
+    let served = runtime.block_on(async {
+        let shutdown = daemon::terminate_signal();
+        daemon::run(opts, loaded.config, shutdown).await
+    });
+    match served {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err @ daemon::DaemonError::Mail(_)) => {
             eprintln!("convenor: {err}");

@@ -246,21 +246,28 @@ pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn terminate_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.
+/// Installed when called, not when first polled: a SIGTERM during start-up (systemd stopping a
+/// service that is still starting) then waits for READY and a graceful stop, where the default
+/// action would kill the process before its background writes are done. Must be called inside
+/// the runtime.
+pub fn terminate_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                }
             }
-        }
-        _ => {
-            // Without handlers, Ctrl-C is the only way to ask; tokio reports failure there too.
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                // Without handlers, Ctrl-C is the only way to ask; tokio reports failure there
+                // too.
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -233,3 +233,43 @@ fn a_restart_after_a_reload_starts_from_what_the_reload_rendered() {
     );
     assert_eq!((after, after_etag), (reloaded, reloaded_etag));
 }
+
+/// A SIGTERM while `convenor serve` is still starting (systemd stopping a unit that is being
+/// started) is handled, not fatal: the start completes, the service stops gracefully with exit
+/// 0, and the background writes it started (the feed cache) are finished first, so the next
+/// start serves the feeds from the cache.
+#[test]
+fn a_sigterm_during_start_up_stops_gracefully_after_the_start() {
+    use crate::daemon::harness::{Daemon, wait_for};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::sendfile::generated_config(dir.path(), 2000);
+    let log = dir.path().join("serve.log");
+    let mut daemon = Daemon::spawn(&config, &log);
+    wait_for(
+        "the state directory lock (start-up under way)",
+        || daemon.log_text().contains("state directory locked"),
+        || daemon.log_text(),
+    );
+    daemon.signal("TERM");
+    let mut status = None;
+    let child = &mut daemon.child;
+    wait_for(
+        "convenor serve to exit",
+        || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        },
+        String::new,
+    );
+    let text = daemon.log_text();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{text}");
+    assert!(text.contains("\"message\":\"ready "), "{text}");
+    assert!(text.contains("SIGTERM: shutting down"), "{text}");
+    let cache = dir.path().join("state").join("feeds.cache");
+    assert!(cache.exists(), "the cache write finished before exit");
+
+    let mut again = Daemon::spawn(&config, &dir.path().join("serve2.log"));
+    again.wait_ready();
+    let text = again.log_text();
+    assert!(text.contains("feeds (from the cache)"), "{text}");
+}
