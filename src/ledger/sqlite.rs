@@ -226,18 +226,14 @@ impl SqliteStore {
         &mut self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, LedgerError> {
-        let path = self.path.display().to_string();
-        let err = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        crate::sqlite_file::write_immediate(&mut self.conn, err, |tx| f(tx).map_err(err))
+        self.write_as(false, f)
     }
 
-    /// [`Self::write`] for a bulk write: without the automatic checkpoint at its commit, and
+    /// [`Self::write`]; for a `bulk` write, without the automatic checkpoint at its commit and
     /// with [`Self::take_checkpoint`] due after it.
-    fn write_bulk<T>(
+    fn write_as<T>(
         &mut self,
+        bulk: bool,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, LedgerError> {
         let path = self.path.display().to_string();
@@ -245,9 +241,13 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        let out = crate::sqlite_file::without_autocheckpoint(&mut self.conn, err, |conn| {
+        let write = |conn: &mut Connection| {
             crate::sqlite_file::write_immediate(conn, err, |tx| f(tx).map_err(err))
-        })?;
+        };
+        if !bulk {
+            return write(&mut self.conn);
+        }
+        let out = crate::sqlite_file::without_autocheckpoint(&mut self.conn, err, write)?;
         self.checkpoint_due = true;
         Ok(out)
     }
@@ -510,11 +510,7 @@ impl Store for SqliteStore {
             }
             Ok(())
         };
-        if replan.inserts.len() + revisions.len() >= BULK_ROWS {
-            self.write_bulk(write)
-        } else {
-            self.write(write)
-        }
+        self.write_as(replan.inserts.len() + revisions.len() >= BULK_ROWS, write)
     }
 
     fn plan_stamp(&self) -> Result<Option<String>, LedgerError> {

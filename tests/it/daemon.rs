@@ -145,6 +145,22 @@ pub mod harness {
                 .expect("run kill");
             assert!(ok.success(), "kill -s {name} failed");
         }
+
+        /// Waits (up to [`wait_for`]'s limit) for the process to exit and returns its status.
+        pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+            let mut status = None;
+            let log = self.log.clone();
+            let child = &mut self.child;
+            wait_for(
+                "convenor serve to exit",
+                || {
+                    status = child.try_wait().ok().flatten();
+                    status.is_some()
+                },
+                || std::fs::read_to_string(&log).unwrap_or_default(),
+            );
+            status.expect("exited")
+        }
     }
 
     impl Drop for Daemon {
@@ -420,23 +436,7 @@ fn sigterm_lets_a_send_in_flight_finish_then_exits_0() {
         || format!("{:?}\n{}", ledger_rows(&state), daemon.log_text()),
     );
     daemon.signal("TERM");
-    let mut status = None;
-    let log = daemon.log.clone();
-    let child = &mut daemon.child;
-    wait_for(
-        "convenor serve to exit",
-        || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        },
-        || std::fs::read_to_string(&log).unwrap_or_default(),
-    );
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        daemon.log_text()
-    );
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
     assert_eq!(by_key(&mails).len(), 1, "{}", daemon.log_text());
     let rows = ledger_rows(&state);
     assert!(rows.values().all(|r| r.0 == "sent"), "{rows:?}");

@@ -28,23 +28,7 @@ fn serve_once_with(binary: &Path, config: &Path, log: &Path) -> (String, String,
         .to_owned();
     let body = response.text().expect("body");
     daemon.signal("TERM");
-    let mut status = None;
-    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
-    let child = &mut daemon.child;
-    wait_for(
-        "convenor serve to exit after SIGTERM",
-        || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        },
-        log_text,
-    );
-    assert_eq!(
-        status.and_then(|s| s.code()),
-        Some(0),
-        "{}",
-        daemon.log_text()
-    );
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
     (body, etag, daemon.log_text())
 }
 
@@ -251,18 +235,9 @@ fn a_sigterm_during_start_up_stops_gracefully_after_the_start() {
         || daemon.log_text(),
     );
     daemon.signal("TERM");
-    let mut status = None;
-    let child = &mut daemon.child;
-    wait_for(
-        "convenor serve to exit",
-        || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        },
-        String::new,
-    );
+    let status = daemon.wait_exit();
     let text = daemon.log_text();
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{text}");
+    assert_eq!(status.code(), Some(0), "{text}");
     assert!(text.contains("\"message\":\"ready "), "{text}");
     assert!(text.contains("SIGTERM: shutting down"), "{text}");
     let cache = dir.path().join("state").join("feeds.cache");
