@@ -300,48 +300,12 @@ pub async fn run(
         );
     }
     phases.lap("ledger");
-    // Templates and transport are checked before anything is written: a broken template stops
-    // the start with the ledger as it was.
+    // Templates and transport are checked before anything is planned: a broken template stops
+    // the start with no mail planned.
     let parts = mail_parts(&config)?;
     phases.lap("templates");
     crate::http::feed_cache::remove_unfinished(&dir);
-    let (feeds, feeds_cached) = match PendingPlan::prepare(&store, &config, Timestamp::now())? {
-        None => {
-            phases.lap("plan");
-            let feeds = FeedState::new_cached(&config, &store.revisions()?, &dir);
-            phases.lap(if feeds.1 {
-                "feeds (from the cache)"
-            } else {
-                "feeds"
-            });
-            feeds
-        }
-        Some(plan) => {
-            phases.lap("reconcile");
-            // The feeds need the plan's revisions, not its rows: the plan is written on one of
-            // the runtime's blocking threads (the one that then writes the feed cache, so no
-            // thread is made for this alone) while the feeds are rendered here. READY waits for
-            // both.
-            let PendingPlan { replan, revisions } = plan;
-            let write = tokio::task::spawn_blocking(move || {
-                let applied = store.apply(&replan);
-                (store, applied)
-            });
-            let feeds = FeedState::new_cached(&config, &revisions, &dir);
-            let (returned, applied) = match write.await {
-                Ok(done) => done,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            };
-            store = returned;
-            applied?;
-            phases.lap(if feeds.1 {
-                "plan written beside feeds (from the cache)"
-            } else {
-                "plan written beside feeds"
-            });
-            feeds
-        }
-    };
+    let (mut store, (feeds, feeds_cached)) = plan_and_feeds(store, &config, &mut phases).await?;
     // A first plan's pages go from the WAL into the database file after READY.
     let checkpoint = store.take_checkpoint();
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
@@ -488,6 +452,47 @@ pub async fn run(
     drop(state_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Brings the ledger's plan up to date with `config` and builds the feeds (from the cache in
+/// the state directory when it holds them). When there is a plan to write, it is written on a
+/// blocking thread while the feeds render from the revisions it will leave (the thread then
+/// serves the runtime's other blocking work, such as the feed cache write). Returns the store
+/// with the feeds.
+async fn plan_and_feeds(
+    mut store: SqliteStore,
+    config: &Config,
+    phases: &mut Phases,
+) -> Result<(SqliteStore, (FeedState, bool)), DaemonError> {
+    let dir = &config.state_dir;
+    let Some(plan) = PendingPlan::prepare(&store, config, Timestamp::now())? else {
+        phases.lap("plan");
+        let feeds = FeedState::new_cached(config, &store.revisions()?, dir);
+        phases.lap(if feeds.1 {
+            "feeds (from the cache)"
+        } else {
+            "feeds"
+        });
+        return Ok((store, feeds));
+    };
+    phases.lap("reconcile");
+    let PendingPlan { replan, revisions } = plan;
+    let write = tokio::task::spawn_blocking(move || {
+        let applied = store.apply(&replan);
+        (store, applied)
+    });
+    let feeds = FeedState::new_cached(config, &revisions, dir);
+    let (store, applied) = match write.await {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    applied?;
+    phases.lap(if feeds.1 {
+        "plan written beside feeds (from the cache)"
+    } else {
+        "plan written beside feeds"
+    });
+    Ok((store, feeds))
 }
 
 /// Start-up phase durations, for the log line at READY.
