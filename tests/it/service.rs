@@ -76,22 +76,6 @@ fn spawn(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon 
     }
 }
 
-/// Waits for the process to exit (up to 60 s) and returns whether it exited 0.
-fn wait_exit(daemon: &mut Daemon) -> bool {
-    let mut status = None;
-    let log = daemon.log.clone();
-    let child = &mut daemon.child;
-    wait_for(
-        "convenor serve to exit",
-        || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-        },
-        || std::fs::read_to_string(&log).unwrap_or_default(),
-    );
-    status.is_some_and(|s| s.success())
-}
-
 async fn get(url: &str) -> (u16, String) {
     let res = reqwest::get(url).await.expect("GET");
     let status = res.status().as_u16();
@@ -270,7 +254,7 @@ async fn notify_protocol_health_and_metrics_through_a_send_two_reloads_and_a_sto
     daemon.signal("TERM");
     let stopping = notes.wait("STOPPING=1", 0, |m| m == "STOPPING=1");
     assert!(
-        wait_exit(&mut daemon),
+        daemon.wait_exit().success(),
         "exit status not 0\n{}",
         daemon.log_text()
     );
@@ -474,7 +458,7 @@ async fn the_log_of_a_run_with_a_feed_token_and_an_smtp_password_holds_neither()
         || daemon.log_text(),
     );
     daemon.signal("TERM");
-    assert!(wait_exit(&mut daemon), "{}", daemon.log_text());
+    assert!(daemon.wait_exit().success(), "{}", daemon.log_text());
     let text = daemon.log_text();
     assert!(text.contains("soon") && text.contains("mail-0"), "{text}");
     assert!(
@@ -508,7 +492,7 @@ fn under_journald_lines_carry_a_priority_prefix_and_no_timestamp() {
     let mut daemon = Daemon { child, log };
     daemon.wait_ready();
     daemon.signal("TERM");
-    assert!(wait_exit(&mut daemon), "{}", daemon.log_text());
+    assert!(daemon.wait_exit().success(), "{}", daemon.log_text());
     let text = daemon.log_text();
     let running = text
         .lines()
