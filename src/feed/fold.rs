@@ -10,25 +10,42 @@
 //! Why [`clean_text`]: the crate's TEXT escaping handles `\`, `;`, `,` and LF but passes CR and
 //! other control characters through; RFC 5545 3.3.11 allows none of them.
 
+use std::borrow::Cow;
+
 /// Longest content line in octets, CRLF excluded (RFC 5545 3.1).
 pub const MAX_LINE_OCTETS: usize = 75;
 
 /// Makes free text safe to hand to the icalendar crate as a TEXT value: CRLF and CR become LF
 /// (which the crate escapes as `\n`), tabs become spaces, other control characters are dropped.
-pub fn clean_text(text: &str) -> String {
-    // Fast path (the feed cleans every event's texts on each render): nothing to change.
-    if !text.chars().any(|c| c.is_control() && c != '\n') {
-        return text.to_owned();
+pub fn clean_text(text: &str) -> Cow<'_, str> {
+    // Fast path (the feed cleans every event's texts on each render): nothing to change, and
+    // nothing copied.
+    if !has_control_other_than_lf(text) {
+        return Cow::Borrowed(text);
     }
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
-    text.chars()
-        .filter_map(|c| match c {
-            '\n' => Some('\n'),
-            '\t' => Some(' '),
-            c if c.is_control() => None,
-            c => Some(c),
-        })
-        .collect()
+    Cow::Owned(
+        text.chars()
+            .filter_map(|c| match c {
+                '\n' => Some('\n'),
+                '\t' => Some(' '),
+                c if c.is_control() => None,
+                c => Some(c),
+            })
+            .collect(),
+    )
+}
+
+/// True when `text` holds a control character (Unicode category Cc: U+0000-U+001F, U+007F,
+/// U+0080-U+009F) other than LF. Looks at bytes, not chars: in UTF-8 the first two ranges are
+/// single bytes and the third is 0xC2 followed by 0x80-0x9F.
+fn has_control_other_than_lf(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        (b < 0x20 && b != b'\n')
+            || b == 0x7f
+            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
 }
 
 /// Makes text safe in a quoted parameter value (RFC 5545 3.2: no DQUOTE, no control characters).
@@ -43,33 +60,36 @@ pub fn clean_param(text: &str) -> String {
 /// continuation lines start with one space, never inside a UTF-8 character and never between a
 /// backslash and the character it escapes. The result has no trailing CRLF.
 pub fn fold_line(line: &str, out: &mut String) {
-    // Most content lines are short: copy them whole. Longer ones are copied a physical line
-    // at a time (a slice, not char by char): this runs over every line of every feed render.
-    if line.len() <= MAX_LINE_OCTETS {
-        out.push_str(line);
-        return;
-    }
-    let mut used = 0; // octets on the current physical line
+    // Each physical line is cut as late as it may be, found by stepping back from its longest
+    // end rather than by walking every char: this runs over every line of every feed render.
     let mut start = 0; // byte offset of the first char not yet copied to `out`
-    let mut chars = line.char_indices().peekable();
-    while let Some((at, c)) = chars.next() {
-        // A unit is one char, or a backslash with the char it escapes: never split.
-        let mut octets = c.len_utf8();
-        if c == '\\'
-            && let Some(&(_, next)) = chars.peek()
-        {
-            octets += next.len_utf8();
-            chars.next();
+    let mut budget = MAX_LINE_OCTETS; // the first line has no leading space
+    while line.len() - start > budget {
+        let mut cut = start + budget;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
         }
-        if used + octets > MAX_LINE_OCTETS {
-            out.push_str(&line[start..at]);
-            out.push_str("\r\n ");
-            start = at;
-            used = 1;
+        if splits_escape(line, cut) {
+            cut -= 1;
         }
-        used += octets;
+        out.push_str(&line[start..cut]);
+        out.push_str("\r\n ");
+        start = cut;
+        budget = MAX_LINE_OCTETS - 1;
     }
     out.push_str(&line[start..]);
+}
+
+/// True when cutting `line` at byte `cut` would part a backslash from the char it escapes: the
+/// run of backslashes ending just before `cut` is odd (escapes pair up from the start of a run,
+/// and a run starts where the char before it is no backslash).
+fn splits_escape(line: &str, cut: usize) -> bool {
+    let run = line.as_bytes()[..cut]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b'\\')
+        .count();
+    run % 2 == 1
 }
 
 /// Removes every fold (CRLF followed by one space or tab), giving logical content lines.
@@ -80,13 +100,43 @@ pub fn unfold(text: &str) -> String {
 /// Unfolds a whole iCalendar text and folds every line again with [`fold_line`], ending each
 /// line with CRLF.
 pub fn refold(text: &str) -> String {
-    let unfolded = unfold(text);
-    let mut out = String::with_capacity(unfolded.len() + unfolded.len() / 64 * 3);
-    for line in unfolded.split("\r\n").filter(|l| !l.is_empty()) {
-        fold_line(line, &mut out);
-        out.push_str("\r\n");
-    }
+    let mut out = String::with_capacity(text.len() + text.len() / 64 * 3);
+    refold_into(text, &mut String::new(), &mut out);
     out
+}
+
+/// [`refold`] appending to `out`, with `line` as scratch space for a logical line that was
+/// folded (its previous content is dropped). Rendering a feed calls this once per event with
+/// the same two buffers: unfolding the whole text first cost two copies and three allocations
+/// an event. A line that was not folded is folded from `text` as it is, without a copy.
+pub fn refold_into(text: &str, line: &mut String, out: &mut String) {
+    line.clear();
+    // A fold is CRLF and one space or tab: the part after it continues the line before it.
+    let continues = |p: &str| p.starts_with([' ', '\t']);
+    let mut physical = text.split("\r\n").enumerate().peekable();
+    while let Some((i, part)) = physical.next() {
+        if i > 0 && continues(part) {
+            line.push_str(&part[1..]);
+        } else {
+            flush(line, out);
+            if physical.peek().is_some_and(|(_, next)| continues(next)) {
+                line.push_str(part);
+            } else if !part.is_empty() {
+                fold_line(part, out);
+                out.push_str("\r\n");
+            }
+        }
+    }
+    flush(line, out);
+}
+
+/// Folds the logical line gathered in `line` (if any) onto `out` and empties `line`.
+fn flush(line: &mut String, out: &mut String) {
+    if !line.is_empty() {
+        fold_line(line, out);
+        out.push_str("\r\n");
+        line.clear();
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +172,106 @@ mod tests {
             crate_splits > 0,
             "the crate no longer splits escapes; this workaround may be dropped"
         );
+    }
+
+    /// What [`refold`] is defined as: unfold the whole text, then fold each non-empty line.
+    fn refold_by_definition(text: &str) -> String {
+        let mut out = String::new();
+        for line in unfold(text).split("\r\n").filter(|l| !l.is_empty()) {
+            fold_line(line, &mut out);
+            out.push_str("\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn refolding_in_place_equals_unfolding_then_folding() {
+        let long = format!("DESCRIPTION:{}", "word\\, é😀 ".repeat(30));
+        let crate_folded: String = icalendar::Property::new("X", long.as_str())
+            .try_into()
+            .expect("serialise");
+        let cases = [
+            String::new(),
+            "A:b\r\n".into(),
+            "A:b".into(),
+            "\r\n\r\nA:b\r\n\r\nC:d\r\n".into(),
+            "A:b\r\n c\r\n\td\r\nE:f\r\n".into(),
+            " leading continuation\r\nA:b\r\n".into(),
+            "A:b\r\n\r\n c\r\n".into(),
+            "A:b\r\n \r\n \r\nC:d".into(),
+            format!("{long}\r\n{long}\r\n"),
+            format!("BEGIN:VEVENT\r\n{crate_folded}{crate_folded}END:VEVENT\r\n"),
+        ];
+        let mut line = String::from("left over from a previous call");
+        for case in cases {
+            let mut out = String::from("kept:");
+            refold_into(&case, &mut line, &mut out);
+            assert_eq!(
+                out,
+                format!("kept:{}", refold_by_definition(&case)),
+                "{case:?}"
+            );
+            assert_eq!(refold(&case), refold_by_definition(&case), "{case:?}");
+        }
+    }
+
+    /// The previous `fold_line`, which walked the line char by char, backslash pairs as one
+    /// unit: the definition the faster one must match.
+    fn fold_line_by_units(line: &str, out: &mut String) {
+        let mut used = 0;
+        let mut start = 0;
+        let mut chars = line.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            let mut octets = c.len_utf8();
+            if c == '\\'
+                && let Some(&(_, next)) = chars.peek()
+            {
+                octets += next.len_utf8();
+                chars.next();
+            }
+            if used + octets > MAX_LINE_OCTETS {
+                out.push_str(&line[start..at]);
+                out.push_str("\r\n ");
+                start = at;
+                used = 1;
+            }
+            used += octets;
+        }
+        out.push_str(&line[start..]);
+    }
+
+    #[test]
+    fn folding_matches_walking_unit_by_unit() {
+        let pieces = [
+            "a", "\\", "\\n", "\\\\", "é", "€", "😀", "\\é", "\\😀", " ", ",",
+        ];
+        let mut rng = 0x2545_f491_u32;
+        for case in 0..3000 {
+            let mut line = String::from("DESCRIPTION:");
+            for _ in 0..(case % 120) {
+                rng ^= rng << 13;
+                rng ^= rng >> 17;
+                rng ^= rng << 5;
+                line.push_str(pieces[rng as usize % pieces.len()]);
+            }
+            let (mut fast, mut slow) = (String::new(), String::new());
+            fold_line(&line, &mut fast);
+            fold_line_by_units(&line, &mut slow);
+            assert_eq!(fast, slow, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_found_by_their_bytes() {
+        for c in (0..=0x10ffff_u32).filter_map(char::from_u32) {
+            let text = format!("ab{c}é");
+            assert_eq!(
+                has_control_other_than_lf(&text),
+                c.is_control() && c != '\n',
+                "{:?}",
+                c
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod fold;
 pub mod urls;
 pub mod vtimezone;
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use icalendar::{Component as _, EventLike as _, EventStatus, Property};
 use jiff::{SignedDuration, Timestamp, civil::DateTime};
@@ -30,6 +30,8 @@ pub const FALLBACK_STAMP: Timestamp = Timestamp::UNIX_EPOCH;
 /// The VTIMEZONE's rules are taken from the year of the config's last meeting; with no meeting
 /// at all (and so no event needing them) from the year of this instant, 2026-01-01T00:00:00Z.
 const NO_MEETING_REFERENCE: i64 = 1_767_225_600;
+
+const CALENDAR_END: &str = "END:VCALENDAR\r\n";
 
 /// The UID of a meeting: `<meeting id>@<network short name as a slug>.convenor`. It depends only
 /// on the meeting's stable id and the network, holds no personal data, and never changes.
@@ -113,13 +115,14 @@ pub fn render_calendar(
     revisions: &BTreeMap<MeetingId, StoredRevision>,
     selection: Selection<'_>,
 ) -> String {
-    let mut text = header(config, selection);
-    text.push_str(&timezone(config));
+    let mut text = fold::refold(&header(config, selection));
+    text.push_str(&fold::refold(&timezone(config)));
+    let mut events = EventRenderer::new(config);
     for meeting in meetings(config, selection) {
-        text.push_str(&event(config, meeting, revisions.get(&meeting.id)));
+        events.render_into(meeting, revisions.get(&meeting.id), &mut text);
     }
-    text.push_str("END:VCALENDAR\r\n");
-    fold::refold(&text)
+    text.push_str(CALENDAR_END);
+    text
 }
 
 /// Renders several feeds at once, each byte for byte what [`render_calendar`] gives for its
@@ -143,12 +146,13 @@ pub fn render_calendars(
 pub struct Calendars {
     headers: Vec<String>,
     timezone: String,
-    events: Vec<String>,
-    /// For each calendar, the indexes of its events in `events`.
+    /// Every VEVENT, one after the other (one allocation, not one per event).
+    events: String,
+    /// Where each meeting's VEVENT ends in `events` (it starts where the one before ends).
+    ends: Vec<usize>,
+    /// For each calendar, the indexes of its events in `ends`.
     members: Vec<Vec<usize>>,
 }
-
-const CALENDAR_END: &str = "END:VCALENDAR\r\n";
 
 impl Calendars {
     /// Renders every meeting once and each selection's header (see [`render_calendars`]).
@@ -157,17 +161,23 @@ impl Calendars {
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         selections: &[Selection<'_>],
     ) -> Self {
+        let mut renderer = EventRenderer::new(config);
+        // About 1 KiB an event: one growth or two at most.
+        let mut events = String::with_capacity(config.meetings.len() * 1024);
+        let ends = (config.meetings.iter())
+            .map(|m| {
+                renderer.render_into(m, revisions.get(&m.id), &mut events);
+                events.len()
+            })
+            .collect();
         Self {
             headers: selections
                 .iter()
                 .map(|&selection| fold::refold(&header(config, selection)))
                 .collect(),
             timezone: fold::refold(&timezone(config)),
-            events: config
-                .meetings
-                .iter()
-                .map(|m| fold::refold(&event(config, m, revisions.get(&m.id))))
-                .collect(),
+            events,
+            ends,
             members: selections
                 .iter()
                 .map(|&selection| {
@@ -194,8 +204,14 @@ impl Calendars {
     pub fn pieces(&self, i: usize) -> impl Iterator<Item = &str> {
         [self.headers[i].as_str(), self.timezone.as_str()]
             .into_iter()
-            .chain(self.members[i].iter().map(|&e| self.events[e].as_str()))
+            .chain(self.members[i].iter().map(|&e| self.event(e)))
             .chain(std::iter::once(CALENDAR_END))
+    }
+
+    /// The VEVENT of the `e`th meeting.
+    fn event(&self, e: usize) -> &str {
+        let start = e.checked_sub(1).map_or(0, |before| self.ends[before]);
+        &self.events[start..self.ends[e]]
     }
 
     /// The length in bytes of calendar `i`.
@@ -218,11 +234,11 @@ pub fn render_meeting_invite(
     meeting: &Meeting,
     revision: Option<&StoredRevision>,
 ) -> String {
-    let mut text = header(config, Selection::All);
-    text.push_str(&timezone(config));
-    text.push_str(&event(config, meeting, revision));
-    text.push_str("END:VCALENDAR\r\n");
-    fold::refold(&text)
+    let mut text = fold::refold(&header(config, Selection::All));
+    text.push_str(&fold::refold(&timezone(config)));
+    EventRenderer::new(config).render_into(meeting, revision, &mut text);
+    text.push_str(CALENDAR_END);
+    text
 }
 
 fn header(config: &Config, selection: Selection<'_>) -> String {
@@ -283,109 +299,176 @@ fn duration(d: SignedDuration) -> String {
     out
 }
 
+/// A local date-time as iCalendar DATE-TIME (`20230607T100000`). Written by hand rather than
+/// with `strftime`, which parses its format string on every call: this runs twice an event.
 fn local(dt: DateTime) -> String {
-    dt.strftime("%Y%m%dT%H%M%S").to_string()
-}
-
-fn utc(ts: Timestamp) -> String {
-    ts.strftime("%Y%m%dT%H%M%SZ").to_string()
-}
-
-fn event(config: &Config, meeting: &Meeting, revision: Option<&StoredRevision>) -> String {
-    let tzid = config.network.time_zone_name.as_str();
-    let (sequence, stamp) = revision.map_or((0, FALLBACK_STAMP), |r| (r.sequence, r.last_modified));
-    let timed = |key: &str, at: DateTime| {
-        let mut p = Property::new(key, local(at));
-        p.add_parameter("TZID", tzid);
-        p
-    };
-    let contact = &config.network.contact;
-    let mut organizer = Property::new("ORGANIZER", format!("mailto:{}", contact.email));
-    organizer.add_parameter(
-        "CN",
-        &fold::clean_param(
-            contact
-                .name
-                .as_deref()
-                .unwrap_or(config.network.short_name.as_str()),
-        ),
-    );
-    let summary = if meeting.is_cancelled() {
-        format!("Cancelled: {}", meeting.title)
+    if (0..=9999).contains(&dt.year()) {
+        format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second()
+        )
     } else {
-        meeting.title.to_string()
-    };
-
-    let mut ev = icalendar::Event::new();
-    ev.uid(&uid(config, meeting))
-        .add_property("DTSTAMP", utc(stamp))
-        .add_property("LAST-MODIFIED", utc(stamp))
-        .add_property("SEQUENCE", sequence.to_string())
-        .append_property(timed("DTSTART", meeting.local_start()))
-        .append_property(timed("DTEND", meeting.local_end()))
-        .summary(&fold::clean_text(&summary))
-        .description(&fold::clean_text(&description(config, meeting)))
-        .append_property(organizer)
-        .add_property("URL", urls::page_url(config))
-        .add_property("TRANSP", "OPAQUE")
-        .status(if meeting.is_cancelled() {
-            EventStatus::Cancelled
-        } else {
-            EventStatus::Confirmed
-        });
-    if let Some(location) = &meeting.location {
-        ev.location(&fold::clean_text(location.as_str()));
+        dt.strftime("%Y%m%dT%H%M%S").to_string()
     }
-    // Serialising into a String cannot fail: fmt::Write for String is infallible.
-    ev.done().try_into_string().unwrap_or_default()
+}
+
+/// An instant as iCalendar UTC DATE-TIME (`20230607T090000Z`).
+fn utc(ts: Timestamp) -> String {
+    let mut text = local(jiff::tz::Offset::UTC.to_datetime(ts));
+    text.push('Z');
+    text
+}
+
+/// Renders VEVENTs. What every event of a rendering shares (the UID's domain, the page URL,
+/// the ORGANIZER) is worked out once, and the buffers the icalendar crate writes into and the
+/// folding reads from are reused from event to event: per event, they were a third of a feed's
+/// rendering time.
+struct EventRenderer<'a> {
+    config: &'a Config,
+    /// `@<network slug>.convenor`, the end of every UID.
+    uid_domain: String,
+    page_url: String,
+    organizer: String,
+    organizer_name: String,
+    /// The crate's output for one event (folded its way).
+    crate_text: String,
+    /// A logical line being folded again.
+    line: String,
+    /// The DESCRIPTION being written.
+    description: String,
+}
+
+impl<'a> EventRenderer<'a> {
+    fn new(config: &'a Config) -> Self {
+        let contact = &config.network.contact;
+        Self {
+            config,
+            uid_domain: format!("@{}.convenor", network_slug(config)),
+            page_url: urls::page_url(config),
+            organizer: format!("mailto:{}", contact.email),
+            organizer_name: fold::clean_param(
+                contact
+                    .name
+                    .as_deref()
+                    .unwrap_or(config.network.short_name.as_str()),
+            ),
+            crate_text: String::new(),
+            line: String::new(),
+            description: String::new(),
+        }
+    }
+
+    /// Appends the VEVENT of `meeting` to `out`, folded by [`fold::fold_line`].
+    fn render_into(
+        &mut self,
+        meeting: &Meeting,
+        revision: Option<&StoredRevision>,
+        out: &mut String,
+    ) {
+        let config = self.config;
+        let tzid = config.network.time_zone_name.as_str();
+        let (sequence, stamp) =
+            revision.map_or((0, FALLBACK_STAMP), |r| (r.sequence, r.last_modified));
+        let stamp = utc(stamp);
+        let timed = |key: &str, at: DateTime| {
+            let mut p = Property::new(key, local(at));
+            p.add_parameter("TZID", tzid);
+            p
+        };
+        let mut organizer = Property::new("ORGANIZER", self.organizer.as_str());
+        organizer.add_parameter("CN", &self.organizer_name);
+        let cancelled = meeting.is_cancelled();
+        let summary = if cancelled {
+            Cow::Owned(format!("Cancelled: {}", meeting.title))
+        } else {
+            Cow::Borrowed(meeting.title.as_str())
+        };
+        self.description.clear();
+        write_description(config, meeting, &self.page_url, &mut self.description);
+
+        let mut ev = icalendar::Event::new();
+        ev.uid(&format!("{}{}", meeting.id, self.uid_domain))
+            .add_property("DTSTAMP", stamp.as_str())
+            .add_property("LAST-MODIFIED", stamp)
+            .add_property("SEQUENCE", sequence.to_string())
+            .append_property(timed("DTSTART", meeting.local_start()))
+            .append_property(timed("DTEND", meeting.local_end()))
+            .summary(&fold::clean_text(&summary))
+            .description(&fold::clean_text(&self.description))
+            .append_property(organizer)
+            .add_property("URL", self.page_url.as_str())
+            .add_property("TRANSP", "OPAQUE")
+            .status(if cancelled {
+                EventStatus::Cancelled
+            } else {
+                EventStatus::Confirmed
+            });
+        if let Some(location) = &meeting.location {
+            ev.location(&fold::clean_text(location.as_str()));
+        }
+        self.crate_text.clear();
+        // Writing into a String cannot fail: fmt::Write for String is infallible.
+        let _ = ev.fmt_write(&mut self.crate_text);
+        fold::refold_into(&self.crate_text, &mut self.line, out);
+    }
 }
 
 /// The plain-text DESCRIPTION: status, priorities in focus with their leads, the agreed agenda
 /// (when any item is accepted), join link, notes, contact and the subscribe page.
 pub fn description(config: &Config, meeting: &Meeting) -> String {
-    let mut lines = Vec::new();
+    let mut text = String::new();
+    write_description(config, meeting, &urls::page_url(config), &mut text);
+    text
+}
+
+/// [`description`] appended to `out`, with the page URL worked out by the caller.
+fn write_description(config: &Config, meeting: &Meeting, page_url: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    // Writing into a String cannot fail: fmt::Write for String is infallible.
     if meeting.is_cancelled() {
-        lines.push("This meeting is cancelled.".to_owned());
-        lines.push(String::new());
+        out.push_str("This meeting is cancelled.\n\n");
     }
-    lines.push(format!("{} of the {}.", meeting.title, config.network.name));
-    lines.push(String::new());
-    lines.push(if meeting.focus.is_empty() {
-        "Priorities (all in focus):".to_owned()
-    } else {
-        "Priorities in focus:".to_owned()
-    });
+    let _ = write!(
+        out,
+        "{} of the {}.\n\n{}",
+        meeting.title,
+        config.network.name,
+        if meeting.focus.is_empty() {
+            "Priorities (all in focus):"
+        } else {
+            "Priorities in focus:"
+        }
+    );
     for p in config.priorities_of(meeting) {
-        let org = p
-            .lead
-            .organisation
-            .as_ref()
-            .map(|o| format!(", {o}"))
-            .unwrap_or_default();
-        lines.push(format!(
-            "- {}: lead {}{org} <{}>",
-            p.name, p.lead.name, p.lead.email.email
-        ));
+        let _ = write!(out, "\n- {}: lead {}", p.name, p.lead.name);
+        if let Some(org) = &p.lead.organisation {
+            let _ = write!(out, ", {org}");
+        }
+        let _ = write!(out, " <{}>", p.lead.email.email);
     }
     let agenda = config.agenda.get(&meeting.id);
     if !agenda.empty {
-        lines.push(String::new());
-        lines.push("Agenda:".to_owned());
-        lines.extend(agenda.lines());
+        out.push_str("\n\nAgenda:");
+        for line in agenda.lines() {
+            out.push('\n');
+            out.push_str(&line);
+        }
     }
     if let Some(url) = &meeting.join_url {
-        lines.push(String::new());
-        lines.push(format!("Join online: {url}"));
+        let _ = write!(out, "\n\nJoin online: {url}");
     }
     if let Some(notes) = &meeting.notes {
-        lines.push(String::new());
-        lines.push(notes.trim().to_owned());
+        out.push_str("\n\n");
+        out.push_str(notes.trim());
     }
-    lines.push(String::new());
-    lines.push(format!("Contact: {}", config.network.contact));
-    lines.push(format!(
-        "Calendar and subscriptions: {}",
-        urls::page_url(config)
-    ));
-    lines.join("\n")
+    let _ = write!(
+        out,
+        "\n\nContact: {}\nCalendar and subscriptions: {page_url}",
+        config.network.contact
+    );
 }
