@@ -1,5 +1,6 @@
 //! Criterion benches of the pure cores: feed rendering, mail planning (the timeline and the
-//! scheduler's reconcile), one mail.
+//! scheduler's reconcile), one mail; and the one disk-bound step of a first start, writing the
+//! plan into a new ledger.
 //!
 //! Sizes are 5 (the shipped year), 500 and 5,000 generated meetings (benches/support). Each
 //! size-dependent group sets `Throughput::Elements(meetings)`, so criterion prints meetings per
@@ -79,6 +80,35 @@ fn schedule_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// Writing a first plan into a new ledger (the bulk write of a first start): every row of the
+/// reconcile above, in one transaction, committed (with the WAL synced) into a fresh SQLite
+/// file in a temporary directory. Disk-bound in part: compare runs on one machine only.
+fn ledger_benches(c: &mut Criterion) {
+    use convenor::ledger::{SqliteStore, Store as _};
+    let mut g = c.benchmark_group("ledger_first_plan");
+    g.sample_size(10);
+    for n in [500, 5_000] {
+        let config = support::config(n, &support::Overrides::default());
+        let replan = scheduler::reconcile(&config, &[], &Default::default(), now()).replan;
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_batched(
+                || {
+                    let dir = tempfile::tempdir().expect("temporary directory");
+                    let store = SqliteStore::open_in(dir.path()).expect("ledger");
+                    (dir, store)
+                },
+                |(dir, mut store)| {
+                    store.apply(black_box(&replan)).expect("apply");
+                    (dir, store)
+                },
+                criterion::BatchSize::PerIteration,
+            );
+        });
+    }
+    g.finish();
+}
+
 fn mail_benches(c: &mut Criterion) {
     let config = support::config(5, &support::Overrides::default());
     let templates = match Templates::load(&config.mail.templates_dir) {
@@ -117,5 +147,11 @@ fn mail_benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, feed_benches, schedule_benches, mail_benches);
+criterion_group!(
+    benches,
+    feed_benches,
+    schedule_benches,
+    ledger_benches,
+    mail_benches
+);
 criterion_main!(benches);

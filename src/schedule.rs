@@ -110,6 +110,22 @@ pub fn deadline(due: Timestamp, grace: SignedDuration, meeting_start: Timestamp)
 /// Every timed message of every confirmed meeting, sorted by due instant (then meeting, email,
 /// recipient). Cancelled meetings get no timed mail.
 pub fn timeline(config: &Config) -> Vec<DueMail> {
+    let mut out = due_mails(config);
+    out.sort_by(|a, b| {
+        (a.due, &a.meeting, &a.email, &a.recipient).cmp(&(
+            b.due,
+            &b.meeting,
+            &b.email,
+            &b.recipient,
+        ))
+    });
+    out
+}
+
+/// The mails of [`timeline`] in config order (meeting by meeting, then the schedule's order),
+/// for callers that need them all but not sorted: reconciliation, where the sort was a sixth
+/// of its time at 5,000 meetings.
+pub fn due_mails(config: &Config) -> Vec<DueMail> {
     let tz = &config.network.time_zone;
     let mut out = Vec::new();
     for meeting in config.meetings.iter().filter(|m| !m.is_cancelled()) {
@@ -129,14 +145,6 @@ pub fn timeline(config: &Config) -> Vec<DueMail> {
             }
         }
     }
-    out.sort_by(|a, b| {
-        (a.due, &a.meeting, &a.email, &a.recipient).cmp(&(
-            b.due,
-            &b.meeting,
-            &b.email,
-            &b.recipient,
-        ))
-    });
     out
 }
 

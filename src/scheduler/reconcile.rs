@@ -28,52 +28,45 @@ pub struct Reconciled {
     pub notes: Vec<String>,
 }
 
-/// The Message-ID of a planned mail, fixed in its row so every retry carries the same one:
-/// [`crate::mail::message_id`] of its key (the occurrence, a notice's SEQUENCE, tells notices
-/// apart), so `convenor preview` shows the very Message-ID that will be sent.
-pub fn message_id(config: &Config, key: &MailKey) -> String {
-    match (
-        MeetingId::parse(&key.meeting),
-        EmailId::parse(&key.email),
-        Recipient::from_key(&key.audience),
-    ) {
-        (Ok(meeting), Ok(email), Some(recipient)) => {
-            crate::mail::message_id(config, &meeting, &email, &recipient, key.occurrence)
-        }
-        // Keys are built from the config, so this is unreachable in practice; stay unique.
-        _ => format!(
-            "<{}.{}.{}.{}@{}>",
-            key.meeting,
-            key.email,
-            key.audience.replace(':', "."),
-            key.occurrence,
-            config.mail.from.email.domain()
-        ),
-    }
-}
-
-fn new_row(
-    config: &Config,
+/// A new pending row for `key`, made from `meeting`'s `rule` for `recipient`. Its Message-ID is
+/// fixed in the row so every retry carries the same one: [`crate::mail::message_id`] of the
+/// key's parts (the occurrence, a notice's SEQUENCE, tells notices apart), so `convenor preview`
+/// shows the very Message-ID that will be sent.
+struct NewRow<'a> {
+    /// The key, made of the next three and the occurrence.
     key: MailKey,
+    meeting: &'a MeetingId,
+    email: &'a EmailId,
+    recipient: &'a Recipient,
     due: Timestamp,
     deadline: Timestamp,
     starts: Timestamp,
-    now: Timestamp,
-) -> LedgerRow {
-    LedgerRow {
-        message_id: message_id(config, &key),
-        key,
-        due,
-        deadline,
-        starts,
-        state: MailState::Pending,
-        attempts: 0,
-        next_attempt: None,
-        last_error: None,
-        sent_at: None,
-        reply: None,
-        created: now,
-        released: false,
+}
+
+impl NewRow<'_> {
+    fn row(self, config: &Config, now: Timestamp) -> LedgerRow {
+        let occurrence = self.key.occurrence;
+        LedgerRow {
+            message_id: crate::mail::message_id(
+                config,
+                self.meeting,
+                self.email,
+                self.recipient,
+                occurrence,
+            ),
+            key: self.key,
+            due: self.due,
+            deadline: self.deadline,
+            starts: self.starts,
+            state: MailState::Pending,
+            attempts: 0,
+            next_attempt: None,
+            last_error: None,
+            sent_at: None,
+            reply: None,
+            created: now,
+            released: false,
+        }
     }
 }
 
@@ -103,12 +96,19 @@ fn notices(
                 .map(move |r| (rule, r))
         })
         .map(|(rule, recipient)| {
-            let key = MailKey {
-                occurrence: sequence,
-                ..MailKey::timed(&meeting.id, &rule.id, &recipient)
-            };
-            let deadline = schedule::deadline(now, rule.grace, starts);
-            new_row(config, key, now, deadline, starts, now)
+            NewRow {
+                key: MailKey {
+                    occurrence: sequence,
+                    ..MailKey::timed(&meeting.id, &rule.id, &recipient)
+                },
+                meeting: &meeting.id,
+                email: &rule.id,
+                recipient: &recipient,
+                due: now,
+                deadline: schedule::deadline(now, rule.grace, starts),
+                starts,
+            }
+            .row(config, now)
         })
         .collect()
 }
@@ -203,7 +203,7 @@ pub fn reconcile(
         }
     }
 
-    for due in schedule::timeline(config) {
+    for due in schedule::due_mails(config) {
         let key = MailKey::timed(&due.meeting, &due.email, &due.recipient);
         let starts = index
             .get(due.meeting.as_str())
@@ -213,11 +213,18 @@ pub fn reconcile(
             wanted.insert(&row.key);
         }
         match existing {
-            None => {
-                out.replan
-                    .inserts
-                    .push(new_row(config, key, due.due, due.deadline, starts, now))
-            }
+            None => out.replan.inserts.push(
+                NewRow {
+                    key,
+                    meeting: &due.meeting,
+                    email: &due.email,
+                    recipient: &due.recipient,
+                    due: due.due,
+                    deadline: due.deadline,
+                    starts,
+                }
+                .row(config, now),
+            ),
             Some(row) if matches!(row.state, MailState::Sent | MailState::Sending) => {}
             Some(row) => {
                 let moved = (row.due, row.deadline, row.starts) != (due.due, due.deadline, starts);

@@ -728,3 +728,48 @@ fn after_any_scheduler_activity_reconciling_the_same_config_again_changes_nothin
     sim.step(&d.scheduler, jumped, ok);
     unchanged(&sim, &d, jumped, "after the released mails were decided");
 }
+
+/// Every planned row carries the Message-ID that `convenor preview` shows for its key
+/// ([`crate::mail::message_id`] of the key's parts): timed mails to the list and to each lead,
+/// and a change notice, whose occurrence is the SEQUENCE that queued it.
+#[test]
+fn planned_rows_carry_the_message_id_of_their_key() {
+    use crate::{
+        model::{EmailId, MeetingId},
+        schedule::Recipient,
+    };
+    let by_key = |config: &Config, k: &MailKey| {
+        crate::mail::message_id(
+            config,
+            &MeetingId::parse(&k.meeting).expect("meeting id"),
+            &EmailId::parse(&k.email).expect("email id"),
+            &Recipient::from_key(&k.audience).expect("recipient"),
+            k.occurrence,
+        )
+    };
+    let path = std::path::Path::new("config/lednet.toml");
+    let text = std::fs::read_to_string(path).expect("example config");
+    let shipped = parse(path, &text, &Environment::default())
+        .expect("valid")
+        .config;
+    let rows = reconcile(
+        &shipped,
+        &[],
+        &Default::default(),
+        t("2023-01-01T00:00:00Z"),
+    )
+    .replan
+    .inserts;
+    assert!(rows.iter().any(|r| r.key.audience.starts_with("lead:")));
+    for row in &rows {
+        assert_eq!(row.message_id, by_key(&shipped, &row.key), "{}", row.key);
+    }
+
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    let moved = config(&MEETINGS.replace("2030-06-07", "2030-06-10"));
+    sim.load(&moved, t("2030-05-20T00:00:00Z"));
+    let notice = sim.row(&key("m1", "change", 1));
+    assert_eq!(notice.message_id, by_key(&moved, &notice.key));
+    assert_ne!(notice.message_id, by_key(&moved, &key("m1", "change", 0)));
+}
