@@ -472,3 +472,25 @@ fn write_description(config: &Config, meeting: &Meeting, page_url: &str, out: &m
         config.network.contact
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written DATE-TIMEs are what `strftime` wrote before, for every year jiff has.
+    #[test]
+    fn date_times_are_written_as_strftime_writes_them() {
+        for year in [-9999, -1, 0, 5, 999, 1970, 2023, 9999] {
+            let dt = jiff::civil::date(year, 3, 26).at(1, 2, 3, 0);
+            assert_eq!(
+                local(dt),
+                dt.strftime("%Y%m%dT%H%M%S").to_string(),
+                "{year}"
+            );
+        }
+        for ts in [Timestamp::UNIX_EPOCH, Timestamp::MIN, Timestamp::MAX] {
+            let ts = Timestamp::from_second(ts.as_second()).expect("whole second");
+            assert_eq!(utc(ts), ts.strftime("%Y%m%dT%H%M%SZ").to_string(), "{ts}");
+        }
+    }
+}
