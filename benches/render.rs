@@ -46,7 +46,7 @@ fn feed_benches(c: &mut Criterion) {
     // Everything a (re)load renders: the whole feed, one per priority, ETags, headers.
     let mut g = c.benchmark_group("feeds_build");
     for n in SIZES {
-        let config = support::config(n, &support::Overrides::default());
+        let config = std::sync::Arc::new(support::config(n, &support::Overrides::default()));
         let revisions = support::revisions(&config, now());
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {

@@ -291,6 +291,8 @@ pub async fn run(
     let agenda = crate::agenda::AgendaStore::open_in(&dir)?;
     let mut config = config;
     crate::agenda::attach(&mut config, &agenda)?;
+    // One copy, shared by the feeds, the scheduler and the agenda notices from here on.
+    let config = Arc::new(config);
     let agenda = Arc::new(Mutex::new(agenda));
     let mut store = SqliteStore::open_in(&dir)?;
     for key in store.recover_sending()? {
@@ -333,7 +335,7 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let (config_tx, config_rx) = watch::channel(config);
     let wake = Arc::new(Notify::new());
 
     let watchdog = notify::watchdog_interval();
@@ -369,7 +371,7 @@ pub async fn run(
     let pages =
         crate::http::agenda_pages::AgendaPages::new(feeds.clone(), agenda.clone(), hook, true);
     tokio::spawn(crate::agenda::notify::resend_pending(
-        Arc::new(config_tx.borrow().as_ref().clone()),
+        Arc::clone(&config_tx.borrow()),
         agenda.clone(),
     ));
     let app = router(
@@ -461,7 +463,7 @@ pub async fn run(
 /// with the feeds.
 async fn plan_and_feeds(
     mut store: SqliteStore,
-    config: &Config,
+    config: &Arc<Config>,
     phases: &mut Phases,
 ) -> Result<(SqliteStore, (FeedState, bool)), DaemonError> {
     let dir = &config.state_dir;

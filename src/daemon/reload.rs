@@ -40,10 +40,11 @@ pub fn agenda_changed(
     };
     match refreshed {
         Ok((config_now, revisions)) => {
+            let config_now = Arc::new(config_now);
             if feeds.replace(&config_now, &revisions) {
                 super::save_feed_cache(feeds, &config_now.state_dir, background);
             }
-            config.send_replace(Arc::new(config_now));
+            config.send_replace(config_now);
             wake.notify_one();
             tracing::info!("agenda changed: feeds re-rendered");
         }
@@ -143,11 +144,12 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
+    let config = Arc::new(config);
     if live.feeds.replace(&config, &revisions) {
         super::save_feed_cache(&live.feeds, &config.state_dir, &live.background);
     }
     live.outbox.replace(parts);
-    live.config.send_replace(Arc::new(config));
+    live.config.send_replace(config);
     live.wake.notify_one();
     tracing::info!("config reloaded");
     Ok(())

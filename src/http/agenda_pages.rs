@@ -389,7 +389,7 @@ async fn propose(
     };
     tracing::info!(proposal = pid, meeting = %meeting.id, priority = %new.priority, "proposal stored");
     if pages.notify {
-        let config = Arc::new(config.clone());
+        let config = Arc::clone(config);
         let store = pages.store.clone();
         tokio::spawn(async move {
             agenda::notify::send_with_retries(config, store, pid).await;

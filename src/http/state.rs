@@ -74,8 +74,9 @@ impl FeedHits {
 /// Everything the server answers from, built from one config load.
 #[derive(Debug)]
 pub struct Feeds {
-    /// The config the feeds were rendered from (the subscribe page reads it).
-    pub config: Config,
+    /// The config the feeds were rendered from (the subscribe page reads it), shared with the
+    /// scheduler's copy rather than cloned: at 5,000 meetings a clone is megabytes.
+    pub config: Arc<Config>,
     /// The feed of every meeting.
     pub calendar: Feed,
     /// One feed per priority, keyed by priority id.
@@ -91,7 +92,7 @@ impl Feeds {
     /// Last-Modified is never earlier than before, and when its bytes changed but no meeting's
     /// last change is later, it becomes `now` (or a second after the previous one).
     pub fn build(
-        config: &Config,
+        config: &Arc<Config>,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         previous: Option<&Feeds>,
         now: Timestamp,
@@ -104,7 +105,7 @@ impl Feeds {
     /// [`Feeds::build`] for a start: the bodies come from the feed cache in `state_dir` when it
     /// holds the feeds of this config, these revisions and this build. Says whether they did.
     pub fn build_cached(
-        config: &Config,
+        config: &Arc<Config>,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         state_dir: &std::path::Path,
         now: Timestamp,
@@ -143,7 +144,7 @@ impl Feeds {
 
     /// The feeds of `bodies`, in the order of [`render_bodies`].
     fn from_bodies(
-        config: &Config,
+        config: &Arc<Config>,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         key: Digest,
         bodies: Vec<HashedBody>,
@@ -173,7 +174,7 @@ impl Feeds {
         let cache_control = HeaderValue::try_from(format!("max-age={max_age}, no-transform"))
             .unwrap_or(HeaderValue::from_static("max-age=0, no-transform"));
         Self {
-            config: config.clone(),
+            config: Arc::clone(config),
             calendar,
             priorities,
             cache_control,
@@ -288,14 +289,14 @@ pub struct FeedState {
 
 impl FeedState {
     /// Renders the feeds of a freshly loaded config.
-    pub fn new(config: &Config, revisions: &BTreeMap<MeetingId, StoredRevision>) -> Self {
+    pub fn new(config: &Arc<Config>, revisions: &BTreeMap<MeetingId, StoredRevision>) -> Self {
         Self::of(Feeds::build(config, revisions, None, Timestamp::now()))
     }
 
     /// The feeds of a freshly loaded config, from the feed cache in `state_dir` when it holds
     /// them ([`Feeds::build_cached`]); says whether it did.
     pub fn new_cached(
-        config: &Config,
+        config: &Arc<Config>,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         state_dir: &std::path::Path,
     ) -> (Self, bool) {
@@ -320,7 +321,7 @@ impl FeedState {
     /// the old ones. Returns false when nothing they show changed (no rendering, no swap).
     pub fn replace(
         &self,
-        config: &Config,
+        config: &Arc<Config>,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
     ) -> bool {
         self.replace_at(config, revisions, Timestamp::now())
@@ -329,7 +330,7 @@ impl FeedState {
     /// [`FeedState::replace`] with the clock given (for tests).
     pub fn replace_at(
         &self,
-        config: &Config,
+        config: &Arc<Config>,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         now: Timestamp,
     ) -> bool {

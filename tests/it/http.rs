@@ -53,7 +53,7 @@ async fn spawn(token: Option<&str>) -> Server {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let config = config_for(addr, token, "");
+    let config = std::sync::Arc::new(config_for(addr, token, ""));
     let state = FeedState::new(&config, &BTreeMap::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = state.clone();
@@ -266,9 +266,9 @@ async fn a_reload_swaps_the_feeds_and_last_modified_never_goes_back() {
 
     // Cancel a meeting without a new revision: the bytes change, so Last-Modified must move
     // forward even though no meeting's stored change is later.
-    let config = config_for(server.addr, None, "").clone();
-    let text_config = {
-        let mut c2 = config.clone();
+    let config = std::sync::Arc::new(config_for(server.addr, None, ""));
+    let text_config = std::sync::Arc::new({
+        let mut c2 = (*config).clone();
         let m = c2
             .meetings
             .iter_mut()
@@ -276,7 +276,7 @@ async fn a_reload_swaps_the_feeds_and_last_modified_never_goes_back() {
             .expect("m");
         m.status = convenor::model::MeetingStatus::Cancelled;
         c2
-    };
+    });
     let now: jiff::Timestamp = "2024-05-01T10:00:00Z".parse().expect("now");
     server.state.replace_at(&text_config, &BTreeMap::new(), now);
     let second = get("/calendar.ics").await;

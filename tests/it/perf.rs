@@ -35,7 +35,10 @@ fn feeds_rendered_together_are_the_feeds_rendered_one_by_one() {
             let alone = feed::render_calendar(&config, &revisions, *selection);
             assert!(alone == *body, "{n} meetings, {selection:?}: bytes differ");
         }
+        let config = std::sync::Arc::new(config);
         let feeds = Feeds::build(&config, &revisions, None, Timestamp::now());
+        // The feeds share the caller's config (megabytes at 5,000 meetings), not a copy.
+        assert!(std::sync::Arc::ptr_eq(&feeds.config, &config));
         assert_eq!(feeds.calendar.body.as_ref(), together[0].as_bytes());
         for (p, body) in config.priorities.iter().zip(&together[1..]) {
             assert_eq!(
