@@ -92,20 +92,26 @@ fn selected(config: &Config, selection: Selection<'_>, meeting: &Meeting) -> boo
     }
 }
 
-/// The latest last change among a selection's meetings ([`FALLBACK_STAMP`] when none has one).
-pub fn last_change(
+/// The latest last change among each feed's meetings ([`FALLBACK_STAMP`] when none has one):
+/// the whole calendar first, then each priority's feed in config order. One pass over the
+/// meetings, one revision lookup each (a pass per feed was 6 lookups a meeting at every load).
+pub fn last_changes(
     config: &Config,
     revisions: &BTreeMap<MeetingId, StoredRevision>,
-    selection: Selection<'_>,
-) -> Timestamp {
-    meetings(config, selection)
-        .map(|m| {
-            revisions
-                .get(&m.id)
-                .map_or(FALLBACK_STAMP, |r| r.last_modified)
-        })
-        .max()
-        .unwrap_or(FALLBACK_STAMP)
+) -> Vec<Timestamp> {
+    let mut latest = vec![FALLBACK_STAMP; 1 + config.priorities.len()];
+    for meeting in &config.meetings {
+        let stamp = revisions
+            .get(&meeting.id)
+            .map_or(FALLBACK_STAMP, |r| r.last_modified);
+        latest[0] = latest[0].max(stamp);
+        for (i, p) in config.priorities.iter().enumerate() {
+            if selected(config, Selection::Priority(p), meeting) {
+                latest[1 + i] = latest[1 + i].max(stamp);
+            }
+        }
+    }
+    latest
 }
 
 /// Renders a whole feed: VCALENDAR with METHOD:PUBLISH, the VTIMEZONE and one VEVENT per meeting
@@ -476,6 +482,64 @@ fn write_description(config: &Config, meeting: &Meeting, page_url: &str, out: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each feed's last change is the latest of its own meetings' revisions.
+    #[test]
+    fn each_feed_has_the_last_change_of_its_own_meetings() {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let mut config = crate::config::parse(path, &text, &Default::default())
+            .expect("valid")
+            .config;
+        let transport = crate::model::PriorityId::parse("future-transport").expect("id");
+        config.meetings[1].focus = vec![transport.clone()];
+        config.meetings[2].focus = vec![transport];
+        let at = |s: &str| -> Timestamp { s.parse().expect("timestamp") };
+        let revision = |last_modified| StoredRevision {
+            last_modified,
+            ..crate::revision::next_revision(
+                None,
+                &config,
+                &config.meetings[0],
+                at("2023-01-01T00:00:00Z"),
+            )
+            .0
+        };
+        // Meeting 0 (all priorities) changed first, meeting 1 (transport only) last; meeting 2
+        // (transport only) has no revision.
+        let revisions = BTreeMap::from([
+            (
+                config.meetings[0].id.clone(),
+                revision(at("2023-01-02T00:00:00Z")),
+            ),
+            (
+                config.meetings[1].id.clone(),
+                revision(at("2023-03-04T00:00:00Z")),
+            ),
+        ]);
+        let latest = last_changes(&config, &revisions);
+        let by_feed: Vec<(String, Timestamp)> = std::iter::once("all".to_owned())
+            .chain(config.priorities.iter().map(|p| p.id.to_string()))
+            .zip(latest)
+            .collect();
+        let expected = |id: &str| {
+            if id == "all" || id == "future-transport" {
+                at("2023-03-04T00:00:00Z")
+            } else {
+                at("2023-01-02T00:00:00Z")
+            }
+        };
+        assert_eq!(by_feed.len(), 6);
+        for (id, stamp) in by_feed {
+            assert_eq!(stamp, expected(&id), "{id}");
+        }
+        let none = BTreeMap::new();
+        assert!(
+            last_changes(&config, &none)
+                .iter()
+                .all(|&t| t == FALLBACK_STAMP)
+        );
+    }
 
     /// The hand-written DATE-TIMEs are what `strftime` wrote before, for every year jiff has.
     #[test]

@@ -151,23 +151,23 @@ impl Feeds {
         previous: Option<&Feeds>,
         now: Timestamp,
     ) -> Self {
-        let mut bodies = bodies.into_iter();
-        let mut one = |selection: Selection<'_>, before: Option<&Feed>| {
-            let body = bodies
+        // Bodies and last changes come in the same order: the calendar, then each priority.
+        let mut feeds = bodies
+            .into_iter()
+            .zip(feed::last_changes(config, revisions));
+        let mut one = |before: Option<&Feed>| {
+            let (body, last_change) = feeds
                 .next()
-                .unwrap_or_else(|| HashedBody::new(Bytes::new()));
-            render_feed(config, revisions, selection, body, before, now)
+                .unwrap_or_else(|| (HashedBody::new(Bytes::new()), feed::FALLBACK_STAMP));
+            render_feed(body, last_change, before, now)
         };
-        let calendar = one(Selection::All, previous.map(|p| &p.calendar));
+        let calendar = one(previous.map(|p| &p.calendar));
         let priorities = config
             .priorities
             .iter()
             .map(|p| {
                 let before = previous.and_then(|prev| prev.priorities.get(p.id.as_str()));
-                (
-                    p.id.as_str().to_owned(),
-                    one(Selection::Priority(p), before),
-                )
+                (p.id.as_str().to_owned(), one(before))
             })
             .collect();
         let max_age = config.http.cache_max_age.as_secs().max(0);
@@ -234,11 +234,10 @@ impl HashedBody {
     }
 }
 
+/// A feed of `body` whose meetings last changed at `last_change`.
 fn render_feed(
-    config: &Config,
-    revisions: &BTreeMap<MeetingId, StoredRevision>,
-    selection: Selection<'_>,
     HashedBody { body, hash }: HashedBody,
+    last_change: Timestamp,
     before: Option<&Feed>,
     now: Timestamp,
 ) -> Feed {
@@ -253,7 +252,7 @@ fn render_feed(
     let hex = hex::encode(&hash.as_bytes()[..16]);
     let etag =
         HeaderValue::try_from(format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
-    let mut modified = whole_seconds(feed::last_change(config, revisions, selection));
+    let mut modified = whole_seconds(last_change);
     if let Some(prev) = before {
         modified = modified.max(prev.last_modified);
         if prev.hash != hash && modified <= prev.last_modified {
