@@ -38,9 +38,15 @@ pub enum Recipient {
 impl Recipient {
     /// The ledger's key for this recipient: `list` or `lead:<priority-id>`.
     pub fn key(&self) -> String {
+        self.key_parts().concat()
+    }
+
+    /// [`Recipient::key`] as the two pieces it is made of (`["list", ""]`, `["lead:", id]`), for
+    /// callers that hash or write it without building the string.
+    pub fn key_parts(&self) -> [&str; 2] {
         match self {
-            Self::List => "list".to_owned(),
-            Self::Lead(id) => format!("lead:{id}"),
+            Self::List => ["list", ""],
+            Self::Lead(id) => ["lead:", id.as_str()],
         }
     }
 

@@ -112,7 +112,7 @@ pub fn message_id(
     // Reconciliation computes this for every row it plans (50,000 at 5,000 meetings): the
     // parts are hashed and written without a temporary string each. The bytes hashed are those
     // of the five parts, each after its length: short name, meeting, email, recipient key
-    // (`list`, `lead:<id>`, see `Recipient::key`) and `n` in decimal.
+    // (`Recipient::key_parts`) and `n` in decimal.
     let mut h = Sha256::new();
     let mut put = |pieces: &[&[u8]]| {
         let len: usize = pieces.iter().map(|p| p.len()).sum();
@@ -122,10 +122,8 @@ pub fn message_id(
     put(&[config.network.short_name.as_str().as_bytes()]);
     put(&[meeting_id.as_str().as_bytes()]);
     put(&[email_id.as_str().as_bytes()]);
-    match recipient {
-        Recipient::List => put(&[b"list"]),
-        Recipient::Lead(id) => put(&[b"lead:", id.as_str().as_bytes()]),
-    }
+    let [kind, id] = recipient.key_parts();
+    put(&[kind.as_bytes(), id.as_bytes()]);
     let mut decimal = itoa::Buffer::new();
     let n_text = decimal.format(n);
     put(&[n_text.as_bytes()]);
