@@ -163,11 +163,17 @@ const NEXT_RETRY_SQL: &str = "SELECT MIN(MAX(due_ms, next_attempt_ms)) \
 const INSERT_BATCH: usize = 64;
 
 /// An INSERT of `rows` mail rows (`ON CONFLICT DO NOTHING`: a row already there stays as it is).
+///
+/// `OR ROLLBACK`: a row breaking a CHECK or NOT NULL ends the whole transaction at once, which is
+/// what [`Store::apply`] does with any error anyway. With SQLite's default (ABORT) a statement
+/// writing many rows must be undoable on its own, so SQLite keeps a statement journal: a copy of
+/// every page each statement touches, in a temporary file. For a first plan at 5,000 meetings that
+/// was 28 MB in 12,900 writes, and `ledger_first_plan/5000` went from 120 to 101 ms without it.
 fn insert_sql(rows: usize) -> String {
     let columns = COLUMNS.split(',').count();
     let one = format!("({})", vec!["?"; columns].join(", "));
     format!(
-        "INSERT INTO mails ({COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
+        "INSERT OR ROLLBACK INTO mails ({COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
         vec![one; rows].join(", ")
     )
 }
