@@ -639,6 +639,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::params_from_iter;
+
     use super::*;
 
     #[test]
@@ -668,6 +670,66 @@ mod tests {
         assert!(!first.contains("TEMP B-TREE"), "{first}");
         let retry = plan(NEXT_RETRY_SQL);
         assert!(retry.contains("USING INDEX mails_retrying"), "{retry}");
+    }
+
+    /// A bad row in a multi-row INSERT ends the whole transaction there and then (`OR
+    /// ROLLBACK`: no statement journal), with an error; nothing of the transaction stays, and no
+    /// row is dropped silently (as `OR IGNORE` would).
+    #[test]
+    fn a_bad_row_in_a_bulk_insert_ends_the_whole_transaction_with_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SqliteStore::open_in(dir.path()).expect("open");
+        let row = |meeting: &str, state: &str| -> Vec<Value> {
+            let text = |s: &str| Value::Text(s.to_owned());
+            vec![
+                text(meeting),
+                text("agenda-call"),
+                text("list"),
+                Value::Integer(0),
+                Value::Integer(1_000),
+                Value::Integer(2_000),
+                Value::Integer(3_000),
+                text(state),
+                Value::Integer(0),
+                Value::Null,
+                Value::Null,
+                text("<id@x>"),
+                Value::Null,
+                Value::Null,
+                Value::Integer(500),
+                Value::Integer(0),
+            ]
+        };
+        let outcome = crate::sqlite_file::write_immediate(
+            &mut store.conn,
+            |e| e,
+            |tx| {
+                tx.execute(&insert_sql(1), params_from_iter(row("m1", "pending")))?;
+                let two = row("m2", "pending").into_iter().chain(row("m3", "bogus"));
+                let err = tx
+                    .execute(&insert_sql(2), params_from_iter(two))
+                    .expect_err("the CHECK on state refuses `bogus`");
+                assert!(
+                    tx.is_autocommit(),
+                    "the INSERT itself ended the transaction"
+                );
+                Err::<(), _>(err)
+            },
+        );
+        let err = outcome.expect_err("the write fails");
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ConstraintViolation),
+            "{err}"
+        );
+        assert_eq!(store.rows().expect("rows"), Vec::new());
+        crate::sqlite_file::write_immediate(
+            &mut store.conn,
+            |e| e,
+            |tx| tx.execute(&insert_sql(1), params_from_iter(row("m1", "pending"))),
+        )
+        .expect("the ledger still takes writes");
+        assert_eq!(store.rows().expect("rows").len(), 1);
     }
 
     #[test]
