@@ -279,6 +279,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
+    // Installed before any work, like the SIGTERM handler (see [`terminate_signal`]): a SIGHUP
+    // during start-up would otherwise kill the process (its default action). One that comes
+    // before READY is kept, and reloads the config as soon as the service is running.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(DaemonError::Signals)?;
     let mut phases = Phases::default();
     let dir = config.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| DaemonError::StateDir {
@@ -326,8 +331,6 @@ pub async fn run(
     };
     let limits = server::Limits::from_settings(&config.http);
 
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(DaemonError::Signals)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();

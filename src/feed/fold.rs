@@ -69,7 +69,10 @@ pub fn fold_line(line: &str, out: &mut String) {
         while !line.is_char_boundary(cut) {
             cut -= 1;
         }
-        if splits_escape(line, cut) {
+        // Only the text not yet copied is searched for the run of backslashes: a run that
+        // began before `start` has an even length up to `start` (no cut parts an escape), so
+        // its parity is the same, and a line of backslashes is not walked back over each time.
+        if splits_escape(&line[start..], cut - start) {
             cut -= 1;
         }
         out.push_str(&line[start..cut]);

@@ -33,10 +33,11 @@ const NO_MEETING_REFERENCE: i64 = 1_767_225_600;
 
 const CALENDAR_END: &str = "END:VCALENDAR\r\n";
 
-/// The UID of a meeting: `<meeting id>@<network short name as a slug>.convenor`. It depends only
-/// on the meeting's stable id and the network, holds no personal data, and never changes.
-pub fn uid(config: &Config, meeting: &Meeting) -> String {
-    format!("{}@{}.convenor", meeting.id, network_slug(config))
+/// What follows the meeting id in every UID: a meeting's UID is
+/// `<meeting id>@<network short name as a slug>.convenor`. It depends only on the meeting's
+/// stable id and the network, holds no personal data, and never changes.
+fn uid_domain(config: &Config) -> String {
+    format!("@{}.convenor", network_slug(config))
 }
 
 /// The network's short name as lowercase ASCII letters, digits and `-`.
@@ -134,8 +135,6 @@ pub fn render_calendar(
 /// Renders several feeds at once, each byte for byte what [`render_calendar`] gives for its
 /// selection, but every VEVENT (and the VTIMEZONE) rendered and folded only once and copied into
 /// each feed it belongs to: the whole calendar and every priority feed share their events.
-/// Folding the parts equals folding the whole because [`fold::refold`] works line by line and
-/// every part ends with CRLF.
 pub fn render_calendars(
     config: &Config,
     revisions: &BTreeMap<MeetingId, StoredRevision>,
@@ -336,7 +335,7 @@ fn utc(ts: Timestamp) -> String {
 /// rendering time.
 struct EventRenderer<'a> {
     config: &'a Config,
-    /// `@<network slug>.convenor`, the end of every UID.
+    /// [`uid_domain`], the end of every UID.
     uid_domain: String,
     page_url: String,
     organizer: String,
@@ -354,7 +353,7 @@ impl<'a> EventRenderer<'a> {
         let contact = &config.network.contact;
         Self {
             config,
-            uid_domain: format!("@{}.convenor", network_slug(config)),
+            uid_domain: uid_domain(config),
             page_url: urls::page_url(config),
             organizer: format!("mailto:{}", contact.email),
             organizer_name: fold::clean_param(
@@ -424,15 +423,9 @@ impl<'a> EventRenderer<'a> {
     }
 }
 
-/// The plain-text DESCRIPTION: status, priorities in focus with their leads, the agreed agenda
-/// (when any item is accepted), join link, notes, contact and the subscribe page.
-pub fn description(config: &Config, meeting: &Meeting) -> String {
-    let mut text = String::new();
-    write_description(config, meeting, &urls::page_url(config), &mut text);
-    text
-}
-
-/// [`description`] appended to `out`, with the page URL worked out by the caller.
+/// Appends the plain-text DESCRIPTION of `meeting` to `out`: status, priorities in focus with
+/// their leads, the agreed agenda (when any item is accepted), join link, notes, contact and the
+/// subscribe page at `page_url`.
 fn write_description(config: &Config, meeting: &Meeting, page_url: &str, out: &mut String) {
     use std::fmt::Write as _;
     // Writing into a String cannot fail: fmt::Write for String is infallible.

@@ -31,6 +31,29 @@ pub mod harness {
         }
     }
 
+    /// The ledger's write lock in a state directory, held by this test process until dropped.
+    /// A `convenor serve` started meanwhile stops in start-up, before READY, with its signal
+    /// handlers installed: its first write (recovering interrupted sends) waits under the
+    /// ledger's busy timeout (10 s). A signal sent to it while this is held certainly comes
+    /// during start-up, however fast the start would otherwise be.
+    pub struct LedgerWriteLock {
+        _conn: rusqlite::Connection,
+    }
+
+    impl LedgerWriteLock {
+        /// Creates the ledger in `state_dir` (a first start finds it empty) and takes its write
+        /// lock.
+        pub fn hold(state_dir: &Path) -> Self {
+            std::fs::create_dir_all(state_dir).expect("state directory");
+            drop(convenor::ledger::SqliteStore::open_in(state_dir).expect("create the ledger"));
+            let conn = rusqlite::Connection::open(state_dir.join(convenor::ledger::LEDGER_FILE))
+                .expect("open the ledger");
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .expect("take the ledger's write lock");
+            Self { _conn: conn }
+        }
+    }
+
     /// The Python SMTP sink (tests/tools/ledger_smtp_sink.py), killed on drop.
     pub struct Sink {
         child: Child,

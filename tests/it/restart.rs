@@ -1,5 +1,6 @@
 //! What the feed keeps across restarts of the real daemon: SEQUENCE and the stamps come from the
-//! ledger, rise when a meeting moves, and never go down, whatever the config does next.
+//! ledger, rise when a meeting moves, and never go down, whatever the config does next; and what
+//! a SIGTERM or SIGHUP that comes during start-up does.
 
 use std::path::Path;
 
@@ -221,30 +222,78 @@ fn a_restart_after_a_reload_starts_from_what_the_reload_rendered() {
 /// A SIGTERM while `convenor serve` is still starting (systemd stopping a unit that is being
 /// started) is handled, not fatal: the start completes, the service stops gracefully with exit
 /// 0, and the background writes it started (the feed cache) are finished first, so the next
-/// start serves the feeds from the cache.
+/// start serves the feeds from the cache. The ledger's write lock, held by the test, keeps the
+/// start from finishing until the signal has been sent.
 #[test]
 fn a_sigterm_during_start_up_stops_gracefully_after_the_start() {
-    use crate::daemon::harness::{Daemon, wait_for};
+    use crate::daemon::harness::{Daemon, LedgerWriteLock};
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = crate::sendfile::generated_config(dir.path(), 2000);
-    let log = dir.path().join("serve.log");
-    let mut daemon = Daemon::spawn(&config, &log);
+    let config = write_config(dir.path(), &example_config_text());
+    let state = dir.path().join("state");
+    let held = LedgerWriteLock::hold(&state);
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
     wait_for(
         "the state directory lock (start-up under way)",
         || daemon.log_text().contains("state directory locked"),
         || daemon.log_text(),
     );
     daemon.signal("TERM");
+    drop(held);
     let status = daemon.wait_exit();
     let text = daemon.log_text();
     assert_eq!(status.code(), Some(0), "{text}");
     assert!(text.contains("\"message\":\"ready "), "{text}");
     assert!(text.contains("SIGTERM: shutting down"), "{text}");
-    let cache = dir.path().join("state").join("feeds.cache");
-    assert!(cache.exists(), "the cache write finished before exit");
+    assert!(
+        state.join("feeds.cache").exists(),
+        "the cache write finished before exit"
+    );
 
     let mut again = Daemon::spawn(&config, &dir.path().join("serve2.log"));
     again.wait_ready();
     let text = again.log_text();
     assert!(text.contains("feeds (from the cache)"), "{text}");
+}
+
+/// A SIGHUP while `convenor serve` is still starting (ops reloading right after a start, or
+/// a config edited meanwhile) is kept, not fatal: once the service runs it reloads the config,
+/// and the feed shows the edit.
+#[test]
+fn a_sighup_during_start_up_reloads_once_running() {
+    use crate::daemon::harness::{Daemon, LedgerWriteLock};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
+    assert_ne!(
+        moved, original,
+        "the example config has the June meeting at 10:00"
+    );
+    let config = write_config(dir.path(), &original);
+    let held = LedgerWriteLock::hold(&dir.path().join("state"));
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    wait_for(
+        "the state directory lock (start-up under way)",
+        || daemon.log_text().contains("state directory locked"),
+        || daemon.log_text(),
+    );
+    write_config(dir.path(), &moved);
+    daemon.signal("HUP");
+    drop(held);
+    let addr = daemon.wait_ready();
+    wait_for(
+        "the reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    let body = reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
+        .expect("GET /calendar.ics");
+    assert!(
+        body.contains("DTSTART;TZID=Europe/London:20230607T084500"),
+        "{body}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
