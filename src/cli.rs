@@ -130,7 +130,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         agenda::attach_stored(&mut loaded.config)?;
     }
     for w in &loaded.warnings {
-        eprintln!("{w}");
+        crate::logging::to_stderr(tracing::Level::WARN, &w.to_string());
     }
     match cli.command {
         Command::Check => check(&loaded),
@@ -149,12 +149,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints a config error and returns exit code 78 (EX_CONFIG).
+/// Prints a config error (at error priority under journald) and returns exit code 78
+/// (EX_CONFIG).
 pub fn report_config_error(err: &ConfigError) -> ExitCode {
-    eprintln!("{err}");
+    let mut text = err.to_string();
     if let ConfigError::Invalid(d) = err {
-        eprintln!("{} error(s); the config was not used", d.len());
+        text.push_str(&format!("\n{} error(s); the config was not used", d.len()));
     }
+    crate::logging::to_stderr(tracing::Level::ERROR, &text);
     ExitCode::from(EXIT_CONFIG)
 }
 
@@ -388,7 +390,7 @@ fn serve(
     match served {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(err @ daemon::DaemonError::Mail(_)) => {
-            eprintln!("convenor: {err}");
+            crate::logging::to_stderr(tracing::Level::ERROR, &format!("convenor: {err}"));
             Ok(ExitCode::from(EXIT_CONFIG))
         }
         Err(err) => Err(err.into()),

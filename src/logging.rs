@@ -43,6 +43,31 @@ pub fn init(json: bool) {
     drop(result);
 }
 
+/// Writes `message` to stderr outside tracing: a fatal error, or a config diagnostic printed
+/// before logging matters. Under systemd (`JOURNAL_STREAM` set) every line carries `level`'s
+/// priority prefix, as tracing's own lines do, so the reason a start failed is filed as an
+/// error and `journalctl -p warning` shows it.
+pub fn to_stderr(level: Level, message: &str) {
+    use std::io::Write as _;
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Nothing is left to tell the user if stderr itself fails.
+    let _ = std::io::stderr().write_all(stderr_text(level, message, journal).as_bytes());
+}
+
+/// The text [`to_stderr`] writes: each line of `message`, prefixed with `level`'s priority
+/// when `journal`, and ended with a newline.
+fn stderr_text(level: Level, message: &str, journal: bool) -> String {
+    let mut text = String::with_capacity(message.len() + 8);
+    for line in message.lines() {
+        if journal {
+            text.push_str(&format!("<{}>", priority(level)));
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
 /// The sd-daemon(3) priority of a level.
 pub fn priority(level: Level) -> u8 {
     match level {
@@ -90,5 +115,19 @@ mod tests {
         .map(priority)
         .collect();
         assert_eq!(got, [3, 4, 6, 7, 7]);
+    }
+
+    #[test]
+    fn text_outside_tracing_gets_the_prefix_on_every_line_under_journald_only() {
+        let message = "a.toml:3:1: error: one\na.toml:4:1: error: two";
+        assert_eq!(
+            stderr_text(Level::ERROR, message, true),
+            "<3>a.toml:3:1: error: one\n<3>a.toml:4:1: error: two\n"
+        );
+        assert_eq!(stderr_text(Level::WARN, "w", true), "<4>w\n");
+        assert_eq!(
+            stderr_text(Level::ERROR, message, false),
+            format!("{message}\n")
+        );
     }
 }

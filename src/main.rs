@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("convenor: {err:#}");
+            convenor::logging::to_stderr(tracing::Level::ERROR, &format!("convenor: {err:#}"));
             ExitCode::FAILURE
         }
     }

@@ -464,3 +464,50 @@ fn sigterm_lets_a_send_in_flight_finish_then_exits_0() {
     let rows = ledger_rows(&state);
     assert!(rows.values().all(|r| r.0 == "sent"), "{rows:?}");
 }
+
+/// Under systemd (`JOURNAL_STREAM` set) the reason a start failed reaches journald as an error,
+/// so `journalctl -p warning` shows it: every line of a config error, and a fatal error after
+/// the config loaded (the port already taken), starts with the `<3>` priority prefix.
+#[test]
+fn a_failed_start_is_logged_at_error_priority_under_journald() {
+    use crate::support::{binary, example_config_text, repo, write_config};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let serve = |config: &std::path::Path, listen: &str| {
+        std::process::Command::new(binary())
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--listen", listen])
+            .current_dir(repo())
+            .env("JOURNAL_STREAM", "8:12345")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("run convenor serve")
+    };
+
+    let broken = write_config(
+        dir.path(),
+        &(example_config_text() + "\n[unknown_table]\nkey = 1\n"),
+    );
+    let out = serve(&broken, "127.0.0.1:0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("unknown_table"), "{stderr}");
+    assert!(
+        stderr.contains("error(s); the config was not used"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().all(|l| l.starts_with("<3>")), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let valid = write_config(dir.path(), &example_config_text());
+    let out = serve(&valid, &addr);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let fatal = stderr
+        .lines()
+        .find(|l| l.contains("cannot listen on"))
+        .unwrap_or_else(|| panic!("no bind error:\n{stderr}"));
+    assert!(fatal.starts_with("<3>convenor: "), "{stderr}");
+}
