@@ -159,20 +159,47 @@ pub struct Network {
     pub contact: Mailbox,
 }
 
-// By hand because jiff's `TimeZone` has no `Hash`: the zone is hashed by its IANA name, which
-// with the tz database bundled in the binary determines it. The destructuring makes a new field
-// a compile error here, so the config digest (crate::digest) can never miss one.
+// By hand because jiff's `TimeZone` has no `Hash`. The zone is hashed by its IANA name and by
+// its rules: jiff reads the system's tz database (/usr/share/zoneinfo, updated by the tzdata
+// package) before the copy bundled in the binary, so the same name can come to mean other
+// offsets, and the plan stamp and the feed cache must then not be trusted. The destructuring
+// makes a new field a compile error here, so the config digest (crate::digest) can never miss
+// one.
 impl std::hash::Hash for Network {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         let Self {
             short_name,
             name,
-            time_zone: _,
+            time_zone,
             time_zone_name,
             base_url,
             contact,
         } = self;
         (short_name, name, time_zone_name, base_url, contact).hash(state);
+        hash_zone_rules(time_zone, state);
+    }
+}
+
+/// The instants between which a zone's rules are hashed: wider than any meeting's date.
+const ZONE_RULES_FROM: Timestamp = Timestamp::constant(-2_208_988_800, 0); // 1900-01-01
+const ZONE_RULES_UNTIL: Timestamp = Timestamp::constant(7_258_118_400, 0); // 2200-01-01
+
+/// Hashes what `zone` says between [`ZONE_RULES_FROM`] and [`ZONE_RULES_UNTIL`]: the offset at
+/// the start and every transition after it (instant, offset, abbreviation, DST or not).
+fn hash_zone_rules<H: std::hash::Hasher>(zone: &TimeZone, state: &mut H) {
+    use std::hash::Hash as _;
+    zone.to_offset(ZONE_RULES_FROM).seconds().hash(state);
+    for transition in zone
+        .following(ZONE_RULES_FROM)
+        .take_while(|t| t.timestamp() < ZONE_RULES_UNTIL)
+    {
+        (
+            transition.timestamp().as_second(),
+            transition.offset().seconds(),
+            transition.abbreviation(),
+            transition.dst().is_dst(),
+        )
+            .hash(state);
     }
 }
 

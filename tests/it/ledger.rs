@@ -304,6 +304,17 @@ fn the_config_digest_changes_with_every_kind_of_field() {
         convenor::agenda::Agenda::default(),
     );
     assert_ne!(digest(&original), digest(&agenda), "an attached agenda");
+    // The same zone name with other rules (the system's tzdata updated): not the same config.
+    let mut rules = original.clone();
+    rules.network.time_zone = jiff::tz::TimeZone::posix("GMT0BST,M3.5.0/1,M10.4.0").expect("tz");
+    assert_ne!(digest(&original), digest(&rules), "the zone's rules");
+    let mut same_rules = original.clone();
+    same_rules.network.time_zone = jiff::tz::TimeZone::get("Europe/London").expect("tz");
+    assert_eq!(
+        digest(&original),
+        digest(&same_rules),
+        "the zone looked up again"
+    );
 }
 
 /// The indexed queries the scheduler runs every pass answer exactly what the pure definitions
