@@ -2,16 +2,25 @@
 //!
 //! Routes (outside any feed token: the meeting page is linked from every mail):
 //! - `GET /meetings/<id>`: the meeting, its priorities and leads, the agreed agenda, and while
-//!   the call is open ([`crate::agenda::model::call_open`]) the proposal form.
-//! - `POST /meetings/<id>/proposals`: a proposal. Refused with a page saying why, storing
-//!   nothing: a cross-site post (403), not a form (415), over [`MAX_BODY`] (413), malformed
-//!   (400), the honeypot filled (400), the call closed (409), a field wrong (422, each named,
-//!   the form refilled), too many proposals from one address or from everyone (429).
+//!   the call is open ([`crate::agenda::model::call_open`]) the proposal form; with
+//!   `?proposed=<n>` ([`PROPOSED`]) a confirmation that proposal n of this meeting is stored.
+//!   The page is public, so it never shows the feed token: with `[http] feed_token` set it has
+//!   no subscribe link.
+//! - `POST /meetings/<id>/proposals`: a proposal, stored, then 303 See Other to
+//!   `/meetings/<id>?proposed=<n>` (POST/redirect/GET: reloading the confirmation never posts
+//!   again). The same proposal posted again while undecided (same address, meeting and title)
+//!   is stored once and redirected to the same confirmation. Refused with a page saying why,
+//!   storing nothing: a cross-site post (403), not a form (415), over [`MAX_BODY`] (413),
+//!   malformed (400), the honeypot filled (400), the call closed (409), a field wrong (422,
+//!   each named, the form refilled), too many proposals from one address or from everyone (429).
 //! - `GET /leads/<token>/`: that priority's proposals with accept and decline buttons. An
 //!   unknown token is 404, a revoked one (or one issued to a lead since replaced) 410.
 //! - `POST /leads/<token>/proposals/<n>/accept|decline`: same-origin check (Origin and
 //!   Sec-Fetch-Site against `[network] base_url`) and a CSRF token bound to the lead token and the
 //!   proposal; the decision is recorded with the lead's name and address, then 303 to the page.
+//!
+//! Form actions and redirects start with the path of `base_url` ([`base_path`]), so behind a
+//! proxy that serves convenor under `https://host/lednet` they stay under `/lednet`.
 //!
 //! After a decision the pages call the change hook ([`AgendaPages::new`]), with which the daemon
 //! recompiles the agenda, raises SEQUENCE, re-renders the feeds and wakes the scheduler.
@@ -24,9 +33,9 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
+    extract::{DefaultBodyLimit, Path, RawQuery, State},
     http::{HeaderMap, StatusCode, header},
-    response::{Html, IntoResponse, Redirect, Response},
+    response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
 use jiff::{SignedDuration, Timestamp};
@@ -52,6 +61,9 @@ pub const PER_ADDRESS: u32 = 5;
 pub const PER_WINDOW: u32 = 100;
 /// The rate limits' window.
 pub const RATE_WINDOW: SignedDuration = SignedDuration::from_hours(1);
+
+/// The meeting page's query parameter naming the proposal just stored (`?proposed=<n>`).
+pub const PROPOSED: &str = "proposed";
 
 const MEETING_PAGE: &str = include_str!("agenda_meeting.html");
 const LEAD_PAGE: &str = include_str!("agenda_lead.html");
@@ -117,23 +129,33 @@ fn failure(e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// The origin (`scheme://host[:port]`) of a base URL.
-fn origin(base_url: &str) -> &str {
-    let after = base_url.find("://").map_or(0, |i| i + 3);
-    match base_url[after..].find('/') {
-        Some(i) => &base_url[..after + i],
-        None => base_url,
-    }
+/// The path of a base URL without its trailing slash (`/lednet` for
+/// `https://host/lednet`, empty for `https://host`): every link and redirect of these pages
+/// starts with it, so behind a proxy that mounts convenor under a path they stay inside it.
+/// The path comes percent-encoded from the URL parser, so it is safe in HTML and in `Location`.
+pub fn base_path(base_url: &str) -> String {
+    url::Url::parse(base_url)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default()
 }
 
-/// Refuses a request another site made: an `Origin` other than the base URL's, or a
-/// `Sec-Fetch-Site` other than `same-origin` or `none`. A request with neither header (an old
-/// browser, curl) passes to the CSRF check.
+/// Refuses a request another site made: an `Origin` whose origin (scheme, host and port, as the
+/// URL standard serialises them: host lowercased, a default port dropped) is not the base
+/// URL's, or a `Sec-Fetch-Site` other than `same-origin` or `none`. A request with neither
+/// header (an old browser, curl) passes to the CSRF check.
 pub fn same_origin(base_url: &str, headers: &HeaderMap) -> Result<(), &'static str> {
-    if let Some(o) = headers.get(header::ORIGIN)
-        && o.as_bytes() != origin(base_url).as_bytes()
-    {
-        return Err("this form was posted from another site");
+    if let Some(o) = headers.get(header::ORIGIN) {
+        let ours = url::Url::parse(base_url).map(|u| u.origin());
+        let theirs = o
+            .to_str()
+            .ok()
+            .and_then(|o| url::Url::parse(o).ok())
+            .map(|u| u.origin());
+        // Opaque origins (`null`, or a URL that does not parse) are never equal to anything.
+        match (ours, theirs) {
+            (Ok(ours), Some(theirs)) if ours.is_tuple() && ours == theirs => {}
+            _ => return Err("this form was posted from another site"),
+        }
     }
     if let Some(site) = headers.get("sec-fetch-site")
         && !matches!(site.as_bytes(), b"same-origin" | b"none")
@@ -141,6 +163,15 @@ pub fn same_origin(base_url: &str, headers: &HeaderMap) -> Result<(), &'static s
         return Err("this form was posted from another site");
     }
     Ok(())
+}
+
+/// A 303 See Other to `location` (a path under [`base_path`]), or a failure when it is not a
+/// valid header value.
+fn see_other(location: &str) -> Response {
+    match header::HeaderValue::try_from(location) {
+        Ok(value) => (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response(),
+        Err(e) => failure(format!("redirect to `{location}`: {e}")),
+    }
 }
 
 /// Parses an `application/x-www-form-urlencoded` body; a field posted twice is malformed.
@@ -205,7 +236,13 @@ fn render_meeting(
 ) -> Result<String, minijinja::Error> {
     let book = model::compile(config, proposals);
     let agenda = book.get(&meeting.id);
-    let mail = crate::mail::context::links(config, meeting);
+    // The subscribe link carries the feed token when one is set, and this page is public: it is
+    // shown only when the feeds are public too.
+    let subscribe = config
+        .http
+        .feed_token
+        .is_none()
+        .then(|| crate::mail::context::links(config, meeting).subscribe);
     let (deadline, _) = crate::mail::context::deadlines(config, meeting);
     let priorities: Vec<PriorityView> = config
         .priorities_of(meeting)
@@ -254,7 +291,8 @@ fn render_meeting(
         kept => Serde(kept),
         open => model::call_open(config, meeting, now),
         deadline => deadline.date,
-        subscribe => mail.subscribe,
+        subscribe => subscribe,
+        base_path => base_path(config.network.base_url.as_str()),
         form_status => form.status,
         errors => Serde(form.errors),
         values => Serde(form.values),
@@ -276,7 +314,11 @@ fn page(status: StatusCode, html: Result<String, minijinja::Error>) -> Response 
     }
 }
 
-async fn meeting_page(State(pages): State<AgendaPages>, Path(id): Path<String>) -> Response {
+async fn meeting_page(
+    State(pages): State<AgendaPages>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
     let feeds = pages.feeds.current();
     let config = &feeds.config;
     let Some(meeting) = find_meeting(config, &id) else {
@@ -286,6 +328,17 @@ async fn meeting_page(State(pages): State<AgendaPages>, Path(id): Path<String>) 
         Ok(p) => p,
         Err(e) => return failure(e),
     };
+    // `?proposed=<n>`, where the proposal form redirects to: the confirmation, when proposal n
+    // is one of this meeting's (any other query is ignored).
+    let proposed = query
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(&q).ok())
+        .and_then(|pairs| {
+            pairs
+                .into_iter()
+                .find(|(k, _)| k == PROPOSED)
+                .and_then(|(_, v)| v.parse::<i64>().ok())
+        })
+        .filter(|n| proposals.iter().any(|p| p.id == *n));
     page(
         StatusCode::OK,
         render_meeting(
@@ -293,7 +346,10 @@ async fn meeting_page(State(pages): State<AgendaPages>, Path(id): Path<String>) 
             meeting,
             &proposals,
             Timestamp::now(),
-            FormState::default(),
+            FormState {
+                thanks: proposed.map(thanks),
+                ..FormState::default()
+            },
         ),
     )
 }
@@ -358,59 +414,97 @@ async fn propose(
         }
     };
     let since = now.checked_sub(RATE_WINDOW).unwrap_or(now);
+    // Looked up and stored under one lock, so two posts of one form (a double click) store it
+    // once.
     let stored = {
         let mut store = pages.store();
-        match store.counts_since(&new.email, since) {
-            Ok((one, _)) if one >= PER_ADDRESS => Err(format!(
+        let waiting = store.proposals(Some(meeting.id.as_str())).map(|kept| {
+            kept.into_iter()
+                .find(|p| is_resubmission(p, &new))
+                .map(|p| p.id)
+        });
+        match (waiting, store.counts_since(&new.email, since)) {
+            (Err(e), _) | (_, Err(e)) => Stored::Failed(e),
+            (Ok(Some(pid)), _) => Stored::Again(pid),
+            (Ok(None), Ok((one, _))) if one >= PER_ADDRESS => Stored::Limited(format!(
                 "{PER_ADDRESS} proposals from {} in the last hour is the limit; please try later or write to the team",
                 new.email
             )),
-            Ok((_, all)) if all >= PER_WINDOW => {
-                Err("too many proposals in the last hour; please try later".to_owned())
+            (Ok(None), Ok((_, all))) if all >= PER_WINDOW => {
+                Stored::Limited("too many proposals in the last hour; please try later".to_owned())
             }
-            Ok(_) => Ok(store.add(
-                &new,
-                &format!("web form ({})", new.email),
-                pages.notify,
-                now,
-            )),
-            Err(e) => Ok(Err(e)),
+            (Ok(None), Ok(_)) => store
+                .add(
+                    &new,
+                    &format!("web form ({})", new.email),
+                    pages.notify,
+                    now,
+                )
+                .map_or_else(Stored::Failed, Stored::New),
         }
     };
     let pid = match stored {
-        Err(why) => {
+        Stored::Limited(why) => {
             return respond(
                 StatusCode::TOO_MANY_REQUESTS,
                 refill(Some(format!("{why}; nothing was stored.")), Vec::new()),
             );
         }
-        Ok(Err(e)) => return failure(e),
-        Ok(Ok(pid)) => pid,
+        Stored::Failed(e) => return failure(e),
+        Stored::Again(pid) => {
+            tracing::info!(proposal = pid, meeting = %meeting.id, "proposal posted again; kept once");
+            pid
+        }
+        Stored::New(pid) => {
+            tracing::info!(proposal = pid, meeting = %meeting.id, priority = %new.priority, "proposal stored");
+            if pages.notify {
+                let config = Arc::clone(config);
+                let store = pages.store.clone();
+                tokio::spawn(async move {
+                    agenda::notify::send_with_retries(config, store, pid).await;
+                });
+            }
+            pid
+        }
     };
-    tracing::info!(proposal = pid, meeting = %meeting.id, priority = %new.priority, "proposal stored");
-    if pages.notify {
-        let config = Arc::clone(config);
-        let store = pages.store.clone();
-        tokio::spawn(async move {
-            agenda::notify::send_with_retries(config, store, pid).await;
-        });
-    }
-    let lead = PriorityId::parse(&new.priority)
-        .ok()
-        .and_then(|p| config.priority(&p))
-        .map(|p| format!("{}, lead of {}", p.lead.name, p.name))
-        .unwrap_or_default();
-    respond(
-        StatusCode::CREATED,
-        FormState {
-            thanks: Some(format!(
-                "Thank you: your proposal #{pid} \u{201c}{}\u{201d} is stored as proposed. {lead}, \
-                 has been sent it and will accept or decline it; once accepted it appears in the \
-                 agenda on this page, in the calendar entry and in the agenda mail.",
-                new.title
-            )),
-            ..FormState::default()
-        },
+    // POST/redirect/GET: a reload of the page the browser lands on reads, it never posts again.
+    see_other(&format!(
+        "{}/meetings/{}?{PROPOSED}={pid}",
+        base_path(config.network.base_url.as_str()),
+        meeting.id
+    ))
+}
+
+/// What became of a valid proposal.
+enum Stored {
+    /// Stored under this number.
+    New(i64),
+    /// The same proposal was already stored under this number (see [`is_resubmission`]).
+    Again(i64),
+    /// Refused by a rate limit, for this reason.
+    Limited(String),
+    /// The store failed.
+    Failed(agenda::AgendaError),
+}
+
+/// Whether `new` is `kept` posted again: the same address, meeting and title, while `kept` is
+/// still undecided. A form sent twice (a double click, the back button and Propose again) then
+/// stores one proposal and mails its lead once; a member who means to change a proposal asks
+/// the team or its lead.
+fn is_resubmission(kept: &Proposal, new: &agenda::NewProposal) -> bool {
+    kept.status == Status::Proposed
+        && kept.meeting == new.meeting.as_str()
+        && kept.email == new.email
+        && kept.title == new.title
+}
+
+/// The confirmation shown on the meeting page after a proposal was stored (see [`PROPOSED`]):
+/// only the number and what happens next, so a guessed number shows nothing of a proposal.
+fn thanks(pid: i64) -> String {
+    format!(
+        "Thank you: your proposal #{pid} is stored as proposed. The lead of the priority you \
+         chose has been sent it and will accept or decline it; once accepted it appears in the \
+         agenda on this page, in the calendar entry and in the agenda mail."
     )
 }
 
@@ -515,6 +609,7 @@ async fn lead_page(State(pages): State<AgendaPages>, Path(raw): Path<String>) ->
             lead => priority.map(|p| p.lead.name.to_string()),
             items => Serde(items),
             token => raw,
+            base_path => base_path(config.network.base_url.as_str()),
         })
     });
     let mut res = page(StatusCode::OK, html);
@@ -595,7 +690,10 @@ async fn decide(
             if changed {
                 (pages.changed)();
             }
-            Redirect::to(&format!("/leads/{raw}/")).into_response()
+            see_other(&format!(
+                "{}/leads/{raw}/",
+                base_path(config.network.base_url.as_str())
+            ))
         }
         Err(e) => failure(e),
     }
@@ -605,29 +703,73 @@ async fn decide(
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, header::HeaderValue::from_static(v));
+        }
+        m
+    }
+
     #[test]
     fn only_same_origin_posts_pass() {
         let base = "https://convenor.example.org/lednet";
-        assert_eq!(origin(base), "https://convenor.example.org");
-        assert_eq!(origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
-        let h = |pairs: &[(&'static str, &'static str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.insert(*k, header::HeaderValue::from_static(v));
-            }
-            m
-        };
+        let h = headers;
         assert!(same_origin(base, &h(&[])).is_ok());
         assert!(same_origin(base, &h(&[("origin", "https://convenor.example.org")])).is_ok());
         assert!(same_origin(base, &h(&[("sec-fetch-site", "same-origin")])).is_ok());
+        assert!(
+            same_origin(
+                "http://127.0.0.1:8080",
+                &h(&[("origin", "http://127.0.0.1:8080")])
+            )
+            .is_ok()
+        );
         for bad in [
             h(&[("origin", "https://evil.example")]),
             h(&[("origin", "null")]),
             h(&[("origin", "http://convenor.example.org")]),
+            h(&[("origin", "https://convenor.example.org:8443")]),
+            h(&[("origin", "https://convenor.example.org.evil.example")]),
             h(&[("sec-fetch-site", "cross-site")]),
             h(&[("sec-fetch-site", "same-site")]),
         ] {
             assert!(same_origin(base, &bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Browsers send the origin serialised: host lowercased, no default port.
+    #[test]
+    fn origins_are_compared_normalised() {
+        for (base, browser) in [
+            (
+                "https://Convenor.Example.org",
+                "https://convenor.example.org",
+            ),
+            ("https://x.org:443/lednet", "https://x.org"),
+            ("http://x.org:80", "http://x.org"),
+            ("HTTPS://X.ORG", "https://x.org"),
+        ] {
+            let origin = header::HeaderValue::from_static(browser);
+            let mut h = HeaderMap::new();
+            h.insert(header::ORIGIN, origin);
+            assert!(same_origin(base, &h).is_ok(), "{base} vs {browser}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ORIGIN,
+            header::HeaderValue::from_static("https://x.org"),
+        );
+        assert!(same_origin("https://x.org:8443", &h).is_err());
+        assert!(same_origin("http://x.org:443", &h).is_err());
+    }
+
+    #[test]
+    fn base_paths() {
+        assert_eq!(base_path("https://convenor.example.org/lednet"), "/lednet");
+        assert_eq!(base_path("https://convenor.example.org/a/b"), "/a/b");
+        assert_eq!(base_path("https://convenor.example.org"), "");
+        assert_eq!(base_path("http://127.0.0.1:8080"), "");
+        assert_eq!(base_path("https://h.org/with space"), "/with%20space");
     }
 }

@@ -1,0 +1,411 @@
+//! The agenda pages in process, behind the real HTTP server and a real client (reqwest), under
+//! configs the daemon tests do not use: a feed token, base URLs with capitals, a default port or
+//! a path (convenor behind a proxy), and the proposal form's POST/redirect/GET.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use convenor::{
+    agenda::AgendaStore,
+    http::{self, FeedState, agenda_pages::AgendaPages, server::Limits},
+};
+use jiff::Timestamp;
+use reqwest::{StatusCode, header};
+
+use super::web::{csrf, far, good, text, zone};
+use crate::feed::config_from;
+
+const TOKEN: &str = "feed-secret-0123456789abcdef";
+
+/// The agenda pages and feeds served on a loopback port; dropping it stops the server.
+struct Served {
+    /// `http://127.0.0.1:<port>`: where requests go (as a proxy would send them, its path
+    /// stripped).
+    addr: String,
+    store: Arc<Mutex<AgendaStore>>,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    fn proposals(&self) -> Vec<convenor::agenda::Proposal> {
+        self.store
+            .lock()
+            .expect("store lock")
+            .proposals(None)
+            .expect("proposals")
+    }
+
+    /// A lead link's token for priority p1.
+    fn lead_token(&self) -> String {
+        self.store
+            .lock()
+            .expect("store lock")
+            .issue_token("p1", "lead1@example.org", "test", Timestamp::now())
+            .expect("token")
+    }
+}
+
+/// Serves the agenda test config (meeting `m1` open for proposals, `m2` cancelled) with
+/// `base_url` and, when given, `feed_token`.
+async fn serve(base_url: &str, feed_token: Option<&str>) -> Served {
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let mut config_text = text(zone, 1, 1, (&d, &s, &e), "").replace(
+        "base_url = \"http://127.0.0.1:1\"",
+        &format!("base_url = \"{base_url}\""),
+    );
+    if let Some(t) = feed_token {
+        config_text = config_text.replace("[http]\n", &format!("[http]\nfeed_token = \"{t}\"\n"));
+    }
+    let config = Arc::new(config_from(&config_text));
+    assert_eq!(config.network.base_url.as_str(), base_url);
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Mutex::new(
+        AgendaStore::open_in(dir.path()).expect("agenda store"),
+    ));
+    let feeds = FeedState::new(&config, &BTreeMap::new());
+    let pages = AgendaPages::new(feeds.clone(), Arc::clone(&store), Arc::new(|| {}), false);
+    let app = http::router_with_agenda(feeds, pages);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = Limits::from_settings(&config.http);
+    tokio::spawn(async move {
+        http::server::serve(listener, app, limits, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve");
+    });
+    Served {
+        addr: format!("http://{addr}"),
+        store,
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A response's status, headers and body, as text.
+async fn read(res: reqwest::Response) -> (StatusCode, header::HeaderMap, String) {
+    let status = res.status();
+    let headers = res.headers().clone();
+    (status, headers, res.text().await.expect("body"))
+}
+
+fn location(headers: &header::HeaderMap) -> String {
+    headers
+        .get(header::LOCATION)
+        .expect("a Location")
+        .to_str()
+        .expect("ascii Location")
+        .to_owned()
+}
+
+/// Every `action="…"` of a page, its slashes unescaped (the template escapes what it fills in).
+fn actions(html: &str) -> Vec<String> {
+    html.split("action=\"")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').expect("closing quote")].replace("&#x2f;", "/"))
+        .collect()
+}
+
+/// With a feed token no public page, answer or header of the agenda pages shows it; without one
+/// the meeting page links to the subscribe page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_agenda_pages_never_show_the_feed_token() {
+    let base = "https://convenor.example.org";
+    let served = serve(base, Some(TOKEN)).await;
+    let c = client();
+    let form = |title: &str, email: &str| good(title, "p1", email);
+    let mut honeypot = form("Spam", "bot@example.org");
+    honeypot.retain(|(k, _)| *k != "website");
+    honeypot.push(("website", "http://spam.example".into()));
+    let proposals = served.url("/meetings/m1/proposals");
+    let mut answers = Vec::new();
+    for req in [
+        c.get(served.url("/meetings/m1")),
+        c.get(served.url("/meetings/m2")),
+        c.get(served.url("/meetings/nope")),
+        c.post(&proposals)
+            .form(&form("Bus lanes", "ada@camden.example")),
+        c.post(&proposals).form(&form("X", "not-an-address")),
+        c.post(&proposals).form(&honeypot),
+        c.post(&proposals)
+            .header(header::ORIGIN, "https://evil.example")
+            .form(&form("X", "x@example.org")),
+        c.post(&proposals)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{}"),
+        c.post(served.url("/meetings/m2/proposals"))
+            .form(&form("X", "x@example.org")),
+        c.post(served.url("/meetings/nope/proposals"))
+            .form(&form("X", "x@example.org")),
+        c.get(served.url("/meetings/m1?proposed=1")),
+        c.get(served.url(&format!("/leads/{}/", "ab".repeat(32)))),
+        c.get(served.url("/leads/short/")),
+    ] {
+        answers.push(read(req.send().await.expect("request")).await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(s, _, _)| s.as_u16()).collect();
+    assert_eq!(
+        statuses,
+        [
+            200, 200, 404, 303, 422, 400, 403, 415, 409, 404, 200, 404, 404
+        ]
+    );
+    for (status, headers, body) in &answers {
+        assert!(
+            !body.contains(TOKEN),
+            "{status}: the token is on a public page:\n{body}"
+        );
+        for (name, value) in headers {
+            assert!(
+                !value
+                    .as_bytes()
+                    .windows(TOKEN.len())
+                    .any(|w| w == TOKEN.as_bytes()),
+                "{status}: the token is in {name}"
+            );
+        }
+    }
+    let page = &answers[0].2;
+    assert!(
+        page.contains("Network meeting") && page.contains("id=\"propose\""),
+        "{page}"
+    );
+    assert!(!page.contains("id=\"subscribe\""), "{page}");
+    assert!(answers[10].2.contains("id=\"thanks\""), "{}", answers[10].2);
+
+    // Without a token the feeds are public, and the page links to their subscribe page.
+    let open = serve(base, None).await;
+    let (status, _, page) = read(c.get(open.url("/meetings/m1")).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    let link = page.find("id=\"subscribe\"").expect("the subscribe link");
+    let href = &page[page[..link].rfind("href=").expect("href")..link];
+    assert!(href.contains("convenor.example.org"), "{href}");
+}
+
+/// Browsers send the origin serialised (host lowercased, no default port): posts from the
+/// site's own pages pass whatever case or port `base_url` is written with; others do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_origin_posts_pass_with_base_urls_in_capitals_or_with_the_default_port() {
+    let c = client();
+    for (base, browser) in [
+        (
+            "https://Convenor.example.org",
+            "https://convenor.example.org",
+        ),
+        ("https://x.org:443", "https://x.org"),
+        (
+            "http://Convenor.example.org:80/lednet",
+            "http://convenor.example.org",
+        ),
+    ] {
+        let served = serve(base, None).await;
+        let post = |url: String| {
+            c.post(url)
+                .header(header::ORIGIN, browser)
+                .header("sec-fetch-site", "same-origin")
+        };
+        let (status, _, body) = read(
+            post(served.url("/meetings/m1/proposals"))
+                .form(&good("Bus lanes", "p1", "ada@camden.example"))
+                .send()
+                .await
+                .expect("propose"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{base}: {body}");
+        let token = served.lead_token();
+        let lead = served.url(&format!("/leads/{token}/"));
+        let html = c
+            .get(&lead)
+            .send()
+            .await
+            .expect("lead page")
+            .text()
+            .await
+            .expect("body");
+        let csrf = csrf(&html, 1);
+        let (status, _, body) = read(
+            post(format!("{lead}proposals/1/accept"))
+                .form(&[("csrf", &csrf)])
+                .send()
+                .await
+                .expect("accept"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{base}: {body}");
+        assert_eq!(served.proposals()[0].status.as_str(), "accepted");
+        // Another origin, and the same host under another scheme or port, are still refused.
+        for other in [
+            "https://evil.example",
+            "http://x.org",
+            "https://x.org:8443",
+            "null",
+        ] {
+            let res = c
+                .post(served.url("/meetings/m1/proposals"))
+                .header(header::ORIGIN, other)
+                .form(&good("Other", "p1", "o@example.org"))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(res.status(), StatusCode::FORBIDDEN, "{base} vs {other}");
+        }
+        assert_eq!(served.proposals().len(), 1);
+    }
+}
+
+/// POST/redirect/GET: a stored proposal is answered 303 to the meeting page, which confirms
+/// it; posting the same form again (a reload, a double click) stores and confirms it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_is_answered_with_a_redirect_and_a_resubmission_is_stored_once() {
+    let served = serve("https://convenor.example.org", None).await;
+    let c = client();
+    let url = served.url("/meetings/m1/proposals");
+    let form = good("Bus lanes", "p1", "ada@camden.example");
+    let (status, headers, _) = read(c.post(&url).form(&form).send().await.expect("post")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let to = location(&headers);
+    // Path-absolute: on the origin the form was posted to.
+    assert!(to.starts_with('/') && !to.starts_with("//"), "{to}");
+    assert_eq!(to, "/meetings/m1?proposed=1");
+    let (status, _, page) = read(c.get(served.url(&to)).send().await.expect("get")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("id=\"thanks\"") && page.contains("proposal #1"),
+        "{page}"
+    );
+    assert_eq!(served.proposals().len(), 1);
+
+    // The same form again: no second proposal, the same confirmation.
+    let (status, headers, _) = read(c.post(&url).form(&form).send().await.expect("again")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), to);
+    assert_eq!(served.proposals().len(), 1);
+
+    // A double click: two posts of one new form at once store it once.
+    let other = good("Cycle hangars", "p1", "ada@camden.example");
+    let (a, b) = tokio::join!(
+        c.post(&url).form(&other).send(),
+        c.post(&url).form(&other).send()
+    );
+    let (a, b) = (read(a.expect("a")).await, read(b.expect("b")).await);
+    assert_eq!((a.0, b.0), (StatusCode::SEE_OTHER, StatusCode::SEE_OTHER));
+    assert_eq!(location(&a.1), location(&b.1));
+    let titles: Vec<String> = served.proposals().into_iter().map(|p| p.title).collect();
+    assert_eq!(titles, ["Bus lanes", "Cycle hangars"]);
+
+    // Another address with the same title is another proposal.
+    let (status, headers, _) = read(
+        c.post(&url)
+            .form(&good("Bus lanes", "p1", "bo@hackney.example"))
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), "/meetings/m1?proposed=3");
+
+    // A number that is not one of this meeting's proposals confirms nothing.
+    for path in [
+        "/meetings/m1?proposed=99",
+        "/meetings/m1?proposed=x",
+        "/meetings/m2?proposed=1",
+    ] {
+        let page = c
+            .get(served.url(path))
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("body");
+        assert!(!page.contains("id=\"thanks\""), "{path}: {page}");
+    }
+
+    // A wrong field is still answered with the form refilled, not a redirect.
+    let bad = good("Bad address", "p1", "not-an-address");
+    let (status, _, page) = read(c.post(&url).form(&bad).send().await.expect("post")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        page.contains("email: is not a mail address") && page.contains("value=\"Bad address\""),
+        "{page}"
+    );
+    assert_eq!(served.proposals().len(), 3);
+}
+
+/// Behind a proxy that serves convenor under `/lednet` (and strips it), every form and redirect
+/// of the agenda pages stays under `/lednet`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_base_url_path_forms_and_redirects_stay_under_it() {
+    let served = serve("https://convenor.example.org/lednet", None).await;
+    let c = client();
+    let page = c
+        .get(served.url("/meetings/m1"))
+        .send()
+        .await
+        .expect("meeting page")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(actions(&page), ["/lednet/meetings/m1/proposals"], "{page}");
+    let (status, headers, _) = read(
+        c.post(served.url("/meetings/m1/proposals"))
+            .form(&good("Bus lanes", "p1", "ada@camden.example"))
+            .send()
+            .await
+            .expect("propose"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), "/lednet/meetings/m1?proposed=1");
+
+    let token = served.lead_token();
+    let lead = served.url(&format!("/leads/{token}/"));
+    let html = c
+        .get(&lead)
+        .send()
+        .await
+        .expect("lead page")
+        .text()
+        .await
+        .expect("body");
+    let forms = actions(&html);
+    assert_eq!(forms.len(), 2, "{html}");
+    for action in &forms {
+        assert!(
+            action.starts_with(&format!("/lednet/leads/{token}/proposals/1/")),
+            "{action}"
+        );
+    }
+    let (status, headers, _) = read(
+        c.post(format!("{lead}proposals/1/decline"))
+            .form(&[("csrf", csrf(&html, 1))])
+            .send()
+            .await
+            .expect("decline"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(location(&headers), format!("/lednet/leads/{token}/"));
+    assert_eq!(served.proposals()[0].status.as_str(), "declined");
+}
