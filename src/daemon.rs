@@ -11,11 +11,12 @@
 //! MONOTONIC_USEC) then READY=1 around each reload, whatever its outcome; STOPPING=1 before
 //! draining; WATCHDOG=1 from the scheduler loop after successful passes, the loop sleeping at
 //! most half the watchdog interval, and before every send, so a pass sending many mails through
-//! a slow relay is not taken for a hung loop (a warning at start when the SMTP timeout, the
-//! bound on one send, is more than half of `WatchdogSec`). `GET /healthz` ([`crate::health`]) and `GET /metrics`
-//! ([`crate::metrics`]) answer at their public paths even when a feed token is set: they hold
-//! no meeting, address or token, and monitoring should not need the feed's secret; put
-//! `/metrics` on a private address with `[http] metrics_listen`.
+//! a slow relay is not taken for a hung loop (a warning at start and reload when the SMTP
+//! timeout, the bound on one send, is more than half of `WatchdogSec`). `GET /healthz`
+//! ([`crate::health`]) and `GET /metrics` ([`crate::metrics`]) answer at their public paths
+//! even when a feed token is set: they hold no meeting, address or token, and monitoring should
+//! not need the feed's secret; put `/metrics` on a private address with
+//! `[http] metrics_listen`.
 
 use std::{
     collections::BTreeMap,
@@ -351,7 +352,7 @@ pub async fn run(
             "systemd watchdog on: WATCHDOG=1 every {every:?} and before each send from the \
              scheduler loop"
         );
-        if let Some(warning) = smtp_timeout_warning(&config_tx.borrow(), every * 2) {
+        if let Some(warning) = smtp_timeout_warning(&config_tx.borrow().mail.transport, every * 2) {
             tracing::warn!("{warning}");
         }
     }
@@ -488,8 +489,8 @@ pub async fn run(
 /// mid-send. A warning, not a refusal: such a config still sends, and a service that worked
 /// must not stop starting on an upgrade; at most half (the shipped 30 s against 60 s) leaves
 /// the other half for composing and recording the mail.
-pub fn smtp_timeout_warning(config: &Config, watchdog: Duration) -> Option<String> {
-    let TransportSettings::Smtp(smtp) = &config.mail.transport else {
+pub fn smtp_timeout_warning(transport: &TransportSettings, watchdog: Duration) -> Option<String> {
+    let TransportSettings::Smtp(smtp) = transport else {
         return None;
     };
     let timeout = smtp.timeout.unsigned_abs();
@@ -616,6 +617,32 @@ mod tests {
         background.finish().await;
         assert_eq!(done.load(Ordering::SeqCst), 6);
         background.finish().await; // nothing pending: returns at once
+    }
+
+    #[test]
+    fn the_smtp_timeout_is_warned_about_when_over_half_the_watchdog() {
+        use crate::model::{PasswordSource, SmtpSettings, TlsMode};
+        let smtp = |secs| {
+            TransportSettings::Smtp(SmtpSettings {
+                host: "relay.example.org".into(),
+                port: 587,
+                tls: TlsMode::StartTls,
+                user: None,
+                password: PasswordSource::None,
+                ca_file: None,
+                timeout: jiff::SignedDuration::from_secs(secs),
+            })
+        };
+        let minute = Duration::from_secs(60);
+        // The shipped defaults (30 s against WatchdogSec=60s) are quiet.
+        assert_eq!(smtp_timeout_warning(&smtp(30), minute), None);
+        assert_eq!(smtp_timeout_warning(&TransportSettings::File, minute), None);
+        let warning = smtp_timeout_warning(&smtp(31), minute).expect("a warning");
+        assert!(
+            warning.contains("timeout = 31s") && warning.contains("WatchdogSec = 60s"),
+            "{warning}"
+        );
+        assert!(smtp_timeout_warning(&smtp(90), minute).is_some());
     }
 
     #[test]
