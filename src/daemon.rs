@@ -10,10 +10,13 @@
 //! systemd ([`crate::notify`]): READY=1 once the listeners are bound; RELOADING=1 (with
 //! MONOTONIC_USEC) then READY=1 around each reload, whatever its outcome; STOPPING=1 before
 //! draining; WATCHDOG=1 from the scheduler loop after successful passes, the loop sleeping at
-//! most half the watchdog interval. `GET /healthz` ([`crate::health`]) and `GET /metrics`
-//! ([`crate::metrics`]) answer at their public paths even when a feed token is set: they hold
-//! no meeting, address or token, and monitoring should not need the feed's secret; put
-//! `/metrics` on a private address with `[http] metrics_listen`.
+//! most half the watchdog interval, and before every send, so a pass sending many mails through
+//! a slow relay is not taken for a hung loop (a warning at start and reload when the SMTP
+//! timeout, the bound on one send, is more than half of `WatchdogSec`). `GET /healthz`
+//! ([`crate::health`]) and `GET /metrics` ([`crate::metrics`]) answer at their public paths
+//! even when a feed token is set: they hold no meeting, address or token, and monitoring should
+//! not need the feed's secret; put `/metrics` on a private address with
+//! `[http] metrics_listen`.
 
 use std::{
     collections::BTreeMap,
@@ -42,11 +45,12 @@ use crate::{
     lock::{LockError, StateLock},
     mail::{Templates, Transport},
     metrics::Counters,
-    model::{Config, MeetingId},
+    model::{Config, MeetingId, TransportSettings},
     notify,
     revision::StoredRevision,
     scheduler::{
-        MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile, run::MAX_SLICE,
+        MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile,
+        run::{LoopEvent, MAX_SLICE},
     },
 };
 
@@ -344,7 +348,13 @@ pub async fn run(
     let watchdog = notify::watchdog_interval();
     let slice = watchdog.map_or(MAX_SLICE, |d| d.min(MAX_SLICE));
     if let Some(every) = watchdog {
-        tracing::info!("systemd watchdog on: WATCHDOG=1 every {every:?} from the scheduler loop");
+        tracing::info!(
+            "systemd watchdog on: WATCHDOG=1 every {every:?} and before each send from the \
+             scheduler loop"
+        );
+        if let Some(warning) = smtp_timeout_warning(&config_tx.borrow().mail.transport, every * 2) {
+            tracing::warn!("{warning}");
+        }
     }
     let ops = Ops {
         store: store.clone(),
@@ -388,23 +398,37 @@ pub async fn run(
         let app = ops_router(ops.clone(), true);
         servers.push(tokio::spawn(serve_http(l, app, limits, stopped())));
     }
-    let scheduler = Scheduler {
-        store: store.clone(),
-        outbox: outbox.clone(),
-        clock: SystemClock,
-        config: config_rx,
-        wake: wake.clone(),
-    };
+    let scheduler = Scheduler::new(
+        store.clone(),
+        outbox.clone(),
+        SystemClock,
+        config_rx,
+        wake.clone(),
+    );
     let health = ops.health.clone();
     let mut petted: Option<Instant> = None;
-    let on_pass = move |pass: Result<Option<Timestamp>, &LedgerError>| {
+    let on_event = move |event: LoopEvent<'_>| {
         let now = Instant::now();
-        health.pass(pass.map_err(ToString::to_string), now);
-        if let (Ok(_), Some(every)) = (pass, watchdog) {
-            // Passes can come every 100 ms; about one WATCHDOG=1 per interval is plenty.
-            if petted.is_none_or(|t| now.duration_since(t) >= every * 3 / 4) {
-                notify::watchdog();
-                petted = Some(now);
+        match event {
+            // Before every send: a pass sends its due mails one after another, each bounded by
+            // the SMTP timeout, so the gap between two WATCHDOG=1 is one send, not one pass.
+            // (One datagram per mail costs little beside the mail's SMTP round trips and its
+            // two ledger commits.)
+            LoopEvent::Sending(_) => {
+                if watchdog.is_some() {
+                    notify::watchdog();
+                    petted = Some(now);
+                }
+            }
+            LoopEvent::PassEnded(pass) => {
+                health.pass(pass.map_err(ToString::to_string), now);
+                if let (Ok(_), Some(every)) = (pass, watchdog) {
+                    // Passes can come every 100 ms; about one WATCHDOG=1 per interval is plenty.
+                    if petted.is_none_or(|t| now.duration_since(t) >= every * 3 / 4) {
+                        notify::watchdog();
+                        petted = Some(now);
+                    }
+                }
             }
         }
     };
@@ -423,7 +447,7 @@ pub async fn run(
         save_feed_cache(&feeds, &dir, &background);
     }
     run_checkpoint(checkpoint, &background);
-    let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_pass));
+    let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_event));
     let live = Live {
         store,
         config: config_tx,
@@ -457,6 +481,26 @@ pub async fn run(
     drop(state_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The warning to log when the systemd watchdog is on (`watchdog`: `WatchdogSec`) and the SMTP
+/// timeout, which bounds one send and so the gap between two WATCHDOG=1 during a pass, is more
+/// than half of it: a slow relay would then come close to getting the service killed in
+/// mid-send. A warning, not a refusal: such a config still sends, and a service that worked
+/// must not stop starting on an upgrade; at most half (the shipped 30 s against 60 s) leaves
+/// the other half for composing and recording the mail.
+pub fn smtp_timeout_warning(transport: &TransportSettings, watchdog: Duration) -> Option<String> {
+    let TransportSettings::Smtp(smtp) = transport else {
+        return None;
+    };
+    let timeout = smtp.timeout.unsigned_abs();
+    (timeout * 2 > watchdog).then(|| {
+        format!(
+            "[mail.smtp] timeout = {timeout:?} is more than half the systemd watchdog \
+             (WatchdogSec = {watchdog:?}): one slow send may get the service killed and \
+             restarted; lower the timeout or raise WatchdogSec"
+        )
+    })
 }
 
 /// Brings the ledger's plan up to date with `config` and builds the feeds (from the cache in
@@ -573,6 +617,32 @@ mod tests {
         background.finish().await;
         assert_eq!(done.load(Ordering::SeqCst), 6);
         background.finish().await; // nothing pending: returns at once
+    }
+
+    #[test]
+    fn the_smtp_timeout_is_warned_about_when_over_half_the_watchdog() {
+        use crate::model::{PasswordSource, SmtpSettings, TlsMode};
+        let smtp = |secs| {
+            TransportSettings::Smtp(SmtpSettings {
+                host: "relay.example.org".into(),
+                port: 587,
+                tls: TlsMode::StartTls,
+                user: None,
+                password: PasswordSource::None,
+                ca_file: None,
+                timeout: jiff::SignedDuration::from_secs(secs),
+            })
+        };
+        let minute = Duration::from_secs(60);
+        // The shipped defaults (30 s against WatchdogSec=60s) are quiet.
+        assert_eq!(smtp_timeout_warning(&smtp(30), minute), None);
+        assert_eq!(smtp_timeout_warning(&TransportSettings::File, minute), None);
+        let warning = smtp_timeout_warning(&smtp(31), minute).expect("a warning");
+        assert!(
+            warning.contains("timeout = 31s") && warning.contains("WatchdogSec = 60s"),
+            "{warning}"
+        );
+        assert!(smtp_timeout_warning(&smtp(90), minute).is_some());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! systemd) every call does nothing. Readiness follows systemd's order: READY=1 once the
 //! config is valid, the ledger open and the socket bound; on reload RELOADING=1 with
 //! MONOTONIC_USEC, then READY=1 again; STOPPING=1 on the way out; WATCHDOG=1 from the scheduler
-//! loop after each successful pass.
+//! loop after successful passes and before each send.
 
 use std::time::Duration;
 

@@ -95,6 +95,11 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    if let Some(every) = notify::watchdog_interval()
+        && let Some(w) = super::smtp_timeout_warning(&loaded.config.mail.transport, every * 2)
+    {
+        tracing::warn!("{w}");
+    }
     let mut config = loaded.config;
     // The agenda (possibly changed from the CLI) is compiled afresh at every reload.
     if let Err(e) = crate::agenda::attach(

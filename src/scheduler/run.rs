@@ -3,11 +3,21 @@
 //! Timers run on the monotonic clock, which stops during suspend and ignores clock steps, so the
 //! loop sleeps in slices of at most [`MAX_SLICE`] and re-reads the wall clock ([`Clock`]) each
 //! time. It also wakes when a reload replans ([`Scheduler::wake`]) and stops when its shutdown
-//! future completes (an attempt cut short stays `sending` and is sent again on the next start).
+//! future completes: a pass under way claims no further mail, a send in flight finishes within
+//! [`STOP_GRACE`], and an attempt cut short stays `sending` and is sent again on the next start.
+//!
+//! The loop reports to its observer ([`LoopEvent`]) before each send as well as after each pass,
+//! so the daemon's systemd watchdog hears from it at least once per send, however many mails a
+//! pass sends through a slow server. An outcome the ledger refuses to record is kept and
+//! recorded first thing on the following passes: its row stays `sending` (no pass sends it
+//! again) until the record commits.
 
 use std::{
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -30,8 +40,9 @@ pub const MAX_SLICE: Duration = Duration::from_secs(60);
 const MIN_SLICE: Duration = Duration::from_millis(100);
 
 /// After the shutdown signal, how long a pass under way may go on so that a mail in flight
-/// finishes (within systemd's `TimeoutStopSec=30s`). Mails not reached stay `pending`; one cut
-/// off at this bound stays `sending` and goes out again at the next start, same Message-ID.
+/// finishes (within systemd's `TimeoutStopSec=30s`). The pass claims no further mail once the
+/// signal came, so mails not started stay `pending`; one cut off at this bound stays `sending`
+/// and goes out again at the next start, same Message-ID.
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// A source of wall-clock time.
@@ -54,6 +65,26 @@ impl<F: Fn() -> Timestamp + Send + Sync + 'static> Clock for F {
     fn now(&self) -> Timestamp {
         self()
     }
+}
+
+/// What the loop tells its observer ([`Scheduler::run_observed`]).
+#[derive(Debug)]
+pub enum LoopEvent<'a> {
+    /// The loop is about to claim and send this mail: it is alive and making progress, even in
+    /// the middle of a pass that sends many mails one after another.
+    Sending(&'a MailKey),
+    /// A pass ended: the next instant a pending mail becomes due, or the pass's error.
+    PassEnded(Result<Option<Timestamp>, &'a LedgerError>),
+}
+
+/// An attempt whose outcome the ledger did not take: its row stays `sending`, which no pass
+/// picks up, until a later pass records this outcome.
+#[derive(Debug)]
+struct Unsettled {
+    key: MailKey,
+    message_id: String,
+    attempt: u32,
+    outcome: Outcome,
 }
 
 /// The store shared by the loop and the reload path.
@@ -79,12 +110,77 @@ pub struct Scheduler<S, O, C> {
     pub config: watch::Receiver<Arc<Config>>,
     /// Notified after a reload replans, or an operator released mail.
     pub wake: Arc<Notify>,
+    /// Outcomes of attempts the ledger has not recorded yet, oldest first.
+    unsettled: Mutex<Vec<Unsettled>>,
 }
 
 impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
+    /// A scheduler over this ledger, sender, clock, config and wake-up.
+    pub fn new(
+        store: SharedStore<S>,
+        outbox: O,
+        clock: C,
+        config: watch::Receiver<Arc<Config>>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            outbox,
+            clock,
+            config,
+            wake,
+            unsettled: Mutex::new(Vec::new()),
+        }
+    }
+
     /// One pass: act on every due mail at the clock's `now`. Returns the next instant a pending
     /// mail becomes due, if any.
     pub async fn tick(&self) -> Result<Option<Timestamp>, LedgerError> {
+        self.pass(&AtomicBool::new(false), &mut |_| {}).await
+    }
+
+    /// How many attempts are waiting for their outcome to be recorded in the ledger (their rows
+    /// stay `sending` meanwhile).
+    pub fn unsettled(&self) -> usize {
+        self.unsettled_outcomes().len()
+    }
+
+    fn unsettled_outcomes(&self) -> std::sync::MutexGuard<'_, Vec<Unsettled>> {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the kept outcomes, oldest first; stops at the first the ledger still refuses.
+    fn settle_unsettled(&self) -> Result<(), LedgerError> {
+        let mut unsettled = self.unsettled_outcomes();
+        while let Some(first) = unsettled.first() {
+            let recorded =
+                lock(&self.store).settle(&first.key, MailState::Sending, &first.outcome)?;
+            let done = unsettled.remove(0);
+            let (meeting, email, to) = (&done.key.meeting, &done.key.email, &done.key.audience);
+            if recorded {
+                tracing::info!(%meeting, %email, %to, message_id = %done.message_id,
+                    "the outcome of an earlier attempt is recorded now");
+                log_outcome(&done.key, &done.message_id, done.attempt, &done.outcome);
+            } else {
+                tracing::warn!(%meeting, %email, %to, message_id = %done.message_id,
+                    "the outcome of an earlier attempt was not recorded: the row is no longer \
+                     `sending`");
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass that claims no mail once `stop` is set, and reports each send to `observe`
+    /// before claiming it. Outcomes kept from earlier passes are recorded first; while the
+    /// ledger refuses them, the pass goes no further.
+    async fn pass(
+        &self,
+        stop: &AtomicBool,
+        observe: &mut impl FnMut(&MailKey),
+    ) -> Result<Option<Timestamp>, LedgerError> {
+        self.settle_unsettled()?;
         let config = self.config.borrow().clone();
         let now = self.clock.now();
         // Only the due rows, and the next wake from the index: a pass costs the same at 5
@@ -104,8 +200,15 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
             );
         }
         for action in actions {
+            // Checked before each claim: after the shutdown signal a pass starts nothing new.
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
             match action {
-                Action::Send(key) => self.send(&key, &config).await?,
+                Action::Send(key) => {
+                    observe(&key);
+                    self.send(&key, &config).await?;
+                }
                 other => self.record(&other)?,
             }
         }
@@ -152,21 +255,23 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                 decide::after_failure(&row, &failure, now, &config.scheduler, fastrand::f64())
             }
         };
-        lock(&self.store).settle(key, MailState::Sending, &outcome)?;
-        match &outcome {
-            Outcome::Sent { reply, .. } => {
-                tracing::info!(%meeting, %email, %to, %message_id, %reply, "mail sent");
-            }
-            Outcome::Retry { at, error } => tracing::warn!(
+        let settled = lock(&self.store).settle(key, MailState::Sending, &outcome);
+        if let Err(e) = settled {
+            tracing::error!(
                 %meeting, %email, %to, %message_id, attempt = row.attempts,
-                "mail not sent, will retry at {at}: {error}"
-            ),
-            Outcome::Failed { error } => tracing::error!(
-                %meeting, %email, %to, %message_id, attempt = row.attempts,
-                "mail failed: {error}"
-            ),
-            Outcome::Skipped { .. } | Outcome::Held { .. } => {}
+                "the outcome of this attempt ({}) cannot be recorded in the ledger: {e}; the row \
+                 stays `sending` and the record is tried again at the next pass",
+                describe(&outcome)
+            );
+            self.unsettled_outcomes().push(Unsettled {
+                key: key.clone(),
+                message_id: row.message_id.clone(),
+                attempt: row.attempts,
+                outcome,
+            });
+            return Err(e);
         }
+        log_outcome(key, message_id, row.attempts, &outcome);
         Ok(())
     }
 
@@ -176,33 +281,45 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
     }
 
     /// [`Scheduler::run`], sleeping at most `max_slice` between passes (capped at
-    /// [`MAX_SLICE`]) and calling `on_pass` after each pass with its result: the daemon pets
-    /// the systemd watchdog and records health there, so a stuck loop stops both.
+    /// [`MAX_SLICE`]) and telling `observe` before each send and after each pass
+    /// ([`LoopEvent`]): the daemon pets the systemd watchdog and records health there, so a
+    /// stuck loop stops both, while a long pass of slow sends does not.
     pub async fn run_observed(
         self,
         shutdown: impl Future<Output = ()>,
         max_slice: Duration,
-        mut on_pass: impl FnMut(Result<Option<Timestamp>, &LedgerError>),
+        mut observe: impl FnMut(LoopEvent<'_>),
     ) {
         let max_slice = max_slice.clamp(MIN_SLICE, MAX_SLICE);
+        let stop = AtomicBool::new(false);
         tokio::pin!(shutdown);
         loop {
-            let tick = self.tick();
-            tokio::pin!(tick);
-            let pass = tokio::select! {
-                pass = &mut tick => pass,
-                () = &mut shutdown => {
-                    // Let a send in flight finish rather than cut it off mid-conversation.
-                    if tokio::time::timeout(STOP_GRACE, &mut tick).await.is_err() {
-                        tracing::warn!(
-                            "stopping: a pass was still running after {STOP_GRACE:?}; a mail cut \
-                             off now goes out again at the next start, same Message-ID"
+            let pass = {
+                let mut on_send = |key: &MailKey| observe(LoopEvent::Sending(key));
+                let tick = self.pass(&stop, &mut on_send);
+                tokio::pin!(tick);
+                tokio::select! {
+                    // The shutdown first: once it has come, the pass claims nothing more.
+                    biased;
+                    () = &mut shutdown => {
+                        stop.store(true, Ordering::SeqCst);
+                        tracing::info!(
+                            "scheduler stopping: a send in flight finishes, no other mail starts"
                         );
+                        // Let a send in flight finish rather than cut it off mid-conversation.
+                        if tokio::time::timeout(STOP_GRACE, &mut tick).await.is_err() {
+                            tracing::warn!(
+                                "stopping: a pass was still running after {STOP_GRACE:?}; a mail \
+                                 cut off now goes out again at the next start, same Message-ID"
+                            );
+                        }
+                        None
                     }
-                    break;
+                    pass = &mut tick => Some(pass),
                 }
             };
-            on_pass(pass.as_ref().map(|next| *next));
+            let Some(pass) = pass else { break };
+            observe(LoopEvent::PassEnded(pass.as_ref().map(|next| *next)));
             let wait = match pass {
                 Ok(next) => {
                     let now = self.clock.now();
@@ -222,6 +339,45 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                 () = &mut shutdown => break,
             }
         }
+        // A last try for outcomes the ledger refused: a row left `sending` is sent again at the
+        // next start.
+        if let Err(e) = self.settle_unsettled() {
+            tracing::error!(
+                unsettled = self.unsettled(),
+                "stopping with outcomes the ledger did not record: {e}; their mails are sent \
+                 again at the next start, same Message-ID"
+            );
+        }
         tracing::info!("scheduler stopped");
+    }
+}
+
+/// The log line of an attempt's recorded outcome.
+fn log_outcome(key: &MailKey, message_id: &str, attempt: u32, outcome: &Outcome) {
+    let (meeting, email, to) = (&key.meeting, &key.email, &key.audience);
+    match outcome {
+        Outcome::Sent { reply, .. } => {
+            tracing::info!(%meeting, %email, %to, %message_id, %reply, "mail sent");
+        }
+        Outcome::Retry { at, error } => tracing::warn!(
+            %meeting, %email, %to, %message_id, attempt,
+            "mail not sent, will retry at {at}: {error}"
+        ),
+        Outcome::Failed { error } => tracing::error!(
+            %meeting, %email, %to, %message_id, attempt,
+            "mail failed: {error}"
+        ),
+        Outcome::Skipped { .. } | Outcome::Held { .. } => {}
+    }
+}
+
+/// A few words on an outcome, for the log line that says it could not be recorded.
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Sent { reply, .. } => format!("sent: {reply}"),
+        Outcome::Retry { at, error } => format!("retry at {at}: {error}"),
+        Outcome::Failed { error } => format!("failed: {error}"),
+        Outcome::Skipped { reason } => format!("skipped: {reason}"),
+        Outcome::Held { reason } => format!("held: {reason}"),
     }
 }

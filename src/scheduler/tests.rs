@@ -1,6 +1,8 @@
 //! Table tests of the pure core ([`super::reconcile`], [`super::decide`]) over a real SQLite
 //! ledger in a temporary directory: each step reconciles or decides at a given `now` and applies
-//! the result the way the loop does.
+//! the result the way the loop does. Then the loop itself ([`super::run`]) at a fixed clock with
+//! a stand-in sender: what it starts after the shutdown signal, what it reports before each
+//! send, and an outcome the ledger refuses once.
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -772,4 +774,292 @@ fn planned_rows_carry_the_message_id_of_their_key() {
     let notice = sim.row(&key("m1", "change", 1));
     assert_eq!(notice.message_id, by_key(&moved, &notice.key));
     assert_ne!(notice.message_id, by_key(&moved, &key("m1", "change", 0)));
+}
+
+/// Three meetings on one day: their week mails fall due together at 2030-05-31T08:00Z, as many
+/// as `max_catch_up` lets through.
+fn three_at_once() -> Config {
+    config(&format!(
+        "{MEETINGS}{}{}",
+        MEETINGS.replace("m1", "m2"),
+        MEETINGS.replace("m1", "m3")
+    ))
+}
+
+const WEEK_DUE: &str = "2030-05-31T08:00:00Z";
+
+/// A sender that logs each delivery in `events` and, on its first, calls `first` (which the
+/// tests use to stop the loop while that mail is in flight) and yields once before answering.
+struct StandIn {
+    events: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    first: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl StandIn {
+    fn new(events: &std::sync::Arc<std::sync::Mutex<Vec<String>>>) -> Self {
+        Self {
+            events: events.clone(),
+            first: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn deliveries(&self) -> usize {
+        log(&self.events)
+            .iter()
+            .filter(|e| e.starts_with("deliver"))
+            .count()
+    }
+}
+
+fn log(events: &std::sync::Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
+    events
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl super::Outbox for StandIn {
+    async fn deliver(&self, row: &LedgerRow, _: &Config) -> Result<String, SendFailure> {
+        log(&self.events).push(format!("deliver {}", row.key));
+        let first = self
+            .first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(first) = first {
+            first();
+            // In flight: the loop sees the shutdown before this mail's answer.
+            tokio::task::yield_now().await;
+        }
+        Ok("250 2.0.0 queued".into())
+    }
+}
+
+/// A scheduler over `store` planned with `config`, its clock fixed at `now`.
+fn scheduler<S: Store + 'static>(
+    store: S,
+    config: &Config,
+    now: Timestamp,
+    outbox: StandIn,
+) -> super::Scheduler<S, StandIn, impl super::Clock> {
+    let (_, config_rx) = tokio::sync::watch::channel(std::sync::Arc::new(config.clone()));
+    super::Scheduler::new(
+        std::sync::Arc::new(std::sync::Mutex::new(store)),
+        outbox,
+        move || now,
+        config_rx,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    )
+}
+
+fn states_of<S: Store>(store: &super::SharedStore<S>) -> Vec<(String, MailState)> {
+    super::run::lock(store)
+        .rows()
+        .expect("rows")
+        .into_iter()
+        .map(|r| (r.key.to_string(), r.state))
+        .collect()
+}
+
+/// The README's promise for `systemctl stop`: a mail in mid-send finishes, mails not yet started
+/// stay `pending`. Three mails are due at once; the shutdown comes while the first is in flight.
+#[tokio::test(flavor = "current_thread")]
+async fn after_the_shutdown_signal_a_pass_finishes_the_send_in_flight_and_claims_no_other() {
+    let c = three_at_once();
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let outbox = StandIn::new(&events);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    *outbox.first.lock().expect("lock") = Some(Box::new(move || {
+        let _ = stop_tx.send(());
+    }));
+    let Sim { _dir, store } = sim;
+    let scheduler = scheduler(store, &c, t(WEEK_DUE), outbox);
+    let store = scheduler.store.clone();
+    let shutdown = async {
+        let _ = stop_rx.await;
+    };
+    let events_seen = events.clone();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        scheduler.run_observed(shutdown, super::run::MAX_SLICE, |_| {}),
+    )
+    .await
+    .expect("the loop stops");
+    assert_eq!(
+        *log(&events_seen),
+        ["deliver m1/week/list"],
+        "one mail was started"
+    );
+    assert_eq!(
+        states_of(&store),
+        [
+            ("m1/week/list".to_owned(), MailState::Sent),
+            ("m2/week/list".to_owned(), MailState::Pending),
+            ("m3/week/list".to_owned(), MailState::Pending),
+            ("m1/day/list".to_owned(), MailState::Pending),
+            ("m2/day/list".to_owned(), MailState::Pending),
+            ("m3/day/list".to_owned(), MailState::Pending),
+        ]
+    );
+}
+
+/// The loop tells its observer before every send, not only after the pass: the daemon pets the
+/// systemd watchdog there, so a pass of many slow sends is not taken for a hung loop.
+#[tokio::test(flavor = "current_thread")]
+async fn the_loop_reports_before_each_send_of_a_pass_and_after_the_pass() {
+    let c = three_at_once();
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let Sim { _dir, store } = sim;
+    let scheduler = scheduler(store, &c, t(WEEK_DUE), StandIn::new(&events));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_tx = Some(stop_tx);
+    let observed = events.clone();
+    let observe = move |event: super::LoopEvent<'_>| {
+        let line = match event {
+            super::LoopEvent::Sending(key) => format!("sending {key}"),
+            super::LoopEvent::PassEnded(pass) => {
+                // Stop after the first pass.
+                if let Some(tx) = stop_tx.take() {
+                    let _ = tx.send(());
+                }
+                format!("pass ended: {:?}", pass.map_err(ToString::to_string))
+            }
+        };
+        log(&observed).push(line);
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        scheduler.run_observed(
+            async {
+                let _ = stop_rx.await;
+            },
+            super::run::MAX_SLICE,
+            observe,
+        ),
+    )
+    .await
+    .expect("the loop stops");
+    assert_eq!(
+        *log(&events),
+        [
+            "sending m1/week/list",
+            "deliver m1/week/list",
+            "sending m2/week/list",
+            "deliver m2/week/list",
+            "sending m3/week/list",
+            "deliver m3/week/list",
+            "pass ended: Ok(Some(2030-06-06T08:00:00Z))",
+        ]
+    );
+}
+
+/// A ledger whose first `settle` of a `sending` row fails (a full disk, a lock held too long).
+struct SettleFailsOnce {
+    inner: SqliteStore,
+    failed: bool,
+}
+
+impl Store for SettleFailsOnce {
+    fn rows(&self) -> Result<Vec<LedgerRow>, crate::ledger::LedgerError> {
+        self.inner.rows()
+    }
+    fn revisions(
+        &self,
+    ) -> Result<
+        std::collections::BTreeMap<crate::model::MeetingId, crate::revision::StoredRevision>,
+        crate::ledger::LedgerError,
+    > {
+        self.inner.revisions()
+    }
+    fn revision_at(
+        &self,
+        meeting: &crate::model::MeetingId,
+        sequence: u32,
+    ) -> Result<Option<crate::revision::StoredRevision>, crate::ledger::LedgerError> {
+        self.inner.revision_at(meeting, sequence)
+    }
+    fn apply(&mut self, replan: &crate::ledger::Replan) -> Result<(), crate::ledger::LedgerError> {
+        self.inner.apply(replan)
+    }
+    fn plan_stamp(&self) -> Result<Option<String>, crate::ledger::LedgerError> {
+        self.inner.plan_stamp()
+    }
+    fn recover_sending(&mut self) -> Result<Vec<MailKey>, crate::ledger::LedgerError> {
+        self.inner.recover_sending()
+    }
+    fn claim(
+        &mut self,
+        key: &MailKey,
+        now: Timestamp,
+    ) -> Result<Option<LedgerRow>, crate::ledger::LedgerError> {
+        self.inner.claim(key, now)
+    }
+    fn settle(
+        &mut self,
+        key: &MailKey,
+        from: MailState,
+        outcome: &Outcome,
+    ) -> Result<bool, crate::ledger::LedgerError> {
+        if from == MailState::Sending && !self.failed {
+            self.failed = true;
+            return Err(crate::ledger::LedgerError::Corrupt {
+                path: "ledger.sqlite3".into(),
+                detail: "disk I/O error (test)".into(),
+            });
+        }
+        self.inner.settle(key, from, outcome)
+    }
+    fn release(&mut self, filter: &ReleaseFilter) -> Result<usize, crate::ledger::LedgerError> {
+        self.inner.release(filter)
+    }
+}
+
+/// A mail went out but the ledger refused to record it: the pass fails (health shows it), the
+/// outcome is kept, and the next pass records it before anything else. The row is never left
+/// `sending` (which no pass looks at, and which a restart would send again), and the mail is
+/// not sent twice.
+#[tokio::test(flavor = "current_thread")]
+async fn an_outcome_the_ledger_refuses_once_is_recorded_at_the_next_pass_and_not_sent_again() {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let Sim { _dir, store } = sim;
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = SettleFailsOnce {
+        inner: store,
+        failed: false,
+    };
+    let scheduler = scheduler(store, &c, t(WEEK_DUE), StandIn::new(&events));
+    let week = ("m1/week/list".to_owned(), MailState::Sending);
+    let first = scheduler.tick().await;
+    assert!(
+        first
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("disk I/O error")),
+        "{first:?}"
+    );
+    assert_eq!(states_of(&scheduler.store)[0], week);
+    assert_eq!(scheduler.unsettled(), 1);
+
+    let second = scheduler.tick().await;
+    assert_eq!(
+        second.expect("the second pass succeeds"),
+        Some(t("2030-06-06T08:00:00Z"))
+    );
+    let row = super::run::lock(&scheduler.store)
+        .rows()
+        .expect("rows")
+        .into_iter()
+        .find(|r| r.key == key("m1", "week", 0))
+        .expect("week row");
+    assert_eq!(
+        (row.state, row.attempts, row.sent_at),
+        (MailState::Sent, 1, Some(t(WEEK_DUE)))
+    );
+    assert_eq!(scheduler.unsettled(), 0);
+    scheduler.tick().await.expect("a third pass");
+    assert_eq!(scheduler.outbox.deliveries(), 1, "{:?}", log(&events));
 }

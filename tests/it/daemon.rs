@@ -64,15 +64,38 @@ pub mod harness {
     impl Sink {
         /// Starts the sink storing into `dir`, on `port` or a free one.
         pub fn start(dir: &Path, port: Option<u16>) -> Self {
-            Self::start_slow(dir, port, 0)
+            Self::spawn(dir, port, &[])
         }
 
         /// Like [`Sink::start`], but answering each DATA `delay_secs` seconds late.
         pub fn start_slow(dir: &Path, port: Option<u16>, delay_secs: u32) -> Self {
+            Self::spawn(dir, port, &["--delay", &delay_secs.to_string()])
+        }
+
+        /// Like [`Sink::start`], but holding the `k`-th DATA (from 0) until the test calls
+        /// [`Sink::release`] for it; [`Sink::wait_held`] waits until it is held, so a send is
+        /// certainly in flight.
+        pub fn start_gated(dir: &Path) -> Self {
+            Self::spawn(dir, None, &["--gate"])
+        }
+
+        /// Waits until the gated sink holds its `k`-th DATA (`diag` explains a time-out).
+        pub fn wait_held(dir: &Path, k: usize, diag: impl Fn() -> String) {
+            let held = dir.join(format!(".held-{k}"));
+            wait_for(&format!("DATA {k} at the sink"), || held.exists(), diag);
+        }
+
+        /// Lets the gated sink answer its `k`-th DATA (now or when it comes).
+        pub fn release(dir: &Path, k: usize) {
+            std::fs::create_dir_all(dir).expect("sink directory");
+            File::create(dir.join(format!(".release-{k}"))).expect("release file");
+        }
+
+        fn spawn(dir: &Path, port: Option<u16>, args: &[&str]) -> Self {
             let mut cmd = Command::new(python());
             cmd.arg(repo().join("tests/tools/ledger_smtp_sink.py"))
                 .arg(dir)
-                .args(["--delay", &delay_secs.to_string()]);
+                .args(args);
             if let Some(p) = port {
                 cmd.args(["--port", &p.to_string()]);
             }
@@ -510,4 +533,52 @@ fn a_failed_start_is_logged_at_error_priority_under_journald() {
         .find(|l| l.contains("cannot listen on"))
         .unwrap_or_else(|| panic!("no bind error:\n{stderr}"));
     assert!(fatal.starts_with("<3>convenor: "), "{stderr}");
+}
+
+/// SIGTERM during a pass with three mails due at once, while the first is in mid-send (held by
+/// the server): that send finishes and is `sent`, the process exits 0, and the two not started
+/// stay `pending` (README, "Stop, restart, watchdog"), even though the server would take them.
+#[test]
+fn sigterm_during_a_pass_finishes_the_send_in_flight_and_starts_no_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mails = dir.path().join("mails");
+    let sink = Sink::start_gated(&mails);
+    // A long SMTP timeout: the first send waits on the test, however slow the machine.
+    let text =
+        soon_text(&[1, 1, 1], Some(sink.port), "").replace("timeout = \"5s\"", "timeout = \"60s\"");
+    let config = crate::support::write_config(dir.path(), &text);
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    daemon.wait_ready();
+    Sink::wait_held(&mails, 0, || {
+        format!("{:?}\n{}", ledger_rows(&state), daemon.log_text())
+    });
+    daemon.signal("TERM");
+    wait_for(
+        "the scheduler to take the stop",
+        || daemon.log_text().contains("scheduler stopping"),
+        || daemon.log_text(),
+    );
+    // The server now answers everything at once: only a send started before the stop may go.
+    for k in 0..3 {
+        Sink::release(&mails, k);
+    }
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
+    assert_eq!(
+        by_key(&mails).keys().collect::<Vec<_>>(),
+        ["soon/mail-0/list"],
+        "{}",
+        daemon.log_text()
+    );
+    let states: Vec<(String, String)> = ledger_rows(&state)
+        .into_iter()
+        .map(|(k, r)| (k, r.0))
+        .collect();
+    let expected = [
+        ("soon/mail-0/list", "sent"),
+        ("soon/mail-1/list", "pending"),
+        ("soon/mail-2/list", "pending"),
+    ]
+    .map(|(k, s)| (k.to_owned(), s.to_owned()));
+    assert_eq!(states, expected, "{}", daemon.log_text());
 }

@@ -149,13 +149,13 @@ async fn the_loop_follows_the_clock_it_is_given_and_stops_on_its_shutdown_future
     let wake = Arc::new(tokio::sync::Notify::new());
     let store = Arc::new(Mutex::new(store));
     let parts = mail_parts(&config).expect("templates and transport");
-    let scheduler = Scheduler {
-        store: store.clone(),
-        outbox: MailOutbox::new(store.clone(), parts),
+    let scheduler = Scheduler::new(
+        store.clone(),
+        MailOutbox::new(store.clone(), parts),
         clock,
-        config: config_rx,
-        wake: wake.clone(),
-    };
+        config_rx,
+        wake.clone(),
+    );
     let outbox = config.state_dir.join("outbox");
     let files = || std::fs::read_dir(&outbox).map(|d| d.count()).unwrap_or(0);
 

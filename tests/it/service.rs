@@ -272,6 +272,64 @@ async fn notify_protocol_health_and_metrics_through_a_send_two_reloads_and_a_sto
     );
 }
 
+/// WATCHDOG=1 comes before every send, not only after a whole pass: four mails fall due at once
+/// and go through a server that holds each DATA until the test lets it go, so the test knows
+/// each send is in flight. Between the server taking one mail and taking the next, the daemon
+/// sent a WATCHDOG=1 (counted on the notify socket at each hold, no clock involved). The start
+/// warns that the SMTP timeout (60 s) is more than half of the watchdog (100 s).
+#[test]
+fn the_watchdog_hears_from_the_loop_between_consecutive_sends_of_one_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mails = dir.path().join("mails");
+    let sink = Sink::start_gated(&mails);
+    let text = soon_text(&[1, 1, 1, 1], Some(sink.port), "")
+        .replace("timeout = \"5s\"", "timeout = \"60s\"");
+    let config = write_config(dir.path(), &text);
+    let sock_path = dir.path().join("notify.sock");
+    let mut notes = Notifications::bind(&sock_path);
+    // WatchdogSec=100s: a pass pets at most every 37.5 s, far longer than this test's passes.
+    let mut daemon = spawn(
+        &config,
+        &dir.path().join("serve.log"),
+        &[
+            ("NOTIFY_SOCKET", sock_path.as_os_str()),
+            ("WATCHDOG_USEC", "100000000".as_ref()),
+        ],
+    );
+    daemon.wait_ready();
+    let state = dir.path().join("state");
+    let diag = || format!("{:?}\n{}", ledger_rows(&state), daemon.log_text());
+    // WATCHDOG=1 received by the time the sink held each DATA.
+    let mut petted = Vec::new();
+    for k in 0..4 {
+        Sink::wait_held(&mails, k, diag);
+        notes.drain();
+        petted.push(notes.got.iter().filter(|m| *m == "WATCHDOG=1").count());
+        Sink::release(&mails, k);
+    }
+    wait_for(
+        "every mail sent",
+        || {
+            let rows = ledger_rows(&state);
+            rows.len() == 4 && rows.values().all(|r| r.0 == "sent")
+        },
+        diag,
+    );
+    for k in 1..4 {
+        assert!(
+            petted[k] > petted[k - 1],
+            "no WATCHDOG=1 between send {} and send {k}: {petted:?}\n{:?}",
+            k - 1,
+            notes.got
+        );
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("timeout = 60s is more than half the systemd watchdog (WatchdogSec = 100s)"),
+        "{log}"
+    );
+}
+
 /// What a raw client saw when the server ended its connection.
 fn ending(stream: &mut TcpStream, trickle: bool) -> String {
     stream

@@ -1,11 +1,13 @@
 """A real SMTP server on loopback for the scheduler tests: stores each message it accepts.
 
-Usage: ledger_smtp_sink.py DIR [--port N] [--delay SECONDS]
+Usage: ledger_smtp_sink.py DIR [--port N] [--delay SECONDS] [--gate]
 
 Listens on 127.0.0.1 (a free port, or N to come back on the same port after a stop), prints
 the port on its first line of stdout, and writes each accepted message to DIR/<n>.eml
 atomically (temporary file, then rename) before answering 250, after waiting --delay seconds
-(a slow server, to catch a client in mid-send). Runs until killed.
+(a slow server, to catch a client in mid-send). With --gate, the k-th DATA (from 0) is held
+until the test allows it: the sink creates DIR/.held-k when it arrives and answers it once
+DIR/.release-k exists, so a test knows for certain that a send is in flight. Runs until killed.
 """
 
 import argparse
@@ -21,12 +23,22 @@ from aiosmtpd.controller import Controller
 
 
 class Store:
-    def __init__(self, directory, delay):
+    def __init__(self, directory, delay, gate):
         self.directory = directory
         self.delay = delay
+        self.gate = gate
+        self.count = 0
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server, session, envelope):
+        if self.gate:
+            with self.lock:
+                n = self.count
+                self.count += 1
+            open(os.path.join(self.directory, ".held-%d" % n), "w").close()
+            release = os.path.join(self.directory, ".release-%d" % n)
+            while not os.path.exists(release):
+                await asyncio.sleep(0.02)
         if self.delay:
             print("DATA received, replying in %s s" % self.delay, file=sys.stderr, flush=True)
             await asyncio.sleep(self.delay)
@@ -52,10 +64,11 @@ def main():
     parser.add_argument("dir")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0)
+    parser.add_argument("--gate", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     port = args.port or free_port()
-    controller = Controller(Store(args.dir, args.delay), hostname="127.0.0.1", port=port)
+    controller = Controller(Store(args.dir, args.delay, args.gate), hostname="127.0.0.1", port=port)
     # A restart on the same port can race the old socket's TIME_WAIT: try for a while.
     deadline = time.monotonic() + 30
     while True:
