@@ -150,13 +150,15 @@ pub struct LedgerRow {
     pub sent_at: Option<Timestamp>,
     /// The server's reply to the end of DATA.
     pub reply: Option<String>,
-    /// When the row was planned (inserted).
+    /// When the row was planned: inserted, or last moved by a [`Reschedule`]. The clock-jump
+    /// guard counts only rows that fell due after this instant.
     pub created: Timestamp,
     /// Released by an operator after a hold: the clock-jump guard no longer counts it.
     pub released: bool,
 }
 
-/// A due instant that moved (the meeting moved), or a withdrawn mail that is wanted again.
+/// A due instant that moved (the meeting or the schedule entry moved), or a withdrawn mail that
+/// is wanted again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reschedule {
     /// Which mail.
@@ -167,6 +169,11 @@ pub struct Reschedule {
     pub deadline: Timestamp,
     /// New meeting start.
     pub starts: Timestamp,
+    /// The `now` of the reconciliation that moved it: the row's new [`LedgerRow::created`]. A
+    /// row planned again is judged from when it was planned again: moved into the past, it did
+    /// not "fall due after planning", so the clock-jump guard does not count it (it is sent or
+    /// skipped by its grace, like a new row on past meetings).
+    pub created: Timestamp,
 }
 
 /// The writes one reconciliation of config and ledger asks for, applied in one transaction.
@@ -176,8 +183,9 @@ pub struct Replan {
     pub revisions: Vec<(MeetingId, StoredRevision)>,
     /// New rows (inserted only when absent).
     pub inserts: Vec<LedgerRow>,
-    /// Rows not yet sent whose due instant changed: back to `pending` with the new times and
-    /// no attempts. Rows in `sent` or `sending` are never touched.
+    /// Rows not yet sent whose due instant changed: back to `pending` with the new times, no
+    /// attempts, and planned (`created`) again at the reconciliation's `now`. Rows in `sent` or
+    /// `sending` are never touched.
     pub reschedules: Vec<Reschedule>,
     /// `pending` or `held` rows no longer wanted, with the reason: they become `skipped`.
     pub withdrawals: Vec<(MailKey, String)>,

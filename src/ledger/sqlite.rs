@@ -408,7 +408,7 @@ impl Store for SqliteStore {
         // One transaction; each statement is prepared once (`prepare_cached`) and run per row:
         // preparing per row was half of this function's time at 5,000 meetings.
         let reschedule = format!(
-            "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, \
+            "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, created_ms = ?8, \
              state = 'pending', attempts = 0, next_attempt_ms = NULL, \
              last_error = NULL, released = 0 \
              WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'skipped', 'failed')"
@@ -489,7 +489,8 @@ impl Store for SqliteStore {
                         r.key.occurrence,
                         ms(r.due),
                         ms(r.deadline),
-                        ms(r.starts)
+                        ms(r.starts),
+                        ms(r.created)
                     ])?;
                 }
             }

@@ -73,12 +73,50 @@ pub enum Security {
     Implicit(TlsParameters),
 }
 
+/// The step of opening a connection, before any message is offered (before MAIL FROM).
+///
+/// lettre's errors do not say at which command they happened (`Error::status()` gives the reply
+/// code, `is_permanent()` whether it was 5xx), so [`Relay::connect`] tags each error with the
+/// step it was taking when lettre returned it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupStage {
+    /// The TLS handshake of implicit TLS, before the greeting.
+    Tls,
+    /// The server's greeting and our EHLO (lettre's `connect_with_transport` does both).
+    GreetingOrEhlo,
+    /// STARTTLS, its handshake and the EHLO after it.
+    StartTls,
+    /// AUTH with the configured user and password.
+    Auth,
+}
+
+impl fmt::Display for SetupStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tls => "the TLS handshake",
+            Self::GreetingOrEhlo => "the greeting or EHLO",
+            Self::StartTls => "STARTTLS",
+            Self::Auth => "AUTH (user and password)",
+        })
+    }
+}
+
 /// Why a send failed.
 #[derive(Debug)]
 pub enum Failure {
     /// No TCP connection could be made.
     Connect(io::Error),
-    /// lettre reported an error: a reply code, a TLS or protocol fault, a dropped connection.
+    /// A connection was made but could not be set up for sending (greeting, EHLO, TLS,
+    /// STARTTLS, AUTH): a fault of the relay or of our settings, not of the message.
+    Setup {
+        /// The step that failed.
+        stage: SetupStage,
+        /// lettre's error, with the server's reply when there was one.
+        error: SmtpError,
+    },
+    /// lettre reported an error while sending the message on a set-up connection (MAIL FROM,
+    /// RCPT TO, DATA, or NOOP/the connection on reuse): a reply code, a protocol fault, a
+    /// dropped connection.
     Smtp(SmtpError),
 }
 
@@ -210,7 +248,11 @@ impl Relay {
         }
     }
 
+    /// A new connection, set up up to the point where a message can be offered. Every lettre
+    /// error here is returned as [`Failure::Setup`] with the step it came from: the transport
+    /// treats them all as transient, whatever the reply code.
     async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let at = |stage| move |error| Failure::Setup { stage, error };
         let tcp = self.tcp().await.map_err(Failure::Connect)?;
         let mut conn = match &self.security {
             Security::Implicit(tls) => {
@@ -219,7 +261,7 @@ impl Relay {
                 stream
                     .upgrade_tls(tls.clone())
                     .await
-                    .map_err(Failure::Smtp)?;
+                    .map_err(at(SetupStage::Tls))?;
                 AsyncSmtpConnection::connect_with_transport(
                     Box::new(TlsStream(stream)),
                     &self.hello,
@@ -230,16 +272,20 @@ impl Relay {
                 AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello).await
             }
         }
-        .map_err(Failure::Smtp)?;
+        .map_err(at(SetupStage::GreetingOrEhlo))?;
         if let Security::StartTls(tls) = &self.security {
             conn.starttls(tls.clone(), &self.hello)
                 .await
-                .map_err(Failure::Smtp)?;
+                .map_err(at(SetupStage::StartTls))?;
         }
-        if let Some(credentials) = &self.credentials {
-            conn.auth(DEFAULT_MECHANISMS, credentials)
-                .await
-                .map_err(Failure::Smtp)?;
+        if let Some(credentials) = &self.credentials
+            && let Err(error) = conn.auth(DEFAULT_MECHANISMS, credentials).await
+        {
+            // A refused AUTH leaves the connection open: say goodbye instead of dropping it.
+            if !conn.has_broken() {
+                quit(conn);
+            }
+            return Err(at(SetupStage::Auth)(error));
         }
         Ok(conn)
     }

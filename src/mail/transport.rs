@@ -2,9 +2,13 @@
 //!
 //! This is the mail module's I/O edge. Every SMTP send is bounded by a timeout of our own
 //! (lettre's own timeout covers single reads and writes, not a whole conversation). Failures are
-//! classified for the scheduler: a 5xx reply is [`SendClass::Permanent`]; a 4xx reply, a refused
-//! or dropped connection, a TLS failure and a timeout are [`SendClass::Transient`] (a TLS or auth
-//! setup fault is retried until an operator fixes it, rather than losing the mail).
+//! classified for the scheduler: a 5xx reply to the message itself (MAIL FROM, RCPT TO, DATA) is
+//! [`SendClass::Permanent`]; a 4xx reply, a refused or dropped connection, a TLS failure and a
+//! timeout are [`SendClass::Transient`]. A fault while setting up the connection, before MAIL
+//! FROM (the greeting, EHLO, TLS, STARTTLS, AUTH), is transient whatever its reply code, 5xx
+//! included (a rotated password answers 535): it says nothing about the message, so the mail is
+//! retried with the normal backoff until an operator fixes the relay settings or the password,
+//! rather than lost. Such a fault is logged as a setup fault at error level, naming the step.
 //!
 //! A message is the server's once it has answered 250 to the end of DATA. A connection dropped
 //! between our final "." and that 250 reports a transient failure although the server may have
@@ -26,7 +30,7 @@ use lettre::{
     },
 };
 
-use super::smtp::{Failure, Relay, Security};
+use super::smtp::{Failure, Relay, Security, SetupStage};
 use crate::model::{MailSettings, PasswordSource, SmtpSettings, TlsMode, TransportSettings};
 
 /// Why a transport could not be set up.
@@ -72,9 +76,11 @@ pub enum MailError {
 /// Whether a failed send may succeed later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendClass {
-    /// Retry with backoff: 4xx, refused or dropped connection, TLS failure, timeout.
+    /// Retry with backoff: 4xx, refused or dropped connection, TLS failure, timeout, and any
+    /// fault setting up the connection (greeting, EHLO, STARTTLS, AUTH), 5xx included.
     Transient,
-    /// Do not retry: the server answered 5xx (or the message cannot be written at all).
+    /// Do not retry: the server answered 5xx to MAIL FROM, RCPT TO or DATA (or the message
+    /// cannot be written at all).
     Permanent,
 }
 
@@ -190,6 +196,9 @@ impl Transport {
                     Ok(Err(Failure::Connect(e))) => Err(SendError::transient(format!(
                         "{relay}: cannot connect: {e}"
                     ))),
+                    Ok(Err(Failure::Setup { stage, error })) => {
+                        Err(setup_fault(stage, &error, relay))
+                    }
                     Ok(Err(Failure::Smtp(e))) => Err(classify(&e, relay)),
                     Ok(Ok(response)) => Ok(Delivery::Smtp {
                         code: response.code().to_string(),
@@ -209,6 +218,31 @@ impl Transport {
     }
 }
 
+/// A connection that could not be set up for sending: transient, whatever the reply code, and
+/// logged for the operator. lettre reports a 5xx to AUTH (535, 530, 534) or to the greeting or
+/// EHLO (554) as a permanent error (`Error::is_permanent`), but it is not the message's fault:
+/// every mail would fail the same way until the settings or the password are fixed. The step
+/// comes from where [`Relay`] got the error ([`SetupStage`]), not from lettre's error.
+fn setup_fault(stage: SetupStage, e: &lettre::transport::smtp::Error, relay: &str) -> SendError {
+    let fix = match stage {
+        SetupStage::Auth => "check [mail.smtp] user and the password",
+        SetupStage::Tls | SetupStage::StartTls => "check [mail.smtp] tls, port and ca_file",
+        SetupStage::GreetingOrEhlo => "check [mail.smtp] host and port, and the relay",
+    };
+    tracing::error!(
+        relay,
+        stage = %stage,
+        error = %e,
+        "SMTP setup fault: the relay refused {stage}; nothing can be sent until it is fixed \
+         ({fix}); due mail is retried with backoff meanwhile"
+    );
+    SendError::transient(format!(
+        "{relay}: connection setup failed at {stage} ({fix}; retried until fixed): {e}"
+    ))
+}
+
+/// A failure of the message itself on a set-up connection: lettre's permanent errors (5xx to
+/// MAIL FROM, RCPT TO or DATA) are permanent, everything else transient.
 fn classify(e: &lettre::transport::smtp::Error, relay: &str) -> SendError {
     let class = if e.is_permanent() {
         SendClass::Permanent

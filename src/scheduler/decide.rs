@@ -8,8 +8,10 @@
 //! - a retry goes out until the meeting starts, then the mail fails;
 //! - the clock-jump guard: if more than `max_catch_up` mails fell due at once after they were
 //!   planned (first attempts, not released by an operator), none of them is sent or skipped:
-//!   they are all held for `convenor release`. Mails already past when they were first planned
-//!   (a first start on old meetings) do not count: they are simply skipped.
+//!   they are all held for `convenor release`. Mails already past when they were planned (a
+//!   first start on old meetings, or a reload that moved them into the past: a moved row counts
+//!   as planned when it moved, [`crate::ledger::Reschedule::created`]) do not count: they are
+//!   sent or skipped by their grace.
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -88,7 +90,7 @@ fn is_due(row: &LedgerRow, now: Timestamp) -> bool {
 }
 
 /// True when a due row counts towards the clock-jump guard: a first attempt that fell due after
-/// it was planned and that no operator released.
+/// it was planned (inserted or last moved) and that no operator released.
 fn counts_for_guard(row: &LedgerRow) -> bool {
     row.attempts == 0 && !row.released && row.due > row.created
 }

@@ -244,6 +244,8 @@ pub fn reconcile(
                         due: due.due,
                         deadline: due.deadline,
                         starts,
+                        // Planned again now: see `Reschedule::created` (the clock-jump guard).
+                        created: now,
                     });
                 }
             }

@@ -32,7 +32,12 @@ title = \"Meeting one\"
 /// m1 starts at 09:00Z, its week mail is due 2030-05-31T08:00Z and its day mail
 /// 2030-06-06T08:00Z.
 fn config(meetings: &str) -> Config {
-    let text = format!(
+    parse_config(&config_text(meetings))
+}
+
+/// The text of [`config`]'s config.
+fn config_text(meetings: &str) -> String {
+    format!(
         "
 [network]
 short_name = \"LEDNet\"
@@ -80,10 +85,14 @@ template = \"cancellation-notice\"
 on = \"cancellation\"
 audience = \"list\"
 "
-    );
+    )
+}
+
+/// Parses a test config's text.
+fn parse_config(text: &str) -> Config {
     parse(
         std::path::Path::new("config/test.toml"),
-        &text,
+        text,
         &Environment::default(),
     )
     .expect("valid test config")
@@ -458,6 +467,115 @@ fn a_cancellation_skips_pending_mail_and_queues_one_cancellation_notice() {
     sim.load(&config(MEETINGS), t("2030-06-03T00:00:00Z"));
     assert_eq!(sim.row(&key("m1", "day", 0)).state, MailState::Pending);
     assert_eq!(sim.row(&key("m1", "change", 2)).state, MailState::Pending);
+}
+
+/// A reload that moves mails into the past is not a clock jump: a moved row counts as planned
+/// when it moved, so it is sent or skipped by its grace; a real clock jump is still held.
+mod moved_into_the_past {
+    use super::*;
+
+    /// Meetings `m1`.. on the given dates, each like [`MEETINGS`]'s `m1`.
+    fn meetings(dates: &[&str]) -> String {
+        dates
+            .iter()
+            .enumerate()
+            .map(|(i, date)| {
+                MEETINGS
+                    .replace("m1", &format!("m{}", i + 1))
+                    .replace("2030-06-07", date)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_schedule_change_moving_many_mails_into_the_past_sends_or_skips_them_not_holds() {
+        // Five meetings 10-14 June 2030 (09:00Z), and four in July that stay pending.
+        let dates = [
+            "2030-06-10",
+            "2030-06-11",
+            "2030-06-12",
+            "2030-06-13",
+            "2030-06-14",
+            "2030-07-01",
+            "2030-07-02",
+            "2030-07-03",
+            "2030-07-04",
+        ];
+        let text = config_text(&meetings(&dates));
+        let before = parse_config(&text);
+        // The operator changes the day mail from 1 day before to 5.
+        let after = parse_config(&text.replace("days_before = 1\n", "days_before = 5\n"));
+        assert_eq!(after.scheduler.max_catch_up, 3);
+
+        let mut sim = Sim::new();
+        sim.load(&before, t("2030-05-01T00:00:00Z"));
+        // Each June week mail goes out on time (3-7 June, 08:00Z).
+        for day in 3..=7 {
+            let now = t(&format!("2030-06-0{day}T08:00:00Z"));
+            assert_eq!(
+                kinds(&sim.step(&before.scheduler, now, ok)),
+                [(format!("m{}/week/list", day - 2), "send")]
+            );
+        }
+        // Reload at 09:00Z on 9 June: the five June day mails move to 5-9 June 08:00Z, all in
+        // the past. m5's (due an hour ago, grace 2h) is still useful; the others are not.
+        let reload = t("2030-06-09T09:00:00Z");
+        sim.load(&after, reload);
+        let moved = sim.row(&key("m1", "day", 0));
+        assert_eq!(
+            (moved.due, moved.created),
+            (t("2030-06-05T08:00:00Z"), reload),
+            "a moved row is planned again at the reload"
+        );
+        let actions = sim.step(&after.scheduler, reload, ok);
+        assert_eq!(
+            kinds(&actions),
+            [
+                ("m1/day/list".to_owned(), "skip"),
+                ("m2/day/list".to_owned(), "skip"),
+                ("m3/day/list".to_owned(), "skip"),
+                ("m4/day/list".to_owned(), "skip"),
+                ("m5/day/list".to_owned(), "send"),
+            ],
+            "moved rows are judged by their grace, not held as a clock jump: {actions:?}"
+        );
+        assert!(
+            sim.states().iter().all(|(_, s)| *s != MailState::Held),
+            "{:?}",
+            sim.states()
+        );
+
+        // A real clock jump afterwards (to 2036): the eight July mails fell due at once and
+        // are held.
+        let actions = sim.step(&after.scheduler, t("2036-03-01T00:00:00Z"), ok);
+        assert_eq!(actions.len(), 8, "{actions:?}");
+        assert!(
+            actions.iter().all(|a| matches!(a, Action::Hold { .. })),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn rows_moved_into_the_future_still_count_when_a_clock_jump_passes_them() {
+        // Rows moved into the future count when they fall due, like rows inserted then.
+        let dates = ["2030-07-01", "2030-07-02", "2030-07-03", "2030-07-04"];
+        let text = config_text(&meetings(&dates));
+        let before = parse_config(&text);
+        let after = parse_config(&text.replace("days_before = 1\n", "days_before = 2\n"));
+        let mut sim = Sim::new();
+        sim.load(&before, t("2030-05-01T00:00:00Z"));
+        sim.load(&after, t("2030-06-01T00:00:00Z"));
+        assert_eq!(
+            sim.row(&key("m1", "day", 0)).created,
+            t("2030-06-01T00:00:00Z")
+        );
+        let actions = sim.step(&after.scheduler, t("2036-03-01T00:00:00Z"), ok);
+        assert_eq!(actions.len(), 8, "{actions:?}");
+        assert!(
+            actions.iter().all(|a| matches!(a, Action::Hold { .. })),
+            "{actions:?}"
+        );
+    }
 }
 
 #[test]

@@ -21,14 +21,16 @@ use serde_json::Value;
 use crate::support::{convenor, example_config_text, python, repo, run_tool, write_config};
 
 /// The test server, killed when dropped.
-struct SmtpServer {
+pub(crate) struct SmtpServer {
     child: Child,
-    port: u16,
+    /// The port it listens on (127.0.0.1).
+    pub(crate) port: u16,
     store: PathBuf,
 }
 
 impl SmtpServer {
-    fn start(store: &Path, args: &[&str]) -> Self {
+    /// Starts `tests/tools/smtp_server.py` storing into `store`, with `args` (see its doc).
+    pub(crate) fn start(store: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(python())
             .arg(repo().join("tests/tools/smtp_server.py"))
             .arg("--store")
@@ -55,7 +57,7 @@ impl SmtpServer {
     }
 
     /// The stored messages, in order of arrival.
-    fn received(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn received(&self) -> Vec<Vec<u8>> {
         (1..)
             .map(|n| self.store.join(format!("{n}.eml")))
             .take_while(|p| p.exists())
@@ -367,6 +369,157 @@ async fn reply_codes_are_classified_transient_or_permanent() {
         );
         assert!(server.received().is_empty());
     }
+}
+
+/// A relay that cannot be set up for sending (before MAIL FROM) fails every mail alike, so the
+/// failure is transient whatever its code: a rotated password (535 to AUTH), a 554 greeting, a
+/// 5xx to EHLO or STARTTLS. The message says which step failed. A 5xx to the message itself on
+/// the same authenticated relay stays permanent; the right password delivers.
+#[tokio::test]
+async fn setup_faults_are_transient_even_as_5xx_and_message_refusals_stay_permanent() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = dir.path().join("certs");
+    run_tool("make_certs.py", &[certs.to_str().expect("utf-8")], b"");
+    let cert = certs.join("server.pem");
+    let key = certs.join("server.key");
+    let tls_args = [
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+    ];
+    // `[mail.smtp]` user and password file in `here`, whose password the file holds.
+    let auth = |here: &Path| {
+        let file = here.join("password");
+        format!(
+            "user = \"convenor\"\npassword_file = \"{}\"",
+            file.display()
+        )
+    };
+    // (case, server arguments, tls mode, password file content or no AUTH, class, words in
+    // the error)
+    type Case<'a> = (
+        &'a str,
+        Vec<&'a str>,
+        &'a str,
+        Option<&'a str>,
+        SendClass,
+        &'a [&'a str],
+    );
+    let table: [Case<'_>; 6] = [
+        (
+            "wrong password",
+            vec!["--auth", "convenor:right"],
+            "plaintext",
+            Some("rotated"),
+            SendClass::Transient,
+            &["535", "AUTH", "setup failed"],
+        ),
+        (
+            "554 greeting",
+            vec!["--fail-at", "greeting", "--code", "554"],
+            "plaintext",
+            None,
+            SendClass::Transient,
+            &["554", "greeting", "setup failed"],
+        ),
+        (
+            "550 to EHLO",
+            vec!["--fail-at", "ehlo", "--code", "550"],
+            "plaintext",
+            None,
+            SendClass::Transient,
+            &["550", "EHLO", "setup failed"],
+        ),
+        (
+            "554 to STARTTLS",
+            [
+                &["--fail-at", "starttls", "--code", "554"][..],
+                &tls_args[..],
+            ]
+            .concat(),
+            "starttls",
+            None,
+            SendClass::Transient,
+            &["554", "STARTTLS", "setup failed"],
+        ),
+        (
+            "550 to RCPT TO, authenticated",
+            vec![
+                "--auth",
+                "convenor:right",
+                "--fail-at",
+                "rcpt",
+                "--code",
+                "550",
+            ],
+            "plaintext",
+            Some("right"),
+            SendClass::Permanent,
+            &["550", "test server refuses at RCPT"],
+        ),
+        (
+            "550 to MAIL FROM",
+            vec!["--fail-at", "mail", "--code", "550"],
+            "plaintext",
+            None,
+            SendClass::Permanent,
+            &["550", "test server refuses at MAIL"],
+        ),
+    ];
+    for (i, (case, args, tls, password, class, words)) in table.into_iter().enumerate() {
+        let here = dir.path().join(format!("case-{i}"));
+        let server = SmtpServer::start(&here.join("received"), &args);
+        std::fs::create_dir_all(&here).expect("mkdir");
+        let extra = match password {
+            Some(password) => {
+                std::fs::write(here.join("password"), password).expect("password file");
+                auth(&here)
+            }
+            None => String::new(),
+        };
+        let config = smtp_config(
+            &here,
+            &format!(
+                "host = \"127.0.0.1\"\nport = {}\ntls = \"{tls}\"\ntimeout = \"10s\"\n\
+                 ca_file = \"{}\"\n{extra}",
+                server.port,
+                certs.join("ca.pem").display()
+            ),
+        );
+        let msg = compose(&config, "agenda-call", &Recipient::List, None);
+        let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+        let err = transport.send(&msg).await.expect_err("refused");
+        assert_eq!(err.class, class, "{case}: {err}");
+        for word in words {
+            assert!(err.message.contains(word), "{case}: `{word}` in {err}");
+        }
+        assert!(server.received().is_empty(), "{case}");
+    }
+
+    // The right password: delivered, after AUTH.
+    let here = dir.path().join("right");
+    let server = SmtpServer::start(&here.join("received"), &["--auth", "convenor:right"]);
+    std::fs::create_dir_all(&here).expect("mkdir");
+    std::fs::write(here.join("password"), "right\n").expect("password file");
+    let config = smtp_config(
+        &here,
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n{}",
+            server.port,
+            auth(&here)
+        ),
+    );
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    transport
+        .send(&msg)
+        .await
+        .expect("delivered with the right password");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(here.join("received/1.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["authenticated"], true);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The scheduler through the real binary and a real SMTP server on loopback: kill -9 at random
 //! points never loses a mail and any repeat carries the same Message-ID; a server that is down
-//! gets retries with backoff, and the mail goes out once it is back.
+//! gets retries with backoff, and the mail goes out once it is back; a refused SMTP password is
+//! retried, a refused recipient is not.
 
 use std::time::Duration;
 
@@ -188,4 +189,127 @@ async fn the_loop_follows_the_clock_it_is_given_and_stops_on_its_shutdown_future
         .await
         .expect("the loop stops on its shutdown future")
         .expect("join");
+}
+
+/// A rotated SMTP password through the real loop, outbox and transport, against a real server
+/// that answers 535 to AUTH: the due mail is retried with backoff, not failed, and goes out once
+/// the transport has the right password again (rebuilt, as a reload does). On the same
+/// authenticated server, a 550 to RCPT TO fails the mail at its first attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_smtp_password_is_retried_until_fixed_and_a_refused_recipient_fails() {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    };
+
+    use convenor::{
+        config::{Environment, load},
+        daemon::{mail_parts, replan},
+        ledger::{MailState, SqliteStore, Store as _},
+        scheduler::{MailOutbox, Scheduler},
+    };
+    use jiff::Timestamp;
+
+    use crate::{mail::SmtpServer, support::write_config};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("smtp-password");
+    // (server arguments, password): the scheduler of each case, its clock, its outbox, its store.
+    let setup = |case: &str, args: &[&str], secret: &str| {
+        let here = dir.path().join(case);
+        let server = SmtpServer::start(&here.join("received"), args);
+        std::fs::write(&password, secret).expect("password file");
+        let text = soon_text(&[120], Some(server.port), "").replace(
+            "tls = \"plaintext\"\n",
+            &format!(
+                "tls = \"plaintext\"\nuser = \"convenor\"\npassword_file = \"{}\"\n",
+                password.display()
+            ),
+        );
+        std::fs::create_dir_all(&here).expect("mkdir");
+        let config = load(&write_config(&here, &text), &Environment::default())
+            .expect("config")
+            .config;
+        std::fs::create_dir_all(&config.state_dir).expect("state dir");
+        let mut store = SqliteStore::open_in(&config.state_dir).expect("open");
+        replan(&mut store, &config, Timestamp::now()).expect("replan");
+        let due = store.rows().expect("rows")[0].due;
+        let clock_ms = Arc::new(AtomicI64::new(due.as_millisecond()));
+        let clock = {
+            let ms = clock_ms.clone();
+            move || Timestamp::from_millisecond(ms.load(Ordering::SeqCst)).expect("ts")
+        };
+        let store = Arc::new(Mutex::new(store));
+        let outbox = Arc::new(MailOutbox::new(
+            store.clone(),
+            mail_parts(&config).expect("templates and transport"),
+        ));
+        let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+        let scheduler = Scheduler {
+            store: store.clone(),
+            outbox: outbox.clone(),
+            clock,
+            config: config_rx,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        };
+        (server, config, scheduler, clock_ms, outbox, store)
+    };
+    let only_row = |store: &Arc<Mutex<SqliteStore>>| {
+        let rows = store.lock().expect("store").rows().expect("rows");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows.into_iter().next().expect("one row")
+    };
+
+    // The relay's password was rotated: every attempt is refused with 535 and retried.
+    let (server, config, scheduler, clock_ms, outbox, store) =
+        setup("rotated", &["--auth", "convenor:right"], "old-password");
+    for attempt in 1..=2 {
+        let next = scheduler.tick().await.expect("tick");
+        let row = only_row(&store);
+        let error = row.last_error.clone().unwrap_or_default();
+        assert_eq!(
+            (row.state, row.attempts),
+            (MailState::Pending, attempt),
+            "retried, not failed: {error}"
+        );
+        assert!(
+            error.starts_with("transient failure")
+                && error.contains("535")
+                && error.contains("AUTH"),
+            "{error}"
+        );
+        let at = row.next_attempt.expect("a next attempt");
+        assert_eq!(next, Some(at));
+        clock_ms.store(at.as_millisecond(), Ordering::SeqCst);
+    }
+    assert!(server.received().is_empty());
+    // The operator puts the new password in place and reloads: the next attempt delivers.
+    std::fs::write(&password, "right").expect("password file");
+    outbox.replace(mail_parts(&config).expect("templates and transport"));
+    scheduler.tick().await.expect("tick");
+    assert_eq!(only_row(&store).state, MailState::Sent);
+    assert_eq!(server.received().len(), 1);
+
+    // A recipient the relay refuses for good: failed at the first attempt, not retried.
+    let (server, _config, scheduler, _clock, _outbox, store) = setup(
+        "recipient",
+        &[
+            "--auth",
+            "convenor:right",
+            "--fail-at",
+            "rcpt",
+            "--code",
+            "550",
+        ],
+        "right",
+    );
+    assert_eq!(scheduler.tick().await.expect("tick"), None);
+    let row = only_row(&store);
+    let error = row.last_error.clone().unwrap_or_default();
+    assert_eq!((row.state, row.attempts), (MailState::Failed, 1), "{error}");
+    assert!(
+        error.starts_with("permanent failure") && error.contains("550"),
+        "{error}"
+    );
+    assert!(server.received().is_empty());
 }

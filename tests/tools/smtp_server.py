@@ -5,24 +5,31 @@ Listens on 127.0.0.1 port 0 and prints "PORT <n>" on stdout once it accepts conn
 Each accepted message is stored as <store>/<n>.eml (the bytes received) and <n>.json (envelope).
 Options:
   --store DIR            where to store received messages (required)
-  --fail-at STAGE        answer --code to MAIL, RCPT or DATA instead of accepting
-  --code CODE            the reply code for --fail-at (e.g. 421, 451, 550)
+  --fail-at STAGE        answer --code at that stage instead of going on: MAIL, RCPT or DATA
+                         (the message), or GREETING, EHLO or STARTTLS (connection setup)
+  --code CODE            the reply code for --fail-at (e.g. 421, 451, 550, 554)
+  --auth USER:PASSWORD   offer AUTH PLAIN and LOGIN (without TLS too: loopback tests) and
+                         require it before MAIL; other credentials get aiosmtpd's
+                         "535 5.7.8 Authentication credentials invalid"
   --stall                accept connections and never say anything
   --tls-cert/--tls-key   offer STARTTLS with this certificate and require it before MAIL
   --one-per-connection   after one message on a connection, answer MAIL with 421
   --implicit-tls         with --tls-cert/--tls-key: TLS from the first byte (port 465 style)
 The .json also records the client's address ("peer", [host, port]): one peer port per
-connection, so a test can tell reused connections from new ones.
+connection, so a test can tell reused connections from new ones; and "authenticated", whether
+the client passed AUTH.
 Runs until killed.
 """
 import argparse
 import asyncio
 import json
+import logging
 import os
 import ssl
 import sys
+import warnings
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Handler:
@@ -73,11 +80,62 @@ class Handler:
             "tls": session.ssl is not None
             or server.transport.get_extra_info("ssl_object") is not None,
             "peer": list(session.peer),
+            "authenticated": bool(session.authenticated),
         }
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
         os.replace(base + ".json.tmp", base + ".json")
         return f"250 2.0.0 Ok: queued as test-{n}"
+
+
+class Authenticator:
+    """Accepts exactly one user and password (AUTH PLAIN or LOGIN)."""
+
+    def __init__(self, user, password):
+        self.user = user.encode()
+        self.password = password.encode()
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == self.user
+            and auth_data.password == self.password
+        )
+        # handled=False: aiosmtpd answers a failure itself, with 535 5.7.8.
+        return AuthResult(success=ok, handled=False)
+
+
+class SetupRefusingSMTP(SMTP):
+    """aiosmtpd's SMTP that can answer `code` to the greeting, EHLO or STARTTLS instead."""
+
+    def __init__(self, handler, refuse_at=None, code=None, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.refuse_at = refuse_at
+        self.refuse_code = code
+        self.greeted = False
+
+    def _refusal(self, stage):
+        return f"{self.refuse_code} test server refuses at {stage.upper()} with {self.refuse_code}"
+
+    async def push(self, status):
+        # The first line a session pushes is the 220 greeting.
+        if not self.greeted:
+            self.greeted = True
+            if self.refuse_at == "greeting" and str(status).startswith("220 "):
+                status = self._refusal("greeting")
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname):
+        if self.refuse_at == "ehlo":
+            await self.push(self._refusal("ehlo"))
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_STARTTLS(self, arg):
+        if self.refuse_at == "starttls":
+            await self.push(self._refusal("starttls"))
+            return
+        await super().smtp_STARTTLS(arg)
 
 
 class Staller(asyncio.Protocol):
@@ -90,7 +148,10 @@ class Staller(asyncio.Protocol):
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--store", required=True)
-    p.add_argument("--fail-at", choices=["mail", "rcpt", "data"])
+    p.add_argument(
+        "--fail-at", choices=["greeting", "ehlo", "starttls", "mail", "rcpt", "data"]
+    )
+    p.add_argument("--auth")
     p.add_argument("--code", type=int, default=451)
     p.add_argument("--stall", action="store_true")
     p.add_argument("--tls-cert")
@@ -100,6 +161,18 @@ async def main():
     a = p.parse_args()
     os.makedirs(a.store, exist_ok=True)
     handler = Handler(a.store, a.fail_at, a.code, a.one_per_connection)
+    auth = {}
+    if a.auth:
+        user, _, password = a.auth.partition(":")
+        # AUTH without TLS is what the loopback tests want: silence aiosmtpd's warnings about it.
+        warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+        warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+        logging.getLogger("mail.log").setLevel(logging.ERROR)
+        auth = dict(
+            authenticator=Authenticator(user, password),
+            auth_required=True,
+            auth_require_tls=False,
+        )
     tls = None
     if a.tls_cert:
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -108,12 +181,15 @@ async def main():
     def factory():
         if a.stall:
             return Staller()
-        return SMTP(
+        return SetupRefusingSMTP(
             handler,
+            refuse_at=a.fail_at,
+            code=a.code,
             hostname="test-smtp.invalid",
             tls_context=None if a.implicit_tls else tls,
             require_starttls=tls is not None and not a.implicit_tls,
             data_size_limit=10 * 1024 * 1024,
+            **auth,
         )
 
     loop = asyncio.get_running_loop()
