@@ -245,13 +245,13 @@ async fn a_refused_smtp_password_is_retried_until_fixed_and_a_refused_recipient_
             mail_parts(&config).expect("templates and transport"),
         ));
         let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
-        let scheduler = Scheduler {
-            store: store.clone(),
-            outbox: outbox.clone(),
+        let scheduler = Scheduler::new(
+            store.clone(),
+            outbox.clone(),
             clock,
-            config: config_rx,
-            wake: Arc::new(tokio::sync::Notify::new()),
-        };
+            config_rx,
+            Arc::new(tokio::sync::Notify::new()),
+        );
         (server, config, scheduler, clock_ms, outbox, store)
     };
     let only_row = |store: &Arc<Mutex<SqliteStore>>| {
