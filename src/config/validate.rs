@@ -185,6 +185,9 @@ pub fn default_templates_dir(config_dir: &Path) -> PathBuf {
     }
 }
 
+/// The least grace a rule may set.
+const MIN_GRACE: SignedDuration = SignedDuration::from_mins(1);
+
 /// The default grace of a timed rule: a quarter of its lead time, between 10 minutes and 3 days.
 pub fn default_grace(trigger: &Trigger) -> SignedDuration {
     let lead = match trigger {
@@ -196,6 +199,24 @@ pub fn default_grace(trigger: &Trigger) -> SignedDuration {
         SignedDuration::from_mins(10),
         SignedDuration::from_hours(72),
     )
+}
+
+/// Where the package installs the config: a config file in this directory is the installed one.
+pub const INSTALLED_CONFIG_DIR: &str = "/etc/convenor";
+
+/// The state directory of the installed service (the unit's `StateDirectory=convenor`).
+pub const INSTALLED_STATE_DIR: &str = "/var/lib/convenor";
+
+/// The state directory when neither `[state] dir` nor `$STATE_DIRECTORY` names one: the
+/// installed service's for the installed config (so `convenor release`, `plan` and `agenda`,
+/// run from a shell on the server, work on the service's ledger), else `state` in the working
+/// directory (a checkout: `cargo run -- serve`).
+fn default_state_dir(config_file: &Path) -> PathBuf {
+    if config_file.parent() == Some(Path::new(INSTALLED_CONFIG_DIR)) {
+        PathBuf::from(INSTALLED_STATE_DIR)
+    } else {
+        PathBuf::from("state")
+    }
 }
 
 /// Converts the raw file. `file` and `text` are for positions; `env` supplies what systemd sets.
@@ -217,9 +238,9 @@ pub(crate) fn validate(
     let http = http(&mut c, &raw.http);
     let scheduler = scheduler(&mut c, &raw.scheduler);
     let state_dir = match (&raw.state.dir, &env.state_directory) {
-        (Some(dir), _) => PathBuf::from(dir.get_ref()),
+        (Some(dir), _) => c.path(dir.get_ref()),
         (None, Some(systemd)) => systemd.clone(),
-        (None, None) => PathBuf::from("state"),
+        (None, None) => default_state_dir(file),
     };
     let priorities = priorities(&mut c, &raw.priorities);
     let tz = network.as_ref().map(|n| n.time_zone.clone());
@@ -448,9 +469,17 @@ fn http(c: &mut Checker, h: &RawHttp) -> Option<HttpSettings> {
         None => Some(None),
         Some(l) => c
             .parse(l, |s| {
-                s.parse::<SocketAddr>().map_err(|_| {
+                let addr = s.parse::<SocketAddr>().map_err(|_| {
                     format!("`{s}` is not a listen address such as 127.0.0.1:9090 or [::1]:9090")
-                })
+                })?;
+                // Port 0 asks the kernel for a free port each time: two of them never clash.
+                if Some(addr) == listen && addr.port() != 0 {
+                    return Err(format!(
+                        "`{s}` is also `listen`: the second could not be bound; leave \
+                         metrics_listen out to serve /metrics on `listen`"
+                    ));
+                }
+                Ok(addr)
             })
             .map(Some),
     };
@@ -749,7 +778,20 @@ fn emails(c: &mut Checker, raws: &[S<RawEmail>], templates_dir: Option<&Path>) -
                 }),
         };
         let grace = match (&e.grace, trigger) {
-            (Some(g), _) => c.parse(g, |s| parse_duration(s)),
+            (Some(g), _) => c.parse(g, |s| {
+                parse_duration(s).and_then(|d| {
+                    // The loop sees a mail a moment after it falls due (it wakes on time, then
+                    // reads the clock): with less grace than that, every mail would be skipped.
+                    if d < MIN_GRACE {
+                        Err(format!(
+                            "a grace of `{s}` would skip the mail: it is seen a moment after it \
+                             falls due; use at least 1m"
+                        ))
+                    } else {
+                        Ok(d)
+                    }
+                })
+            }),
             (None, Some(t)) => Some(default_grace(&t)),
             (None, None) => None,
         };

@@ -190,6 +190,18 @@ fn every_validation_error_names_its_place() {
             "\"lednet.example.org\"",
         ),
         (
+            "id = \"reminder-day\"",
+            "id = \"reminder-day\"\ngrace = \"0s\"",
+            "a grace of `0s` would skip the mail",
+            "\"0s\"",
+        ),
+        (
+            "# metrics_listen = \"127.0.0.1:9187\"",
+            "metrics_listen = \"127.0.0.1:8080\"",
+            "`127.0.0.1:8080` is also `listen`",
+            "\"127.0.0.1:8080\"",
+        ),
+        (
             "max_catch_up = 20",
             "max_catch_up = 0",
             "must be a whole number of at least 1",
@@ -376,6 +388,27 @@ fn meeting_ids_default_to_the_date_and_state_dir_follows_systemd() {
     )
     .expect("valid");
     assert_eq!(sd.config.state_dir, Path::new("/var/lib/convenor"));
+    // The installed config, read from a shell (no $STATE_DIRECTORY): the service's state.
+    let installed = config::parse(
+        Path::new("/etc/convenor/convenor.toml"),
+        &example_config_text().replace(
+            "# templates_dir = \"templates\"",
+            &format!("templates_dir = \"{}\"", repo().join("templates").display()),
+        ),
+        &Environment::default(),
+    )
+    .expect("valid");
+    assert_eq!(installed.config.state_dir, Path::new("/var/lib/convenor"));
+    // A relative `[state] dir` is relative to the config file, like every path in it.
+    let relative = parse(&edited(
+        "# [state]\n# dir = \"state\"",
+        "[state]\ndir = \"run/state\"",
+    ))
+    .expect("valid");
+    assert_eq!(
+        relative.config.state_dir,
+        repo().join("config").join("run/state")
+    );
 }
 
 #[test]
