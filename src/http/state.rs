@@ -3,7 +3,9 @@
 //! Each feed is rendered once per load into [`Bytes`] with its header values computed, so a
 //! request only clones an `Arc` and a few reference-counted values. Bodies of at least
 //! [`super::sendfile::SEAL_MIN_BYTES`] live in a sealed memfd, sent with `sendfile`. Last-Modified never moves
-//! backwards across reloads, and moves forward whenever a feed's bytes change.
+//! backwards, and moves forward whenever a feed's bytes change: across a reload from the feeds
+//! being replaced, across a restart from the [`FeedStamp`]s the last run stored with the feed
+//! cache; one rule for both ([`next_last_modified`]).
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +23,7 @@ use jiff::{SignedDuration, Timestamp};
 use crate::{
     digest::Digest,
     feed::{self, Selection},
-    http::feed_cache,
+    http::feed_cache::{self, FeedStamp, FeedStamps},
     model::{Config, MeetingId},
     revision::StoredRevision,
 };
@@ -43,6 +45,16 @@ pub struct Feed {
     pub last_modified: Timestamp,
     /// Request counters, carried over from the feed at the same path across reloads.
     pub hits: Arc<FeedHits>,
+}
+
+impl Feed {
+    /// What this feed is served with: its Last-Modified and its body's BLAKE3.
+    pub fn stamp(&self) -> FeedStamp {
+        FeedStamp {
+            last_modified: self.last_modified,
+            hash: self.hash,
+        }
+    }
 }
 
 /// A feed's request counters for `/metrics`: atomics allocated once with the feed, so
@@ -99,11 +111,15 @@ impl Feeds {
     ) -> Self {
         let key = feed_cache::cache_key(config, revisions);
         let bodies = render_bodies(config, revisions);
-        Self::from_bodies(config, revisions, key, bodies, previous, now)
+        let before = previous.map_or(Before::Nothing, Before::Served);
+        Self::from_bodies(config, revisions, key, bodies, &before, now)
     }
 
     /// [`Feeds::build`] for a start: the bodies come from the feed cache in `state_dir` when it
     /// holds the feeds of this config, these revisions and this build. Says whether they did.
+    /// Last-Modified continues from the stamps the cache holds, whatever the feeds were
+    /// rendered from, by the rule of a reload: kept when a feed's bytes are the ones stored,
+    /// moved forward when they changed.
     pub fn build_cached(
         config: &Arc<Config>,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
@@ -112,30 +128,44 @@ impl Feeds {
     ) -> (Self, bool) {
         let key = feed_cache::cache_key(config, revisions);
         let count = 1 + config.priorities.len();
-        match feed_cache::load(state_dir, &key, count) {
+        let cached = feed_cache::load(state_dir, &key, count);
+        let before = Before::Stored(&cached.stamps);
+        match cached.bodies {
             Some(bodies) => (
-                Self::from_bodies(config, revisions, key, bodies, None, now),
+                Self::from_bodies(config, revisions, key, bodies, &before, now),
                 true,
             ),
             None => {
                 let bodies = render_bodies(config, revisions);
-                let feeds = Self::from_bodies(config, revisions, key, bodies, None, now);
+                let feeds = Self::from_bodies(config, revisions, key, bodies, &before, now);
                 (feeds, false)
             }
         }
     }
 
+    /// Every feed with its path below the token prefix (the path [`Feeds::feed`] takes): the
+    /// whole calendar, then each priority's feed in config order.
+    pub fn by_path(&self) -> impl Iterator<Item = (String, &Feed)> {
+        std::iter::once((CALENDAR_PATH.to_owned(), &self.calendar)).chain(
+            self.config.priorities.iter().filter_map(|p| {
+                let path = priority_path(p.id.as_str());
+                self.priorities.get(p.id.as_str()).map(|f| (path, f))
+            }),
+        )
+    }
+
+    /// What every feed is served with, to be stored with the feed cache for the next start.
+    pub fn stamps(&self) -> FeedStamps {
+        self.by_path()
+            .map(|(path, feed)| (path, feed.stamp()))
+            .collect()
+    }
+
     /// Every body, in the order [`render_bodies`] renders them: the whole calendar, then each
     /// priority's feed in config order.
     pub fn bodies(&self) -> Vec<HashedBody> {
-        std::iter::once(&self.calendar)
-            .chain(
-                self.config
-                    .priorities
-                    .iter()
-                    .filter_map(|p| self.priorities.get(p.id.as_str())),
-            )
-            .map(|f| HashedBody {
+        self.by_path()
+            .map(|(_, f)| HashedBody {
                 body: f.body.clone(),
                 hash: f.hash,
             })
@@ -148,26 +178,32 @@ impl Feeds {
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         key: Digest,
         bodies: Vec<HashedBody>,
-        previous: Option<&Feeds>,
+        before: &Before<'_>,
         now: Timestamp,
     ) -> Self {
         // Bodies and last changes come in the same order: the calendar, then each priority.
         let mut feeds = bodies
             .into_iter()
             .zip(feed::last_changes(config, revisions));
-        let mut one = |before: Option<&Feed>| {
+        let mut one = |path: &str| {
             let (body, last_change) = feeds
                 .next()
                 .unwrap_or_else(|| (HashedBody::new(Bytes::new()), feed::FALLBACK_STAMP));
-            render_feed(body, last_change, before, now)
+            render_feed(
+                body,
+                last_change,
+                before.stamp(path),
+                before.hits(path),
+                now,
+            )
         };
-        let calendar = one(previous.map(|p| &p.calendar));
+        let calendar = one(CALENDAR_PATH);
         let priorities = config
             .priorities
             .iter()
             .map(|p| {
-                let before = previous.and_then(|prev| prev.priorities.get(p.id.as_str()));
-                (p.id.as_str().to_owned(), one(before))
+                let id = p.id.as_str();
+                (id.to_owned(), one(&priority_path(id)))
             })
             .collect();
         let max_age = config.http.cache_max_age.as_secs().max(0);
@@ -185,11 +221,48 @@ impl Feeds {
     /// The feed at a path relative to the token prefix (`/calendar.ics`,
     /// `/priorities/<id>.ics`), if there is one.
     pub fn feed(&self, path: &str) -> Option<&Feed> {
-        if path == "/calendar.ics" {
+        if path == CALENDAR_PATH {
             return Some(&self.calendar);
         }
         let id = path.strip_prefix("/priorities/")?.strip_suffix(".ics")?;
         self.priorities.get(id)
+    }
+}
+
+/// The whole calendar's path below the token prefix.
+const CALENDAR_PATH: &str = "/calendar.ics";
+
+/// The path of priority `id`'s feed below the token prefix.
+fn priority_path(id: &str) -> String {
+    format!("/priorities/{id}.ics")
+}
+
+/// What new feeds continue from: their Last-Modified never goes back from it.
+enum Before<'a> {
+    /// A first start (or no stamps kept): Last-Modified is the meetings' last change.
+    Nothing,
+    /// The feeds being replaced (a reload or an agenda change): their stamps and counters.
+    Served(&'a Feeds),
+    /// The stamps the last run stored with the feed cache (a start).
+    Stored(&'a FeedStamps),
+}
+
+impl Before<'_> {
+    /// What the feed at `path` was served with before, if it was.
+    fn stamp(&self, path: &str) -> Option<FeedStamp> {
+        match self {
+            Before::Nothing => None,
+            Before::Served(feeds) => feeds.feed(path).map(Feed::stamp),
+            Before::Stored(stamps) => stamps.get(path).copied(),
+        }
+    }
+
+    /// The request counters of the feed at `path`, carried over from the feeds replaced.
+    fn hits(&self, path: &str) -> Option<Arc<FeedHits>> {
+        match self {
+            Before::Served(feeds) => feeds.feed(path).map(|f| Arc::clone(&f.hits)),
+            Before::Nothing | Before::Stored(_) => None,
+        }
     }
 }
 
@@ -234,11 +307,13 @@ impl HashedBody {
     }
 }
 
-/// A feed of `body` whose meetings last changed at `last_change`.
+/// A feed of `body` whose meetings last changed at `last_change`, served before with `before`
+/// (if it was), counting its requests in `hits` (carried over, or new).
 fn render_feed(
     HashedBody { body, hash }: HashedBody,
     last_change: Timestamp,
-    before: Option<&Feed>,
+    before: Option<FeedStamp>,
+    hits: Option<Arc<FeedHits>>,
     now: Timestamp,
 ) -> Feed {
     // Big bodies go out with sendfile from a sealed memfd (super::sendfile), whether rendered
@@ -252,6 +327,31 @@ fn render_feed(
     let hex = hex::encode(&hash.as_bytes()[..16]);
     let etag =
         HeaderValue::try_from(format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
+    let modified = next_last_modified(last_change, hash, before, now);
+    let system = SystemTime::try_from(modified).unwrap_or(SystemTime::UNIX_EPOCH);
+    let last_modified_header = HeaderValue::try_from(httpdate::fmt_http_date(system))
+        .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+    Feed {
+        body,
+        hash,
+        etag,
+        last_modified_header,
+        last_modified: modified,
+        hits: hits.unwrap_or_default(),
+    }
+}
+
+/// The Last-Modified of a feed whose body hashes to `hash` and whose meetings last changed at
+/// `last_change`, served before with `before` (by the feeds a reload replaces, or by the last
+/// run): never earlier than before; when the bytes changed but no meeting's last change is
+/// later, `now` or a second after the previous one, whichever is later. The one rule for
+/// reloads and restarts.
+fn next_last_modified(
+    last_change: Timestamp,
+    hash: blake3::Hash,
+    before: Option<FeedStamp>,
+    now: Timestamp,
+) -> Timestamp {
     let mut modified = whole_seconds(last_change);
     if let Some(prev) = before {
         modified = modified.max(prev.last_modified);
@@ -263,17 +363,7 @@ fn render_feed(
             modified = whole_seconds(now).max(next);
         }
     }
-    let system = SystemTime::try_from(modified).unwrap_or(SystemTime::UNIX_EPOCH);
-    let last_modified_header = HeaderValue::try_from(httpdate::fmt_http_date(system))
-        .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
-    Feed {
-        body,
-        hash,
-        etag,
-        last_modified_header,
-        last_modified: modified,
-        hits: before.map(|b| Arc::clone(&b.hits)).unwrap_or_default(),
-    }
+    modified
 }
 
 fn whole_seconds(t: Timestamp) -> Timestamp {
@@ -309,11 +399,12 @@ impl FeedState {
         }
     }
 
-    /// Stores the feeds now being served in the feed cache in `state_dir` (blocking file I/O:
-    /// call it off the runtime's threads).
+    /// Stores the feeds now being served, with their stamps (Last-Modified and BLAKE3, which the
+    /// next start continues from), in the feed cache in `state_dir` (blocking file I/O: call it
+    /// off the runtime's threads).
     pub fn save_cache(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
         let feeds = self.current();
-        feed_cache::store(state_dir, &feeds.key, &feeds.bodies())
+        feed_cache::store(state_dir, &feeds.key, &feeds.stamps(), &feeds.bodies())
     }
 
     /// Renders the feeds of a reloaded config and swaps them in; requests in flight finish with

@@ -297,3 +297,186 @@ fn a_sighup_during_start_up_reloads_once_running() {
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
+
+/// What one GET of a feed got: status, body (unfolded, so a long value can be searched for),
+/// ETag and Last-Modified.
+struct Fetched {
+    status: u16,
+    body: String,
+    etag: String,
+    last_modified: String,
+}
+
+/// GETs `path` from the daemon at `addr`, with only `If-Modified-Since: since` when given (no
+/// `If-None-Match`: the client the Last-Modified rule protects).
+fn fetch(addr: &str, path: &str, since: Option<&str>) -> Fetched {
+    let client = reqwest::blocking::Client::new();
+    let mut request = client.get(format!("http://{addr}{path}"));
+    if let Some(since) = since {
+        request = request.header("If-Modified-Since", since);
+    }
+    let response = request.send().expect("GET");
+    let header = |name: &str| {
+        response.headers()[name]
+            .to_str()
+            .expect("header text")
+            .to_owned()
+    };
+    let (etag, last_modified) = (header("etag"), header("last-modified"));
+    let status = response.status().as_u16();
+    let body = response.text().expect("body").replace("\r\n ", "");
+    Fetched {
+        status,
+        body,
+        etag,
+        last_modified,
+    }
+}
+
+/// One run of `convenor serve` on `config`: for each of `paths`, a plain GET and, for the
+/// `since` given with it, a GET with only that If-Modified-Since; then SIGTERM (exit 0, the
+/// feed cache written).
+fn serve_and_fetch(
+    config: &Path,
+    log: &Path,
+    paths: &[(&str, Option<&str>)],
+) -> Vec<(Fetched, Option<Fetched>)> {
+    let mut daemon = Daemon::spawn(config, log);
+    let addr = daemon.wait_ready();
+    let fetched = paths
+        .iter()
+        .map(|&(path, since)| {
+            let plain = fetch(&addr, path, None);
+            assert_eq!(plain.status, 200, "{path}");
+            (plain, since.map(|since| fetch(&addr, path, Some(since))))
+        })
+        .collect();
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
+    fetched
+}
+
+/// An HTTP date as a timestamp, to compare Last-Modified values.
+fn http_date(text: &str) -> std::time::SystemTime {
+    httpdate::parse_http_date(text).expect("an HTTP date")
+}
+
+/// The reviewer's case: Last-Modified never goes back across a restart. A meeting retitled by
+/// a reload, then deleted from the config before a restart (its stored revision was the latest
+/// change), and then a restart that changes only what no meeting's revision covers
+/// (`network.name`): each time the feed's bytes change, Last-Modified moves strictly forward, so
+/// a client revalidating with only If-Modified-Since gets the new body, never a 304 over stale
+/// data. A restart that changes nothing keeps Last-Modified and ETag as they were.
+#[test]
+fn last_modified_moves_forward_across_restarts_that_change_the_feed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let original = example_config_text();
+    let september = "[[meeting]]\ndate = 2023-09-29\nstart = \"10:00\"\nend = \"12:30\"\n\
+                     title = \"LEDNet meeting\"\n";
+    assert_eq!(
+        original.matches(september).count(),
+        1,
+        "the September meeting"
+    );
+    let retitled = original.replacen(
+        september,
+        &september.replace("LEDNet meeting", "LEDNet meeting (retitled)"),
+        1,
+    );
+    let september_whole = format!("{september}location = \"London (venue to be confirmed)\"\n\n");
+    assert_eq!(retitled.matches(&september_whole).count(), 0);
+    let retitled_whole = september_whole.replace("LEDNet meeting", "LEDNet meeting (retitled)");
+    assert_eq!(retitled.matches(&retitled_whole).count(), 1);
+    let removed = retitled.replacen(&retitled_whole, "", 1);
+    let name = "name = \"London Environment Directors' Network\"";
+    assert_eq!(removed.matches(name).count(), 1, "the network's name");
+    let renamed = removed.replacen(name, "name = \"London Environment Directors' Forum\"", 1);
+    let config = write_config(dir.path(), &original);
+    let september_uid = "UID:2023-09-29@";
+    let priority = "/priorities/future-places.ics";
+
+    // A first start, then the retitle by a reload: its Last-Modified is the retitle's time.
+    let mut daemon = Daemon::spawn(&config, &log);
+    let addr = daemon.wait_ready();
+    let first = fetch(&addr, "/calendar.ics", None);
+    write_config(dir.path(), &retitled);
+    daemon.signal("HUP");
+    wait_for(
+        "the reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    let reloaded = fetch(&addr, "/calendar.ics", None);
+    assert!(reloaded.body.contains("LEDNet meeting (retitled)"));
+    assert!(http_date(&reloaded.last_modified) >= http_date(&first.last_modified));
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
+
+    // The retitled meeting is deleted, and the service restarted.
+    write_config(dir.path(), &removed);
+    let run = serve_and_fetch(
+        &config,
+        &log,
+        &[("/calendar.ics", Some(&reloaded.last_modified))],
+    );
+    let (after_removal, revalidated) = (&run[0].0, run[0].1.as_ref().expect("revalidated"));
+    assert!(!after_removal.body.contains(september_uid));
+    assert_ne!(after_removal.etag, reloaded.etag);
+    assert!(
+        http_date(&after_removal.last_modified) > http_date(&reloaded.last_modified),
+        "Last-Modified went from {} to {} over a changed feed",
+        reloaded.last_modified,
+        after_removal.last_modified
+    );
+    assert_eq!(
+        revalidated.status, 200,
+        "a 304 would keep the deleted meeting"
+    );
+    assert_eq!(revalidated.body, after_removal.body);
+
+    // A restart that changes nothing: the same validators, and the old ones still answer 304.
+    let unchanged = serve_and_fetch(
+        &config,
+        &log,
+        &[
+            ("/calendar.ics", Some(&after_removal.last_modified)),
+            (priority, None),
+        ],
+    );
+    let (same, same_revalidated) = (&unchanged[0].0, unchanged[0].1.as_ref().expect("304"));
+    assert_eq!(
+        (&same.etag, &same.last_modified, &same.body),
+        (
+            &after_removal.etag,
+            &after_removal.last_modified,
+            &after_removal.body
+        )
+    );
+    assert_eq!(same_revalidated.status, 304);
+    let priority_before = &unchanged[1].0;
+
+    // Only the network's name changes: in every feed's bytes, in no meeting's revision.
+    write_config(dir.path(), &renamed);
+    let run = serve_and_fetch(
+        &config,
+        &log,
+        &[
+            ("/calendar.ics", Some(&same.last_modified)),
+            (priority, Some(&priority_before.last_modified)),
+        ],
+    );
+    for ((after, revalidated), before) in run.iter().zip([same, priority_before]) {
+        let revalidated = revalidated.as_ref().expect("revalidated");
+        assert!(after.body.contains("Directors' Forum"), "{}", after.body);
+        assert_ne!(after.etag, before.etag);
+        assert!(
+            http_date(&after.last_modified) > http_date(&before.last_modified),
+            "Last-Modified went from {} to {} over a changed feed",
+            before.last_modified,
+            after.last_modified
+        );
+        assert_eq!(revalidated.status, 200);
+        assert_eq!(revalidated.body, after.body);
+    }
+}
