@@ -34,8 +34,7 @@ mod ops;
 mod reload;
 
 pub use ops::{Ops, ops_router, router};
-pub use reload::agenda_changed;
-use reload::{Live, reload};
+use reload::{Live, agenda_changed, reload};
 
 use crate::{
     config::Environment,
@@ -111,6 +110,24 @@ pub fn replan<S: Store>(store: &mut S, config: &Config, now: Timestamp) -> Resul
     match PendingPlan::prepare(store, config, now)? {
         Some(plan) => store.apply(&plan.replan),
         None => Ok(()),
+    }
+}
+
+/// [`replan`], returning the revisions the ledger holds once the plan is written: those the
+/// reconciliation computed ([`PendingPlan::revisions`]), so a change that applied its plan has
+/// no second fallible read before it can publish the config that plan belongs to. Only when the
+/// ledger already is reconciled with `config` (nothing written) are they read from the ledger.
+pub fn replan_revisions<S: Store>(
+    store: &mut S,
+    config: &Config,
+    now: Timestamp,
+) -> Result<BTreeMap<MeetingId, StoredRevision>, LedgerError> {
+    match PendingPlan::prepare(store, config, now)? {
+        Some(plan) => {
+            store.apply(&plan.replan)?;
+            Ok(plan.revisions)
+        }
+        None => store.revisions(),
     }
 }
 
@@ -368,17 +385,28 @@ pub async fn run(
 
     let mut servers = Vec::new();
     let background = BackgroundWrites::default();
+    let live = Arc::new(Live {
+        store: store.clone(),
+        config: config_tx.clone(),
+        feeds: feeds.clone(),
+        outbox: outbox.clone(),
+        wake: wake.clone(),
+        agenda: agenda.clone(),
+        background: background.clone(),
+        changes: reload::ChangeLock::default(),
+    });
     let hook = {
-        let (ledger, agenda, config_tx, feeds, wake, background) = (
-            store.clone(),
-            agenda.clone(),
-            config_tx.clone(),
-            feeds.clone(),
-            wake.clone(),
-            background.clone(),
-        );
+        let live = live.clone();
         Arc::new(move || {
-            agenda_changed(&ledger, &agenda, &config_tx, &feeds, &wake, &background);
+            // An agenda change may wait for a reload under way (they are serialised): on the
+            // multi-thread runtime the worker hands its other tasks on while it waits.
+            if tokio::runtime::Handle::try_current()
+                .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            {
+                tokio::task::block_in_place(|| agenda_changed(&live));
+            } else {
+                agenda_changed(&live);
+            }
         })
     };
     let pages =
@@ -448,15 +476,6 @@ pub async fn run(
     }
     run_checkpoint(checkpoint, &background);
     let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_event));
-    let live = Live {
-        store,
-        config: config_tx,
-        feeds,
-        outbox,
-        wake,
-        agenda,
-        background: background.clone(),
-    };
 
     tracing::info!("convenor is running");
     tokio::pin!(shutdown);

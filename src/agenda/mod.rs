@@ -68,7 +68,6 @@ pub fn refresh<S: Store>(
 ) -> Result<(Config, BTreeMap<MeetingId, StoredRevision>), RefreshError> {
     let mut config = config.clone();
     attach(&mut config, agenda)?;
-    crate::daemon::replan(ledger, &config, now)?;
-    let revisions = ledger.revisions()?;
+    let revisions = crate::daemon::replan_revisions(ledger, &config, now)?;
     Ok((config, revisions))
 }

@@ -1,16 +1,26 @@
 //! Changes to the running service: a SIGHUP reload (config, templates, transport, agenda,
 //! all or nothing) and an agenda decision made on the web.
+//!
+//! The two run on different threads (the main task, an HTTP handler) and each goes from the
+//! config in force to a new one, a new plan in the ledger and new feeds. They are serialised by
+//! one lock ([`Live::lock_changes`]) held from reading the config in force to publishing the new
+//! config and feeds, so neither starts from a config the other is replacing: a decision made
+//! during a reload is applied on top of the reloaded config, and a reload during a decision
+//! compiles the agenda with it. Each publishes its config (a reload also its templates and
+//! transport) while still holding the store lock it replanned under, which is where the
+//! scheduler's outbox reads them ([`crate::scheduler::outbox`]): a mail never pairs one plan's
+//! SEQUENCE with another plan's meeting.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 
-use super::{BackgroundWrites, Ops, ServeOptions, mail_parts, replan};
+use super::{BackgroundWrites, Ops, ServeOptions, mail_parts, replan_revisions};
 use crate::{
     config::{self, ConfigError},
     http::{FeedState, server},
-    ledger::{SqliteStore, Store as _},
+    ledger::SqliteStore,
     model::Config,
     notify,
     scheduler::{MailOutbox, SharedStore, run::lock},
@@ -18,41 +28,40 @@ use crate::{
 
 /// Applies an agenda change (a lead's decision on the web) to the running service: recompiles
 /// the agenda into the running config, reconciles (the meeting's SEQUENCE rises), re-renders the
-/// feeds, hands the scheduler the new config and wakes it. A failure is logged; the change stays
-/// stored and shows at the next change or reload.
-pub fn agenda_changed(
-    ledger: &SharedStore<SqliteStore>,
-    agenda: &Mutex<crate::agenda::AgendaStore>,
-    config: &watch::Sender<Arc<Config>>,
-    feeds: &FeedState,
-    wake: &Notify,
-    background: &BackgroundWrites,
-) {
-    let current = config.borrow().clone();
+/// feeds, hands the scheduler the new config and wakes it. Waits for a reload under way and
+/// starts from the config it leaves. A failure is logged; the change stays stored and shows at
+/// the next change or reload.
+pub(super) fn agenda_changed(live: &Live) {
+    let _changing = live.lock_changes();
+    // Read inside the lock: a reload that finished meanwhile is the base of this change.
+    let current = live.config.borrow().clone();
     let refreshed = {
-        let agenda = agenda
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut ledger = lock(ledger);
-        let refreshed = crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now());
-        super::run_checkpoint(ledger.take_checkpoint(), background);
+        let agenda = live.agenda.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ledger = lock(&live.store);
+        let refreshed = crate::agenda::refresh(&current, &agenda, &mut *ledger, Timestamp::now())
+            .map(|(config_now, revisions)| {
+                let config_now = Arc::new(config_now);
+                // Published with the plan, under the store lock (see the module docs).
+                live.config.send_replace(config_now.clone());
+                (config_now, revisions)
+            });
+        super::run_checkpoint(ledger.take_checkpoint(), &live.background);
         refreshed
     };
     match refreshed {
         Ok((config_now, revisions)) => {
-            let config_now = Arc::new(config_now);
-            if feeds.replace(&config_now, &revisions) {
-                super::save_feed_cache(feeds, &config_now.state_dir, background);
+            if live.feeds.replace(&config_now, &revisions) {
+                super::save_feed_cache(&live.feeds, &config_now.state_dir, &live.background);
             }
-            config.send_replace(config_now);
-            wake.notify_one();
+            live.wake.notify_one();
             tracing::info!("agenda changed: feeds re-rendered");
         }
         Err(e) => tracing::error!("agenda changed but could not be applied: {e}"),
     }
 }
 
-/// What a reload swaps: the config for the scheduler, the feeds, the templates and transport.
+/// The running service's shared parts that a reload or an agenda change swaps: the config for
+/// the scheduler, the feeds, the templates and transport; and the lock that serialises the two.
 pub(super) struct Live {
     pub(super) store: SharedStore<SqliteStore>,
     pub(super) config: watch::Sender<Arc<Config>>,
@@ -61,6 +70,45 @@ pub(super) struct Live {
     pub(super) wake: Arc<Notify>,
     pub(super) agenda: Arc<Mutex<crate::agenda::AgendaStore>>,
     pub(super) background: BackgroundWrites,
+    /// Held by a reload or an agenda change from reading the config in force to publishing
+    /// the new config and feeds.
+    pub(super) changes: ChangeLock,
+}
+
+/// The lock that serialises reloads and agenda changes (see the module docs). A std mutex: both
+/// paths are synchronous, and an agenda change waits on it from a runtime worker only as long
+/// as a reload takes.
+#[derive(Default)]
+pub(super) struct ChangeLock {
+    held: Mutex<()>,
+    /// How many threads wait for the lock (tests interleave the two paths with it).
+    #[cfg(test)]
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Runs inside a reload's window, after it read the config in force and the agenda and
+    /// before it writes its plan (tests start an agenda change there).
+    #[cfg(test)]
+    in_reload: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Live {
+    /// Takes the lock that serialises reloads and agenda changes; a panic while it was held
+    /// left nothing half-published that the next holder could not redo, so it is taken back.
+    fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        #[cfg(test)]
+        self.changes
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let guard = self
+            .changes
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        #[cfg(test)]
+        self.changes
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        guard
+    }
 }
 
 /// Reloads between RELOADING=1 and READY=1, and records the outcome for health and metrics.
@@ -101,13 +149,12 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
         tracing::warn!("{w}");
     }
     let mut config = loaded.config;
+    // From reading the config in force to publishing: no agenda change in between.
+    let _changing = live.lock_changes();
     // The agenda (possibly changed from the CLI) is compiled afresh at every reload.
     if let Err(e) = crate::agenda::attach(
         &mut config,
-        &live
-            .agenda
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
+        &live.agenda.lock().unwrap_or_else(PoisonError::into_inner),
     ) {
         tracing::error!("config reload: the agenda store failed, keeping the running config: {e}");
         return Err(e.to_string());
@@ -135,10 +182,27 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
+    #[cfg(test)]
+    if let Some(in_window) = live
+        .changes
+        .in_reload
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        in_window();
+    }
+    let config = Arc::new(config);
     let revisions = {
         let mut store = lock(&live.store);
-        let revisions =
-            replan(&mut *store, &config, Timestamp::now()).and_then(|()| store.revisions());
+        // The revisions come from the step that writes the plan: once it is applied, nothing
+        // else can fail before the config it belongs to is published.
+        let revisions = replan_revisions(&mut *store, &config, Timestamp::now());
+        if revisions.is_ok() {
+            // Published together, with the plan, under the store lock (see the module docs).
+            live.outbox.replace(parts);
+            live.config.send_replace(config.clone());
+        }
         super::run_checkpoint(store.take_checkpoint(), &live.background);
         revisions
     };
@@ -149,13 +213,184 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
-    let config = Arc::new(config);
     if live.feeds.replace(&config, &revisions) {
         super::save_feed_cache(&live.feeds, &config.state_dir, &live.background);
     }
-    live.outbox.replace(parts);
-    live.config.send_replace(config);
     live.wake.notify_one();
     tracing::info!("config reloaded");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        path::Path,
+        sync::atomic::Ordering,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+    use crate::{
+        agenda::{AgendaStore, NewProposal, Status},
+        config::Environment,
+        ledger::Store as _,
+        model::MeetingId,
+    };
+
+    /// A config with one meeting titled `title`, its state in `state`, the shipped templates
+    /// and the file transport.
+    fn config_text(state: &Path, title: &str) -> String {
+        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        format!(
+            "
+[network]
+short_name = \"LEDNet\"
+name = \"Test network\"
+time_zone = \"Europe/London\"
+base_url = \"http://127.0.0.1:8080\"
+contact = \"team@example.org\"
+[mail]
+from = \"team@example.org\"
+list = [\"list@example.org\"]
+templates_dir = \"{}\"
+[state]
+dir = \"{}\"
+[[priority]]
+id = \"p1\"
+name = \"P1\"
+summary = \"s\"
+[priority.lead]
+name = \"Lead\"
+email = \"lead@example.org\"
+[[meeting]]
+id = \"m1\"
+date = 2030-06-07
+start = \"10:00\"
+end = \"12:00\"
+title = \"{title}\"
+[[email]]
+id = \"week\"
+template = \"reminder\"
+days_before = 7
+at = \"09:00\"
+audience = \"list\"
+grace = \"1d\"
+",
+            templates.display(),
+            state.display()
+        )
+    }
+
+    /// The running service's parts over a fresh state directory, started with the config at
+    /// `path`; and the number of a proposal for `m1` waiting for its lead.
+    fn start(path: &Path) -> (Arc<Live>, i64) {
+        let mut config = config::load(path, &Environment::default())
+            .expect("valid config")
+            .config;
+        std::fs::create_dir_all(&config.state_dir).expect("state directory");
+        let mut agenda = AgendaStore::open_in(&config.state_dir).expect("agenda store");
+        let proposal = NewProposal {
+            meeting: MeetingId::parse("m1").expect("id"),
+            priority: "p1".into(),
+            name: "N".into(),
+            organisation: "O".into(),
+            email: "n@example.org".into(),
+            title: "A talk".into(),
+            summary: "S".into(),
+            presents: true,
+            minutes: 10,
+        };
+        let proposal = agenda
+            .add(&proposal, "web", false, Timestamp::now())
+            .expect("proposal");
+        crate::agenda::attach(&mut config, &agenda).expect("attach");
+        let mut store = SqliteStore::open_in(&config.state_dir).expect("ledger");
+        let revisions = replan_revisions(&mut store, &config, Timestamp::now()).expect("plan");
+        let config = Arc::new(config);
+        let parts = mail_parts(&config).expect("templates and transport");
+        let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
+        let live = Live {
+            store: store.clone(),
+            config: watch::channel(config.clone()).0,
+            feeds: FeedState::new(&config, &revisions),
+            outbox: Arc::new(MailOutbox::new(store, parts)),
+            wake: Arc::new(Notify::new()),
+            agenda: Arc::new(Mutex::new(agenda)),
+            background: BackgroundWrites::default(),
+            changes: ChangeLock::default(),
+        };
+        (Arc::new(live), proposal)
+    }
+
+    /// A lead accepts a proposal while a reload is under way (after the reload read the agenda
+    /// and the config in force, before it writes its plan): the decision is applied on top of
+    /// the reloaded config, not lost to it, and the ledger is planned for what is published.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agenda_decision_during_a_reload_lands_on_the_reloaded_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let path = dir.path().join("convenor.toml");
+        std::fs::write(&path, config_text(&state, "Meeting one")).expect("write config");
+        let (live, proposal) = start(&path);
+        std::fs::write(&path, config_text(&state, "Meeting one, renamed")).expect("write config");
+
+        let decision = Arc::new(Mutex::new(None));
+        let (in_window, decision_thread) = (live.clone(), decision.clone());
+        *live
+            .changes
+            .in_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(move || {
+            in_window
+                .agenda
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .decide(proposal, Status::Accepted, "lead", Timestamp::now())
+                .expect("decision stored");
+            let change = in_window.clone();
+            let thread = std::thread::spawn(move || agenda_changed(&change));
+            // Until the change has run to its end, or waits for this reload to end.
+            let started = Instant::now();
+            while !thread.is_finished() && in_window.changes.waiting.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the change never ran"
+                );
+                std::thread::yield_now();
+            }
+            *decision_thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        }));
+        let opts = ServeOptions {
+            config_path: path.clone(),
+            env: Environment::default(),
+            listen: None,
+            config_load: Duration::ZERO,
+        };
+        try_reload(&opts, &live).expect("reloaded");
+        let thread = decision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("the reload ran the decision in its window");
+        thread.join().expect("the agenda change ran");
+
+        let published = live.config.borrow().clone();
+        let m1 = MeetingId::parse("m1").expect("id");
+        let meeting = published.meeting(&m1).expect("m1");
+        assert_eq!(
+            meeting.title.to_string(),
+            "Meeting one, renamed",
+            "the reload"
+        );
+        let agenda = published.agenda.get(&m1);
+        assert!(!agenda.empty, "the decision: {agenda:?}");
+        let stamp = lock(&live.store).plan_stamp().expect("stamp");
+        assert_eq!(
+            stamp,
+            Some(crate::digest::config_digest(&published).to_string()),
+            "the ledger is planned for the published config"
+        );
+    }
 }

@@ -5,6 +5,12 @@
 //! [`mail::compose()`] and [`mail::Transport`]. The row's stored Message-ID is used as it is, so
 //! every retry of one mail carries the same Message-ID. Templates and transport are swapped as
 //! one on reload ([`MailOutbox::replace`]).
+//!
+//! A mail is composed from the config in force when it is composed, read under the store lock
+//! together with the meeting's revision and the templates: a reload or an agenda change
+//! publishes its config (and a reload its templates and transport) while it still holds the
+//! store lock it replanned under, so the meeting, its SEQUENCE and the templates of one mail
+//! always come from the same plan, even when the change lands in the middle of a pass.
 
 use std::{
     future::Future,
@@ -12,6 +18,7 @@ use std::{
 };
 
 use jiff::Timestamp;
+use tokio::sync::watch;
 
 use super::{SharedStore, decide::SendFailure, run::lock};
 use crate::{
@@ -24,11 +31,13 @@ use crate::{
 
 /// Where the scheduler hands a claimed mail; returns the server's reply to the end of DATA.
 pub trait Outbox: Send + Sync + 'static {
-    /// Builds and delivers the mail of `row` as configured by `config`.
+    /// Builds and delivers the mail of `row` as configured by the config in force (`config`),
+    /// read when the mail is composed: under the store lock, where reloads and agenda changes
+    /// publish a config together with the plan they wrote for it.
     fn deliver(
         &self,
         row: &LedgerRow,
-        config: &Config,
+        config: &watch::Receiver<Arc<Config>>,
     ) -> impl Future<Output = Result<String, SendFailure>> + Send;
 }
 
@@ -62,7 +71,9 @@ impl<S: Store> MailOutbox<S> {
         }
     }
 
-    /// Swaps in the templates and transport of a reloaded config.
+    /// Swaps in the templates and transport of a reloaded config. A reload does it under the
+    /// store lock, beside publishing the config, so no mail meets new templates with the old
+    /// config or the reverse.
     pub fn replace(&self, parts: MailParts) {
         *self.parts.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(parts);
     }
@@ -74,15 +85,25 @@ impl<S: Store> MailOutbox<S> {
             .clone()
     }
 
-    /// Renders the message of `row` (no I/O but short ledger reads).
+    /// Renders the message of `row` with the config in force (`config`) and the templates,
+    /// both read under the store lock with the meeting's revision and thread (see the module
+    /// docs); returns the message with the parts whose transport is to send it. No I/O but
+    /// short ledger reads.
     pub fn compose(
         &self,
         row: &LedgerRow,
-        config: &Config,
-        templates: &Templates,
+        config: &watch::Receiver<Arc<Config>>,
         date: Timestamp,
-    ) -> Result<lettre::Message, SendFailure> {
+    ) -> Result<(lettre::Message, Arc<MailParts>), SendFailure> {
         let key = &row.key;
+        let ledger = |e: crate::ledger::LedgerError| SendFailure {
+            transient: true,
+            message: format!("reading the ledger: {e}"),
+        };
+        let store = lock(&self.store);
+        // Under the store lock: the config and parts published with the plan this row is in.
+        let config = config.borrow().clone();
+        let parts = self.parts();
         let meeting = MeetingId::parse(&key.meeting)
             .ok()
             .and_then(|id| config.meeting(&id))
@@ -93,41 +114,34 @@ impl<S: Store> MailOutbox<S> {
             .ok_or_else(|| permanent(format!("email `{}` is not in the schedule", key.email)))?;
         let recipient = Recipient::from_key(&key.audience)
             .ok_or_else(|| permanent(format!("unknown recipient `{}`", key.audience)))?;
-        let ledger = |e: crate::ledger::LedgerError| SendFailure {
-            transient: true,
-            message: format!("reading the ledger: {e}"),
-        };
-        let (revision, before, thread_root) = {
-            let store = lock(&self.store);
-            // One meeting's revision and thread, not the whole ledger: this runs per mail.
-            let revision = store
-                .revision(&meeting.id)
+        // One meeting's revision and thread, not the whole ledger: this runs per mail.
+        let revision = store
+            .revision(&meeting.id)
+            .map_err(ledger)?
+            .ok_or_else(|| permanent(format!("no revision stored for `{}`", meeting.id)))?;
+        // A notice's occurrence is the SEQUENCE it announces; the one before is the old state.
+        let before = match rule.trigger {
+            Trigger::OnChange | Trigger::OnCancel if key.occurrence > 0 => store
+                .revision_at(&meeting.id, key.occurrence - 1)
                 .map_err(ledger)?
-                .ok_or_else(|| permanent(format!("no revision stored for `{}`", meeting.id)))?;
-            // A notice's occurrence is the SEQUENCE it announces; the one before is the old state.
-            let before = match rule.trigger {
-                Trigger::OnChange | Trigger::OnCancel if key.occurrence > 0 => store
-                    .revision_at(&meeting.id, key.occurrence - 1)
-                    .map_err(ledger)?
-                    .map(|r| r.significant),
-                _ => None,
-            };
-            // Thread every mail about a meeting under the first one that went out.
-            let thread_root = store
-                .thread_root(&key.meeting, &row.message_id)
-                .map_err(ledger)?;
-            (revision, before, thread_root)
+                .map(|r| r.significant),
+            _ => None,
         };
+        // Thread every mail about a meeting under the first one that went out.
+        let thread_root = store
+            .thread_root(&key.meeting, &row.message_id)
+            .map_err(ledger)?;
+        drop(store);
         if rule.trigger == Trigger::OnChange && before.is_none() {
             return Err(permanent(format!(
                 "the revision before SEQUENCE {} of `{}` is not in the ledger",
                 key.occurrence, meeting.id
             )));
         }
-        let invite = feed::render_meeting_invite(config, meeting, Some(&revision));
+        let invite = feed::render_meeting_invite(&config, meeting, Some(&revision));
         let input = ComposeInput {
-            config,
-            templates,
+            config: &config,
+            templates: &parts.templates,
             meeting,
             rule,
             recipient: &recipient,
@@ -138,14 +152,19 @@ impl<S: Store> MailOutbox<S> {
             change: before.as_ref(),
             invite_ics: &invite,
         };
-        mail::compose(&input).map_err(|e| permanent(format!("cannot compose the message: {e}")))
+        let message = mail::compose(&input)
+            .map_err(|e| permanent(format!("cannot compose the message: {e}")))?;
+        Ok((message, parts))
     }
 }
 
 impl<S: Store + 'static> Outbox for MailOutbox<S> {
-    async fn deliver(&self, row: &LedgerRow, config: &Config) -> Result<String, SendFailure> {
-        let parts = self.parts();
-        let message = self.compose(row, config, &parts.templates, Timestamp::now())?;
+    async fn deliver(
+        &self,
+        row: &LedgerRow,
+        config: &watch::Receiver<Arc<Config>>,
+    ) -> Result<String, SendFailure> {
+        let (message, parts) = self.compose(row, config, Timestamp::now())?;
         match parts.transport.send(&message).await {
             Ok(delivery) => Ok(delivery.to_string()),
             Err(e) => Err(SendFailure {
@@ -160,7 +179,7 @@ impl<O: Outbox> Outbox for Arc<O> {
     fn deliver(
         &self,
         row: &LedgerRow,
-        config: &Config,
+        config: &watch::Receiver<Arc<Config>>,
     ) -> impl Future<Output = Result<String, SendFailure>> + Send {
         O::deliver(self, row, config)
     }

@@ -207,7 +207,7 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
             match action {
                 Action::Send(key) => {
                     observe(&key);
-                    self.send(&key, &config).await?;
+                    self.send(&key).await?;
                 }
                 other => self.record(&other)?,
             }
@@ -239,7 +239,12 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
         Ok(())
     }
 
-    async fn send(&self, key: &MailKey, config: &Config) -> Result<(), LedgerError> {
+    /// Claims the row of `key`, sends its mail and records the outcome. The mail is composed
+    /// with the config in force when it is composed (the outbox reads it from the watch under
+    /// the store lock, see [`super::outbox`]), not the one this pass started with: a reload
+    /// during the pass publishes its config with the plan it wrote, so meeting details, SEQUENCE
+    /// and schedule always agree.
+    async fn send(&self, key: &MailKey) -> Result<(), LedgerError> {
         let now = self.clock.now();
         let Some(row) = lock(&self.store).claim(key, now)? else {
             return Ok(());
@@ -247,12 +252,13 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
         let (meeting, email, to) = (&key.meeting, &key.email, &key.audience);
         let message_id = &row.message_id;
         tracing::info!(%meeting, %email, %to, %message_id, attempt = row.attempts, "sending");
-        let result = self.outbox.deliver(&row, config).await;
+        let result = self.outbox.deliver(&row, &self.config).await;
         let now = self.clock.now();
         let outcome = match result {
             Ok(reply) => Outcome::Sent { at: now, reply },
             Err(failure) => {
-                decide::after_failure(&row, &failure, now, &config.scheduler, fastrand::f64())
+                let settings = self.config.borrow().scheduler.clone();
+                decide::after_failure(&row, &failure, now, &settings, fastrand::f64())
             }
         };
         let settled = lock(&self.store).settle(key, MailState::Sending, &outcome);

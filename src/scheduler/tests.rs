@@ -911,6 +911,8 @@ const WEEK_DUE: &str = "2030-05-31T08:00:00Z";
 struct StandIn {
     events: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     first: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Log the title the config in force gives each mail's meeting.
+    titles: bool,
 }
 
 impl StandIn {
@@ -918,6 +920,7 @@ impl StandIn {
         Self {
             events: events.clone(),
             first: std::sync::Mutex::new(None),
+            titles: false,
         }
     }
 
@@ -936,8 +939,22 @@ fn log(events: &std::sync::Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<
 }
 
 impl super::Outbox for StandIn {
-    async fn deliver(&self, row: &LedgerRow, _: &Config) -> Result<String, SendFailure> {
-        log(&self.events).push(format!("deliver {}", row.key));
+    async fn deliver(
+        &self,
+        row: &LedgerRow,
+        config: &tokio::sync::watch::Receiver<std::sync::Arc<Config>>,
+    ) -> Result<String, SendFailure> {
+        if self.titles {
+            // What this mail would be composed with: its meeting's title in the config in force.
+            let config = config.borrow().clone();
+            let title = crate::model::MeetingId::parse(&row.key.meeting)
+                .ok()
+                .and_then(|id| config.meeting(&id).map(|m| m.title.to_string()))
+                .unwrap_or_else(|| "(not in the config)".into());
+            log(&self.events).push(format!("deliver {}: {title}", row.key));
+        } else {
+            log(&self.events).push(format!("deliver {}", row.key));
+        }
         let first = self
             .first
             .lock()
@@ -1180,4 +1197,52 @@ async fn an_outcome_the_ledger_refuses_once_is_recorded_at_the_next_pass_and_not
     assert_eq!(scheduler.unsettled(), 0);
     scheduler.tick().await.expect("a third pass");
     assert_eq!(scheduler.outbox.deliveries(), 1, "{:?}", log(&events));
+}
+
+/// A reload that lands in the middle of a pass (its plan written and its config published under
+/// the store lock while the pass's first mail is in flight, as the daemon does): the pass's
+/// next mails are composed with the reloaded config, not the one the pass started with, so a
+/// mail never pairs the old meeting details with the SEQUENCE the new plan stored.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reload_during_a_pass_reaches_the_next_mails_of_that_pass() {
+    use std::sync::{Arc, Mutex};
+    let before = three_at_once();
+    let renamed = config(&format!(
+        "{MEETINGS}{}{}",
+        MEETINGS
+            .replace("m1", "m2")
+            .replace("Meeting one", "Meeting two, renamed"),
+        MEETINGS.replace("m1", "m3")
+    ));
+    let mut sim = Sim::new();
+    sim.load(&before, t("2030-05-01T00:00:00Z"));
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(before));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut outbox = StandIn::new(&events);
+    outbox.titles = true;
+    let reload_store = store.clone();
+    *outbox.first.lock().expect("lock") = Some(Box::new(move || {
+        let mut ledger = super::run::lock(&reload_store);
+        replan(&mut *ledger, &renamed, t(WEEK_DUE)).expect("replan");
+        config_tx.send_replace(Arc::new(renamed));
+    }));
+    let now = t(WEEK_DUE);
+    let scheduler = super::Scheduler::new(
+        store,
+        outbox,
+        move || now,
+        config_rx,
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    scheduler.tick().await.expect("a pass");
+    assert_eq!(
+        *log(&events),
+        [
+            "deliver m1/week/list: Meeting one",
+            "deliver m2/week/list: Meeting two, renamed",
+            "deliver m3/week/list: Meeting one",
+        ]
+    );
 }
