@@ -685,8 +685,13 @@ mod tests {
         ] {
             let (mut tx, _never_read) = pair_stalling_after(Duration::from_millis(200)).await;
             let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n");
-            let err = try_send_all(&mut tx, &[head, body])
-                .await
+            let sent = tokio::time::timeout(
+                Duration::from_secs(30),
+                try_send_all(&mut tx, &[head, body]),
+            )
+            .await;
+            let err = sent
+                .unwrap_or_else(|_| panic!("{path}: the write still waits after 30 s"))
                 .expect_err("4 MiB went to a client that read nothing");
             assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{path}: {err}");
         }
