@@ -468,7 +468,9 @@ pub struct HttpSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// A client must send a request's headers within this (else the connection is closed).
     pub header_timeout: SignedDuration,
-    /// The most a request may take from its headers to its response (else 503).
+    /// The most a request may take from its headers to its response (else 503), and the
+    /// longest a response's writing may wait on a client that reads nothing (else the
+    /// connection is closed).
     pub request_timeout: SignedDuration,
     /// At most this many connections at once; more wait in the listen backlog.
     pub max_connections: u32,

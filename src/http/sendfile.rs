@@ -16,6 +16,11 @@
 //!   other buffer goes out with the usual `writev`. Headers followed by a mapped body in the same
 //!   write are sent with `MSG_MORE` first, so they leave in the same segment as the body's start
 //!   (what nginx does with `TCP_CORK`); headers alone (HEAD, 304) are never corked.
+//! - Every write through a [`SendfileStream`] (either path, flush and shutdown too) that waits
+//!   on a full socket arms a deadline, which any progress disarms; a write still waiting at the
+//!   deadline fails with `TimedOut`, so hyper drops a connection whose client reads nothing
+//!   and its slot frees (the server passes `[http] request_timeout`). No crate in the tree
+//!   does this (hyper and hyper-util have no write timeout); it is a few lines here.
 //!
 //! Where memfd or mmap is refused (a seccomp filter, no memory), [`seal`] logs one warning and
 //! returns the bytes on the heap: the feed is always served. [`sendfile_bytes`] counts what went
@@ -24,6 +29,7 @@
 
 use std::{
     fs::File,
+    future::Future as _,
     io::{self, IoSlice, Write as _},
     os::fd::{AsFd as _, OwnedFd},
     pin::Pin,
@@ -32,6 +38,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -42,6 +49,7 @@ use rustix::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, Interest, ReadBuf},
     net::TcpStream,
+    time::{Instant, Sleep},
 };
 
 /// Bodies of at least this many bytes are sealed into a memfd by the feed state. Below it one
@@ -51,6 +59,9 @@ pub const SEAL_MIN_BYTES: usize = 64 * 1024;
 
 /// Bytes sent with `sendfile` since start.
 static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A stall deadline that never comes (about 30 years), for a timeout past the clock's range.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
 /// Whether the fallback warning was logged (once per process).
 static WARNED: AtomicBool = AtomicBool::new(false);
@@ -264,17 +275,75 @@ pub fn sealed_bodies() -> usize {
         .len()
 }
 
-/// A [`TcpStream`] whose vectored writes send buffers from [`seal`]ed bodies with `sendfile`.
-/// Reads, flush and shutdown are the stream's own.
+/// A [`TcpStream`] whose vectored writes send buffers from [`seal`]ed bodies with `sendfile`,
+/// and whose writes fail with [`io::ErrorKind::TimedOut`] once they have made no progress for
+/// its stall timeout (a client that stops reading its responses). Reads are the stream's own.
 #[derive(Debug)]
 pub struct SendfileStream {
     inner: TcpStream,
+    /// How long a write, flush or shutdown may wait on a full socket without progress.
+    stall_timeout: Duration,
+    /// The deadline of the wait in progress, made at the first wait and reset for each later
+    /// one (boxed, as `Sleep` is `!Unpin`).
+    stall_deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether `stall_deadline` is set for the wait in progress (false once a write made
+    /// progress).
+    stall_armed: bool,
 }
 
 impl SendfileStream {
-    /// Wraps an accepted connection.
-    pub fn new(inner: TcpStream) -> Self {
-        Self { inner }
+    /// Wraps an accepted connection whose writes may wait at most `stall_timeout` on a full
+    /// socket without progress.
+    pub fn new(inner: TcpStream, stall_timeout: Duration) -> Self {
+        Self {
+            inner,
+            stall_timeout,
+            stall_deadline: None,
+            stall_armed: false,
+        }
+    }
+
+    /// Passes on a write attempt's outcome, watching the time it waits: a pending attempt
+    /// arms the stall deadline (unless one is armed already), any ready outcome disarms it,
+    /// and a pending attempt past the deadline becomes [`io::ErrorKind::TimedOut`], which
+    /// ends the connection and frees its slot.
+    fn watch_stall<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stall_armed = false;
+            return polled;
+        }
+        if !self.stall_armed {
+            self.stall_armed = true;
+            let now = Instant::now();
+            // A timeout too long for the clock (from a config that asks for it) never fires.
+            let deadline = now
+                .checked_add(self.stall_timeout)
+                .unwrap_or_else(|| now + FAR_FUTURE);
+            match self.stall_deadline.as_mut() {
+                Some(stall) => stall.as_mut().reset(deadline),
+                None => self.stall_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let Some(stall) = self.stall_deadline.as_mut() else {
+            return polled;
+        };
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stall_armed = false;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client read nothing of the response for {:?}",
+                        self.stall_timeout
+                    ),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// One attempt at a write, the socket being reported writable: the `plain` buffers (none
@@ -309,6 +378,31 @@ impl SendfileStream {
             Err(e) => Err(e.into()),
         }
     }
+    /// One vectored write: the leading run of buffers outside any mapping with `writev`, or
+    /// that run corked and the mapped buffer after it with `sendfile` ([`Self::write_once`]).
+    fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .position(|b| !b.is_empty())
+            .unwrap_or(bufs.len());
+        let bufs = &bufs[first..];
+        // The leading run of buffers outside any mapping, and the mapped one after it.
+        let Some((plain, fd, offset)) = find_mapped(bufs) else {
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        };
+        let body: &[u8] = &bufs[plain];
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let attempt = self.inner.try_io(Interest::WRITABLE, || {
+                self.write_once(&bufs[..plain], body, &fd, offset)
+            });
+            match attempt {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
 impl AsyncRead for SendfileStream {
@@ -336,27 +430,8 @@ impl AsyncWrite for SendfileStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let first = bufs
-            .iter()
-            .position(|b| !b.is_empty())
-            .unwrap_or(bufs.len());
-        let bufs = &bufs[first..];
-        // The leading run of buffers outside any mapping, and the mapped one after it.
-        let Some((plain, fd, offset)) = find_mapped(bufs) else {
-            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        };
-        let body: &[u8] = &bufs[plain];
-        loop {
-            ready!(this.inner.poll_write_ready(cx))?;
-            let attempt = this.inner.try_io(Interest::WRITABLE, || {
-                this.write_once(&bufs[..plain], body, &fd, offset)
-            });
-            match attempt {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let polled = this.poll_send(cx, bufs);
+        this.watch_stall(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -364,11 +439,15 @@ impl AsyncWrite for SendfileStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch_stall(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch_stall(cx, polled)
     }
 }
 
@@ -411,8 +490,9 @@ mod tests {
         );
     }
 
-    /// A connected loopback pair: (the wrapped sender with a small send buffer, the receiver).
-    async fn pair() -> (SendfileStream, TcpStream) {
+    /// A connected loopback pair: (the wrapped sender with a small send buffer and the given
+    /// stall timeout, the receiver).
+    async fn pair_stalling_after(stall_timeout: Duration) -> (SendfileStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_send_buffer_size(16 * 1024).expect("sndbuf");
@@ -423,12 +503,25 @@ mod tests {
         let receiver = accepted.expect("accept").0;
         // A small receive buffer too, so a slow reader holds the sender back.
         rustix::net::sockopt::set_socket_recv_buffer_size(&receiver, 16 * 1024).expect("rcvbuf");
-        (SendfileStream::new(connected.expect("connect")), receiver)
+        (
+            SendfileStream::new(connected.expect("connect"), stall_timeout),
+            receiver,
+        )
+    }
+
+    /// [`pair_stalling_after`] with the default request timeout.
+    async fn pair() -> (SendfileStream, TcpStream) {
+        pair_stalling_after(Duration::from_secs(30)).await
     }
 
     /// Writes `chunks` through the wrapper the way hyper does: vectored writes of what is left,
     /// advancing by what each write took. Returns how often a write had to wait.
     async fn send_all(stream: &mut SendfileStream, chunks: &[Bytes]) -> usize {
+        try_send_all(stream, chunks).await.expect("write")
+    }
+
+    /// [`send_all`], returning the first failed write's error.
+    async fn try_send_all(stream: &mut SendfileStream, chunks: &[Bytes]) -> io::Result<usize> {
         let mut chunks: Vec<Bytes> = chunks.to_vec();
         let mut waits = 0;
         while chunks.iter().any(|c| !c.is_empty()) {
@@ -440,8 +533,7 @@ mod tests {
                 }
                 polled
             })
-            .await
-            .expect("write");
+            .await?;
             assert!(n > 0, "a write took nothing");
             let mut left = n;
             for c in &mut chunks {
@@ -450,7 +542,21 @@ mod tests {
                 left -= take;
             }
         }
-        waits
+        Ok(waits)
+    }
+
+    /// Reads `len` bytes, pausing `pause` after each read (a client that reads slowly but
+    /// steadily).
+    async fn read_pausing(mut stream: TcpStream, len: usize, pause: Duration) -> Vec<u8> {
+        let mut got = Vec::with_capacity(len);
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < len {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {} of {len} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            tokio::time::sleep(pause).await;
+        }
+        got
     }
 
     /// Reads `len` bytes in small pieces with pauses.
@@ -568,6 +674,47 @@ mod tests {
         assert_eq!(&got[..5], b"head:");
         assert!(got[5..] == input[123_457..200_001], "wrong bytes");
         assert!(sendfile_bytes() - before >= (200_001 - 123_457) as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_to_a_client_that_reads_nothing_times_out_on_either_path() {
+        let input = pattern(4 * 1024 * 1024);
+        for (path, body) in [
+            ("sendfile", seal(input.clone())),
+            ("writev", Bytes::from(input)),
+        ] {
+            let (mut tx, _never_read) = pair_stalling_after(Duration::from_millis(200)).await;
+            let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n");
+            let sent = tokio::time::timeout(
+                Duration::from_secs(30),
+                try_send_all(&mut tx, &[head, body]),
+            )
+            .await;
+            let err = sent
+                .unwrap_or_else(|_| panic!("{path}: the write still waits after 30 s"))
+                .expect_err("4 MiB went to a client that read nothing");
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{path}: {err}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_keeps_reading_is_never_timed_out_however_long_the_body_takes() {
+        let input = pattern(3 * 1024 * 1024);
+        for body in [seal(input.clone()), Bytes::from(input.clone())] {
+            // Each wait is far shorter than the stall timeout, the whole send far longer.
+            let (mut tx, rx) = pair_stalling_after(Duration::from_millis(500)).await;
+            let reader = tokio::spawn(read_pausing(rx, input.len(), Duration::from_millis(20)));
+            let started = std::time::Instant::now();
+            let waits = send_all(&mut tx, &[body]).await;
+            let got = reader.await.expect("reader");
+            assert!(got == input, "the body differs");
+            assert!(waits > 0);
+            assert!(
+                started.elapsed() > Duration::from_millis(500),
+                "sent too fast to show progress resets the deadline: {:?}",
+                started.elapsed()
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,24 @@
 //!   requests on a kept-alive connection, or the connection is closed;
 //! - request headers are capped at [`MAX_HEADER_BYTES`] (hyper answers 431 beyond);
 //! - a request must be answered within `[http] request_timeout` (else 503);
+//! - writing a response must make progress at least once every `[http] request_timeout`, or
+//!   the connection is closed: a client that stops reading (its receive window full, the
+//!   server's send buffer full) would otherwise hold its slot for ever, and `max_connections`
+//!   such clients, each pipelining requests it never reads the answers to, would take the
+//!   server down. [`SendfileStream`] fails a write that has waited that long without progress
+//!   with `TimedOut`, and hyper drops the connection. Pipelining needs no bound of its own:
+//!   hyper's buffers are capped (at [`MAX_HEADER_BYTES`]), so a client that sends many requests
+//!   and reads no answer stalls the server's writes (and is cut off by this rule) while its
+//!   further requests wait in the kernel's buffers;
 //! - only a POST may carry a body (the agenda pages' forms), announced with a Content-Length of
 //!   at most [`super::agenda_pages::MAX_BODY`]; any other body gets 413 (a chunked one 411) and
 //!   the connection is closed, so the feeds never read a body;
 //! - at most `[http] max_connections` connections are served at once: the accept loop takes a
 //!   semaphore permit before accepting, so further clients wait in the kernel's backlog until a
-//!   slot frees (a trickling client frees its slot at the header timeout at the latest).
+//!   slot frees. A client that trickles its headers frees its slot at the header timeout, one
+//!   that stops reading its responses at the request timeout after its last read; only a
+//!   client that keeps reading (however slowly) keeps its slot as long as it reads, as with
+//!   nginx's `send_timeout`.
 //!
 //! Each connection is a [`SendfileStream`]: feed bodies sealed into a memfd go out with
 //! `sendfile` (see [`super::sendfile`]).
@@ -47,7 +59,8 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub struct Limits {
     /// Time allowed for a request's headers.
     pub header_timeout: Duration,
-    /// Time allowed from a request's headers to its response.
+    /// Time allowed from a request's headers to its response, and for each wait of a
+    /// response's writing on a client that reads nothing.
     pub request_timeout: Duration,
     /// Connections served at once.
     pub max_connections: usize,
@@ -113,11 +126,12 @@ pub async fn serve(
             let app = app.clone();
             async move { Ok::<_, Infallible>(respond(app, req, timeout).await) }
         });
-        let conn = graceful
-            .watch(http1.serve_connection(TokioIo::new(SendfileStream::new(stream)), service));
+        let io = TokioIo::new(SendfileStream::new(stream, limits.request_timeout));
+        let conn = graceful.watch(http1.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                // Header time-outs, resets and malformed requests: the client's business.
+                // Header time-outs, stalled writes, resets and malformed requests: the
+                // client's business.
                 tracing::debug!("connection closed: {e}");
             }
             drop(permit);

@@ -1,6 +1,6 @@
 //! `convenor serve` as systemd runs it: the notify protocol on a real datagram socket, reloads,
 //! graceful stop, `/healthz` and `/metrics` after a real send, HTTP limits against slow, idle,
-//! bodied and oversized clients on real sockets, and no secret in the log.
+//! non-reading, bodied and oversized clients on real sockets, and no secret in the log.
 
 use std::{
     fs::File,
@@ -447,6 +447,113 @@ async fn slow_idle_bodied_and_oversized_clients_are_cut_off_while_others_are_ser
     );
     // Still serving.
     assert_eq!(client.get(&feed).send().await.expect("GET").status(), 200);
+}
+
+/// A client that never reads its answers: connects with a 4 KiB receive buffer and writes
+/// `request` over and over (pipelined) until the server ends the connection or `stop` is set.
+/// Sends `()` on `stalled` once a write has had to wait (the server no longer reads its
+/// requests, its own writes to this client being stuck), and its outcome on `ended`:
+/// "closed" when the server ended the connection, "stopped" otherwise.
+fn flood_without_reading(
+    addr: std::net::SocketAddr,
+    request: &'static [u8],
+    stalled: std::sync::mpsc::Sender<()>,
+    ended: std::sync::mpsc::Sender<&'static str>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .expect("socket");
+    // Before connecting, so the window the client advertises stays small.
+    rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 4096).expect("SO_RCVBUF");
+    rustix::net::connect(&socket, &addr).expect("connect");
+    let mut stream = TcpStream::from(socket);
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("write timeout");
+    let mut at = 0;
+    let mut told = false;
+    let outcome = loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break "stopped";
+        }
+        match stream.write(&request[at..]) {
+            Ok(0) => break "closed",
+            Ok(n) => at = (at + n) % request.len(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !told {
+                    told = true;
+                    let _ = stalled.send(());
+                }
+            }
+            Err(_) => break "closed",
+        }
+    };
+    let _ = ended.send(outcome);
+}
+
+/// The reviewer's denial of service: as many clients as `max_connections`, each pipelining
+/// feed requests and reading none of the answers, held their slots for ever (only producing an
+/// answer and reading headers were bounded, never writing one). Each stalled write now closes
+/// its connection after `request_timeout` without progress, and a third client is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_never_read_their_answers_lose_their_slots_and_others_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[http]\nrequest_timeout = \"1s\"\nmax_connections = 2\n";
+    let config = write_config(dir.path(), &soon_text(&[600], None, extra));
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    let addr = daemon.wait_ready();
+    let socket_addr: std::net::SocketAddr = addr.parse().expect("address");
+    let request: &'static [u8] = b"GET /calendar.ics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stalled_tx, stalled) = std::sync::mpsc::channel();
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    for _ in 0..2 {
+        let (stalled_tx, ended_tx, stop) = (stalled_tx.clone(), ended_tx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            flood_without_reading(socket_addr, request, stalled_tx, ended_tx, stop);
+        });
+    }
+    // Both slots are taken by clients the server can no longer write to.
+    for k in 0..2 {
+        stalled
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("flooding client {k} never stalled: {e}"));
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let res = client
+        .get(format!("http://{addr}/calendar.ics"))
+        .send()
+        .await;
+    let res = res.unwrap_or_else(|e| {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        panic!(
+            "a third client was not served past two that read nothing: {e}\n{}",
+            daemon.log_text()
+        )
+    });
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.expect("body").contains("BEGIN:VCALENDAR"));
+    // The server ended both floods itself.
+    let outcomes: Vec<_> = (0..2)
+        .map(|_| ended.recv_timeout(Duration::from_secs(30)))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (k, outcome) in outcomes.iter().enumerate() {
+        assert_eq!(outcome, &Ok("closed"), "flooding client {k}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
