@@ -232,7 +232,8 @@ pub fn run_checkpoint(
 }
 
 /// Stores the feeds being served in the feed cache of `state_dir`, as a background write; a
-/// failure is logged (it only costs a rendering at the next start).
+/// failure is logged (it costs a rendering at the next start, and that start's Last-Modified
+/// is worked out without the stamps it would have kept).
 pub fn save_feed_cache(
     feeds: &FeedState,
     state_dir: &std::path::Path,
@@ -443,6 +444,7 @@ pub async fn run(
             // (One datagram per mail costs little beside the mail's SMTP round trips and its
             // two ledger commits.)
             LoopEvent::Sending(_) => {
+                health.progress(now);
                 if watchdog.is_some() {
                     notify::watchdog();
                     petted = Some(now);

@@ -38,7 +38,8 @@ pub struct Report {
     pub healthy: bool,
     /// `ok`, or the ledger's error.
     pub ledger: String,
-    /// Seconds since the scheduler loop last completed a pass (since start if none yet).
+    /// Seconds since the scheduler loop last completed a pass or started a send (since start if
+    /// neither yet).
     pub scheduler_last_pass_seconds: f64,
     /// The most those seconds may be while healthy.
     pub scheduler_stale_after_seconds: f64,
@@ -81,6 +82,13 @@ impl Health {
             }
             Err(e) => inner.pass_error = Some(e),
         }
+    }
+
+    /// Records that the loop, in the middle of a pass, is about to send a mail at `at`: a pass
+    /// of several slow sends (each bounded by the SMTP timeout) is a loop at work, not a stuck
+    /// one, so it counts as seen like a completed pass.
+    pub fn progress(&self, at: Instant) {
+        self.inner().last_pass = Some(at);
     }
 
     /// Records a reload's outcome.
@@ -141,6 +149,22 @@ mod tests {
         h.pass(Ok(None), t0 + Duration::from_secs(150));
         assert!(h.report(Ok(()), t0 + Duration::from_secs(150)).healthy);
         assert!(!h.report(Ok(()), t0 + Duration::from_secs(241)).healthy);
+    }
+
+    #[test]
+    fn a_long_pass_of_sends_keeps_the_loop_fresh() {
+        let t0 = Instant::now();
+        let h = Health::new(t0, STALE);
+        h.pass(Ok(None), t0);
+        let late = t0 + STALE + Duration::from_secs(30);
+        assert!(
+            !h.report(Ok(()), late).healthy,
+            "no sign of life for too long"
+        );
+        h.progress(t0 + STALE);
+        let report = h.report(Ok(()), late);
+        assert!(report.healthy, "{report:?}");
+        assert_eq!(report.scheduler_last_pass_seconds, 30.0);
     }
 
     #[test]
