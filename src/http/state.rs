@@ -5,7 +5,7 @@
 //! [`super::sendfile::SEAL_MIN_BYTES`] live in a sealed memfd, sent with `sendfile`. Last-Modified never moves
 //! backwards, and moves forward whenever a feed's bytes change: across a reload from the feeds
 //! being replaced, across a restart from the [`FeedStamp`]s the last run stored with the feed
-//! cache; one rule for both ([`next_last_modified`]).
+//! cache; one rule for both (`next_last_modified`).
 
 use std::{
     collections::BTreeMap,

@@ -76,7 +76,7 @@ pub enum Security {
 /// The step of opening a connection, before any message is offered (before MAIL FROM).
 ///
 /// lettre's errors do not say at which command they happened (`Error::status()` gives the reply
-/// code, `is_permanent()` whether it was 5xx), so [`Relay::connect`] tags each error with the
+/// code, `is_permanent()` whether it was 5xx), so `Relay::connect` tags each error with the
 /// step it was taking when lettre returned it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetupStage {
