@@ -453,8 +453,10 @@ pub async fn run(
             LoopEvent::PassEnded(pass) => {
                 health.pass(pass.map_err(ToString::to_string), now);
                 if let (Ok(_), Some(every)) = (pass, watchdog) {
-                    // Passes can come every 100 ms; about one WATCHDOG=1 per interval is plenty.
-                    if petted.is_none_or(|t| now.duration_since(t) >= every * 3 / 4) {
+                    // Passes can come every 100 ms; about two WATCHDOG=1 per interval is plenty.
+                    // With passes at most `every` apart, two pets are then at most 1.5 `every`
+                    // (three quarters of WatchdogSec) apart when no mail is sent.
+                    if petted.is_none_or(|t| now.duration_since(t) >= every / 2) {
                         notify::watchdog();
                         petted = Some(now);
                     }
