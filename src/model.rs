@@ -470,7 +470,7 @@ pub struct HttpSettings {
     pub header_timeout: SignedDuration,
     /// The most a request may take from its headers to its response (else 503), and the
     /// longest a response's writing may wait on a client that reads nothing (else the
-    /// connection is closed).
+    /// connection is closed; never less than `http::server::MIN_WRITE_STALL`).
     pub request_timeout: SignedDuration,
     /// At most this many connections at once; more wait in the listen backlog.
     pub max_connections: u32,

@@ -238,7 +238,10 @@ pub(crate) fn validate(
     let http = http(&mut c, &raw.http);
     let scheduler = scheduler(&mut c, &raw.scheduler);
     let state_dir = match (&raw.state.dir, &env.state_directory) {
-        (Some(dir), _) => c.path(dir.get_ref()),
+        // Relative to the working directory, unlike the config's other paths: so it has always
+        // been, and resolving it elsewhere would start an existing deployment on an empty
+        // ledger (every mail planned, and sent, again).
+        (Some(dir), _) => PathBuf::from(dir.get_ref()),
         (None, Some(systemd)) => systemd.clone(),
         (None, None) => default_state_dir(file),
     };
@@ -780,12 +783,13 @@ fn emails(c: &mut Checker, raws: &[S<RawEmail>], templates_dir: Option<&Path>) -
         let grace = match (&e.grace, trigger) {
             (Some(g), _) => c.parse(g, |s| {
                 parse_duration(s).and_then(|d| {
-                    // The loop sees a mail a moment after it falls due (it wakes on time, then
-                    // reads the clock): with less grace than that, every mail would be skipped.
+                    // A pass sends its due mails one after another, each up to the SMTP
+                    // timeout, so a mail can be seen well after it falls due; `0s` skips every
+                    // mail, as the loop reads the clock a moment after the due instant.
                     if d < MIN_GRACE {
                         Err(format!(
-                            "a grace of `{s}` would skip the mail: it is seen a moment after it \
-                             falls due; use at least 1m"
+                            "a grace of `{s}` can skip the mail: it may be seen after other \
+                             sends of the same pass (each up to the SMTP timeout); use at least 1m"
                         ))
                     } else {
                         Ok(d)

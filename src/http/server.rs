@@ -7,8 +7,8 @@
 //!   requests on a kept-alive connection, or the connection is closed;
 //! - request headers are capped at [`MAX_HEADER_BYTES`] (hyper answers 431 beyond);
 //! - a request must be answered within `[http] request_timeout` (else 503);
-//! - writing a response must make progress at least once every `[http] request_timeout`, or
-//!   the connection is closed: a client that stops reading (its receive window full, the
+//! - writing a response must make progress at least once every `[http] request_timeout` (and
+//!   never less than [`MIN_WRITE_STALL`]), or the connection is closed: a client that stops reading (its receive window full, the
 //!   server's send buffer full) would otherwise hold its slot for ever, and `max_connections`
 //!   such clients, each pipelining requests it never reads the answers to, would take the
 //!   server down. [`SendfileStream`] fails a write that has waited that long without progress
@@ -53,6 +53,12 @@ use crate::model::HttpSettings;
 /// The cap on a request's line and headers together (hyper's smallest allowed buffer is 8 KiB;
 /// nginx allows 1 KiB plus up to 4 x 8 KiB).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The least time a response's writing may wait on its client before the connection is closed,
+/// whatever `[http] request_timeout` says: a short request timeout suits answers rendered in
+/// advance, but a healthy client on a lossy link can leave a write waiting for a second or two
+/// of retransmissions.
+pub const MIN_WRITE_STALL: Duration = Duration::from_secs(5);
 
 /// The limits one listener enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +132,10 @@ pub async fn serve(
             let app = app.clone();
             async move { Ok::<_, Infallible>(respond(app, req, timeout).await) }
         });
-        let io = TokioIo::new(SendfileStream::new(stream, limits.request_timeout));
+        let io = TokioIo::new(SendfileStream::new(
+            stream,
+            limits.request_timeout.max(MIN_WRITE_STALL),
+        ));
         let conn = graceful.watch(http1.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -169,10 +169,11 @@ pub struct Reschedule {
     pub deadline: Timestamp,
     /// New meeting start.
     pub starts: Timestamp,
-    /// The `now` of the reconciliation that moved it: the row's new [`LedgerRow::created`]. A
+    /// The row's new [`LedgerRow::created`]: the `now` of the reconciliation that moved it. A
     /// row planned again is judged from when it was planned again: moved into the past, it did
     /// not "fall due after planning", so the clock-jump guard does not count it (it is sent or
-    /// skipped by its grace, like a new row on past meetings).
+    /// skipped by its grace, like a new row on past meetings). A row the guard holds keeps its
+    /// `created`: moved while the clock is still wrong, it is held again, not skipped.
     pub created: Timestamp,
 }
 

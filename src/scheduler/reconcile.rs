@@ -244,8 +244,13 @@ pub fn reconcile(
                         due: due.due,
                         deadline: due.deadline,
                         starts,
-                        // Planned again now: see `Reschedule::created` (the clock-jump guard).
-                        created: now,
+                        // Planned again now, unless held: see `Reschedule::created` (the
+                        // clock-jump guard).
+                        created: if row.state == MailState::Held {
+                            row.created
+                        } else {
+                            now
+                        },
                     });
                 }
             }

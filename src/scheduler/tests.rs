@@ -576,6 +576,34 @@ mod moved_into_the_past {
             "{actions:?}"
         );
     }
+
+    #[test]
+    fn held_rows_moved_while_the_clock_is_still_wrong_are_held_again_not_skipped() {
+        let dates = ["2030-07-01", "2030-07-02", "2030-07-03", "2030-07-04"];
+        let text = config_text(&meetings(&dates));
+        let before = parse_config(&text);
+        let after = parse_config(&text.replace("days_before = 1\n", "days_before = 2\n"));
+        let mut sim = Sim::new();
+        sim.load(&before, t("2030-05-01T00:00:00Z"));
+        // The clock jumps to 2036: the eight July mails are held.
+        let jumped = t("2036-03-01T00:00:00Z");
+        let actions = sim.step(&before.scheduler, jumped, ok);
+        assert_eq!(actions.len(), 8, "{actions:?}");
+        // The operator edits a rule and reloads before fixing the clock: the four day mails
+        // move, and are still mails that fell due at once after planning.
+        sim.load(&after, jumped);
+        assert_eq!(
+            sim.row(&key("m1", "day", 0)).created,
+            t("2030-05-01T00:00:00Z"),
+            "a held row keeps when it was planned"
+        );
+        let actions = sim.step(&after.scheduler, jumped, ok);
+        assert_eq!(actions.len(), 4, "{actions:?}");
+        assert!(
+            actions.iter().all(|a| matches!(a, Action::Hold { .. })),
+            "held again, not skipped: {actions:?}"
+        );
+    }
 }
 
 #[test]

@@ -503,7 +503,8 @@ fn flood_without_reading(
 /// The reviewer's denial of service: as many clients as `max_connections`, each pipelining
 /// feed requests and reading none of the answers, held their slots for ever (only producing an
 /// answer and reading headers were bounded, never writing one). Each stalled write now closes
-/// its connection after `request_timeout` without progress, and a third client is served.
+/// its connection after `request_timeout` without progress (5 s here, the least it may be:
+/// `MIN_WRITE_STALL`), and a third client is served.
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_that_never_read_their_answers_lose_their_slots_and_others_are_served() {
     let dir = tempfile::tempdir().expect("tempdir");
