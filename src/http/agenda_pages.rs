@@ -503,8 +503,8 @@ fn is_resubmission(kept: &Proposal, new: &agenda::NewProposal) -> bool {
 fn thanks(pid: i64) -> String {
     format!(
         "Thank you: your proposal #{pid} is stored as proposed. The lead of the priority you \
-         chose has been sent it and will accept or decline it; once accepted it appears in the \
-         agenda on this page, in the calendar entry and in the agenda mail."
+         chose will accept or decline it; once accepted it appears in the agenda on this page, \
+         in the calendar entry and in the agenda mail."
     )
 }
 

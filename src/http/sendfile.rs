@@ -545,11 +545,14 @@ mod tests {
         Ok(waits)
     }
 
+    /// The most [`read_pausing`] reads at once.
+    const READ_PIECE: usize = 64 * 1024;
+
     /// Reads `len` bytes, pausing `pause` after each read (a client that reads slowly but
     /// steadily).
     async fn read_pausing(mut stream: TcpStream, len: usize, pause: Duration) -> Vec<u8> {
         let mut got = Vec::with_capacity(len);
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_PIECE];
         while got.len() < len {
             let n = stream.read(&mut buf).await.expect("read");
             assert!(n > 0, "closed after {} of {len} bytes", got.len());
@@ -700,20 +703,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_that_keeps_reading_is_never_timed_out_however_long_the_body_takes() {
         let input = pattern(3 * 1024 * 1024);
+        let (stall, pause) = (Duration::from_secs(1), Duration::from_millis(50));
+        // The reader sleeps `pause` after each read of at most READ_PIECE bytes, so the whole
+        // send takes at least this long, by its sleeps alone: longer than the stall timeout, so
+        // a deadline that progress did not push back would fire. Each pause is a twentieth of
+        // the timeout, a margin for a busy machine.
+        let at_least = pause * u32::try_from(input.len() / READ_PIECE).expect("reads");
+        assert!(at_least > stall * 2, "{at_least:?}");
         for body in [seal(input.clone()), Bytes::from(input.clone())] {
-            // Each wait is far shorter than the stall timeout, the whole send far longer.
-            let (mut tx, rx) = pair_stalling_after(Duration::from_millis(500)).await;
-            let reader = tokio::spawn(read_pausing(rx, input.len(), Duration::from_millis(20)));
-            let started = std::time::Instant::now();
+            let (mut tx, rx) = pair_stalling_after(stall).await;
+            let reader = tokio::spawn(read_pausing(rx, input.len(), pause));
             let waits = send_all(&mut tx, &[body]).await;
             let got = reader.await.expect("reader");
             assert!(got == input, "the body differs");
             assert!(waits > 0);
-            assert!(
-                started.elapsed() > Duration::from_millis(500),
-                "sent too fast to show progress resets the deadline: {:?}",
-                started.elapsed()
-            );
         }
     }
 

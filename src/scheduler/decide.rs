@@ -79,7 +79,9 @@ impl Action {
 /// Why a send failed, as the transport classified it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendFailure {
-    /// True for 4xx replies, refused connections and timeouts; false for 5xx and bad messages.
+    /// True for 4xx replies, refused connections, timeouts and any fault while the connection
+    /// is set up (5xx at greeting, EHLO, STARTTLS or AUTH included); false for a 5xx to the
+    /// message itself (MAIL FROM, RCPT TO, DATA) and for bad messages.
     pub transient: bool,
     /// The server's reply or the error.
     pub message: String,
