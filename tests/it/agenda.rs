@@ -450,10 +450,7 @@ mod web {
     }
 
     fn client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client")
+        crate::support::no_redirect_client()
     }
 
     pub fn good(title: &str, priority: &str, email: &str) -> Vec<(&'static str, String)> {

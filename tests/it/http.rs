@@ -72,10 +72,7 @@ async fn spawn(token: Option<&str>) -> Server {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    crate::support::no_redirect_client()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,10 +95,18 @@ async fn serve(base_url: &str, feed_token: Option<&str>) -> Served {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    crate::support::no_redirect_client()
+}
+
+/// The body of a GET of `url`, as text.
+async fn get_text(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    c.get(url)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body")
 }
 
 /// A response's status, headers and body, as text.
@@ -234,14 +242,7 @@ async fn same_origin_posts_pass_with_base_urls_in_capitals_or_with_the_default_p
         assert_eq!(status, StatusCode::SEE_OTHER, "{base}: {body}");
         let token = served.lead_token();
         let lead = served.url(&format!("/leads/{token}/"));
-        let html = c
-            .get(&lead)
-            .send()
-            .await
-            .expect("lead page")
-            .text()
-            .await
-            .expect("body");
+        let html = get_text(&c, &lead).await;
         let csrf = csrf(&html, 1);
         let (status, _, body) = read(
             post(format!("{lead}proposals/1/accept"))
@@ -331,14 +332,7 @@ async fn a_proposal_is_answered_with_a_redirect_and_a_resubmission_is_stored_onc
         "/meetings/m1?proposed=x",
         "/meetings/m2?proposed=1",
     ] {
-        let page = c
-            .get(served.url(path))
-            .send()
-            .await
-            .expect("get")
-            .text()
-            .await
-            .expect("body");
+        let page = get_text(&c, served.url(path)).await;
         assert!(!page.contains("id=\"thanks\""), "{path}: {page}");
     }
 
@@ -359,14 +353,7 @@ async fn a_proposal_is_answered_with_a_redirect_and_a_resubmission_is_stored_onc
 async fn with_a_base_url_path_forms_and_redirects_stay_under_it() {
     let served = serve("https://convenor.example.org/lednet", None).await;
     let c = client();
-    let page = c
-        .get(served.url("/meetings/m1"))
-        .send()
-        .await
-        .expect("meeting page")
-        .text()
-        .await
-        .expect("body");
+    let page = get_text(&c, served.url("/meetings/m1")).await;
     assert_eq!(actions(&page), ["/lednet/meetings/m1/proposals"], "{page}");
     let (status, headers, _) = read(
         c.post(served.url("/meetings/m1/proposals"))
@@ -381,14 +368,7 @@ async fn with_a_base_url_path_forms_and_redirects_stay_under_it() {
 
     let token = served.lead_token();
     let lead = served.url(&format!("/leads/{token}/"));
-    let html = c
-        .get(&lead)
-        .send()
-        .await
-        .expect("lead page")
-        .text()
-        .await
-        .expect("body");
+    let html = get_text(&c, &lead).await;
     let forms = actions(&html);
     assert_eq!(forms.len(), 2, "{html}");
     for action in &forms {

@@ -117,3 +117,11 @@ pub fn templates_with(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> 
     std::fs::write(&path, edited).expect("write");
     to
 }
+
+/// An HTTP client that does not follow redirects, so a test sees each 303 and its Location.
+pub fn no_redirect_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
