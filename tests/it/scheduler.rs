@@ -71,16 +71,21 @@ fn a_server_that_is_down_gets_retries_and_the_mail_goes_out_when_it_is_back() {
     let config = soon_config(dir.path(), &[1], Some(port));
     let state = dir.path().join("state");
     let daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    // The row is read between attempts: an attempt claims it (`sending`, its count already
+    // raised) before it fails, so a read during one sees `sending`.
+    let mut row = None;
     wait_for(
-        "at least three attempts against the stopped server",
+        "at least three attempts against the stopped server, the last one settled",
         || {
-            ledger_rows(&state)
+            row = ledger_rows(&state)
                 .get("soon/mail-0/list")
-                .is_some_and(|r| r.1 >= 3)
+                .filter(|r| r.1 >= 3 && r.0 != "sending")
+                .cloned();
+            row.is_some()
         },
         || format!("{:?}\n{}", ledger_rows(&state), daemon.log_text()),
     );
-    let row = ledger_rows(&state)["soon/mail-0/list"].clone();
+    let row = row.expect("a settled row");
     assert_eq!(row.0, "pending");
     assert!(
         row.2
