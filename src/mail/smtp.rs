@@ -38,12 +38,14 @@ use std::{
 #[allow(deprecated)] // See TlsStream: lettre's own TLS upgrade, for implicit TLS.
 use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::{
+    Address,
     address::Envelope,
     transport::smtp::{
         Error as SmtpError,
         authentication::{Credentials, DEFAULT_MECHANISMS},
         client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters},
-        extension::ClientId,
+        commands::{Data, Mail, Rcpt},
+        extension::{ClientId, Extension, MailBodyParameter, MailParameter},
         response::Response,
     },
 };
@@ -118,6 +120,21 @@ pub enum Failure {
     /// RCPT TO, DATA, or NOOP/the connection on reuse): a reply code, a protocol fault, a
     /// dropped connection.
     Smtp(SmtpError),
+    /// The server refused every recipient for good (5xx to each RCPT TO): nobody got it.
+    Refused(Vec<(Address, SmtpError)>),
+    /// The message needs an SMTP extension the relay does not offer (SMTPUTF8 for an address
+    /// that is not ASCII, 8BITMIME for a body that is not): nothing was offered.
+    Unsupported(&'static str),
+}
+
+/// A message the server has taken (it answered the end of DATA with 2xx).
+#[derive(Debug)]
+pub struct Accepted {
+    /// The server's reply to the end of DATA.
+    pub response: Response,
+    /// The recipients the server refused for good (5xx to RCPT TO), with its reply to each:
+    /// they did not get the message; every other recipient did.
+    pub refused: Vec<(Address, SmtpError)>,
 }
 
 /// One relay: where it is, how to talk to it, and the connections kept for reuse.
@@ -177,37 +194,31 @@ impl Relay {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends one message on a kept connection or a new one; keeps the connection afterwards if
-    /// the send succeeded. Not bounded in time: the caller bounds it.
+    /// Sends one message on a kept connection or a new one ([`transact`]); keeps the
+    /// connection afterwards if the send succeeded. Not bounded in time: the caller bounds it.
     pub async fn send(
         self: &Arc<Self>,
         envelope: &Envelope,
         message: &[u8],
-    ) -> Result<Response, Failure> {
-        let Some(mut conn) = self.checkout().await else {
-            let mut conn = self.connect().await?;
-            // On an error lettre has already sent QUIT and closed the connection.
-            let response = conn.send(envelope, message).await.map_err(Failure::Smtp)?;
-            self.checkin(conn);
-            return Ok(response);
-        };
-        match conn.send(envelope, message).await {
-            Ok(response) => {
-                self.checkin(conn);
-                Ok(response)
+    ) -> Result<Accepted, Failure> {
+        if let Some(mut conn) = self.checkout().await {
+            match transact(&mut conn, envelope, message).await {
+                Ok(accepted) => {
+                    self.checkin(conn);
+                    return Ok(accepted);
+                }
+                // A kept connection the server has closed meanwhile (idle limit, messages per
+                // connection, restart): once more on a new one. As with any retry, a connection
+                // lost between our final "." and the server's 250 can deliver the message
+                // twice, with the same Message-ID.
+                Err(Failure::Smtp(e)) if gone(&e) => {}
+                Err(failure) => return Err(failure),
             }
-            // A kept connection the server has closed meanwhile (idle limit, messages per
-            // connection, restart): once more on a new one. As with any retry, a connection
-            // lost between our final "." and the server's 250 can deliver the message twice,
-            // with the same Message-ID.
-            Err(e) if gone(&e) => {
-                let mut conn = self.connect().await?;
-                let response = conn.send(envelope, message).await.map_err(Failure::Smtp)?;
-                self.checkin(conn);
-                Ok(response)
-            }
-            Err(e) => Err(Failure::Smtp(e)),
         }
+        let mut conn = self.connect().await?;
+        let accepted = transact(&mut conn, envelope, message).await?;
+        self.checkin(conn);
+        Ok(accepted)
     }
 
     /// Connections open now and kept for reuse.
@@ -321,6 +332,79 @@ impl Drop for Relay {
         let idle = std::mem::take(&mut self.pool().idle);
         if tokio::runtime::Handle::try_current().is_ok() {
             idle.into_iter().for_each(|i| quit(i.conn));
+        }
+    }
+}
+
+/// One mail transaction on a set-up connection: MAIL FROM, RCPT TO for each recipient, DATA
+/// and the message. On any failure the connection is closed (QUIT), as lettre does.
+///
+/// Written here rather than taken from lettre's `AsyncSmtpConnection::send` (0.11.23), which
+/// gives up at the first refused recipient: with a `list` of several addresses, one address
+/// gone for good (550, a mailbox deleted) would fail the mail for every other list. Here a
+/// recipient refused for good (5xx) is left out and reported in [`Accepted::refused`], and the
+/// message goes to the others; only when every recipient is refused does the send fail
+/// ([`Failure::Refused`]). A 4xx to any recipient, or any other fault, ends the transaction
+/// before DATA: nobody has the message yet, so the retry that follows cannot double it. The
+/// MAIL FROM parameters are lettre's: SMTPUTF8 when an address is not ASCII, 8BITMIME when the
+/// message is not, each only when the server offers it.
+async fn transact(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<Accepted, Failure> {
+    let mut parameters = Vec::new();
+    let not_ascii = |a: &Address| !AsRef::<str>::as_ref(a).is_ascii();
+    if envelope.from().is_some_and(not_ascii) || envelope.to().iter().any(not_ascii) {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            conn.abort().await;
+            return Err(Failure::Unsupported(
+                "SMTPUTF8, which an address that is not ASCII needs",
+            ));
+        }
+        parameters.push(MailParameter::SmtpUtfEight);
+    }
+    if !message.is_ascii() {
+        if !conn.server_info().supports_feature(Extension::EightBitMime) {
+            conn.abort().await;
+            return Err(Failure::Unsupported(
+                "8BITMIME, which a message that is not ASCII needs",
+            ));
+        }
+        parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    if let Err(e) = conn
+        .command(Mail::new(envelope.from().cloned(), parameters))
+        .await
+    {
+        conn.abort().await;
+        return Err(Failure::Smtp(e));
+    }
+    let mut refused = Vec::new();
+    let mut accepted = 0;
+    for to in envelope.to() {
+        match conn.command(Rcpt::new(to.clone(), Vec::new())).await {
+            Ok(_) => accepted += 1,
+            Err(e) if e.is_permanent() => refused.push((to.clone(), e)),
+            Err(e) => {
+                conn.abort().await;
+                return Err(Failure::Smtp(e));
+            }
+        }
+    }
+    if accepted == 0 {
+        conn.abort().await;
+        return Err(Failure::Refused(refused));
+    }
+    let response = match conn.command(Data).await {
+        Ok(_) => conn.message(message).await,
+        Err(e) => Err(e),
+    };
+    match response {
+        Ok(response) => Ok(Accepted { response, refused }),
+        Err(e) => {
+            conn.abort().await;
+            Err(Failure::Smtp(e))
         }
     }
 }

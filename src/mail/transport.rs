@@ -9,6 +9,12 @@
 //! included (a rotated password answers 535): it says nothing about the message, so the mail is
 //! retried with the normal backoff until an operator fixes the relay settings or the password,
 //! rather than lost. Such a fault is logged as a setup fault at error level, naming the step.
+//! So is a relay that lacks an extension the message needs (SMTPUTF8, 8BITMIME).
+//!
+//! A recipient the server refuses for good (5xx to its RCPT TO) does not fail the message for
+//! the others: it goes to every recipient the server accepted, and the refused ones are logged
+//! and named in the [`Delivery`] (see [`super::smtp`]). Only when every recipient is refused is
+//! the failure permanent. A 4xx to any recipient defers the whole message: nobody has it yet.
 //!
 //! A message is the server's once it has answered 250 to the end of DATA. A connection dropped
 //! between our final "." and that 250 reports a transient failure although the server may have
@@ -30,7 +36,7 @@ use lettre::{
     },
 };
 
-use super::smtp::{Failure, Relay, Security, SetupStage};
+use super::smtp::{Accepted, Failure, Relay, Security, SetupStage};
 use crate::model::{MailSettings, PasswordSource, SmtpSettings, TlsMode, TransportSettings};
 
 /// Why a transport could not be set up.
@@ -79,8 +85,8 @@ pub enum SendClass {
     /// Retry with backoff: 4xx, refused or dropped connection, TLS failure, timeout, and any
     /// fault setting up the connection (greeting, EHLO, STARTTLS, AUTH), 5xx included.
     Transient,
-    /// Do not retry: the server answered 5xx to MAIL FROM, RCPT TO or DATA (or the message
-    /// cannot be written at all).
+    /// Do not retry: the server answered 5xx to MAIL FROM or DATA, or to the RCPT TO of every
+    /// recipient (or the message cannot be written at all).
     Permanent,
 }
 
@@ -112,6 +118,9 @@ pub enum Delivery {
         code: String,
         /// The reply text.
         reply: String,
+        /// The recipients the server refused for good, each with its reply (`a@b.org: 550
+        /// ...`): the message went to every other recipient, not to these.
+        refused: Vec<String>,
     },
     /// The message was written to this file.
     File {
@@ -123,7 +132,18 @@ pub enum Delivery {
 impl fmt::Display for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Smtp { code, reply } => write!(f, "{code} {reply}"),
+            Self::Smtp {
+                code,
+                reply,
+                refused,
+            } => {
+                write!(f, "{code} {reply}")?;
+                if !refused.is_empty() {
+                    write!(f, "; not sent to {} refused for good: ", refused.len())?;
+                    f.write_str(&refused.join("; "))?;
+                }
+                Ok(())
+            }
             Self::File { path } => write!(f, "written to {}", path.display()),
         }
     }
@@ -200,10 +220,15 @@ impl Transport {
                         Err(setup_fault(stage, &error, relay))
                     }
                     Ok(Err(Failure::Smtp(e))) => Err(classify(&e, relay)),
-                    Ok(Ok(response)) => Ok(Delivery::Smtp {
-                        code: response.code().to_string(),
-                        reply: response.message().collect::<Vec<_>>().join(" "),
+                    Ok(Err(Failure::Refused(refused))) => Err(SendError {
+                        class: SendClass::Permanent,
+                        message: format!(
+                            "{relay}: every recipient was refused: {}",
+                            describe(&refused)
+                        ),
                     }),
+                    Ok(Err(Failure::Unsupported(what))) => Err(unsupported(what, relay)),
+                    Ok(Ok(accepted)) => Ok(delivered(accepted, message, relay)),
                 }
             }
         }
@@ -239,6 +264,49 @@ fn setup_fault(stage: SetupStage, e: &lettre::transport::smtp::Error, relay: &st
     SendError::transient(format!(
         "{relay}: connection setup failed at {stage} ({fix}; retried until fixed): {e}"
     ))
+}
+
+/// A message the server took, some recipients perhaps refused: those are logged for the
+/// operator (an address in `[mail] list` or a lead's that no longer exists needs fixing in the
+/// config), and named in the delivery the ledger records.
+fn delivered(accepted: Accepted, message: &Message, relay: &str) -> Delivery {
+    let refused: Vec<String> = (accepted.refused.iter())
+        .map(|(address, e)| format!("{address}: {e}"))
+        .collect();
+    if !refused.is_empty() {
+        let message_id = message.headers().get_raw("Message-ID").unwrap_or_default();
+        tracing::warn!(
+            relay,
+            message_id,
+            refused = %refused.join("; "),
+            "the relay refused some recipients for good; the message went to the others \
+             (fix or remove the refused addresses in the config)"
+        );
+    }
+    Delivery::Smtp {
+        code: accepted.response.code().to_string(),
+        reply: accepted.response.message().collect::<Vec<_>>().join(" "),
+        refused,
+    }
+}
+
+/// Each refused recipient with the server's reply, for a message.
+fn describe(refused: &[(lettre::Address, lettre::transport::smtp::Error)]) -> String {
+    let each: Vec<String> = (refused.iter())
+        .map(|(address, e)| format!("{address}: {e}"))
+        .collect();
+    each.join("; ")
+}
+
+/// A message that needs an extension the relay does not offer: transient, like a setup fault
+/// (a relay's settings, not the message, are at fault, and ops can fix them before the meeting),
+/// and logged for the operator.
+fn unsupported(what: &str, relay: &str) -> SendError {
+    tracing::error!(
+        relay,
+        "the relay does not offer {what}; the mail is retried with backoff until it does"
+    );
+    SendError::transient(format!("{relay}: the relay does not offer {what}"))
 }
 
 /// A failure of the message itself on a set-up connection: lettre's permanent errors (5xx to

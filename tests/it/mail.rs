@@ -371,6 +371,123 @@ async fn reply_codes_are_classified_transient_or_permanent() {
     }
 }
 
+/// A list of several addresses where the server refuses some recipients: one refused for good
+/// (5xx) is left out and the others get the message (once, in one transaction); a 4xx to any
+/// recipient defers the whole message, even beside a 5xx; only when every recipient is refused
+/// for good is the failure permanent. Nothing is stored unless the message went out.
+#[tokio::test]
+async fn a_recipient_refused_for_good_does_not_stop_the_others() {
+    const LISTS: [&str; 3] = [
+        "members@example.org",
+        "gone@example.org",
+        "observers@example.org",
+    ];
+    /// Each address the server refuses, with its reply code.
+    type Refusals<'a> = &'a [(&'a str, &'a str)];
+    // (refusals, delivered to, error class when not delivered)
+    let table: [(Refusals, &[&str], Option<SendClass>); 5] = [
+        (&[], &LISTS, None),
+        (
+            &[("gone@example.org", "550")],
+            &["members@example.org", "observers@example.org"],
+            None,
+        ),
+        (
+            &[("gone@example.org", "451")],
+            &[],
+            Some(SendClass::Transient),
+        ),
+        (
+            &[("members@example.org", "550"), ("gone@example.org", "452")],
+            &[],
+            Some(SendClass::Transient),
+        ),
+        (
+            &[
+                ("members@example.org", "550"),
+                ("gone@example.org", "551"),
+                ("observers@example.org", "553"),
+            ],
+            &[],
+            Some(SendClass::Permanent),
+        ),
+    ];
+    for (refusals, delivered_to, failure) in table {
+        let dir = tempfile::tempdir().expect("tmp");
+        let args: Vec<String> = (refusals.iter())
+            .flat_map(|(address, code)| ["--refuse-rcpt".to_owned(), format!("{address}={code}")])
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = SmtpServer::start(&dir.path().join("received"), &args);
+        let list = LISTS.map(|a| format!("\"{a}\"")).join(", ");
+        let text = example_config_text()
+            .replace("transport = \"file\"", "transport = \"smtp\"")
+            .replace(
+                "list = [\"LEDNet members <lednet-members@example.org>\"]",
+                &format!("list = [{list}]"),
+            )
+            .replace(
+                "# [mail.smtp]\n",
+                &format!(
+                    "[mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n",
+                    server.port
+                ),
+            );
+        let config = load(dir.path(), &text);
+        assert_eq!(config.mail.list.len(), 3, "the config has the three lists");
+        let msg = compose(&config, "agenda-call", &Recipient::List, None);
+        let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+        let result = transport.send(&msg).await;
+        let case = format!("{refusals:?}");
+        match failure {
+            None => {
+                let delivery = result.unwrap_or_else(|e| panic!("{case}: {e}"));
+                let text = delivery.to_string();
+                assert!(text.starts_with("250 "), "{case}: {text}");
+                for (address, code) in refusals {
+                    assert!(
+                        text.contains(address) && text.contains(code),
+                        "{case}: the delivery names each refused address and its reply: {text}"
+                    );
+                }
+                if refusals.is_empty() {
+                    assert!(!text.contains("refused"), "{case}: {text}");
+                }
+                let received = server.received();
+                assert_eq!(received.len(), 1, "{case}: one transaction");
+                let meta: Value = serde_json::from_slice(
+                    &std::fs::read(dir.path().join("received/1.json")).expect("meta"),
+                )
+                .expect("json");
+                assert_eq!(meta["rcpt_tos"], serde_json::json!(delivered_to), "{case}");
+                let m = parse(&received[0]);
+                let to = header(&m, "to").join(", ");
+                for address in LISTS {
+                    assert!(to.contains(address), "{case}: To: names every list: {to}");
+                }
+                assert_eq!(
+                    transport.idle_connections(),
+                    1,
+                    "{case}: the connection ends the transaction cleanly and is kept"
+                );
+            }
+            Some(class) => {
+                let e = result.expect_err(&case);
+                assert_eq!(e.class, class, "{case}: {e}");
+                for (address, code) in refusals {
+                    if class == SendClass::Permanent || code.starts_with('4') {
+                        assert!(
+                            e.message.contains(address) && e.message.contains(code),
+                            "{case}: the error names the refusal: {e}"
+                        );
+                    }
+                }
+                assert!(server.received().is_empty(), "{case}: nobody got it");
+            }
+        }
+    }
+}
+
 /// A relay that cannot be set up for sending (before MAIL FROM) fails every mail alike, so the
 /// failure is transient whatever its code: a rotated password (535 to AUTH), a 554 greeting, a
 /// 5xx to EHLO or STARTTLS. The message says which step failed. A 5xx to the message itself on

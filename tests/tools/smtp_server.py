@@ -14,6 +14,8 @@ Options:
   --stall                accept connections and never say anything
   --tls-cert/--tls-key   offer STARTTLS with this certificate and require it before MAIL
   --one-per-connection   after one message on a connection, answer MAIL with 421
+  --refuse-rcpt ADDR=CODE  answer CODE to RCPT TO:<ADDR> only (repeatable); other recipients
+                         are accepted
   --implicit-tls         with --tls-cert/--tls-key: TLS from the first byte (port 465 style)
 The .json also records the client's address ("peer", [host, port]): one peer port per
 connection, so a test can tell reused connections from new ones; and "authenticated", whether
@@ -33,8 +35,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Handler:
-    def __init__(self, store, fail_at, code, one_per_connection=False):
+    def __init__(self, store, fail_at, code, one_per_connection=False, refuse_rcpt=None):
         self.one_per_connection = one_per_connection
+        self.refuse_rcpt = refuse_rcpt or {}
         self.store = store
         self.fail_at = fail_at
         self.code = code
@@ -59,6 +62,9 @@ class Handler:
         fail = self._fail("rcpt")
         if fail:
             return fail
+        code = self.refuse_rcpt.get(address)
+        if code:
+            return f"{code} test server refuses recipient <{address}> with {code}"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -158,9 +164,11 @@ async def main():
     p.add_argument("--tls-key")
     p.add_argument("--implicit-tls", action="store_true")
     p.add_argument("--one-per-connection", action="store_true")
+    p.add_argument("--refuse-rcpt", action="append", default=[])
     a = p.parse_args()
     os.makedirs(a.store, exist_ok=True)
-    handler = Handler(a.store, a.fail_at, a.code, a.one_per_connection)
+    refuse_rcpt = dict(item.rsplit("=", 1) for item in a.refuse_rcpt)
+    handler = Handler(a.store, a.fail_at, a.code, a.one_per_connection, refuse_rcpt)
     auth = {}
     if a.auth:
         user, _, password = a.auth.partition(":")
