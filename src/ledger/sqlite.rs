@@ -561,7 +561,8 @@ impl Store for SqliteStore {
                 &format!(
                     "UPDATE mails SET state = 'sending', attempts = attempts + 1 \
                      WHERE {KEY_WHERE} AND state = 'pending' AND due_ms <= ?5 \
-                     AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?5)"
+                     AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?5) \
+                     AND ?5 < starts_ms AND (attempts > 0 OR ?5 <= deadline_ms)"
                 ),
                 params![
                     key.meeting,

@@ -7,8 +7,9 @@
 //!   before the meeting starts; otherwise it is skipped, with the reason;
 //! - a retry goes out until the meeting starts, then the mail fails;
 //! - the clock-jump guard: if more than `max_catch_up` mails fell due at once after they were
-//!   planned (first attempts, not released by an operator), none of them is sent or skipped:
-//!   they are all held for `convenor release`. Mails already past when they were planned (a
+//!   planned (first attempts, not released by an operator, overdue by more than [`ON_TIME`]:
+//!   mails seen on time go out however many fall due together), none of them is sent or
+//!   skipped: they are all held for `convenor release`. Mails already past when they were planned (a
 //!   first start on old meetings, or a reload that moved them into the past: a moved row counts
 //!   as planned when it moved, [`crate::ledger::Reschedule::created`]) do not count: they are
 //!   sent or skipped by their grace.
@@ -91,23 +92,36 @@ fn is_due(row: &LedgerRow, now: Timestamp) -> bool {
     row.state == MailState::Pending && row.due <= now && row.next_attempt.is_none_or(|t| t <= now)
 }
 
-/// True when a due row counts towards the clock-jump guard: a first attempt that fell due after
-/// it was planned (inserted or last moved) and that no operator released.
-fn counts_for_guard(row: &LedgerRow) -> bool {
-    row.attempts == 0 && !row.released && row.due > row.created
+/// How late a first attempt may be seen and still count as on time for the clock-jump guard.
+/// The loop wakes at each due instant (and at least every minute), so a mail seen within this
+/// of its due instant is the ordinary course: several mails due at the same instant (many
+/// leads, several meetings on one day) go out however many they are. Only mails found overdue
+/// by more than this at once (a clock jumped forward, or the service was down while they fell
+/// due) can trip the guard. Ten minutes covers a pass held up by slow sends (each bounded by
+/// the SMTP timeout) while any jump worth guarding against (hours, days, years) is far longer.
+pub const ON_TIME: SignedDuration = SignedDuration::from_mins(10);
+
+/// True when a due row counts towards the clock-jump guard at `now`: a first attempt that fell
+/// due after it was planned (inserted or last moved), that no operator released, and that is
+/// overdue by more than [`ON_TIME`].
+fn counts_for_guard(row: &LedgerRow, now: Timestamp) -> bool {
+    row.attempts == 0
+        && !row.released
+        && row.due > row.created
+        && now.duration_since(row.due) > ON_TIME
 }
 
 /// Decides what to do with every due mail among `rows` at `now`.
 pub fn decide(rows: &[LedgerRow], now: Timestamp, settings: &SchedulerSettings) -> Vec<Action> {
     let due: Vec<&LedgerRow> = rows.iter().filter(|r| is_due(r, now)).collect();
-    let fell_due = due.iter().filter(|r| counts_for_guard(r)).count();
+    let fell_due = due.iter().filter(|r| counts_for_guard(r, now)).count();
     let hold = fell_due > settings.max_catch_up as usize;
     // Reasons show `now` to the second; the decision uses the exact instant.
     let shown = now.round(jiff::Unit::Second).unwrap_or(now);
     due.into_iter()
         .map(|row| {
             let key = row.key.clone();
-            if hold && counts_for_guard(row) {
+            if hold && counts_for_guard(row, now) {
                 let reason = format!(
                     "clock-jump guard: {fell_due} mails fell due at once at {shown}, more than \
                      max_catch_up = {}; check the clock, then run `convenor release`",

@@ -352,6 +352,90 @@ fn clock_forward_by_days_sends_what_is_useful_and_by_years_holds_everything() {
     );
 }
 
+/// Mails that fall due at the same instant and are seen on time go out however many they are:
+/// only mails found overdue by more than `ON_TIME` count for the clock-jump guard. Four
+/// meetings on one day (max_catch_up = 3): their week mails all fall due at 08:00Z.
+#[test]
+fn many_mails_due_together_and_seen_on_time_are_sent_not_held() {
+    let four = format!(
+        "{MEETINGS}{}{}{}",
+        MEETINGS.replace("m1", "m2"),
+        MEETINGS.replace("m1", "m3"),
+        MEETINGS.replace("m1", "m4")
+    );
+    let c = config(&four);
+    let due = t(WEEK_DUE);
+    // (seen at, what every one of the four week mails gets)
+    let table = [
+        (due, "send"),
+        (due + super::decide::ON_TIME, "send"),
+        (
+            due + super::decide::ON_TIME + SignedDuration::from_secs(1),
+            "hold",
+        ),
+        (due + SignedDuration::from_hours(3), "hold"),
+    ];
+    for (now, expected) in table {
+        let mut sim = Sim::new();
+        sim.load(&c, t("2030-05-01T00:00:00Z"));
+        let actions = sim.step(&c.scheduler, now, ok);
+        let got: Vec<&str> = kinds(&actions).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(got, [expected; 4], "at {now}: {actions:?}");
+    }
+}
+
+/// The claim itself refuses what the decision would not send at the claim's instant: a first
+/// attempt after its deadline, any attempt once the meeting has started. A retry may go after
+/// the deadline, until the start. m1's week mail: due 2030-05-31T08:00Z, deadline (1d grace)
+/// 2030-06-01T08:00Z, meeting at 2030-06-07T09:00Z.
+#[test]
+fn a_claim_refuses_a_first_attempt_past_its_deadline_and_any_attempt_once_the_meeting_started() {
+    let c = config(MEETINGS);
+    let week = key("m1", "week", 0);
+    let first_attempt = [
+        ("2030-06-01T08:00:00Z", true),
+        ("2030-06-01T08:00:01Z", false),
+        ("2030-06-07T09:00:00Z", false),
+    ];
+    for (at, claimed) in first_attempt {
+        let mut sim = Sim::new();
+        sim.load(&c, t("2030-05-01T00:00:00Z"));
+        let row = sim.store.claim(&week, t(at)).expect("claim");
+        assert_eq!(row.is_some(), claimed, "first attempt at {at}");
+        let state = sim.row(&week).state;
+        let expected = if claimed {
+            MailState::Sending
+        } else {
+            MailState::Pending
+        };
+        assert_eq!(state, expected, "first attempt at {at}");
+    }
+    let retry = [
+        ("2030-06-03T00:00:00Z", true),
+        ("2030-06-07T08:59:59Z", true),
+        ("2030-06-07T09:00:00Z", false),
+    ];
+    for (at, claimed) in retry {
+        let mut sim = Sim::new();
+        sim.load(&c, t("2030-05-01T00:00:00Z"));
+        sim.store
+            .claim(&week, t(WEEK_DUE))
+            .expect("claim")
+            .expect("first attempt");
+        let failed = Outcome::Retry {
+            at: t("2030-06-02T00:00:00Z"),
+            error: "451 try later".into(),
+        };
+        assert!(
+            sim.store
+                .settle(&week, MailState::Sending, &failed)
+                .expect("settle")
+        );
+        let row = sim.store.claim(&week, t(at)).expect("claim");
+        assert_eq!(row.is_some(), claimed, "retry at {at}");
+    }
+}
+
 #[test]
 fn clock_backwards_never_resends_or_lowers_the_sequence() {
     let c = config(MEETINGS);
@@ -1225,6 +1309,74 @@ async fn an_outcome_the_ledger_refuses_once_is_recorded_at_the_next_pass_and_not
     assert_eq!(scheduler.unsettled(), 0);
     scheduler.tick().await.expect("a third pass");
     assert_eq!(scheduler.outbox.deliveries(), 1, "{:?}", log(&events));
+}
+
+/// A pass decides at its start but sends one mail after another: a mail whose grace runs out,
+/// or whose meeting starts, while the sends before it take their time is not sent by that pass
+/// (the claim checks the deadline and the start at the instant of the claim); the next pass
+/// skips it with the reason. Three meetings on one day; the first send takes until `after`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_mail_whose_grace_or_meeting_passes_during_a_slow_pass_is_not_sent() {
+    // (the clock after the first send, what the other two week mails become)
+    let table = [
+        // Inside the 1d grace: sent by the same pass.
+        ("2030-05-31T09:00:00Z", MailState::Sent, ""),
+        // Past the grace (2030-06-01T08:00Z), before the meeting.
+        ("2030-06-01T08:00:01Z", MailState::Skipped, "grace ran out"),
+        // Past the meeting's start (2030-06-07T09:00Z): not sent by the slow pass either; by
+        // then the day mails fell due too, five at once, which the next pass takes for a clock
+        // jump.
+        ("2030-06-07T09:00:00Z", MailState::Held, "clock-jump guard"),
+    ];
+    for (after, expected, reason) in table {
+        let c = three_at_once();
+        let mut sim = Sim::new();
+        sim.load(&c, t("2030-05-01T00:00:00Z"));
+        let Sim { _dir, store } = sim;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let outbox = StandIn::new(&events);
+        let clock = std::sync::Arc::new(std::sync::Mutex::new(t(WEEK_DUE)));
+        let advance = clock.clone();
+        *outbox.first.lock().expect("lock") = Some(Box::new(move || {
+            *advance.lock().expect("clock") = t(after);
+        }));
+        let (_, config_rx) = tokio::sync::watch::channel(std::sync::Arc::new(c.clone()));
+        let scheduler = super::Scheduler::new(
+            std::sync::Arc::new(std::sync::Mutex::new(store)),
+            outbox,
+            move || *clock.lock().expect("clock"),
+            config_rx,
+            std::sync::Arc::new(tokio::sync::Notify::new()),
+        );
+        scheduler.tick().await.expect("the slow pass");
+        scheduler.tick().await.expect("the next pass");
+        let rows = super::run::lock(&scheduler.store).rows().expect("rows");
+        let week = |m: &str| {
+            (rows.iter())
+                .find(|r| r.key == key(m, "week", 0))
+                .expect("week row")
+        };
+        assert_eq!(week("m1").state, MailState::Sent, "{after}");
+        for m in ["m2", "m3"] {
+            let row = week(m);
+            assert_eq!(row.state, expected, "{after}: {m} {row:?}");
+            assert!(
+                row.last_error.as_deref().unwrap_or("").contains(reason),
+                "{after}: {m}: {:?}",
+                row.last_error
+            );
+            if expected != MailState::Sent {
+                assert_eq!(row.attempts, 0, "{after}: {m} was never claimed");
+            }
+        }
+        let sent = if expected == MailState::Sent { 3 } else { 1 };
+        assert_eq!(
+            scheduler.outbox.deliveries(),
+            sent,
+            "{after}: {:?}",
+            log(&events)
+        );
+    }
 }
 
 /// A reload that lands in the middle of a pass (its plan written and its config published under

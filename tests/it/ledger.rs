@@ -81,8 +81,9 @@ fn plan_shows_held_mail_and_release_lets_it_go() {
     let mut store = SqliteStore::open_in(&config.state_dir).expect("open");
     let now = Timestamp::now();
     replan(&mut store, &config, now).expect("replan");
-    // The clock jumps ten minutes ahead: all ten fall due at once and are held.
-    let later = now + jiff::SignedDuration::from_mins(10);
+    // The clock jumps half an hour ahead: all ten are found overdue by more than the guard's
+    // ten minutes at once, and are held.
+    let later = now + jiff::SignedDuration::from_mins(30);
     for action in decide(&store.rows().expect("rows"), later, &config.scheduler) {
         let outcome = action.outcome().expect("not a send");
         store
