@@ -1,6 +1,8 @@
 //! `convenor serve` as a process: the state-directory lock, SIGHUP reloads (broken and valid),
 //! the HTTP listener; and the harness the scheduler tests share (daemon, SMTP sink, configs).
 
+use std::collections::BTreeMap;
+
 use harness::*;
 
 /// Shared by the process-level tests of the daemon and the scheduler.
@@ -463,6 +465,92 @@ async fn sighup_with_a_broken_config_keeps_serving_and_sending_and_a_valid_one_r
         "{:?}",
         ledger_rows(&state)
     );
+}
+
+/// A reload whose plan the ledger cannot take (another process holds its write lock past the
+/// busy timeout) changes nothing: the feed served stays byte for byte the same and no revision
+/// is written, half or whole. The next reload, with the ledger free, applies the change once:
+/// the moved meeting's SEQUENCE rises by exactly one and no other meeting's moves.
+#[test]
+fn a_reload_the_ledger_refuses_changes_nothing_and_the_next_applies_it_once() {
+    use crate::support::{example_config_text, write_config};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
+    assert_ne!(
+        moved, original,
+        "the example config has the June meeting at 10:00"
+    );
+    let config = write_config(dir.path(), &original);
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    let addr = daemon.wait_ready();
+    let feed = || {
+        reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.bytes())
+            .expect("GET /calendar.ics")
+    };
+    let revisions = || -> BTreeMap<String, (u32, u32)> {
+        let conn = rusqlite::Connection::open(state.join(convenor::ledger::LEDGER_FILE))
+            .expect("open the ledger");
+        let mut stmt = conn
+            .prepare(
+                "SELECT meeting, sequence, \
+                 (SELECT count(*) FROM revision_history h WHERE h.meeting = r.meeting) \
+                 FROM meeting_revisions r",
+            )
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let (feed_before, revisions_before) = (feed(), revisions());
+    assert_eq!(revisions_before.len(), 5, "{revisions_before:?}");
+
+    write_config(dir.path(), &moved);
+    let held = LedgerWriteLock::hold(&state);
+    daemon.signal("HUP");
+    wait_for(
+        "the reload the ledger refused",
+        || {
+            daemon
+                .log_text()
+                .contains("config reload: the ledger failed, keeping the running config")
+        },
+        || daemon.log_text(),
+    );
+    assert!(
+        feed() == feed_before,
+        "the running feed is served unchanged"
+    );
+    drop(held);
+    assert_eq!(revisions(), revisions_before, "no revision was written");
+
+    daemon.signal("HUP");
+    wait_for(
+        "the reload with the ledger free",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    let after = revisions();
+    for (meeting, (sequence, history)) in &revisions_before {
+        let bump = u32::from(meeting == "2023-06-07");
+        assert_eq!(
+            after[meeting],
+            (sequence + bump, history + bump),
+            "{meeting}: {after:?}"
+        );
+    }
+    let text = String::from_utf8_lossy(&feed()).replace("\r\n ", "");
+    assert!(
+        text.contains("DTSTART;TZID=Europe/London:20230607T084500"),
+        "{text}"
+    );
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
 
 /// SIGTERM while a mail is in mid-conversation with a slow server: the send finishes, the row
