@@ -268,6 +268,23 @@ pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
     })
 }
 
+/// Gives `config` the UID domain the ledger pinned at the first start (pinning the config's own
+/// on a first start), so a renamed network keeps every calendar UID; says so when the names
+/// differ.
+pub fn pin_uid_domain<S: Store>(store: &mut S, config: &mut Config) -> Result<(), LedgerError> {
+    let pinned = store.pin_uid_domain(&config.network.uid_domain)?;
+    if pinned != config.network.uid_domain {
+        tracing::info!(
+            pinned = %pinned,
+            from_short_name = %config.network.uid_domain,
+            "the network's short name has changed since the first start; calendar UIDs keep \
+             the domain pinned then, so subscribers see no duplicates"
+        );
+        config.network.uid_domain = pinned;
+    }
+    Ok(())
+}
+
 /// Installs the SIGTERM and SIGINT handlers now and returns a future that completes on either.
 /// Installed when called, not when first polled: a SIGTERM during start-up (systemd stopping a
 /// service that is still starting) then waits for READY and a graceful stop, where the default
@@ -318,10 +335,11 @@ pub async fn run(
     let agenda = crate::agenda::AgendaStore::open_in(&dir)?;
     let mut config = config;
     crate::agenda::attach(&mut config, &agenda)?;
+    let mut store = SqliteStore::open_in(&dir)?;
+    pin_uid_domain(&mut store, &mut config)?;
     // One copy, shared by the feeds, the scheduler and the agenda notices from here on.
     let config = Arc::new(config);
     let agenda = Arc::new(Mutex::new(agenda));
-    let mut store = SqliteStore::open_in(&dir)?;
     for key in store.recover_sending()? {
         tracing::warn!(
             mail = %key,

@@ -157,6 +157,32 @@ pub struct Network {
     pub base_url: WebUrl,
     /// The team's contact address: ORGANIZER in the feed, named in every mail.
     pub contact: Mailbox,
+    /// What follows the `@` of every calendar UID (`lednet.convenor`). Loading a config makes
+    /// it from the short name ([`uid_domain_of`]); the service then takes the one its ledger
+    /// pinned at the first start instead ([`crate::ledger::Store::pin_uid_domain`]), so
+    /// renaming the network never changes a UID (a changed UID is a duplicate and an orphan in
+    /// every subscriber's calendar).
+    pub uid_domain: String,
+}
+
+/// The UID domain a network gets at its first start: its short name as lowercase ASCII
+/// letters, digits and `-` (`network` if none is left), then `.convenor`.
+pub fn uid_domain_of(short_name: &str) -> String {
+    let slug: String = short_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let slug = slug.trim_matches('-');
+    format!(
+        "{}.convenor",
+        if slug.is_empty() { "network" } else { slug }
+    )
 }
 
 // By hand because jiff's `TimeZone` has no `Hash`. The zone is hashed by its IANA name and by
@@ -174,8 +200,17 @@ impl std::hash::Hash for Network {
             time_zone_name,
             base_url,
             contact,
+            uid_domain,
         } = self;
-        (short_name, name, time_zone_name, base_url, contact).hash(state);
+        (
+            short_name,
+            name,
+            time_zone_name,
+            base_url,
+            contact,
+            uid_domain,
+        )
+            .hash(state);
         hash_zone_rules(time_zone, state);
     }
 }

@@ -299,8 +299,10 @@ fn network(c: &mut Checker, raw: &S<RawNetwork>) -> Option<Network> {
     };
     let base_url = c.parse(&n.base_url, |s| WebUrl::parse(s));
     let contact = c.mailbox(&n.contact);
+    let short_name = short_name?;
     Some(Network {
-        short_name: short_name?,
+        uid_domain: crate::model::uid_domain_of(short_name.as_str()),
+        short_name,
         name: name?,
         time_zone: time_zone?,
         time_zone_name,

@@ -160,6 +160,12 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
         return Err(e.to_string());
     }
     let old = live.config.borrow().clone();
+    // The UID domain was pinned in the ledger at the first start and is the running config's:
+    // a renamed network keeps every calendar UID.
+    config
+        .network
+        .uid_domain
+        .clone_from(&old.network.uid_domain);
     if config.state_dir != old.state_dir {
         tracing::warn!(
             "the state directory changed to {}; that takes a restart, keeping {}",

@@ -34,33 +34,11 @@ const NO_MEETING_REFERENCE: i64 = 1_767_225_600;
 const CALENDAR_END: &str = "END:VCALENDAR\r\n";
 
 /// What follows the meeting id in every UID: a meeting's UID is
-/// `<meeting id>@<network short name as a slug>.convenor`. It depends only on the meeting's
-/// stable id and the network, holds no personal data, and never changes.
+/// `<meeting id>@<network uid_domain>` (`2023-02-24@lednet.convenor`). It depends only on the
+/// meeting's stable id and the network's UID domain, which the ledger pins at the first start
+/// ([`crate::model::Network::uid_domain`]); it holds no personal data and never changes.
 fn uid_domain(config: &Config) -> String {
-    format!("@{}.convenor", network_slug(config))
-}
-
-/// The network's short name as lowercase ASCII letters, digits and `-`.
-fn network_slug(config: &Config) -> String {
-    let slug: String = config
-        .network
-        .short_name
-        .as_str()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let slug = slug.trim_matches('-').to_owned();
-    if slug.is_empty() {
-        "network".into()
-    } else {
-        slug
-    }
+    format!("@{}", config.network.uid_domain)
 }
 
 /// The calendar's display name (NAME, X-WR-CALNAME). Commas, semicolons and backslashes are

@@ -359,6 +359,15 @@ pub trait Store: Send {
     /// make a reconciliation want anything, so they leave the stamp valid.
     fn plan_stamp(&self) -> Result<Option<String>, LedgerError>;
 
+    /// The calendar's UID domain pinned at the first start ([`Store::pin_uid_domain`]), if any.
+    fn uid_domain(&self) -> Result<Option<String>, LedgerError>;
+
+    /// Pins `proposed` as the calendar's UID domain unless one is pinned already, and returns
+    /// the pinned one: the first start pins the domain its config makes, and every later start
+    /// and reload uses it whatever the network is called by then
+    /// ([`crate::model::Network::uid_domain`]).
+    fn pin_uid_domain(&mut self, proposed: &str) -> Result<String, LedgerError>;
+
     /// After a crash: every row left in `sending` goes back to `pending` (same Message-ID,
     /// no backoff), to be sent again. Returns their keys.
     fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError>;

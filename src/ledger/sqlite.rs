@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS revision_history (
     revision  TEXT    NOT NULL,
     PRIMARY KEY (meeting, sequence)
 );
+CREATE TABLE IF NOT EXISTS calendar_identity (
+    id          INTEGER NOT NULL PRIMARY KEY CHECK (id = 0),
+    uid_domain  TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS plan_stamp (
     id      INTEGER NOT NULL PRIMARY KEY CHECK (id = 0),
     digest  TEXT    NOT NULL
@@ -529,6 +533,34 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    fn uid_domain(&self) -> Result<Option<String>, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT uid_domain FROM calendar_identity WHERE id = 0",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn pin_uid_domain(&mut self, proposed: &str) -> Result<String, LedgerError> {
+        if let Some(pinned) = self.uid_domain()? {
+            return Ok(pinned);
+        }
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO calendar_identity (id, uid_domain) VALUES (0, ?1)",
+                [proposed],
+            )?;
+            tx.query_row(
+                "SELECT uid_domain FROM calendar_identity WHERE id = 0",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
     fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError> {
         self.write(|tx| {
             let keys = {
@@ -644,6 +676,29 @@ mod tests {
     use rusqlite::params_from_iter;
 
     use super::*;
+
+    /// The first pin wins, for good: later pins (a renamed network) get the first one back, and
+    /// so does the file opened again.
+    #[test]
+    fn the_uid_domain_is_pinned_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SqliteStore::open_in(dir.path()).expect("open");
+        assert_eq!(store.uid_domain().expect("read"), None);
+        let first = store.pin_uid_domain("lednet.convenor").expect("pin");
+        assert_eq!(first, "lednet.convenor");
+        let again = store.pin_uid_domain("london-edn.convenor").expect("pin");
+        assert_eq!(again, "lednet.convenor");
+        drop(store);
+        let mut store = SqliteStore::open_in(dir.path()).expect("reopen");
+        assert_eq!(
+            store.uid_domain().expect("read").as_deref(),
+            Some("lednet.convenor")
+        );
+        assert_eq!(
+            store.pin_uid_domain("other.convenor").expect("pin"),
+            "lednet.convenor"
+        );
+    }
 
     #[test]
     fn the_scheduler_queries_search_indexes_and_never_scan_the_ledger() {

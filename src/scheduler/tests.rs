@@ -1234,6 +1234,12 @@ impl Store for SettleFailsOnce {
     fn plan_stamp(&self) -> Result<Option<String>, crate::ledger::LedgerError> {
         self.inner.plan_stamp()
     }
+    fn uid_domain(&self) -> Result<Option<String>, crate::ledger::LedgerError> {
+        self.inner.uid_domain()
+    }
+    fn pin_uid_domain(&mut self, proposed: &str) -> Result<String, crate::ledger::LedgerError> {
+        self.inner.pin_uid_domain(proposed)
+    }
     fn recover_sending(&mut self) -> Result<Vec<MailKey>, crate::ledger::LedgerError> {
         self.inner.recover_sending()
     }

@@ -480,3 +480,70 @@ fn last_modified_moves_forward_across_restarts_that_change_the_feed() {
         assert_eq!(revalidated.body, after.body);
     }
 }
+
+/// The UIDs of every event in a feed, as the independent parser reads them.
+fn uids(body: &str) -> Vec<String> {
+    let parsed = parse_ics(body);
+    (parsed["events"].as_array().expect("events").iter())
+        .map(|e| e["uid"].as_str().expect("uid").to_owned())
+        .collect()
+}
+
+/// Renaming the network (its short name, which the first start's UIDs were made from) changes
+/// the calendar's name but no UID, after a restart and after a reload alike: the ledger pinned
+/// the UID domain at the first start. (A changed UID is a duplicate and an orphan in every
+/// subscriber's calendar.)
+#[test]
+fn renaming_the_network_keeps_every_uid_across_restarts_and_reloads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_text();
+    let config = write_config(dir.path(), &original);
+    let (first, _, _) = serve_once(&config, &dir.path().join("first.log"));
+    let first_uids = uids(&first);
+    assert_eq!(first_uids.len(), 5);
+    assert!(
+        first_uids.iter().all(|u| u.ends_with("@lednet.convenor")),
+        "{first_uids:?}"
+    );
+
+    let renamed = |name: &str| {
+        let text = original.replacen(
+            "short_name = \"LEDNet\"",
+            &format!("short_name = \"{name}\""),
+            1,
+        );
+        assert_ne!(text, original, "the example config's short name is LEDNet");
+        text
+    };
+    write_config(dir.path(), &renamed("London EDN"));
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
+    let addr = daemon.wait_ready();
+    let feed = || {
+        reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .expect("GET /calendar.ics")
+    };
+    let restarted = feed();
+    assert!(
+        restarted.contains("X-WR-CALNAME:London EDN meetings"),
+        "{restarted}"
+    );
+    assert_eq!(uids(&restarted), first_uids, "after a restart");
+
+    write_config(dir.path(), &renamed("LEDNet Two"));
+    daemon.signal("HUP");
+    wait_for(
+        "the reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    let reloaded = feed();
+    assert!(
+        reloaded.contains("X-WR-CALNAME:LEDNet Two meetings"),
+        "{reloaded}"
+    );
+    assert_eq!(uids(&reloaded), first_uids, "after a reload");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
+}
