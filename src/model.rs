@@ -522,6 +522,74 @@ pub struct SchedulerSettings {
     pub retry_base: SignedDuration,
 }
 
+/// How long a lead link works after it is issued (config key `[agenda] lead_link_lifetime`):
+/// from [`LeadLinkLifetime::MIN`] to [`LeadLinkLifetime::MAX`] by construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeadLinkLifetime(SignedDuration);
+
+impl LeadLinkLifetime {
+    /// The shortest: a link should survive the time its mail takes to be read.
+    pub const MIN: Self = Self(SignedDuration::from_hours(1));
+    /// The longest: a year. A link meant to work longer defeats the expiry.
+    pub const MAX: Self = Self(SignedDuration::from_hours(365 * 24));
+    /// The default, 30 days: a proposal that comes in just before the call closes (22 days
+    /// before the meeting, by the shipped schedule) is still open to its lead until the agenda
+    /// pack goes out (3 days before), and a mail forwarded or leaked stops opening the page
+    /// within a month.
+    pub const DEFAULT: Self = Self(SignedDuration::from_hours(30 * 24));
+
+    /// The lifetime `duration`, or why it is out of range.
+    pub fn new(duration: SignedDuration) -> Result<Self, String> {
+        if duration < Self::MIN.0 {
+            Err(format!(
+                "a lead link lifetime under {} lets links expire before their mail is read",
+                Self::MIN
+            ))
+        } else if duration > Self::MAX.0 {
+            Err(format!(
+                "a lead link lifetime over {} defeats the expiry; give at most 365d",
+                Self::MAX
+            ))
+        } else {
+            Ok(Self(duration))
+        }
+    }
+
+    /// The duration.
+    pub fn duration(self) -> SignedDuration {
+        self.0
+    }
+
+    /// When a link issued at `issued` stops working.
+    pub fn expiry(self, issued: Timestamp) -> Timestamp {
+        issued.checked_add(self.0).unwrap_or(Timestamp::MAX)
+    }
+}
+
+/// Written for people: `30 days`, `12 hours`, `90 minutes` (whole seconds).
+impl fmt::Display for LeadLinkLifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        let (n, unit) = if secs % 86_400 == 0 {
+            (secs / 86_400, "day")
+        } else if secs % 3_600 == 0 {
+            (secs / 3_600, "hour")
+        } else if secs % 60 == 0 {
+            (secs / 60, "minute")
+        } else {
+            (secs, "second")
+        };
+        write!(f, "{n} {unit}{}", if n == 1 { "" } else { "s" })
+    }
+}
+
+/// Agenda settings (the `[agenda]` table).
+#[derive(Clone, Debug, Hash)]
+pub struct AgendaSettings {
+    /// How long a lead link works after it is issued.
+    pub lead_link_lifetime: LeadLinkLifetime,
+}
+
 /// The whole validated configuration.
 #[derive(Clone, Debug, Hash)]
 pub struct Config {
@@ -535,6 +603,8 @@ pub struct Config {
     pub http: HttpSettings,
     /// Scheduler settings.
     pub scheduler: SchedulerSettings,
+    /// Agenda settings (the `[agenda]` table; [`Config::agenda`] is the compiled agenda).
+    pub agenda_settings: AgendaSettings,
     /// The state directory (ledger, outbox, lock).
     pub state_dir: PathBuf,
     /// Priorities, in config order, ids unique.
@@ -569,5 +639,41 @@ impl Config {
         self.priorities
             .iter()
             .filter(move |p| meeting.focus.is_empty() || meeting.focus.contains(&p.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lead_link_lifetimes_are_bounded_and_read_as_people_write_them() {
+        let h = SignedDuration::from_hours;
+        for (duration, ok, shown) in [
+            (SignedDuration::from_mins(59), false, ""),
+            (h(1), true, "1 hour"),
+            (h(36), true, "36 hours"),
+            (SignedDuration::from_mins(90), true, "90 minutes"),
+            (SignedDuration::from_secs(3_601), true, "3601 seconds"),
+            (h(24), true, "1 day"),
+            (h(30 * 24), true, "30 days"),
+            (h(365 * 24), true, "365 days"),
+            (h(365 * 24 + 1), false, ""),
+            (-h(2), false, ""),
+        ] {
+            let lifetime = LeadLinkLifetime::new(duration);
+            assert_eq!(lifetime.is_ok(), ok, "{duration:?}");
+            if let Ok(l) = lifetime {
+                assert_eq!(l.to_string(), shown);
+                assert_eq!(l.duration(), duration);
+            }
+        }
+        assert_eq!(LeadLinkLifetime::DEFAULT.to_string(), "30 days");
+        let t: Timestamp = "2026-01-10T10:00:00Z".parse().expect("instant");
+        assert_eq!(
+            LeadLinkLifetime::DEFAULT.expiry(t).to_string(),
+            "2026-02-09T10:00:00Z"
+        );
+        assert_eq!(LeadLinkLifetime::MAX.expiry(Timestamp::MAX), Timestamp::MAX);
     }
 }

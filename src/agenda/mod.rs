@@ -4,7 +4,7 @@
 //! - [`model`] (pure): proposals, validation of the public form, the compiled agenda with
 //!   running order and timings, its digest (what raises SEQUENCE) and its text.
 //! - [`token`] (pure but for the random source): lead tokens (256-bit, only their SHA-256 is
-//!   stored) and CSRF tokens bound to a lead token.
+//!   stored, each expiring a lifetime after it is issued) and CSRF tokens bound to a lead token.
 //! - [`store`]: the SQLite file `agenda.sqlite3` in the state directory.
 //! - [`notify`]: the proposal-received mail to a priority's lead (copy to the team).
 //!
@@ -36,6 +36,14 @@ use crate::{
 /// The private page of a lead token: `<base_url>/leads/<token>/`.
 pub fn lead_url(config: &Config, token: &str) -> String {
     format!("{}/leads/{token}/", config.network.base_url)
+}
+
+/// `instant` in the network's time zone, for people: `Monday 9 February 2026, 10:00 GMT`.
+pub fn local_time(config: &Config, instant: Timestamp) -> String {
+    instant
+        .to_zoned_datetime(config.network.time_zone.clone())
+        .strftime("%A %-d %B %Y, %H:%M %Z")
+        .to_string()
 }
 
 /// Compiles the agenda of every meeting from the store and puts it into `config`.

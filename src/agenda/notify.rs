@@ -1,9 +1,11 @@
 //! The proposal-received mail: each new proposal goes to the lead of its priority, copy to the
 //! team (`[network] contact`), with a private link to the lead's page.
 //!
-//! Only a token's hash is stored, so each such mail carries a freshly issued token for that lead
-//! (all of a lead's links stay valid until `convenor agenda token rotate|revoke`). The mail is
-//! rendered from the `proposal-received` template set with the usual context plus `proposal`.
+//! Only a token's hash is stored, so each such mail carries a freshly issued token for that lead,
+//! working for `[agenda] lead_link_lifetime` (30 days by default) unless `convenor agenda token
+//! rotate|revoke` revokes it first; a lead with proposals coming in always has a recent link.
+//! The mail is rendered from the `proposal-received` template set with the usual context plus
+//! `proposal`.
 //! It is sent right after the proposal is stored, retried a few times on failure
 //! ([`send_with_retries`]), and whether it went out is recorded on the proposal (`notified_ms`,
 //! `notify_error`). A mail still owed when the daemon stops goes out at its next start
@@ -231,16 +233,17 @@ pub async fn send(
             .ok()
             .and_then(|p| config.priority(&p))
             .ok_or(NotifyError::Unknown(id))?;
-        let raw = s.issue_token(
+        let issued = s.issue_token(
             priority.id.as_str(),
             priority.lead.email.email.as_ref(),
             &format!("mail for proposal #{id}"),
+            config.agenda_settings.lead_link_lifetime,
             now,
         )?;
         drop(s);
         let templates = Templates::load(&config.mail.templates_dir)
             .map_err(|e| NotifyError::Render(e.to_string()))?;
-        let url = super::lead_url(&config, &raw);
+        let url = super::lead_url(&config, &issued.raw);
         compose(&config, &templates, &proposal, &url, now)
     })();
     let result = match built {

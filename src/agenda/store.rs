@@ -3,16 +3,29 @@
 //!
 //! A file of its own rather than tables in the mail ledger: its rows come from the public web
 //! form and from the CLI while the daemon runs, so it gets its own connection and lock, and a
-//! flood of proposals never waits on (or holds up) the scheduler's ledger. Nothing is deleted:
-//! a proposal for a cancelled or removed meeting stays, and every decision is a row in
-//! `decisions` with who and when.
+//! flood of proposals never waits on (or holds up) the scheduler's ledger. Nothing of the agenda
+//! is deleted: a proposal for a cancelled or removed meeting stays, and every decision is a row
+//! in `decisions` with who and when. Lead tokens are the exception: each has an expiry
+//! (`expires_ms`), and a token's row is deleted [`EXPIRED_TOKENS_KEPT`] after it (whenever a
+//! new token is issued), so the table holds the recent links only.
+//!
+//! Upgrades: [`AgendaStore::open`] brings a file written by an earlier version up to date. A
+//! `lead_tokens` table without `expires_ms` (before lead links expired) gets the column, and
+//! each of its tokens expires [`LeadLinkLifetime::DEFAULT`] after it was issued, as if the
+//! expiry had always been there: a link mailed last week keeps its remaining weeks, one mailed
+//! years ago is refused at once. A row without an expiry written later by an older binary
+//! (after a rollback) gets the same at the next open.
 
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::model::{NewProposal, Proposal, Status};
+use super::{
+    model::{NewProposal, Proposal, Status},
+    token::Standing,
+};
+use crate::model::LeadLinkLifetime;
 
 /// The store's file name in the state directory.
 pub const AGENDA_FILE: &str = "agenda.sqlite3";
@@ -53,13 +66,39 @@ CREATE TABLE IF NOT EXISTS lead_tokens (
     lead_email  TEXT    NOT NULL,
     issued_ms   INTEGER NOT NULL,
     revoked_ms  INTEGER,
-    note        TEXT    NOT NULL
+    note        TEXT    NOT NULL,
+    expires_ms  INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT NOT NULL PRIMARY KEY,
     value BLOB NOT NULL
 );
 ";
+
+/// How long a lead token's row is kept after it expired: meanwhile its link answers "expired"
+/// (410, with what to do) rather than "no such page" (404). 90 days covers a meeting cycle (a
+/// lead going back to the mail of the last call). Pruned when a token is issued.
+pub const EXPIRED_TOKENS_KEPT: SignedDuration = SignedDuration::from_hours(90 * 24);
+
+/// Brings a file written by an earlier version up to date (see the module docs). Idempotent,
+/// run in one `BEGIN IMMEDIATE` transaction at every open, so two processes opening the same
+/// old file at once migrate it once.
+fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let has_expiry: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('lead_tokens') WHERE name = 'expires_ms'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_expiry {
+        // Nullable, like a fresh file's: an older binary (after a rollback) inserts without it.
+        tx.execute_batch("ALTER TABLE lead_tokens ADD COLUMN expires_ms INTEGER")?;
+    }
+    tx.execute(
+        "UPDATE lead_tokens SET expires_ms = issued_ms + ?1 WHERE expires_ms IS NULL",
+        params![LeadLinkLifetime::DEFAULT.duration().as_secs() * 1000],
+    )?;
+    Ok(())
+}
 
 const COLUMNS: &str = "id, meeting, priority, name, organisation, email, title, summary, \
     presents, minutes, status, position, created_ms, decided_by, decided_ms";
@@ -104,6 +143,25 @@ pub struct TokenRow {
     pub issued: Timestamp,
     /// When it was revoked, if it was.
     pub revoked: Option<Timestamp>,
+    /// When it stops working.
+    pub expires: Timestamp,
+}
+
+impl TokenRow {
+    /// Whether the token opens its page at `now` (see [`Standing::of`]). The lead having
+    /// changed since is the caller's to check, against the config in force.
+    pub fn standing_at(&self, now: Timestamp) -> Standing {
+        Standing::of(self.revoked.is_some(), self.expires, now)
+    }
+}
+
+/// A token just issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The token to hand out (in a link, see [`crate::agenda::lead_url`]); never stored.
+    pub raw: String,
+    /// When it stops working.
+    pub expires: Timestamp,
 }
 
 /// One recorded action on a proposal.
@@ -182,10 +240,17 @@ impl AgendaStore {
                 mode,
             },
         })?;
-        Ok(Self {
+        let mut store = Self {
             conn,
             path: path.to_path_buf(),
-        })
+        };
+        store.write(|tx| {
+            migrate(tx).map_err(|source| AgendaError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            })
+        })?;
+        Ok(store)
     }
 
     /// Opens the store in `state_dir` ([`AGENDA_FILE`]).
@@ -456,31 +521,63 @@ impl AgendaStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Issues a new token for the lead of `priority` and returns it (only its hash is stored).
+    /// Issues a new token for the lead of `priority`, working from `now` for `lifetime`, and
+    /// returns it (only its hash is stored). In the same transaction, deletes the rows of
+    /// tokens that expired more than [`EXPIRED_TOKENS_KEPT`] before `now`.
     pub fn issue_token(
         &mut self,
         priority: &str,
         lead_email: &str,
         note: &str,
+        lifetime: LeadLinkLifetime,
         now: Timestamp,
-    ) -> Result<String, AgendaError> {
+    ) -> Result<IssuedToken, AgendaError> {
         let (raw, hash) = super::token::issue()?;
-        self.conn
-            .execute(
-                "INSERT INTO lead_tokens (hash, priority, lead_email, issued_ms, note) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![hash, priority, lead_email, now.as_millisecond(), note],
+        let expires = lifetime.expiry(now);
+        let path = self.path.display().to_string();
+        self.write(|tx| {
+            let e = |source| AgendaError::Sqlite {
+                path: path.clone(),
+                source,
+            };
+            Self::prune_tokens(tx, now).map_err(e)?;
+            tx.execute(
+                "INSERT INTO lead_tokens (hash, priority, lead_email, issued_ms, note, expires_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    hash,
+                    priority,
+                    lead_email,
+                    now.as_millisecond(),
+                    note,
+                    expires.as_millisecond()
+                ],
             )
-            .map_err(|e| self.err(e))?;
-        Ok(raw)
+            .map_err(e)?;
+            Ok(IssuedToken { raw, expires })
+        })
     }
 
-    /// Revokes every live token of `priority`; returns how many.
+    /// Deletes the rows of tokens that expired more than [`EXPIRED_TOKENS_KEPT`] before `now`
+    /// (revoked or not); returns how many.
+    fn prune_tokens(tx: &rusqlite::Transaction<'_>, now: Timestamp) -> rusqlite::Result<usize> {
+        let cutoff = now
+            .checked_sub(EXPIRED_TOKENS_KEPT)
+            .unwrap_or(Timestamp::MIN);
+        tx.execute(
+            "DELETE FROM lead_tokens WHERE expires_ms <= ?1",
+            params![cutoff.as_millisecond()],
+        )
+    }
+
+    /// Revokes every token of `priority` that still works at `now`; returns how many.
     pub fn revoke_tokens(&mut self, priority: &str, now: Timestamp) -> Result<usize, AgendaError> {
+        let ms = now.as_millisecond();
         self.conn
             .execute(
-                "UPDATE lead_tokens SET revoked_ms = ?1 WHERE priority = ?2 AND revoked_ms IS NULL",
-                params![now.as_millisecond(), priority],
+                "UPDATE lead_tokens SET revoked_ms = ?1 WHERE priority = ?2 \
+                 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?1)",
+                params![ms, priority],
             )
             .map_err(|e| self.err(e))
     }
@@ -489,16 +586,23 @@ impl AgendaStore {
     pub fn token(&self, hash: &str) -> Result<Option<TokenRow>, AgendaError> {
         self.conn
             .query_row(
-                "SELECT hash, priority, lead_email, issued_ms, revoked_ms FROM lead_tokens \
-                 WHERE hash = ?1",
+                "SELECT hash, priority, lead_email, issued_ms, revoked_ms, expires_ms \
+                 FROM lead_tokens WHERE hash = ?1",
                 params![hash],
                 |r| {
+                    let issued = ts(r.get(3)?)?;
                     Ok(TokenRow {
                         hash: r.get(0)?,
                         priority: r.get(1)?,
                         lead_email: r.get(2)?,
-                        issued: ts(r.get(3)?)?,
+                        issued,
                         revoked: r.get::<_, Option<i64>>(4)?.map(ts).transpose()?,
+                        // None only for a row an older binary wrote since this file was opened
+                        // (see the module docs): the rule the next open applies.
+                        expires: match r.get::<_, Option<i64>>(5)? {
+                            Some(ms) => ts(ms)?,
+                            None => LeadLinkLifetime::DEFAULT.expiry(issued),
+                        },
                     })
                 },
             )
@@ -575,8 +679,9 @@ mod tests {
                 .expect("decide");
             s.order(id, 2, Some(20), "team", t1).expect("order");
             let token = s
-                .issue_token("future-places", "x@y", "cli", t0)
-                .expect("token");
+                .issue_token("future-places", "x@y", "cli", LeadLinkLifetime::DEFAULT, t0)
+                .expect("token")
+                .raw;
             (id, token)
         };
         let mut s = AgendaStore::open_in(dir.path()).expect("reopen");
@@ -600,8 +705,13 @@ mod tests {
             .expect("token")
             .expect("found");
         assert_eq!(
-            (row.priority.as_str(), row.revoked),
-            ("future-places", None)
+            (row.priority.as_str(), row.revoked, row.issued, row.expires),
+            (
+                "future-places",
+                None,
+                t0,
+                LeadLinkLifetime::DEFAULT.expiry(t0)
+            )
         );
         assert!(
             s.token(&token).expect("lookup").is_none(),
@@ -615,5 +725,320 @@ mod tests {
             s.decide(999, Status::Declined, "team", t1),
             Err(AgendaError::NoProposal(999))
         ));
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().expect("an instant")
+    }
+
+    fn lifetime(hours: i64) -> LeadLinkLifetime {
+        LeadLinkLifetime::new(SignedDuration::from_hours(hours)).expect("a lifetime")
+    }
+
+    fn row(s: &AgendaStore, raw: &str) -> Option<TokenRow> {
+        s.token(&super::super::token::hash(raw)).expect("lookup")
+    }
+
+    fn token_rows(s: &AgendaStore) -> i64 {
+        s.conn
+            .query_row("SELECT COUNT(*) FROM lead_tokens", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    /// Issued at T with lifetime L: usable up to T+L (exclusive), expired from T+L on, whatever
+    /// L; the stored expiry survives reopening the file; a revoked token is revoked at every
+    /// instant; revoking does not count (or touch) tokens already expired.
+    #[test]
+    fn a_lead_token_works_until_its_lifetime_is_over_and_not_an_instant_longer() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let t = at("2026-01-10T10:00:00Z");
+        let second = SignedDuration::from_secs(1);
+        let milli = SignedDuration::from_millis(1);
+        for l in [
+            LeadLinkLifetime::MIN,
+            lifetime(7 * 24),
+            LeadLinkLifetime::DEFAULT,
+            LeadLinkLifetime::MAX,
+        ] {
+            let raw = AgendaStore::open_in(dir.path())
+                .expect("open")
+                .issue_token("p1", "lead@example.org", "test", l, t)
+                .expect("issue")
+                .raw;
+            let s = AgendaStore::open_in(dir.path()).expect("reopen");
+            let stored = row(&s, &raw).expect("stored");
+            let end = t + l.duration();
+            assert_eq!((stored.issued, stored.expires), (t, end), "{l}");
+            for (now, standing) in [
+                (t - second, Standing::Usable),
+                (t, Standing::Usable),
+                (t + second, Standing::Usable),
+                (end - second, Standing::Usable),
+                (end - milli, Standing::Usable),
+                (end, Standing::Expired),
+                (end + milli, Standing::Expired),
+                (end + second, Standing::Expired),
+                (
+                    t + SignedDuration::from_hours(10 * 365 * 24),
+                    Standing::Expired,
+                ),
+            ] {
+                assert_eq!(stored.standing_at(now), standing, "{l}, at {now}");
+            }
+        }
+
+        let mut s = AgendaStore::open_in(dir.path()).expect("open");
+        let live = s
+            .issue_token("p2", "lead@example.org", "test", lifetime(1), t)
+            .expect("issue")
+            .raw;
+        let old = s
+            .issue_token(
+                "p2",
+                "lead@example.org",
+                "test",
+                lifetime(1),
+                t - SignedDuration::from_hours(2),
+            )
+            .expect("issue")
+            .raw;
+        assert_eq!(s.revoke_tokens("p2", t + second).expect("revoke"), 1);
+        let revoked = row(&s, &live).expect("stored");
+        assert_eq!(revoked.revoked, Some(t + second));
+        for now in [t, t + second, t + SignedDuration::from_hours(2)] {
+            assert_eq!(revoked.standing_at(now), Standing::Revoked, "at {now}");
+        }
+        let expired = row(&s, &old).expect("stored");
+        assert_eq!(
+            (expired.revoked, expired.standing_at(t)),
+            (None, Standing::Expired)
+        );
+    }
+
+    /// Issuing a token deletes the rows of tokens expired more than [`EXPIRED_TOKENS_KEPT`]
+    /// before, revoked or not, and keeps the others (whose links keep answering "expired").
+    #[test]
+    fn issuing_a_token_prunes_the_rows_of_tokens_long_expired() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = AgendaStore::open_in(dir.path()).expect("open");
+        let t = at("2026-01-10T10:00:00Z");
+        let milli = SignedDuration::from_millis(1);
+        let issue = |s: &mut AgendaStore, l: LeadLinkLifetime, now: Timestamp| {
+            s.issue_token("p1", "lead@example.org", "test", l, now)
+                .expect("issue")
+                .raw
+        };
+        let revoked = issue(&mut s, LeadLinkLifetime::MIN, t);
+        assert_eq!(s.revoke_tokens("p1", t).expect("revoke"), 1);
+        let short = issue(&mut s, LeadLinkLifetime::MIN, t);
+        let long = issue(&mut s, LeadLinkLifetime::DEFAULT, t);
+        let short_gone = t + LeadLinkLifetime::MIN.duration() + EXPIRED_TOKENS_KEPT;
+        let long_gone = t + LeadLinkLifetime::DEFAULT.duration() + EXPIRED_TOKENS_KEPT;
+
+        let just_before = issue(&mut s, LeadLinkLifetime::MIN, short_gone - milli);
+        assert_eq!(token_rows(&s), 4);
+        let expired = row(&s, &short).expect("kept a while after its expiry");
+        assert_eq!(expired.standing_at(short_gone - milli), Standing::Expired);
+        assert!(row(&s, &revoked).is_some());
+
+        let at_the_cutoff = issue(&mut s, LeadLinkLifetime::DEFAULT, short_gone);
+        assert!(row(&s, &short).is_none() && row(&s, &revoked).is_none());
+        assert!(row(&s, &long).is_some() && row(&s, &just_before).is_some());
+        assert_eq!(token_rows(&s), 3);
+
+        // `just_before` expired at about `short_gone`, a month before `long_gone`: still kept.
+        issue(&mut s, LeadLinkLifetime::MIN, long_gone);
+        assert!(row(&s, &long).is_none());
+        assert!(row(&s, &just_before).is_some() && row(&s, &at_the_cutoff).is_some());
+        assert_eq!(token_rows(&s), 3);
+    }
+
+    /// The agenda store's schema before lead links expired, verbatim (as `convenor` up to
+    /// commit bf46530 created it): `lead_tokens` without `expires_ms`.
+    const SCHEMA_BEFORE_EXPIRY: &str = "
+CREATE TABLE IF NOT EXISTS proposals (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    meeting      TEXT    NOT NULL,
+    priority     TEXT    NOT NULL,
+    name         TEXT    NOT NULL,
+    organisation TEXT    NOT NULL,
+    email        TEXT    NOT NULL,
+    title        TEXT    NOT NULL,
+    summary      TEXT    NOT NULL,
+    presents     INTEGER NOT NULL,
+    minutes      INTEGER NOT NULL,
+    status       TEXT    NOT NULL CHECK (status IN ('proposed', 'accepted', 'declined')),
+    position     INTEGER,
+    created_ms   INTEGER NOT NULL,
+    decided_by   TEXT,
+    decided_ms   INTEGER,
+    notify_wanted INTEGER NOT NULL DEFAULT 0,
+    notified_ms  INTEGER,
+    notify_error TEXT
+);
+CREATE INDEX IF NOT EXISTS proposals_by_email ON proposals (email, created_ms);
+CREATE TABLE IF NOT EXISTS decisions (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    proposal  INTEGER NOT NULL REFERENCES proposals (id),
+    action    TEXT    NOT NULL,
+    detail    TEXT,
+    by        TEXT    NOT NULL,
+    at_ms     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lead_tokens (
+    hash        TEXT    NOT NULL PRIMARY KEY,
+    priority    TEXT    NOT NULL,
+    lead_email  TEXT    NOT NULL,
+    issued_ms   INTEGER NOT NULL,
+    revoked_ms  INTEGER,
+    note        TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL
+);
+";
+
+    /// How the earlier version stored a token (its `issue_token`), on a connection of its own.
+    fn insert_token_the_old_way(conn: &Connection, raw: &str, issued: Timestamp) {
+        conn.execute(
+            "INSERT INTO lead_tokens (hash, priority, lead_email, issued_ms, note) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                super::super::token::hash(raw),
+                "p1",
+                "lead@example.org",
+                issued.as_millisecond(),
+                "mail for proposal #1"
+            ],
+        )
+        .expect("insert the old way");
+    }
+
+    fn has_expiry_column(path: &Path) -> bool {
+        Connection::open(path)
+            .expect("open")
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('lead_tokens') \
+                 WHERE name = 'expires_ms'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("table info")
+    }
+
+    /// A file created by the earlier version (its schema, its rows, written the way it wrote
+    /// them) opens: its tokens expire 30 days (the default lifetime) after they were issued, so
+    /// one from years ago is refused at once and one from yesterday keeps working; a revoked one
+    /// stays revoked; proposals and the CSRF secret are untouched. Opening again changes
+    /// nothing; a token an older binary writes later (a rollback) gets the same rule.
+    #[test]
+    fn a_store_from_before_lead_links_expired_is_migrated_when_opened() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join(AGENDA_FILE);
+        let now = at("2026-01-10T10:00:00Z");
+        let day = SignedDuration::from_hours(24);
+        let (years_ago, yesterday, revoked_at) = (now - 730 * day, now - day, now - 2 * day);
+        {
+            let old = crate::sqlite_file::open(&path, SCHEMA_BEFORE_EXPIRY).expect("old file");
+            old.execute(
+                "INSERT INTO proposals (meeting, priority, name, organisation, email, title, \
+                 summary, presents, minutes, status, created_ms, notify_wanted) \
+                 VALUES ('2023-02-24', 'p1', 'N', 'O', 'a@example.org', 'T', 'S', 1, 10, \
+                 'proposed', ?1, 1)",
+                params![years_ago.as_millisecond()],
+            )
+            .expect("proposal");
+            old.execute(
+                "INSERT INTO meta (key, value) VALUES ('csrf_secret', ?1)",
+                params![vec![7u8; 32]],
+            )
+            .expect("secret");
+            insert_token_the_old_way(&old, &"a".repeat(64), years_ago);
+            insert_token_the_old_way(&old, &"b".repeat(64), yesterday);
+            insert_token_the_old_way(&old, &"c".repeat(64), yesterday);
+            old.execute(
+                "UPDATE lead_tokens SET revoked_ms = ?1 WHERE hash = ?2",
+                params![
+                    revoked_at.as_millisecond(),
+                    super::super::token::hash(&"c".repeat(64))
+                ],
+            )
+            .expect("revoke");
+        }
+        assert!(!has_expiry_column(&path));
+
+        let expiry = |issued: Timestamp| issued + LeadLinkLifetime::DEFAULT.duration();
+        let check = |s: &AgendaStore| {
+            let recent = row(s, &"b".repeat(64)).expect("kept");
+            assert_eq!(recent.expires, expiry(yesterday));
+            assert_eq!(recent.standing_at(now), Standing::Usable);
+            assert_eq!(
+                recent.standing_at(expiry(yesterday) - SignedDuration::from_secs(1)),
+                Standing::Usable
+            );
+            assert_eq!(recent.standing_at(expiry(yesterday)), Standing::Expired);
+            let revoked = row(s, &"c".repeat(64)).expect("kept");
+            assert_eq!(revoked.revoked, Some(revoked_at));
+            assert_eq!(revoked.standing_at(now), Standing::Revoked);
+        };
+        {
+            let mut s = AgendaStore::open(&path).expect("open the old file");
+            assert!(has_expiry_column(&path));
+            check(&s);
+            let old = row(&s, &"a".repeat(64)).expect("kept until a token is issued");
+            assert_eq!(old.expires, expiry(years_ago));
+            assert_eq!(old.standing_at(now), Standing::Expired);
+            // The stored expiries themselves, not a rule applied when read.
+            let stored: Vec<Option<i64>> = s
+                .conn
+                .prepare("SELECT expires_ms FROM lead_tokens ORDER BY issued_ms, hash")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .expect("expires_ms");
+            assert_eq!(
+                stored,
+                [expiry(years_ago), expiry(yesterday), expiry(yesterday)]
+                    .map(|t| Some(t.as_millisecond()))
+            );
+            assert_eq!(s.proposal(1).expect("proposal").title, "T");
+            assert_eq!(s.unnotified().expect("owed"), [1]);
+            assert_eq!(s.csrf_secret().expect("secret"), vec![7u8; 32]);
+            s.add(&new("b@example.org"), "web", false, now)
+                .expect("add");
+            let fresh = s
+                .issue_token(
+                    "p1",
+                    "lead@example.org",
+                    "cli",
+                    LeadLinkLifetime::DEFAULT,
+                    now,
+                )
+                .expect("issue")
+                .raw;
+            assert_eq!(
+                row(&s, &fresh).expect("stored").standing_at(now),
+                Standing::Usable
+            );
+            // Issuing pruned the token that expired long ago, like any other.
+            assert!(row(&s, &"a".repeat(64)).is_none());
+
+            // An older binary (a rollback) shares the file and writes a token without expiry.
+            let older = Connection::open(&path).expect("second connection");
+            insert_token_the_old_way(&older, &"d".repeat(64), yesterday);
+            let read = row(&s, &"d".repeat(64)).expect("stored");
+            assert_eq!(read.expires, expiry(yesterday));
+        }
+        let s = AgendaStore::open(&path).expect("open again");
+        check(&s);
+        let unfilled: i64 = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM lead_tokens WHERE expires_ms IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(unfilled, 0);
+        assert_eq!(s.proposals(None).expect("proposals").len(), 2);
     }
 }

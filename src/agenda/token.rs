@@ -2,13 +2,41 @@
 //!
 //! A lead token is 32 random bytes from the operating system (`getrandom`), written as 64 hex
 //! digits; only its SHA-256 is stored, so a copy of the state directory does not open any lead
-//! page. A CSRF token is HMAC-SHA-256 under a secret kept in the agenda store, over the lead
+//! page. Each expires a [`crate::model::LeadLinkLifetime`] after it is issued; whether a stored
+//! token still opens its page at an instant is [`Standing::of`] (pure: `now` is an argument). A
+//! CSRF token is HMAC-SHA-256 under a secret kept in the agenda store, over the lead
 //! token's hash and the proposal's number: a form served on one lead page works only there, for
 //! that proposal.
 
 use hmac::{Hmac, Mac as _};
+use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
+
+/// What a stored lead token is worth at an instant (see [`Standing::of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// It opens its lead page and records decisions.
+    Usable,
+    /// The team revoked it (`convenor agenda token rotate|revoke`).
+    Revoked,
+    /// Its lifetime is over.
+    Expired,
+}
+
+impl Standing {
+    /// The standing at `now` of a token expiring at `expires`, revoked or not: usable strictly
+    /// before `expires`, expired from `expires` on; a revocation outranks the expiry.
+    pub fn of(revoked: bool, expires: Timestamp, now: Timestamp) -> Self {
+        if revoked {
+            Self::Revoked
+        } else if now < expires {
+            Self::Usable
+        } else {
+            Self::Expired
+        }
+    }
+}
 
 /// Why no random bytes could be had.
 #[derive(Debug, thiserror::Error)]

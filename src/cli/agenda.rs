@@ -85,7 +85,8 @@ pub enum AgendaCommand {
         #[arg(long)]
         minutes: Option<u32>,
     },
-    /// Lead links: issue one more, rotate (revoke all, issue one) or revoke all.
+    /// Lead links: issue one more, rotate (revoke all, issue one) or revoke all. A link works
+    /// for `[agenda] lead_link_lifetime` (default 30 days) after it is issued.
     Token {
         /// What to do.
         #[command(subcommand)]
@@ -121,7 +122,7 @@ pub enum TokenAction {
         #[arg(long)]
         priority: String,
     },
-    /// Revoke every link of the priority's lead.
+    /// Revoke every link of the priority's lead that still works.
     Revoke {
         /// The priority's id.
         #[arg(long)]
@@ -370,9 +371,14 @@ fn token(config: &Config, action: TokenAction, now: Timestamp) -> anyhow::Result
         println!("revoked {revoked} link(s) of the {} lead", p.id);
     }
     if !matches!(action, TokenAction::Revoke { .. }) {
-        let raw = store.issue_token(p.id.as_str(), &lead, "cli", now)?;
-        println!("lead link for {} ({lead}):", p.name);
-        println!("{}", crate::agenda::lead_url(config, &raw));
+        let lifetime = config.agenda_settings.lead_link_lifetime;
+        let issued = store.issue_token(p.id.as_str(), &lead, "cli", lifetime, now)?;
+        let expires = crate::agenda::local_time(config, issued.expires);
+        println!(
+            "lead link for {} ({lead}), valid for {lifetime}, until {expires}:",
+            p.name
+        );
+        println!("{}", crate::agenda::lead_url(config, &issued.raw));
     }
     Ok(ExitCode::SUCCESS)
 }

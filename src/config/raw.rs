@@ -21,6 +21,8 @@ pub struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub scheduler: RawScheduler,
+    #[serde(default)]
+    pub agenda: RawAgenda,
     #[serde(default, rename = "priority")]
     pub priorities: Vec<S<RawPriority>>,
     #[serde(default, rename = "meeting")]
@@ -97,6 +99,12 @@ pub struct RawState {
 pub struct RawScheduler {
     pub max_catch_up: Option<S<i64>>,
     pub retry_base: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgenda {
+    pub lead_link_lifetime: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

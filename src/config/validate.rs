@@ -237,6 +237,7 @@ pub(crate) fn validate(
     let mail = mail(&mut c, &raw.mail);
     let http = http(&mut c, &raw.http);
     let scheduler = scheduler(&mut c, &raw.scheduler);
+    let agenda_settings = agenda(&mut c, &raw.agenda);
     let state_dir = match (&raw.state.dir, &env.state_directory) {
         // Relative to the working directory, unlike the config's other paths: so it has always
         // been, and resolving it elsewhere would start an existing deployment on an empty
@@ -253,19 +254,24 @@ pub(crate) fn validate(
     let emails = emails(&mut c, &raw.emails, templates_dir.as_deref());
 
     let has_error = c.out.iter().any(|d| d.severity == Severity::Error);
-    let config = match (network, mail, http, scheduler) {
-        (Some(network), Some(mail), Some(http), Some(scheduler)) if !has_error => Some(Config {
-            source: file.to_path_buf(),
-            network,
-            mail,
-            http,
-            scheduler,
-            state_dir,
-            priorities,
-            meetings,
-            emails,
-            agenda: crate::agenda::Book::default(),
-        }),
+    let config = match (network, mail, http, scheduler, agenda_settings) {
+        (Some(network), Some(mail), Some(http), Some(scheduler), Some(agenda_settings))
+            if !has_error =>
+        {
+            Some(Config {
+                source: file.to_path_buf(),
+                network,
+                mail,
+                http,
+                scheduler,
+                agenda_settings,
+                state_dir,
+                priorities,
+                meetings,
+                emails,
+                agenda: crate::agenda::Book::default(),
+            })
+        }
         _ => None,
     };
     (config, c.out)
@@ -557,6 +563,20 @@ fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {
     Some(SchedulerSettings {
         max_catch_up: max_catch_up?,
         retry_base: retry_base?,
+    })
+}
+
+fn agenda(c: &mut Checker, a: &RawAgenda) -> Option<AgendaSettings> {
+    let lead_link_lifetime = match &a.lead_link_lifetime {
+        None => Some(LeadLinkLifetime::DEFAULT),
+        Some(r) => c.parse(r, |text| {
+            parse_duration(text)
+                .and_then(LeadLinkLifetime::new)
+                .map_err(|e| format!("lead_link_lifetime `{text}`: {e}"))
+        }),
+    };
+    Some(AgendaSettings {
+        lead_link_lifetime: lead_link_lifetime?,
     })
 }
 

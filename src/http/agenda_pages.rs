@@ -13,11 +13,15 @@
 //!   storing nothing: a cross-site post (403), not a form (415), over [`MAX_BODY`] (413),
 //!   malformed (400), the honeypot filled (400), the call closed (409), a field wrong (422,
 //!   each named, the form refilled), too many proposals from one address or from everyone (429).
-//! - `GET /leads/<token>/`: that priority's proposals with accept and decline buttons. An
-//!   unknown token is 404, a revoked one (or one issued to a lead since replaced) 410.
-//! - `POST /leads/<token>/proposals/<n>/accept|decline`: same-origin check (Origin and
-//!   Sec-Fetch-Site against `[network] base_url`) and a CSRF token bound to the lead token and the
-//!   proposal; the decision is recorded with the lead's name and address, then 303 to the page.
+//! - `GET /leads/<token>/`: that priority's proposals with accept and decline buttons, and until
+//!   when the link works. An unknown token is 404; a revoked one (or one issued to a lead since
+//!   replaced) 410; an expired one 410 with a page saying so, when, and where a fresh link comes
+//!   from (the next proposal mail, or the team).
+//! - `POST /leads/<token>/proposals/<n>/accept|decline`: the token checked as for the page
+//!   first (an expired or revoked one is refused the same way and changes nothing), then a
+//!   same-origin check (Origin and Sec-Fetch-Site against `[network] base_url`) and a CSRF token
+//!   bound to the lead token and the proposal; the decision is recorded with the lead's name and
+//!   address, then 303 to the page.
 //!
 //! Form actions and redirects start with the path of `base_url` ([`base_path`]), so behind a
 //! proxy that serves convenor under `https://host/lednet` they stay under `/lednet`.
@@ -48,7 +52,7 @@ use crate::{
         self, AgendaStore, Proposal, ProposalForm, Status,
         model::{self, FieldError, FormRefusal},
         store::TokenRow,
-        token,
+        token::{self, Standing},
     },
     model::{Config, Meeting, MeetingId, PriorityId},
 };
@@ -508,8 +512,31 @@ fn thanks(pid: i64) -> String {
     )
 }
 
-/// The lead token of a request, checked: its row, or the response to give.
-fn lead(pages: &AgendaPages, config: &Config, raw: &str) -> Result<TokenRow, Box<Response>> {
+/// The page an expired lead link gets (410): since when, why, and where a fresh link comes
+/// from. It names nothing the link opened.
+fn expired(config: &Config, row: &TokenRow) -> Response {
+    let lifetime = config.agenda_settings.lead_link_lifetime;
+    plain(
+        StatusCode::GONE,
+        format!(
+            "This lead link expired on {}: lead links work for {lifetime} after they are sent, \
+             so it no longer opens the page or records decisions. The next mail about a new \
+             proposal brings you a fresh link; to decide before then, ask the {} team for one: \
+             {}",
+            agenda::local_time(config, row.expires),
+            config.network.short_name,
+            config.network.contact,
+        ),
+    )
+}
+
+/// The lead token of a request, checked at `now`: its row, or the response to give.
+fn lead(
+    pages: &AgendaPages,
+    config: &Config,
+    raw: &str,
+    now: Timestamp,
+) -> Result<TokenRow, Box<Response>> {
     let gone = || {
         plain(
             StatusCode::GONE,
@@ -527,11 +554,11 @@ fn lead(pages: &AgendaPages, config: &Config, raw: &str) -> Result<TokenRow, Box
     let current = PriorityId::parse(&row.priority)
         .ok()
         .and_then(|p| config.priority(&p));
-    match current {
-        Some(p) if row.revoked.is_none() && p.lead.email.email.to_string() == row.lead_email => {
-            Ok(row)
-        }
-        _ => Err(Box::new(gone())),
+    let same_lead = current.is_some_and(|p| p.lead.email.email.to_string() == row.lead_email);
+    match row.standing_at(now) {
+        Standing::Usable if same_lead => Ok(row),
+        Standing::Expired if same_lead => Err(Box::new(expired(config, &row))),
+        Standing::Usable | Standing::Expired | Standing::Revoked => Err(Box::new(gone())),
     }
 }
 
@@ -555,7 +582,7 @@ struct LeadItem {
 async fn lead_page(State(pages): State<AgendaPages>, Path(raw): Path<String>) -> Response {
     let feeds = pages.feeds.current();
     let config = &feeds.config;
-    let row = match lead(&pages, config, &raw) {
+    let row = match lead(&pages, config, &raw, Timestamp::now()) {
         Ok(r) => r,
         Err(res) => return *res,
     };
@@ -609,6 +636,7 @@ async fn lead_page(State(pages): State<AgendaPages>, Path(raw): Path<String>) ->
             lead => priority.map(|p| p.lead.name.to_string()),
             items => Serde(items),
             token => raw,
+            expires => agenda::local_time(config, row.expires),
             base_path => base_path(config.network.base_url.as_str()),
         })
     });
@@ -635,7 +663,8 @@ async fn decide(
 ) -> Response {
     let feeds = pages.feeds.current();
     let config = &feeds.config;
-    let row = match lead(&pages, config, &raw) {
+    let now = Timestamp::now();
+    let row = match lead(&pages, config, &raw, now) {
         Ok(r) => r,
         Err(res) => return *res,
     };
@@ -682,7 +711,7 @@ async fn decide(
                 |p| format!("{} <{}>, lead of {}", p.lead.name, p.lead.email.email, p.id),
             );
         let changed = proposal.status != status;
-        s.decide(n, status, &by, Timestamp::now()).map(|()| changed)
+        s.decide(n, status, &by, now).map(|()| changed)
     };
     match result {
         Ok(changed) => {

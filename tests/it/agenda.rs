@@ -227,20 +227,30 @@ fn cli_adds_decides_orders_and_the_feed_shows_the_agenda() {
     assert!(String::from_utf8_lossy(&bad_move.stderr).contains("no meeting `2099-01-01`"));
 }
 
+/// The CLI's links, issued with the config's `[agenda] lead_link_lifetime` (here 2 hours):
+/// the command says until when, and the stored expiry is the issue plus the lifetime.
 #[test]
 fn lead_links_are_issued_rotated_and_revoked_from_the_cli() {
     let dir = tempfile::tempdir().expect("tmp");
-    let config = write_config(dir.path(), &example_config_text());
+    let text = example_config_text();
+    assert!(text.contains("lead_link_lifetime = \"30d\""));
+    let text = text.replace(
+        "lead_link_lifetime = \"30d\"",
+        "lead_link_lifetime = \"2h\"",
+    );
+    let config = write_config(dir.path(), &text);
     let link = |out: &str| -> String {
         out.lines()
             .find(|l| l.starts_with("http://"))
             .expect("a link")
             .to_owned()
     };
-    let first = link(&ok(&cli(
+    let issued = ok(&cli(
         &config,
         &["agenda", "token", "issue", "--priority", "future-places"],
-    )));
+    ));
+    assert!(issued.contains("valid for 2 hours, until "), "{issued}");
+    let first = link(&issued);
     assert!(first.starts_with("http://127.0.0.1:8080/leads/") && first.ends_with('/'));
     let token = first
         .trim_end_matches('/')
@@ -248,6 +258,18 @@ fn lead_links_are_issued_rotated_and_revoked_from_the_cli() {
         .next()
         .expect("token");
     assert_eq!(token.len(), 64);
+    {
+        let store = convenor::agenda::AgendaStore::open_in(&dir.path().join("state"))
+            .expect("agenda store");
+        let row = store
+            .token(&convenor::agenda::token::hash(token))
+            .expect("lookup")
+            .expect("stored");
+        assert_eq!(
+            row.expires - row.issued,
+            jiff::SignedDuration::from_hours(2)
+        );
+    }
     let second = link(&ok(&cli(
         &config,
         &["agenda", "token", "rotate", "--priority", "future-places"],
@@ -505,7 +527,13 @@ mod web {
         let port = free_port();
         let zone = zone();
         let (d, s, e) = far(zone);
-        let config = write_config(dir.path(), &text(zone, port, sink.port, (&d, &s, &e), ""));
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "{}[agenda]\nlead_link_lifetime = \"3d\"\n",
+                text(zone, port, sink.port, (&d, &s, &e), "")
+            ),
+        );
         let log = dir.path().join("serve1.log");
         let mut daemon = spawn(&config, &log);
         let base = format!("http://127.0.0.1:{port}");
@@ -565,6 +593,25 @@ mod web {
         assert!(hdr(mail, "Subject").contains("Bus lanes"), "{mail}");
         let link = lead_link(mail);
         assert!(link.starts_with(&format!("{base}/leads/")), "{link}");
+        assert!(
+            texts(&mail["tree"]).contains("The link works for a limited time"),
+            "{mail}"
+        );
+        // Its token expires the config's `lead_link_lifetime` after it was issued.
+        {
+            let store = convenor::agenda::AgendaStore::open_in(&dir.path().join("state"))
+                .expect("agenda store");
+            let raw = link
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .expect("token");
+            let row = store
+                .token(&convenor::agenda::token::hash(raw))
+                .expect("lookup")
+                .expect("stored");
+            assert_eq!(row.expires - row.issued, SignedDuration::from_hours(72));
+        }
 
         // Refusals change nothing.
         let post = |body: reqwest::RequestBuilder| async move { body.send().await.expect("post") };
@@ -676,6 +723,7 @@ mod web {
             html.contains("Bus lanes") && !html.contains("Extra 0"),
             "{html}"
         );
+        assert!(html.contains("This link works until"), "{html}");
         assert!(
             html.contains("&lt;b&gt;and&lt;&#x2f;b&gt;") || html.contains("&lt;b&gt;and"),
             "escaped: {html}"

@@ -208,6 +208,24 @@ fn every_validation_error_names_its_place() {
             "0",
         ),
         (
+            "lead_link_lifetime = \"30d\"",
+            "lead_link_lifetime = \"30m\"",
+            "lead_link_lifetime `30m`: a lead link lifetime under 1 hour",
+            "\"30m\"",
+        ),
+        (
+            "lead_link_lifetime = \"30d\"",
+            "lead_link_lifetime = \"366d\"",
+            "lead_link_lifetime `366d`: a lead link lifetime over 365 days",
+            "\"366d\"",
+        ),
+        (
+            "lead_link_lifetime = \"30d\"",
+            "lead_link_lifetime = \"a month\"",
+            "lead_link_lifetime `a month`: `a month` is not a duration",
+            "\"a month\"",
+        ),
+        (
             "# feed_token = \"a-long-random-string\"",
             "feed_token = \"short\"",
             "at least 16 characters",

@@ -1,6 +1,7 @@
 //! The agenda pages in process, behind the real HTTP server and a real client (reqwest), under
 //! configs the daemon tests do not use: a feed token, base URLs with capitals, a default port or
-//! a path (convenor behind a proxy), and the proposal form's POST/redirect/GET.
+//! a path (convenor behind a proxy), the proposal form's POST/redirect/GET, and lead links
+//! issued in the past (expired ones).
 
 use std::{
     collections::BTreeMap,
@@ -8,10 +9,11 @@ use std::{
 };
 
 use convenor::{
-    agenda::AgendaStore,
+    agenda::{AgendaStore, token},
     http::{self, FeedState, agenda_pages::AgendaPages, server::Limits},
+    model::LeadLinkLifetime,
 };
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use reqwest::{StatusCode, header};
 
 use super::web::{csrf, far, good, text, zone};
@@ -25,6 +27,8 @@ struct Served {
     /// stripped).
     addr: String,
     store: Arc<Mutex<AgendaStore>>,
+    /// The served config's `[agenda] lead_link_lifetime`.
+    lifetime: LeadLinkLifetime,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -44,11 +48,40 @@ impl Served {
 
     /// A lead link's token for priority p1.
     fn lead_token(&self) -> String {
+        self.lead_token_issued_at(Timestamp::now())
+    }
+
+    /// A lead link's token for priority p1, issued at `issued` with the served lifetime.
+    fn lead_token_issued_at(&self, issued: Timestamp) -> String {
         self.store
             .lock()
             .expect("store lock")
-            .issue_token("p1", "lead1@example.org", "test", Timestamp::now())
+            .issue_token("p1", "lead1@example.org", "test", self.lifetime, issued)
             .expect("token")
+            .raw
+    }
+
+    /// The CSRF token a lead page of `lead_token` would give proposal `n`'s forms.
+    fn csrf_for(&self, lead_token: &str, n: i64) -> String {
+        let secret = self
+            .store
+            .lock()
+            .expect("store lock")
+            .csrf_secret()
+            .expect("secret");
+        token::csrf(&secret, &token::hash(lead_token), n)
+    }
+
+    /// The actions recorded on proposal `n`.
+    fn actions(&self, n: i64) -> Vec<String> {
+        self.store
+            .lock()
+            .expect("store lock")
+            .decisions(n)
+            .expect("decisions")
+            .into_iter()
+            .map(|d| d.action)
+            .collect()
     }
 }
 
@@ -89,6 +122,7 @@ async fn serve(base_url: &str, feed_token: Option<&str>) -> Served {
     Served {
         addr: format!("http://{addr}"),
         store,
+        lifetime: config.agenda_settings.lead_link_lifetime,
         _dir: dir,
         _stop: stop,
     }
@@ -388,4 +422,103 @@ async fn with_a_base_url_path_forms_and_redirects_stay_under_it() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(location(&headers), format!("/lednet/leads/{token}/"));
     assert_eq!(served.proposals()[0].status.as_str(), "declined");
+}
+
+/// A lead link works for its lifetime and not after: issued a lifetime less a minute ago it
+/// opens the page; issued a lifetime and a second ago it gets the page saying it expired and
+/// where a fresh link comes from (410, never a 500), and a POST with it, with everything else
+/// right (same origin, the CSRF token its page would have had), is refused the same way and
+/// changes nothing. An unknown token is still 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lead_link_is_refused_with_a_page_saying_so_and_its_posts_change_nothing() {
+    let served = serve("https://convenor.example.org", None).await;
+    let c = client();
+    let (status, _, _) = read(
+        c.post(served.url("/meetings/m1/proposals"))
+            .form(&good("Bus lanes", "p1", "ada@camden.example"))
+            .send()
+            .await
+            .expect("propose"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(served.lifetime, LeadLinkLifetime::DEFAULT);
+    let now = Timestamp::now();
+    let lifetime = served.lifetime.duration();
+    let usable = served.lead_token_issued_at(now - (lifetime - SignedDuration::from_mins(1)));
+    let expired = served.lead_token_issued_at(now - (lifetime + SignedDuration::from_secs(1)));
+
+    // The usable link: the page, with until when it works and the CSRF token computed here.
+    let (status, _, page) = read(
+        c.get(served.url(&format!("/leads/{usable}/")))
+            .send()
+            .await
+            .expect("usable"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(
+        page.contains("Bus lanes") && page.contains("This link works until"),
+        "{page}"
+    );
+    assert_eq!(csrf(&page, 1), served.csrf_for(&usable, 1));
+
+    // The expired link: 410 with what happened and what to do, and nothing of the page.
+    let lead = served.url(&format!("/leads/{expired}/"));
+    let (status, _, refusal) = read(c.get(&lead).send().await.expect("expired")).await;
+    assert_eq!(status, StatusCode::GONE, "{refusal}");
+    for said in [
+        "This lead link expired on",
+        "lead links work for 30 days",
+        "The next mail about a new proposal brings you a fresh link",
+        "ask the LEDNet team for one: Team <team@example.org>",
+    ] {
+        assert!(refusal.contains(said), "`{said}` not in: {refusal}");
+    }
+    assert!(!refusal.contains("Bus lanes"), "{refusal}");
+
+    // Its posts, with the CSRF token its page would have had, are refused the same way.
+    let posted = served.csrf_for(&expired, 1);
+    for action in ["accept", "decline"] {
+        let (status, _, body) = read(
+            c.post(format!("{lead}proposals/1/{action}"))
+                .header(header::ORIGIN, "https://convenor.example.org")
+                .form(&[("csrf", &posted)])
+                .send()
+                .await
+                .expect("post"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::GONE, "{action}: {body}");
+        assert!(body.contains("This lead link expired on"), "{body}");
+    }
+    assert_eq!(served.proposals()[0].status.as_str(), "proposed");
+    assert_eq!(served.actions(1), ["proposed"]);
+
+    // An unknown token of the right shape is still "no such page".
+    let (status, _, body) = read(
+        c.get(served.url(&format!("/leads/{}/", "ab".repeat(32))))
+            .send()
+            .await
+            .expect("unknown"),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::NOT_FOUND, "no such page\n")
+    );
+
+    // The usable link's post goes through: the refusals above were the expiry's.
+    let (status, _, _) = read(
+        c.post(served.url(&format!("/leads/{usable}/proposals/1/accept")))
+            .header(header::ORIGIN, "https://convenor.example.org")
+            .form(&[("csrf", served.csrf_for(&usable, 1))])
+            .send()
+            .await
+            .expect("accept"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(served.proposals()[0].status.as_str(), "accepted");
+    assert_eq!(served.actions(1), ["proposed", "accepted"]);
 }
