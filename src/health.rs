@@ -31,6 +31,10 @@ struct Inner {
     next_due: Option<Timestamp>,
 }
 
+/// What `/healthz` says after a failed reload, whatever the reason.
+pub const RELOAD_FAILED: &str = "the last reload failed and the running config stays in force; \
+     the reason is in the journal (journalctl -u convenor)";
+
 /// The JSON body of `/healthz`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -91,9 +95,11 @@ impl Health {
         self.inner().last_pass = Some(at);
     }
 
-    /// Records a reload's outcome.
+    /// Records a reload's outcome. Only that it failed is kept, not why: `/healthz` is served on
+    /// the public listener (unless `metrics_listen` is set), and a config diagnostic quotes the
+    /// values it refused (addresses, names). The reason is in the journal.
     pub fn reload(&self, result: Result<(), String>) {
-        self.inner().reload_error = result.err();
+        self.inner().reload_error = result.err().map(|_| RELOAD_FAILED.to_owned());
     }
 
     /// The report at monotonic `now`, given the ledger probe's result.
