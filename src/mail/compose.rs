@@ -130,7 +130,8 @@ pub fn message_id(
     let mut digest = [0_u8; 20];
     // 10 bytes of hash give exactly 20 hex digits: this cannot fail.
     let _ = hex::encode_to_slice(&h.finalize()[..10], &mut digest);
-    let domain = config.mail.from.email.domain();
+    let domain = ascii_domain(config.mail.from.email.domain());
+    let domain = domain.as_ref();
     let mut id = String::with_capacity(
         meeting_id.as_str().len() + email_id.as_str().len() + n_text.len() + domain.len() + 26,
     );
@@ -286,6 +287,20 @@ fn calendar_part(ics: &str, attachment: Option<&str>) -> Result<SinglePart, Comp
 }
 
 /// Accepts `<left@right>` with printable ASCII and no spaces (RFC 5322 msg-id, loosely).
+/// A mail domain as a Message-ID may carry it: ASCII as it is, an internationalised one
+/// (`bürger.example`) in its IDNA form (`xn--brger-kva.example`). A Message-ID is ASCII only
+/// (RFC 5322), and [`check_message_id`] refuses anything else, so without this an IDN `from`
+/// made every mail fail. A domain IDNA refuses is returned as it is (and refused there).
+pub fn ascii_domain(domain: &str) -> std::borrow::Cow<'_, str> {
+    if domain.is_ascii() {
+        return std::borrow::Cow::Borrowed(domain);
+    }
+    match url::Host::parse(domain) {
+        Ok(url::Host::Domain(ascii)) => std::borrow::Cow::Owned(ascii),
+        _ => std::borrow::Cow::Borrowed(domain),
+    }
+}
+
 fn check_message_id(what: &'static str, value: &str) -> Result<(), ComposeError> {
     let inner = value.strip_prefix('<').and_then(|v| v.strip_suffix('>'));
     let ok = inner.is_some_and(|i| {
@@ -332,6 +347,31 @@ mod tests {
 
     fn id(s: &str) -> EmailId {
         EmailId::parse(s).expect("slug")
+    }
+
+    /// An internationalised `from` domain gives Message-IDs in its IDNA (ASCII) form, which the
+    /// message's own check accepts: such a config used to fail every mail.
+    #[test]
+    fn an_internationalised_from_domain_gives_ascii_message_ids() {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path)
+            .expect("example config")
+            .replace(
+                "from = \"LEDNet team <lednet-team@example.org>\"",
+                "from = \"LEDNet team <team@bürger.example>\"",
+            );
+        let c = parse(path, &text, &Environment::default())
+            .expect("valid")
+            .config;
+        assert_eq!(c.mail.from.email.domain(), "bürger.example");
+        let m = &c.meetings[0].id;
+        let message_id = message_id(&c, m, &id("agenda-call"), &Recipient::List, 0);
+        assert!(
+            message_id.ends_with("@xn--brger-kva.example>"),
+            "{message_id}"
+        );
+        check_message_id("Message-ID", &message_id).expect("a valid Message-ID");
+        assert_eq!(ascii_domain("example.org"), "example.org");
     }
 
     #[test]
