@@ -5,7 +5,10 @@
 
 pub mod agenda;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -18,7 +21,10 @@ use crate::{
     daemon,
     ledger::{self, Store as _},
     mail,
-    model::{Config, EmailId, Meeting, MeetingId, Trigger},
+    model::{
+        Config, EmailId, MailSettings, Meeting, MeetingId, PasswordSource, TransportSettings,
+        Trigger,
+    },
     plan,
     revision::{self, Significant, StoredRevision},
     schedule::{self, Recipient},
@@ -64,8 +70,8 @@ pub enum Command {
         #[arg(long)]
         priority: Option<String>,
     },
-    /// Print exactly what a scheduled email would send: subject and text body, or the whole
-    /// message with --eml.
+    /// Print what a scheduled email would send: subject and text body, or the whole message
+    /// with --eml (with the ledger's SEQUENCE, Message-ID and thread when there is a ledger).
     Preview {
         /// The meeting's id.
         #[arg(long)]
@@ -160,13 +166,14 @@ pub fn report_config_error(err: &ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// `convenor check`: the config (already loaded), every template against every meeting, and
+/// the transport as `serve` builds it. Exits 78 when any of them would stop `serve`.
 fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let summary = plan::Summary::of(&loaded.config, Timestamp::now());
     write_stdout(&summary.to_string())?;
-    if !loaded.warnings.is_empty() {
-        println!("{} warning(s), see above", loaded.warnings.len());
-    }
     let config = &loaded.config;
+    let mut warnings = loaded.warnings.len();
+    let mut errors: Vec<String> = Vec::new();
     let checked = mail::Templates::load(&config.mail.templates_dir)
         .map_err(|e| vec![e])
         .and_then(|t| {
@@ -175,21 +182,94 @@ fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
             Ok(report)
         });
     match checked {
-        Ok(r) => {
-            println!("templates:  {} sets, {} renders fine", r.sets, r.renders);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!(
-                "{} template error(s); the config was not used",
-                errors.len()
-            );
-            Ok(ExitCode::from(EXIT_CONFIG))
-        }
+        Ok(r) => println!("templates:  {} sets, {} renders fine", r.sets, r.renders),
+        Err(e) => errors.extend(e.iter().map(ToString::to_string)),
     }
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").is_some();
+    match check_transport(&config.mail, &config.state_dir, credentials) {
+        Ok(checked) => {
+            println!("transport:  {}", checked.summary);
+            if let Some(w) = checked.warning {
+                crate::logging::to_stderr(tracing::Level::WARN, &format!("warning: {w}"));
+                warnings += 1;
+            }
+        }
+        Err(e) => errors.push(format!("mail transport: {e}")),
+    }
+    if warnings > 0 {
+        println!("{warnings} warning(s), see above");
+    }
+    if errors.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &errors {
+        crate::logging::to_stderr(tracing::Level::ERROR, e);
+    }
+    crate::logging::to_stderr(
+        tracing::Level::ERROR,
+        &format!("{} error(s); the config was not used", errors.len()),
+    );
+    Ok(ExitCode::from(EXIT_CONFIG))
+}
+
+/// What `check` found of the transport.
+#[derive(Debug)]
+struct TransportChecked {
+    /// One line for the summary.
+    summary: String,
+    /// Something `check` could not check from here, and why.
+    warning: Option<String>,
+}
+
+/// Builds the SMTP transport as `serve` does ([`mail::Transport::from_settings`]: the CA file,
+/// the TLS settings, the password), opening no connection. The file transport is not built:
+/// building it creates `<state>/outbox`, and `check` creates nothing in the state directory
+/// (`serve` creates it, and says so if it cannot). A `password_credential` is read only when
+/// `credentials_directory_set` (`$CREDENTIALS_DIRECTORY`, which systemd sets inside the
+/// service and a shell never has); otherwise the rest is built without it and the warning says
+/// the password was not checked.
+fn check_transport(
+    settings: &MailSettings,
+    state_dir: &Path,
+    credentials_directory_set: bool,
+) -> Result<TransportChecked, mail::MailError> {
+    let TransportSettings::Smtp(smtp) = &settings.transport else {
+        return Ok(TransportChecked {
+            summary: format!(
+                "file: one .eml per mail in {} (made by serve)",
+                state_dir.join("outbox").display()
+            ),
+            warning: None,
+        });
+    };
+    let relay = format!("{}:{}", smtp.host, smtp.port);
+    let (built, warning) = match &smtp.password {
+        PasswordSource::Credential(name) if !credentials_directory_set => {
+            let mut without = smtp.clone();
+            without.user = None;
+            without.password = PasswordSource::None;
+            let warning = format!(
+                "the SMTP password (password_credential `{name}`) was not checked: \
+                 $CREDENTIALS_DIRECTORY is not set, as in any shell (systemd sets it only inside \
+                 the service); the rest of [mail.smtp] was. `convenor send-test` run under \
+                 systemd with the credential checks the password too (see the README, \
+                 \"Credentials\")"
+            );
+            let without = MailSettings {
+                transport: TransportSettings::Smtp(without),
+                ..settings.clone()
+            };
+            (std::borrow::Cow::Owned(without), Some(warning))
+        }
+        _ => (std::borrow::Cow::Borrowed(settings), None),
+    };
+    mail::Transport::from_settings(&built, state_dir)?;
+    Ok(TransportChecked {
+        summary: format!(
+            "smtp to {relay}, set up as serve sets it up (no connection made: send-test makes one)"
+        ),
+        warning,
+    })
 }
 
 fn preview(
@@ -218,15 +298,22 @@ fn preview(
     };
     let templates = mail::Templates::load(&config.mail.templates_dir)?;
     let now = Timestamp::now();
-    // Without the ledger, the revision is the meeting as first seen (SEQUENCE 0).
-    let (revision, _) = revision::next_revision(None, config, meeting, now);
+    let from_ledger = preview_ledger(config, meeting, rule, &recipient, now)?;
+    let PreviewLedger {
+        revision,
+        message_id,
+        thread_root,
+        before,
+    } = from_ledger;
     let change = (rule.trigger == Trigger::OnChange).then(|| {
-        eprintln!(
-            "preview: no previous time and place is known here; showing the current ones as both"
-        );
-        Significant::of(meeting)
+        before.unwrap_or_else(|| {
+            eprintln!(
+                "preview: no previous time and place is in the ledger; showing the current ones \
+                 as both"
+            );
+            Significant::of(meeting)
+        })
     });
-    let message_id = mail::message_id(config, &meeting.id, &rule.id, &recipient, 0);
     let invite = meeting_invite(config, meeting, &revision);
     let input = mail::ComposeInput {
         config,
@@ -236,7 +323,7 @@ fn preview(
         recipient: &recipient,
         revision: &revision,
         message_id: &message_id,
-        thread_root: None,
+        thread_root: thread_root.as_deref(),
         date: now,
         change: change.as_ref(),
         invite_ics: &invite,
@@ -251,6 +338,89 @@ fn preview(
         print!("Subject: {}\n\n{}", r.subject, r.text);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `preview` takes from the ledger, so it shows what the scheduler would send.
+struct PreviewLedger {
+    /// The meeting's revision: the stored one, raised as reconciling this config would raise
+    /// it (SEQUENCE 0 stamped now without a ledger).
+    revision: StoredRevision,
+    /// The row's Message-ID, or the one a row of this key is planned with.
+    message_id: String,
+    /// The first mail sent about the meeting, which the mail is threaded under.
+    thread_root: Option<String>,
+    /// For a change notice: the time and place before the change it announces.
+    before: Option<Significant>,
+}
+
+/// Reads the ledger, when there is one, for `preview`: the meeting's revision, the mail's
+/// Message-ID, its thread root and (for a change notice) the state before. A notice previewed is
+/// the one for the meeting's current SEQUENCE.
+fn preview_ledger(
+    config: &Config,
+    meeting: &Meeting,
+    rule: &crate::model::EmailRule,
+    recipient: &Recipient,
+    now: Timestamp,
+) -> anyhow::Result<PreviewLedger> {
+    let file = config.state_dir.join(ledger::LEDGER_FILE);
+    let store = if store_file_exists(&file)? {
+        Some(ledger::SqliteStore::open(&file)?)
+    } else {
+        None
+    };
+    let stored = match &store {
+        Some(s) => s.revision(&meeting.id)?,
+        None => None,
+    };
+    if store.is_some() && stored.is_none() {
+        eprintln!(
+            "preview: the ledger has no revision of `{}` yet (a reload plans it): SEQUENCE 0",
+            meeting.id
+        );
+    }
+    let (revision, _) = revision::next_revision(stored.as_ref(), config, meeting, now);
+    let occurrence = match rule.trigger {
+        Trigger::OnChange | Trigger::OnCancel => revision.sequence,
+        Trigger::DaysBefore { .. } | Trigger::Before(_) => 0,
+    };
+    let planned = mail::message_id(config, &meeting.id, &rule.id, recipient, occurrence);
+    let Some(store) = store else {
+        return Ok(PreviewLedger {
+            revision,
+            message_id: planned,
+            thread_root: None,
+            before: None,
+        });
+    };
+    let key = ledger::MailKey {
+        meeting: meeting.id.to_string(),
+        email: rule.id.to_string(),
+        audience: recipient.key(),
+        occurrence,
+    };
+    let message_id = store
+        .rows()?
+        .into_iter()
+        .find(|r| r.key == key)
+        .map_or(planned, |r| r.message_id);
+    let thread_root = store.thread_root(meeting.id.as_str(), &message_id)?;
+    let before = match (rule.trigger, revision.sequence) {
+        (Trigger::OnChange, sequence) if sequence > 0 => {
+            match store.revision_at(&meeting.id, sequence - 1)? {
+                Some(r) => Some(r.significant),
+                // Raised by this config, not yet by the ledger: the stored one is the before.
+                None => stored.map(|r| r.significant),
+            }
+        }
+        _ => None,
+    };
+    Ok(PreviewLedger {
+        revision,
+        message_id,
+        thread_root,
+        before,
+    })
 }
 
 /// The meeting as a METHOD:PUBLISH calendar for mail, with the feed's UID and SEQUENCE.
@@ -287,7 +457,7 @@ fn plan_command(loaded: &Loaded, from: Option<Date>, json: bool) -> anyhow::Resu
     let config = &loaded.config;
     let from = from.map(|d| crate::schedule::local_instant(&config.network.time_zone, d.into()));
     let ledger_file = config.state_dir.join(ledger::LEDGER_FILE);
-    let snapshot = if ledger_file.exists() {
+    let snapshot = if store_file_exists(&ledger_file)? {
         let store = ledger::SqliteStore::open(&ledger_file)?;
         Some(ledger::Snapshot::new(store.rows()?))
     } else {
@@ -318,6 +488,25 @@ fn plan_command(loaded: &Loaded, from: Option<Date>, json: bool) -> anyhow::Resu
         write_stdout(&text)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a store file of the state directory (the ledger, the agenda store) exists: `false`
+/// only when it certainly does not; an error naming the file when that cannot be told (the
+/// state directory unreadable by this user, a path through a file). [`Path::exists`] says
+/// `false` for both, which made an unreadable state directory look empty: `plan` showed every
+/// mail planned, `ics` SEQUENCE 0, `release` nothing held.
+pub fn store_file_exists(file: &Path) -> anyhow::Result<bool> {
+    file.try_exists().map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (the installed service's state directory is readable by root only: use sudo)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "cannot tell whether {} exists: {e}{hint}; the state directory must be readable",
+            file.display()
+        )
+    })
 }
 
 /// Writes to stdout; a reader that went away (`convenor plan | head`) is not an error.
@@ -362,7 +551,7 @@ fn stored_revisions(
     config: &Config,
 ) -> anyhow::Result<std::collections::BTreeMap<MeetingId, StoredRevision>> {
     let file = config.state_dir.join(ledger::LEDGER_FILE);
-    if !file.exists() {
+    if !store_file_exists(&file)? {
         return Ok(std::collections::BTreeMap::new());
     }
     let store = ledger::SqliteStore::open(&file)?;
@@ -404,7 +593,7 @@ fn release(
 ) -> anyhow::Result<ExitCode> {
     let file = loaded.config.state_dir.join(ledger::LEDGER_FILE);
     anyhow::ensure!(
-        file.exists(),
+        store_file_exists(&file)?,
         "no ledger at {}: nothing is held",
         file.display()
     );

@@ -56,8 +56,9 @@ fn parse_slug(text: &str) -> Result<&str, String> {
 }
 
 slug_type!(
-    /// The stable id of a meeting; it defaults to the meeting's date and never changes, because
-    /// the feed's UIDs and the ledger's keys are derived from it.
+    /// The stable id of a meeting, required in the config (`[[meeting]] id`); it never changes,
+    /// even when the meeting moves, because the feed's UIDs and the ledger's keys are derived
+    /// from it.
     MeetingId
 );
 slug_type!(
@@ -286,7 +287,7 @@ impl MeetingStatus {
 /// One meeting of the network, in the network's local time.
 #[derive(Clone, Debug, Hash)]
 pub struct Meeting {
-    /// Stable id (defaults to the date, `2023-02-24`).
+    /// Stable id, given in the config (the shipped meetings use their first date, `2023-02-24`).
     pub id: MeetingId,
     /// Local date.
     pub date: Date,

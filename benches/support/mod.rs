@@ -41,7 +41,8 @@ pub struct Overrides {
 /// The shipped config with `n` generated meetings, one a weekday from 2027-01-04 (after every
 /// mail's lead time from today, so none is due while a benchmark runs). They vary the way real
 /// ones do: start time, focus (none = all five priorities), location, join link, notes, and
-/// every 50th is cancelled.
+/// every 50th is cancelled. Each meeting's `id` is its date (the id it had when `id` defaulted
+/// to the date), so the feeds are the same bytes as before `id` was required.
 pub fn config_toml(n: usize, o: &Overrides) -> String {
     let first_meeting = SHIPPED
         .find("\n[[meeting]]")
@@ -75,7 +76,8 @@ pub fn config_toml(n: usize, o: &Overrides) -> String {
         };
         let _ = writeln!(
             out,
-            "[[meeting]]\ndate = {date}\nstart = \"{from}\"\nend = \"{to}\"\ntitle = \"LEDNet meeting {}\"",
+            "[[meeting]]\nid = \"{date}\"\ndate = {date}\nstart = \"{from}\"\nend = \"{to}\"\n\
+             title = \"LEDNet meeting {}\"",
             i + 1
         );
         if i % 4 != 3 {

@@ -167,7 +167,7 @@ pub fn check_templates(
 /// and `plan` then show what the daemon shows); creates nothing.
 pub fn attach_stored(config: &mut Config) -> anyhow::Result<()> {
     let file = config.state_dir.join(crate::agenda::store::AGENDA_FILE);
-    if file.exists() {
+    if super::store_file_exists(&file)? {
         let store = AgendaStore::open(&file)?;
         crate::agenda::attach(config, &store)?;
     }

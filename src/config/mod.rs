@@ -18,10 +18,14 @@ use crate::model::Config;
 pub struct Environment {
     /// `$STATE_DIRECTORY`, set by systemd's `StateDirectory=` (first entry).
     pub state_directory: Option<PathBuf>,
+    /// The working directory, against which a relative config path is made absolute to tell
+    /// whether it is the installed config (`cd /etc/convenor && convenor plan --config
+    /// convenor.toml`). `None`: a relative config path is never the installed one.
+    pub cwd: Option<PathBuf>,
 }
 
 impl Environment {
-    /// Reads the variables from this process's environment.
+    /// Reads the variables and the working directory of this process.
     pub fn from_process() -> Self {
         let state_directory = std::env::var_os("STATE_DIRECTORY")
             .and_then(|v| {
@@ -30,7 +34,10 @@ impl Environment {
                     .map(PathBuf::from)
             })
             .filter(|p| !p.as_os_str().is_empty());
-        Self { state_directory }
+        Self {
+            state_directory,
+            cwd: std::env::current_dir().ok(),
+        }
     }
 }
 

@@ -211,12 +211,42 @@ pub const INSTALLED_STATE_DIR: &str = "/var/lib/convenor";
 /// installed service's for the installed config (so `convenor release`, `plan` and `agenda`,
 /// run from a shell on the server, work on the service's ledger), else `state` in the working
 /// directory (a checkout: `cargo run -- serve`).
-fn default_state_dir(config_file: &Path) -> PathBuf {
-    if config_file.parent() == Some(Path::new(INSTALLED_CONFIG_DIR)) {
+///
+/// The config file is the installed one when its directory is [`INSTALLED_CONFIG_DIR`], compared
+/// as an absolute path: a relative `config_file` is taken from `cwd` (the working directory) and
+/// its `.` and `..` are resolved by name, so `cd /etc/convenor && convenor plan --config
+/// convenor.toml` uses the service's state too. Without `cwd` a relative path is not the
+/// installed config.
+pub fn default_state_dir(config_file: &Path, cwd: Option<&Path>) -> PathBuf {
+    let absolute = match cwd {
+        _ if config_file.is_absolute() => Some(lexically_normal(config_file)),
+        Some(cwd) if cwd.is_absolute() => Some(lexically_normal(&cwd.join(config_file))),
+        _ => None,
+    };
+    let installed =
+        absolute.as_deref().and_then(Path::parent) == Some(Path::new(INSTALLED_CONFIG_DIR));
+    if installed {
         PathBuf::from(INSTALLED_STATE_DIR)
     } else {
         PathBuf::from("state")
     }
+}
+
+/// An absolute path with its `.` components dropped and each `..` taking off the name before it
+/// (by name, not following symbolic links; `..` at the root stays at the root).
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// Converts the raw file. `file` and `text` are for positions; `env` supplies what systemd sets.
@@ -244,14 +274,20 @@ pub(crate) fn validate(
         // ledger (every mail planned, and sent, again).
         (Some(dir), _) => PathBuf::from(dir.get_ref()),
         (None, Some(systemd)) => systemd.clone(),
-        (None, None) => default_state_dir(file),
+        (None, None) => default_state_dir(file, env.cwd.as_deref()),
     };
     let priorities = priorities(&mut c, &raw.priorities);
     let tz = network.as_ref().map(|n| n.time_zone.clone());
     let known: HashSet<PriorityId> = priorities.iter().map(|p| p.id.clone()).collect();
     let meetings = meetings(&mut c, &raw.meetings, &known, tz.as_ref());
     let templates_dir = mail.as_ref().map(|m| m.templates_dir.clone());
-    let emails = emails(&mut c, &raw.emails, templates_dir.as_deref());
+    let emails = emails(
+        &mut c,
+        &raw.emails,
+        templates_dir.as_deref(),
+        &meetings,
+        tz.as_ref(),
+    );
 
     let has_error = c.out.iter().any(|d| d.severity == Severity::Error);
     let config = match (network, mail, http, scheduler, agenda_settings) {
@@ -655,20 +691,21 @@ fn meetings(
                 format!("the meeting ends ({e}) before or when it starts ({s})"),
             );
         }
-        let id = match (&m.id, date) {
-            (Some(id), _) => c.parse(id, |s| MeetingId::parse(s)),
-            (None, Some(d)) => MeetingId::parse(&d.to_string()).ok(),
-            (None, None) => None,
+        // Required: an id that defaulted to the date changed when the date did, so moving a
+        // meeting made a new one (a new calendar UID, its mail planned and sent again).
+        let id = match &m.id {
+            Some(id) => c.parse(id, |s| MeetingId::parse(s)),
+            None => {
+                c.error(raw.span(), missing_meeting_id(date));
+                None
+            }
         };
-        if let Some(id) = &id
+        if let (Some(id), Some(raw_id)) = (&id, &m.id)
             && !seen.insert(id.clone())
         {
-            let span = m.id.as_ref().map_or(m.date.span(), |i| i.span());
             c.error(
-                span,
-                format!(
-                    "duplicate meeting id `{id}` (give each meeting on the same date its own `id`)"
-                ),
+                raw_id.span(),
+                format!("duplicate meeting id `{id}`: give each meeting its own `id`"),
             );
         }
         let title = c.text(&m.title);
@@ -736,6 +773,23 @@ fn meetings(
     out
 }
 
+/// The error for a `[[meeting]]` without an `id`, with the exact line to add. Until `id` was
+/// required it defaulted to the date, so the date is the id the meeting has had so far: adding
+/// exactly that keeps its calendar UID, its ledger rows and its agenda proposals.
+fn missing_meeting_id(date: Option<Date>) -> String {
+    match date {
+        Some(d) => format!(
+            "the meeting has no `id`: add id = \"{d}\" (its date, the id it has had so far, \
+             keeps its calendar UID and its mail); the id names the meeting for good, so keep it \
+             when the meeting moves"
+        ),
+        None => "the meeting has no `id`: add one, such as id = \"YYYY-MM-DD\" with the date \
+                 it was first given (the id it has had so far, which keeps its calendar UID and \
+                 its mail)"
+            .to_owned(),
+    }
+}
+
 /// Warns about a meeting on a weekend or on a day the clocks change.
 fn day_warnings(c: &mut Checker, span: std::ops::Range<usize>, date: Date, tz: &TimeZone) {
     if matches!(date.weekday(), Weekday::Saturday | Weekday::Sunday) {
@@ -761,7 +815,13 @@ fn day_warnings(c: &mut Checker, span: std::ops::Range<usize>, date: Date, tz: &
     }
 }
 
-fn emails(c: &mut Checker, raws: &[S<RawEmail>], templates_dir: Option<&Path>) -> Vec<EmailRule> {
+fn emails(
+    c: &mut Checker,
+    raws: &[S<RawEmail>],
+    templates_dir: Option<&Path>,
+    meetings: &[Meeting],
+    tz: Option<&TimeZone>,
+) -> Vec<EmailRule> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for raw in raws {
@@ -824,16 +884,70 @@ fn emails(c: &mut Checker, raws: &[S<RawEmail>], templates_dir: Option<&Path>) -
         if let (Some(id), Some(template), Some(trigger), Some(audience), Some(grace)) =
             (id, template, trigger, audience, grace)
         {
-            out.push(EmailRule {
+            let rule = EmailRule {
                 id,
                 template,
                 trigger,
                 audience,
                 grace,
-            });
+            };
+            if let (Some(tz), Some(at)) = (tz, &e.at) {
+                let late = too_late_for(&rule, meetings, tz);
+                if !late.is_empty() {
+                    c.warning(at.span(), too_late_message(&rule, &late));
+                }
+            }
+            out.push(rule);
         }
     }
     out
+}
+
+/// The confirmed meetings for which a `days_before = 0` rule falls due at or after the meeting
+/// starts, each with its local start time. No mail goes out once its meeting has started (its
+/// deadline is capped at the start, [`crate::schedule::deadline`]), so the rule never sends for
+/// them. Other rules cannot: a whole day or more before the date is before any start, and
+/// `before = "0s"` is refused as an error in [`trigger`]. Compared as instants, by the rule the
+/// schedule uses, so a time the clocks skip counts as where the schedule puts it.
+fn too_late_for<'m>(rule: &EmailRule, meetings: &'m [Meeting], tz: &TimeZone) -> Vec<&'m Meeting> {
+    if !matches!(rule.trigger, Trigger::DaysBefore { days: 0, .. }) {
+        return Vec::new();
+    }
+    meetings
+        .iter()
+        .filter(|m| !m.is_cancelled())
+        .filter(|m| {
+            crate::schedule::due_instant(tz, m, rule).is_some_and(|due| due >= m.starts_at(tz))
+        })
+        .collect()
+}
+
+/// The warning for [`too_late_for`]'s meetings: which ones (the first three, then how many
+/// more), and what to change.
+fn too_late_message(rule: &EmailRule, late: &[&Meeting]) -> String {
+    let at = match rule.trigger {
+        Trigger::DaysBefore { at, .. } => at.strftime("%H:%M").to_string(),
+        _ => String::new(),
+    };
+    let mut named: Vec<String> = late
+        .iter()
+        .take(3)
+        .map(|m| format!("`{}` (starts {})", m.id, m.start.strftime("%H:%M")))
+        .collect();
+    if late.len() > 3 {
+        named.push(format!("{} more", late.len() - 3));
+    }
+    let (which, them) = match late {
+        [_] => ("meeting", "it"),
+        _ => ("meetings", "them"),
+    };
+    format!(
+        "`{}` (days_before = 0, at = \"{at}\") falls due at or after the start of {which} {}, \
+         and no mail goes out once its meeting has started: it will never be sent for {them}; \
+         give an earlier `at` or more `days_before`",
+        rule.id,
+        named.join(", ")
+    )
 }
 
 fn trigger(c: &mut Checker, raw: &S<RawEmail>) -> Option<Trigger> {
@@ -869,7 +983,23 @@ fn trigger(c: &mut Checker, raw: &S<RawEmail>) -> Option<Trigger> {
         c.error(at.span(), "`at` only goes with `days_before`");
     }
     if let Some(before) = &e.before {
-        return c.parse(before, |s| parse_duration(s)).map(Trigger::Before);
+        return c
+            .parse(before, |s| {
+                // Due as the meeting starts, for every meeting: and no mail goes out once its
+                // meeting has started, so the entry could never send.
+                parse_duration(s).and_then(|d| {
+                    if d.is_zero() {
+                        Err(format!(
+                            "before = \"{s}\" falls due as the meeting starts, and no mail goes \
+                             out once its meeting has started: this entry would never send; give \
+                             a lead time such as \"2h\""
+                        ))
+                    } else {
+                        Ok(d)
+                    }
+                })
+            })
+            .map(Trigger::Before);
     }
     let on = e.on.as_ref()?;
     c.parse(on, |v| one_of(v, &["change", "cancellation"], "event"))
@@ -880,4 +1010,135 @@ fn trigger(c: &mut Checker, raw: &S<RawEmail>) -> Option<Trigger> {
                 Trigger::OnCancel
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installed_config_is_told_by_its_absolute_directory() {
+        let installed = Path::new(INSTALLED_STATE_DIR);
+        let local = Path::new("state");
+        let etc = Some(Path::new("/etc/convenor"));
+        let cases: [(&str, Option<&Path>, &Path); 11] = [
+            ("/etc/convenor/convenor.toml", None, installed),
+            (
+                "/etc/convenor/convenor.toml",
+                Some(Path::new("/home/ops")),
+                installed,
+            ),
+            // Relative to the working directory, as `cd /etc/convenor && convenor plan
+            // --config convenor.toml` gives it.
+            ("convenor.toml", etc, installed),
+            ("./convenor.toml", etc, installed),
+            ("convenor/convenor.toml", Some(Path::new("/etc")), installed),
+            ("../convenor/convenor.toml", etc, installed),
+            ("/etc/convenor/../convenor/./convenor.toml", None, installed),
+            // Not the installed directory.
+            ("convenor.toml", Some(Path::new("/srv/convenor")), local),
+            ("config/lednet.toml", etc, local),
+            ("/etc/convenor/sub/convenor.toml", None, local),
+            // No working directory known: a relative path is not the installed config.
+            ("convenor.toml", None, local),
+        ];
+        for (file, cwd, want) in cases {
+            assert_eq!(
+                default_state_dir(Path::new(file), cwd),
+                want,
+                "{file} from {cwd:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_meeting_id_names_the_date_to_add() {
+        let text = missing_meeting_id(Some(jiff::civil::date(2023, 2, 24)));
+        assert!(
+            text.starts_with(
+                "the meeting has no `id`: add id = \"2023-02-24\" (its date, the id it has had \
+                 so far, keeps its calendar UID and its mail)"
+            ),
+            "{text}"
+        );
+        assert!(missing_meeting_id(None).contains("id = \"YYYY-MM-DD\""));
+    }
+
+    /// A `days_before = 0` rule is late for a meeting when its due instant is at or after the
+    /// start, compared as the schedule places them: on the day the clocks spring forward
+    /// (London, 2023-03-26, 01:00 to 02:00), 01:30 is placed at 02:30 BST, the start of a
+    /// meeting at 02:30, though it reads earlier.
+    #[test]
+    fn a_same_day_rule_is_late_for_meetings_starting_at_or_before_its_time() {
+        let tz = TimeZone::get("Europe/London").expect("zone");
+        let meeting = |id: &str, date: Date, start: Time, status: MeetingStatus| Meeting {
+            id: MeetingId::parse(id).expect("id"),
+            date,
+            start,
+            end: jiff::civil::time(23, 0, 0, 0),
+            title: HeaderText::parse("T").expect("title"),
+            location: None,
+            join_url: None,
+            status,
+            focus: Vec::new(),
+            notes: None,
+        };
+        let rule = |days: u16, at: Time| EmailRule {
+            id: EmailId::parse("same-day").expect("id"),
+            template: TemplateName::parse("reminder").expect("template"),
+            trigger: Trigger::DaysBefore { days, at },
+            audience: Audience::List,
+            grace: SignedDuration::from_mins(10),
+        };
+        let (t, d) = (jiff::civil::time, jiff::civil::date);
+        let meetings = [
+            meeting(
+                "ten",
+                d(2023, 6, 7),
+                t(10, 0, 0, 0),
+                MeetingStatus::Confirmed,
+            ),
+            meeting(
+                "noon",
+                d(2023, 6, 8),
+                t(12, 0, 0, 0),
+                MeetingStatus::Confirmed,
+            ),
+            meeting(
+                "gap",
+                d(2023, 3, 26),
+                t(2, 30, 0, 0),
+                MeetingStatus::Confirmed,
+            ),
+            meeting(
+                "off",
+                d(2023, 6, 9),
+                t(9, 0, 0, 0),
+                MeetingStatus::Cancelled,
+            ),
+        ];
+        let late = |r: &EmailRule| -> Vec<&str> {
+            too_late_for(r, &meetings, &tz)
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect()
+        };
+        assert_eq!(late(&rule(0, t(10, 0, 0, 0))), ["ten", "gap"]);
+        assert_eq!(late(&rule(0, t(9, 59, 0, 0))), ["gap"]);
+        assert_eq!(late(&rule(0, t(1, 30, 0, 0))), ["gap"]);
+        assert!(late(&rule(0, t(1, 29, 0, 0))).is_empty());
+        assert_eq!(late(&rule(0, t(18, 0, 0, 0))), ["ten", "noon", "gap"]);
+        assert!(late(&rule(1, t(23, 0, 0, 0))).is_empty());
+        let message = too_late_message(
+            &rule(0, t(18, 0, 0, 0)),
+            &too_late_for(&rule(0, t(18, 0, 0, 0)), &meetings, &tz),
+        );
+        assert!(
+            message.starts_with(
+                "`same-day` (days_before = 0, at = \"18:00\") falls due at or after the start of \
+                 meetings `ten` (starts 10:00), `noon` (starts 12:00), `gap` (starts 02:30)"
+            ),
+            "{message}"
+        );
+    }
 }

@@ -194,7 +194,7 @@ impl Relay {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends one message on a kept connection or a new one ([`transact`]); keeps the
+    /// Sends one message on a kept connection or a new one (`transact`); keeps the
     /// connection afterwards if the send succeeded. Not bounded in time: the caller bounds it.
     pub async fn send(
         self: &Arc<Self>,

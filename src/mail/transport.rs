@@ -378,14 +378,9 @@ pub fn read_password(source: &PasswordSource) -> Result<Option<String>, MailErro
         PasswordSource::None => Ok(None),
         PasswordSource::File(path) => from_file(path, format!("file {}", path.display())),
         PasswordSource::Credential(name) => {
-            let desc = format!("systemd credential `{name}`");
-            let dir =
-                std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| MailError::Password {
-                    source_desc: desc.clone(),
-                    message: "$CREDENTIALS_DIRECTORY is not set (add LoadCredential= to the unit)"
-                        .into(),
-                })?;
-            from_file(&Path::new(&dir).join(name), desc)
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+            let path = credential_path(name, dir.as_deref())?;
+            from_file(&path, credential_desc(name))
         }
         PasswordSource::Env(var) => std::env::var(var)
             .map(Some)
@@ -394,6 +389,34 @@ pub fn read_password(source: &PasswordSource) -> Result<Option<String>, MailErro
                 message: e.to_string(),
             }),
     }
+}
+
+fn credential_desc(name: &str) -> String {
+    format!("systemd credential `{name}`")
+}
+
+/// Where systemd put the credential `name`: in `credentials_directory`, the process's
+/// `$CREDENTIALS_DIRECTORY`. systemd sets that only inside a unit that loads a credential, so
+/// without it the error says what to do both in the service (a `LoadCredential=` drop-in) and
+/// in a shell, where it is never set: run the command under systemd with the credential, or
+/// name the password another way for a one-off.
+pub fn credential_path(
+    name: &str,
+    credentials_directory: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, MailError> {
+    let dir = credentials_directory.ok_or_else(|| MailError::Password {
+        source_desc: credential_desc(name),
+        message: format!(
+            "$CREDENTIALS_DIRECTORY is not set. systemd sets it only inside a unit that loads \
+             the credential: for the service, LoadCredential={name}:<file> in its drop-in (see \
+             the README, \"Credentials\"). A shell never has it: run the command under systemd \
+             with the credential, as in `sudo systemd-run --pipe --wait --quiet -p \
+             LoadCredential={name}:/etc/convenor/{name} convenor send-test --config \
+             /etc/convenor/convenor.toml --to ADDR`, or, for a one-off, give the password with \
+             password_file or password_env in a copy of the config"
+        ),
+    })?;
+    Ok(Path::new(dir).join(name))
 }
 
 /// The outbox file name for a Message-ID: the id without brackets, with anything but
@@ -462,5 +485,30 @@ mod tests {
             "2023-02-24.agenda-call.0.ab12@example.org.eml"
         );
         assert_eq!(eml_file_name("<../../etc/x@y>"), "_.._etc_x@y.eml");
+    }
+
+    /// A shell has no `$CREDENTIALS_DIRECTORY`: the error says how to run the command with the
+    /// credential from there, not only how to fix the unit.
+    #[test]
+    fn a_credential_without_its_directory_says_how_to_load_it_from_a_shell() {
+        let err = credential_path("smtp-password", None).expect_err("no directory");
+        let text = err.to_string();
+        for part in [
+            "cannot read the SMTP password from systemd credential `smtp-password`",
+            "LoadCredential=smtp-password:<file> in its drop-in",
+            "sudo systemd-run --pipe --wait --quiet -p \
+             LoadCredential=smtp-password:/etc/convenor/smtp-password convenor send-test",
+            "password_file or password_env",
+        ] {
+            assert!(text.contains(part), "`{part}` not in: {text}");
+        }
+        assert_eq!(
+            credential_path(
+                "smtp-password",
+                Some(std::ffi::OsStr::new("/run/credentials/x"))
+            )
+            .expect("path"),
+            Path::new("/run/credentials/x/smtp-password")
+        );
     }
 }

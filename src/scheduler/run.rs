@@ -199,6 +199,11 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                  system clock, see them with `convenor plan`, release them with `convenor release`"
             );
         }
+        // Each row's Message-ID, for the log lines of mails skipped, held or failed here.
+        let message_ids: std::collections::HashMap<&MailKey, &str> = rows
+            .iter()
+            .map(|r| (&r.key, r.message_id.as_str()))
+            .collect();
         for action in actions {
             // Checked before each claim: after the shutdown signal a pass starts nothing new.
             if stop.load(Ordering::SeqCst) {
@@ -209,13 +214,16 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                     observe(&key);
                     self.send(&key).await?;
                 }
-                other => self.record(&other)?,
+                other => {
+                    let message_id = message_ids.get(other.key()).copied().unwrap_or_default();
+                    self.record(&other, message_id)?;
+                }
             }
         }
         lock(&self.store).next_wake()
     }
 
-    fn record(&self, action: &Action) -> Result<(), LedgerError> {
+    fn record(&self, action: &Action, message_id: &str) -> Result<(), LedgerError> {
         let Some(outcome) = action.outcome() else {
             return Ok(());
         };
@@ -226,13 +234,13 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
         let (meeting, email, to) = (&key.meeting, &key.email, &key.audience);
         match &outcome {
             Outcome::Skipped { reason } => {
-                tracing::warn!(%meeting, %email, %to, "mail skipped: {reason}");
+                tracing::warn!(%meeting, %email, %to, %message_id, "mail skipped: {reason}");
             }
             Outcome::Held { reason } => {
-                tracing::error!(%meeting, %email, %to, "mail held: {reason}");
+                tracing::error!(%meeting, %email, %to, %message_id, "mail held: {reason}");
             }
             Outcome::Failed { error } => {
-                tracing::error!(%meeting, %email, %to, "mail failed: {error}");
+                tracing::error!(%meeting, %email, %to, %message_id, "mail failed: {error}");
             }
             Outcome::Sent { .. } | Outcome::Retry { .. } => {}
         }

@@ -88,8 +88,8 @@ fn every_validation_error_names_its_place() {
         ),
         // duplicate ids
         (
-            "date = 2023-11-30",
-            "date = 2023-11-30\nid = \"2023-02-24\"",
+            "id = \"2023-11-30\"",
+            "id = \"2023-02-24\"",
             "duplicate meeting id `2023-02-24`",
             "\"2023-02-24\"",
         ),
@@ -134,8 +134,8 @@ fn every_validation_error_names_its_place() {
         ),
         // CR or LF in a value that ends up in a header
         (
-            "title = \"LEDNet meeting\"\nlocation = \"London (venue to be confirmed)\"\n\n[[meeting]]\ndate = 2023-04-19",
-            "title = \"LEDNet meeting\\r\\nBcc: victim@example.org\"\nlocation = \"London (venue to be confirmed)\"\n\n[[meeting]]\ndate = 2023-04-19",
+            "title = \"LEDNet meeting\"\nlocation = \"London (venue to be confirmed)\"\n\n[[meeting]]\nid = \"2023-04-19\"",
+            "title = \"LEDNet meeting\\r\\nBcc: victim@example.org\"\nlocation = \"London (venue to be confirmed)\"\n\n[[meeting]]\nid = \"2023-04-19\"",
             "contains a carriage return (CR)",
             "\"LEDNet meeting\\r",
         ),
@@ -176,6 +176,13 @@ fn every_validation_error_names_its_place() {
             "before = \"four weeks\"",
             "`four weeks` is not a duration",
             "\"four weeks\"",
+        ),
+        // a schedule entry that can never send: due as every meeting starts
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "before = \"0s\"",
+            "before = \"0s\" falls due as the meeting starts",
+            "\"0s\"",
         ),
         (
             "listen = \"127.0.0.1:8080\"",
@@ -377,7 +384,7 @@ fn warnings_for_weekend_and_clock_change_days_do_not_fail() {
 }
 
 #[test]
-fn meeting_ids_default_to_the_date_and_state_dir_follows_systemd() {
+fn the_shipped_meeting_ids_are_their_dates_and_state_dir_follows_systemd() {
     let loaded = parse(&example_config_text()).expect("valid");
     let ids: Vec<&str> = loaded
         .config
@@ -398,6 +405,7 @@ fn meeting_ids_default_to_the_date_and_state_dir_follows_systemd() {
     assert_eq!(loaded.config.state_dir, Path::new("state"));
     let env = Environment {
         state_directory: Some("/var/lib/convenor".into()),
+        ..Environment::default()
     };
     let sd = config::parse(
         &repo().join("config/lednet.toml"),
@@ -458,6 +466,114 @@ fn check_exits_78_with_file_line_column_on_a_bad_config() {
         String::from_utf8_lossy(&missing.stderr)
             .contains("cannot read config file /nonexistent/convenor.toml")
     );
+}
+
+/// `id` is required: a meeting without one is an error at its `[[meeting]]` line whose message
+/// gives the line to add, the date (the id it had when `id` defaulted to the date). The shipped
+/// config as it was before (no ids) gets one error per meeting; adding exactly the suggested
+/// lines makes it the shipped config again.
+#[test]
+fn check_refuses_a_meeting_without_an_id_and_names_the_id_to_add() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = edited("id = \"2023-04-19\"\n", "");
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let written = std::fs::read_to_string(&path).expect("read");
+    let (line, col) = position_of(&written, "[[meeting]]\ndate = 2023-04-19", "[[meeting]]");
+    assert!(
+        stderr.contains(&format!(
+            "{}:{line}:{col}: error: the meeting has no `id`: add id = \"2023-04-19\" (its date, \
+             the id it has had so far, keeps its calendar UID and its mail)",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 error(s); the config was not used"),
+        "{stderr}"
+    );
+
+    // The config of an existing deployment, written when `id` defaulted to the date.
+    let mut old = example_config_text();
+    let ids = [
+        "2023-02-24",
+        "2023-04-19",
+        "2023-06-07",
+        "2023-09-29",
+        "2023-11-30",
+    ];
+    for id in ids {
+        old = old.replacen(&format!("id = \"{id}\"\n"), "", 1);
+    }
+    let err = parse(&old).expect_err("meetings without ids");
+    let diagnostics = err.diagnostics();
+    assert_eq!(diagnostics.len(), ids.len(), "{err}");
+    let mut upgraded = old.clone();
+    for (d, id) in diagnostics.iter().zip(ids) {
+        let add = format!("id = \"{id}\"");
+        assert!(d.message.contains(&format!("add {add} (")), "{d}");
+        let header = format!("[[meeting]]\ndate = {id}\n");
+        assert_eq!(
+            (d.line, d.column),
+            position_of(&old, &header, "[[meeting]]"),
+            "{d}"
+        );
+        upgraded = upgraded.replacen(&header, &format!("[[meeting]]\n{add}\ndate = {id}\n"), 1);
+    }
+    assert_eq!(upgraded, example_config_text());
+}
+
+/// A same-day mail at or after a meeting's start can never go out for that meeting: whether it
+/// can depends on the meeting, so it is a warning naming them, at the entry's `at`; `check`
+/// prints it and passes.
+#[test]
+fn a_same_day_mail_at_or_after_the_start_warns_naming_the_meetings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = edited(
+        "days_before = 1\nat = \"09:00\"",
+        "days_before = 0\nat = \"18:00\"",
+    );
+    let loaded = parse(&text).expect("a warning, not an error");
+    let late: Vec<_> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("falls due at or after the start"))
+        .collect();
+    assert_eq!(late.len(), 1, "{:?}", loaded.warnings);
+    let w = late[0];
+    assert_eq!(w.severity, Severity::Warning);
+    assert!(
+        w.message.starts_with(
+            "`reminder-day` (days_before = 0, at = \"18:00\") falls due at or after the start of \
+             meetings `2023-02-24` (starts 10:00), `2023-04-19` (starts 10:00), `2023-06-07` \
+             (starts 10:00), 2 more, and no mail goes out once its meeting has started"
+        ),
+        "{w}"
+    );
+    let (line, column) = position_of(&text, "days_before = 0\nat = ", "\"18:00\"");
+    assert_eq!((w.line, w.column), (line, column), "{w}");
+
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:{line}:{column}: warning: `reminder-day` (days_before = 0",
+            path.display()
+        )),
+        "{stderr}"
+    );
+
+    // 09:00 on the day is before every shipped meeting's 10:00 start.
+    let early = parse(&edited(
+        "days_before = 1\nat = \"09:00\"",
+        "days_before = 0\nat = \"09:00\"",
+    ))
+    .expect("valid");
+    assert!(early.warnings.is_empty(), "{:?}", early.warnings);
 }
 
 #[test]

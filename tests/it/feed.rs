@@ -215,7 +215,7 @@ fn folding_multibyte_text_and_escapes_at_every_position() {
         let title = format!("{prefix}{payload}");
         let notes = format!("{prefix}{payload}\nline two: é\\n");
         text.push_str(&format!(
-            "\n[[meeting]]\ndate = {date}\nstart = \"10:00\"\nend = \"11:00\"\ntitle = {}\nnotes = {}\n",
+            "\n[[meeting]]\nid = \"{date}\"\ndate = {date}\nstart = \"10:00\"\nend = \"11:00\"\ntitle = {}\nnotes = {}\n",
             toml_string(&title),
             toml_string(&notes)
         ));
@@ -338,6 +338,79 @@ fn a_time_change_raises_sequence_and_moves_the_stamps() {
     assert_eq!(invite["events"][0]["uid"], e1["uid"]);
     assert_eq!(invite["events"][0]["sequence"], 1);
     assert_eq!(invite["events"][0]["start_utc"], e1["start_utc"]);
+}
+
+/// Moving a meeting to another date is an edit of its `date` under the same `id`: the ledger
+/// keeps it as the same meeting, so the feed keeps its UID and raises its SEQUENCE, its pending
+/// mail moves with it under the same Message-ID, and a change notice is queued; no event appears
+/// under the new date's name.
+#[test]
+fn a_meeting_moved_to_another_date_keeps_its_uid_and_raises_sequence() {
+    use convenor::{daemon::replan, ledger::SqliteStore, ledger::Store as _};
+    let t0: Timestamp = "2023-01-05T08:00:00Z".parse().expect("t0");
+    let t1: Timestamp = "2023-01-10T12:00:00Z".parse().expect("t1");
+    let before = config_from(&example_config_text());
+    // 2023-02-27 is a Monday; the meeting keeps `id = "2023-02-24"`.
+    let after = config_from(&example_config_text().replacen(
+        "id = \"2023-02-24\"\ndate = 2023-02-24\n",
+        "id = \"2023-02-24\"\ndate = 2023-02-27\n",
+        1,
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    replan(&mut store, &before, t0).expect("plan");
+    let call = |store: &SqliteStore| {
+        store
+            .rows()
+            .expect("rows")
+            .into_iter()
+            .find(|r| r.key.meeting == "2023-02-24" && r.key.email == "agenda-call")
+            .expect("the agenda call of 2023-02-24")
+    };
+    let call0 = call(&store);
+    let v0 = parse_ics(&feed::render_calendar(
+        &before,
+        &store.revisions().expect("revisions"),
+        Selection::All,
+    ));
+    replan(&mut store, &after, t1).expect("replan");
+    let revisions = store.revisions().expect("revisions");
+    let v1 = parse_ics(&feed::render_calendar(&after, &revisions, Selection::All));
+    let (e0, e1) = (event(&v0, "2023-02-24@"), event(&v1, "2023-02-24@"));
+    assert_eq!(e0["uid"], e1["uid"]);
+    assert_eq!(
+        (e0["sequence"].as_i64(), e1["sequence"].as_i64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(e1["start_utc"], "2023-02-27T10:00:00Z");
+    assert_eq!(e1["last_modified"], "2023-01-10T12:00:00Z");
+    let uids: Vec<&str> = v1["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["uid"].as_str().expect("uid"))
+        .collect();
+    assert_eq!(uids.len(), 5, "{uids:?}");
+    assert!(
+        !uids.iter().any(|u| u.starts_with("2023-02-27@")),
+        "{uids:?}"
+    );
+    assert_eq!(revisions.len(), 5);
+    // The pending agenda call moved with the meeting (28 days before, 09:00 GMT) and kept its
+    // Message-ID; one change notice is queued for SEQUENCE 1.
+    let call1 = call(&store);
+    assert_eq!(call1.state, convenor::ledger::MailState::Pending);
+    assert_eq!(call1.due.to_string(), "2023-01-30T09:00:00Z");
+    assert_eq!(call1.message_id, call0.message_id);
+    let rows = store.rows().expect("rows");
+    assert!(rows.iter().all(|r| r.key.meeting != "2023-02-27"));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.key.meeting == "2023-02-24" && r.key.email == "change-notice")
+            .map(|r| r.key.occurrence)
+            .collect::<Vec<_>>(),
+        [1]
+    );
 }
 
 #[test]

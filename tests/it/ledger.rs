@@ -580,7 +580,7 @@ fn a_pending_plans_revisions_are_the_ledgers_after_it_is_written() {
     let moved = text.replacen("start = \"14:00\"", "start = \"15:00\"", 1);
     let retitled = moved.replacen("LEDNet meeting 4\"", "LEDNet meeting four\"", 1);
     let third = retitled
-        .find("[[meeting]]\ndate = 2027-01-06")
+        .find("[[meeting]]\nid = \"2027-01-06\"")
         .expect("meeting 3");
     let next = third
         + 1

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area, real parts at every boundary.
 
 mod agenda;
+mod cli;
 mod config;
 mod daemon;
 mod feed;

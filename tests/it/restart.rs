@@ -372,7 +372,7 @@ fn last_modified_moves_forward_across_restarts_that_change_the_feed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("serve.log");
     let original = example_config_text();
-    let september = "[[meeting]]\ndate = 2023-09-29\nstart = \"10:00\"\nend = \"12:30\"\n\
+    let september = "[[meeting]]\nid = \"2023-09-29\"\ndate = 2023-09-29\nstart = \"10:00\"\nend = \"12:30\"\n\
                      title = \"LEDNet meeting\"\n";
     assert_eq!(
         original.matches(september).count(),
