@@ -279,7 +279,8 @@ fn preview(
     recipient: Option<&str>,
     eml: bool,
 ) -> anyhow::Result<ExitCode> {
-    let config = &loaded.config;
+    let pinned = with_pinned_uid_domain(&loaded.config)?;
+    let config: &Config = &pinned;
     let meeting = MeetingId::parse(meeting)
         .ok()
         .and_then(|id| config.meeting(&id))
@@ -523,7 +524,8 @@ pub fn write_stdout(text: &str) -> anyhow::Result<()> {
 /// empty: every meeting has SEQUENCE 0 and the fallback stamp (see [`crate::feed::FALLBACK_STAMP`]).
 fn ics_command(loaded: &Loaded, priority: Option<&str>) -> anyhow::Result<ExitCode> {
     use crate::feed::{self, Selection};
-    let config = &loaded.config;
+    let pinned = with_pinned_uid_domain(&loaded.config)?;
+    let config: &Config = &pinned;
     let selection = match priority {
         None => Selection::All,
         Some(id) => {
@@ -544,6 +546,25 @@ fn ics_command(loaded: &Loaded, priority: Option<&str>) -> anyhow::Result<ExitCo
     let revisions = stored_revisions(config)?;
     write_stdout(&feed::render_calendar(config, &revisions, selection))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `config` with the calendar UID domain the service's ledger pinned at its first start (see
+/// [`crate::model::Network::uid_domain`]), so what `ics` and `preview` print carries the UIDs
+/// subscribers have; the config as loaded when there is no ledger or nothing is pinned yet.
+fn with_pinned_uid_domain(config: &Config) -> anyhow::Result<std::borrow::Cow<'_, Config>> {
+    let file = config.state_dir.join(ledger::LEDGER_FILE);
+    if !store_file_exists(&file)? {
+        return Ok(std::borrow::Cow::Borrowed(config));
+    }
+    let pinned = ledger::SqliteStore::open(&file)?.uid_domain()?;
+    Ok(match pinned {
+        Some(domain) if domain != config.network.uid_domain => {
+            let mut renamed = config.clone();
+            renamed.network.uid_domain = domain;
+            std::borrow::Cow::Owned(renamed)
+        }
+        _ => std::borrow::Cow::Borrowed(config),
+    })
 }
 
 /// The meetings' stored revisions from the ledger, or none when there is no ledger yet.

@@ -374,7 +374,7 @@ pub trait Store: Send {
 
     /// Claims a due mail: `pending -> sending` and one more attempt, only if it is still
     /// pending and due at `now`, `now` is before the meeting starts, and (for a first attempt)
-    /// `now` is not past its deadline: the same rules as [`crate::scheduler::decide`], checked
+    /// `now` is not past its deadline: the same rules as [`crate::scheduler::decide()`], checked
     /// again at the instant of the claim. Returns the claimed row, or `None` if someone else
     /// moved it or it is no longer sendable (the next decision skips or fails it, with why).
     fn claim(&mut self, key: &MailKey, now: Timestamp) -> Result<Option<LedgerRow>, LedgerError>;

@@ -524,15 +524,16 @@ fn preview_shows_the_ledgers_sequence_message_id_thread_and_change() {
 fn skipped_and_held_mail_is_logged_with_its_message_id() {
     use crate::daemon::harness::{Daemon, soon_text};
     let dir = tempfile::tempdir().expect("tempdir");
-    let text_ = soon_text(&[-7200, -120, -119, -118, -117], None, "")
+    // Four fell due 20 minutes ago: overdue by more than the guard's ten minutes, so held.
+    let text_ = soon_text(&[-7200, -1200, -1199, -1198, -1197], None, "")
         .replace("max_catch_up = 100", "max_catch_up = 3");
     let path = write_config(dir.path(), &text_);
     let config = load(&path, &Environment::default()).expect("config").config;
     std::fs::create_dir_all(&config.state_dir).expect("state");
     {
-        // Planned ten minutes ago, before the four fell due.
+        // Planned half an hour ago, before the four fell due.
         let mut store = SqliteStore::open_in(&config.state_dir).expect("ledger");
-        let planned = Timestamp::now() - jiff::SignedDuration::from_mins(10);
+        let planned = Timestamp::now() - jiff::SignedDuration::from_mins(30);
         replan(&mut store, &config, planned).expect("plan");
     }
     let mut daemon = Daemon::spawn(&path, &dir.path().join("serve.log"));

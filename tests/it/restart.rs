@@ -544,6 +544,14 @@ fn renaming_the_network_keeps_every_uid_across_restarts_and_reloads() {
         "{reloaded}"
     );
     assert_eq!(uids(&reloaded), first_uids, "after a reload");
+    // The CLI prints what is served: the pinned UIDs too.
+    let printed = crate::support::convenor(&["ics", "--config", config.to_str().expect("utf-8")]);
+    assert!(printed.status.success(), "{printed:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout),
+        reloaded,
+        "`convenor ics` prints the served feed"
+    );
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
