@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS proposals (
     notify_error TEXT
 );
 CREATE INDEX IF NOT EXISTS proposals_by_email ON proposals (email, created_ms);
+CREATE INDEX IF NOT EXISTS proposals_by_meeting ON proposals (meeting, created_ms);
 CREATE TABLE IF NOT EXISTS decisions (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
     proposal  INTEGER NOT NULL REFERENCES proposals (id),
@@ -322,8 +323,14 @@ impl AgendaStore {
         })
     }
 
-    /// Proposals from `email` since `since`, and from anyone since `since` (rate limits).
-    pub fn counts_since(&self, email: &str, since: Timestamp) -> Result<(u32, u32), AgendaError> {
+    /// Proposals from `email` (for any meeting) since `since`, and from anyone for `meeting`
+    /// since `since` (rate limits).
+    pub fn counts_since(
+        &self,
+        email: &str,
+        meeting: &str,
+        since: Timestamp,
+    ) -> Result<(u32, u32), AgendaError> {
         let ms = since.as_millisecond();
         let one: u32 = self
             .conn
@@ -336,8 +343,8 @@ impl AgendaStore {
         let all: u32 = self
             .conn
             .query_row(
-                "SELECT COUNT(*) FROM proposals WHERE created_ms >= ?1",
-                params![ms],
+                "SELECT COUNT(*) FROM proposals WHERE meeting = ?1 AND created_ms >= ?2",
+                params![meeting, ms],
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
@@ -699,7 +706,17 @@ mod tests {
             .map(|d| d.action)
             .collect();
         assert_eq!(actions, ["proposed", "accepted", "ordered"]);
-        assert_eq!(s.counts_since("a@example.org", t0).expect("counts"), (1, 2));
+        assert_eq!(
+            s.counts_since("a@example.org", "2023-02-24", t0)
+                .expect("counts"),
+            (1, 2)
+        );
+        // The second count is the meeting's; the first any meeting's.
+        assert_eq!(
+            s.counts_since("a@example.org", "2023-03-01", t0)
+                .expect("counts"),
+            (1, 0)
+        );
         let row = s
             .token(&super::super::token::hash(&token))
             .expect("token")

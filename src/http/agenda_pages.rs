@@ -12,7 +12,10 @@
 //!   is stored once and redirected to the same confirmation. Refused with a page saying why,
 //!   storing nothing: a cross-site post (403), not a form (415), over [`MAX_BODY`] (413),
 //!   malformed (400), the honeypot filled (400), the call closed (409), a field wrong (422,
-//!   each named, the form refilled), too many proposals from one address or from everyone (429).
+//!   each named, the form refilled), too many proposals in the last hour (429) from one
+//!   address ([`PER_ADDRESS`]), from one client ([`PER_CLIENT`], the client as
+//!   [`super::client`] finds it: the TCP peer, or the last `X-Forwarded-For` entry when the
+//!   peer is a loopback proxy) or for this meeting from everyone ([`PER_MEETING`]).
 //! - `GET /leads/<token>/`: that priority's proposals with accept and decline buttons, and until
 //!   when the link works. An unknown token is 404; a revoked one (or one issued to a lead since
 //!   replaced) 410; an expired one 410 with a page saying so, when, and where a fresh link comes
@@ -22,6 +25,9 @@
 //!   same-origin check (Origin and Sec-Fetch-Site against `[network] base_url`) and a CSRF token
 //!   bound to the lead token and the proposal; the decision is recorded with the lead's name and
 //!   address, then 303 to the page.
+//!
+//! Every HTML page carries [`super::CONTENT_SECURITY_POLICY`], `X-Frame-Options: DENY` and
+//! `nosniff`; plain-text answers `nosniff`.
 //!
 //! Form actions and redirects start with the path of `base_url` ([`base_path`]), so behind a
 //! proxy that serves convenor under `https://host/lednet` they stay under `/lednet`.
@@ -37,7 +43,7 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, RawQuery, State},
+    extract::{DefaultBodyLimit, Extension, Path, RawQuery, State},
     http::{HeaderMap, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::{get, post},
@@ -46,7 +52,10 @@ use jiff::{SignedDuration, Timestamp};
 use minijinja::{Environment, context, value::Serde};
 use serde::Serialize;
 
-use super::FeedState;
+use super::{
+    FeedState,
+    client::{ClientKey, ClientLimiter, Peer},
+};
 use crate::{
     agenda::{
         self, AgendaStore, Proposal, ProposalForm, Status,
@@ -61,8 +70,17 @@ use crate::{
 pub const MAX_BODY: usize = 16 * 1024;
 /// Proposals one address may make per [`RATE_WINDOW`].
 pub const PER_ADDRESS: u32 = 5;
-/// Proposals everyone together may make per [`RATE_WINDOW`].
-pub const PER_WINDOW: u32 = 100;
+/// Proposals one client (an IPv4 address or an IPv6 /64, see [`super::client`]) may make per
+/// [`RATE_WINDOW`], whatever addresses it types: a script cannot make up addresses to get past
+/// [`PER_ADDRESS`]. Ten, not five: members behind one office or campus NAT share an IPv4
+/// address, and ten fake proposals an hour from one machine mail few leads.
+pub const PER_CLIENT: usize = 10;
+/// Proposals everyone together may make for one meeting per [`RATE_WINDOW`]: the last bound on
+/// the mail a flood sends to leads, from clients with many addresses. Per meeting, so a flood
+/// against one meeting's form does not close the others' (one shared bucket let one script
+/// close every form for an hour); with [`PER_CLIENT`] it takes ten clients to fill it, and a
+/// meeting rarely gets a hundred genuine proposals in its whole call, let alone in an hour.
+pub const PER_MEETING: u32 = 100;
 /// The rate limits' window.
 pub const RATE_WINDOW: SignedDuration = SignedDuration::from_hours(1);
 
@@ -79,6 +97,9 @@ pub struct AgendaPages {
     store: Arc<Mutex<AgendaStore>>,
     changed: Arc<dyn Fn() + Send + Sync>,
     notify: bool,
+    /// Proposals stored per client in the last [`RATE_WINDOW`]; locked only under `store`'s
+    /// lock.
+    clients: Arc<Mutex<ClientLimiter>>,
 }
 
 impl std::fmt::Debug for AgendaPages {
@@ -102,6 +123,7 @@ impl AgendaPages {
             store,
             changed,
             notify,
+            clients: Arc::new(Mutex::new(ClientLimiter::new(RATE_WINDOW))),
         }
     }
 
@@ -122,7 +144,9 @@ pub fn routes(pages: AgendaPages) -> Router {
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, format!("{}\n", text.into())).into_response()
+    let mut res = (status, format!("{}\n", text.into())).into_response();
+    super::no_sniff(&mut res);
+    res
 }
 
 fn failure(e: impl std::fmt::Display) -> Response {
@@ -313,7 +337,11 @@ fn find_meeting<'a>(config: &'a Config, id: &str) -> Option<&'a Meeting> {
 
 fn page(status: StatusCode, html: Result<String, minijinja::Error>) -> Response {
     match html {
-        Ok(h) => (status, Html(h)).into_response(),
+        Ok(h) => {
+            let mut res = (status, Html(h)).into_response();
+            super::html_page_headers(&mut res);
+            res
+        }
         Err(e) => failure(e),
     }
 }
@@ -361,12 +389,19 @@ async fn meeting_page(
 async fn propose(
     State(pages): State<AgendaPages>,
     Path(id): Path<String>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let feeds = pages.feeds.current();
     let config = &feeds.config;
     let now = Timestamp::now();
+    // A router served by something other than `server::serve` has no peer: all its requests
+    // are then one client.
+    let client = ClientKey::of(peer.map_or(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        |Extension(Peer(p))| super::client::client_ip(p.ip(), &headers),
+    ));
     let Some(meeting) = find_meeting(config, &id) else {
         return plain(StatusCode::NOT_FOUND, format!("no meeting `{id}`"));
     };
@@ -427,24 +462,43 @@ async fn propose(
                 .find(|p| is_resubmission(p, &new))
                 .map(|p| p.id)
         });
-        match (waiting, store.counts_since(&new.email, since)) {
+        let mut clients = pages.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let from_client = clients.count(client, now);
+        match (
+            waiting,
+            store.counts_since(&new.email, meeting.id.as_str(), since),
+        ) {
             (Err(e), _) | (_, Err(e)) => Stored::Failed(e),
             (Ok(Some(pid)), _) => Stored::Again(pid),
             (Ok(None), Ok((one, _))) if one >= PER_ADDRESS => Stored::Limited(format!(
                 "{PER_ADDRESS} proposals from {} in the last hour is the limit; please try later or write to the team",
                 new.email
             )),
-            (Ok(None), Ok((_, all))) if all >= PER_WINDOW => {
-                Stored::Limited("too many proposals in the last hour; please try later".to_owned())
+            (Ok(None), Ok(_)) if from_client >= PER_CLIENT => {
+                tracing::info!(%client, meeting = %meeting.id, "proposal refused: the per-client limit");
+                Stored::Limited(format!(
+                    "{PER_CLIENT} proposals from your network address in the last hour is the limit; please try later or write to the team"
+                ))
             }
-            (Ok(None), Ok(_)) => store
-                .add(
+            (Ok(None), Ok((_, all))) if all >= PER_MEETING => {
+                tracing::warn!(meeting = %meeting.id, "proposal refused: the per-meeting limit");
+                Stored::Limited(
+                    "too many proposals for this meeting in the last hour; please try later or write to the team"
+                        .to_owned(),
+                )
+            }
+            (Ok(None), Ok(_)) => {
+                let stored = store.add(
                     &new,
                     &format!("web form ({})", new.email),
                     pages.notify,
                     now,
-                )
-                .map_or_else(Stored::Failed, Stored::New),
+                );
+                if stored.is_ok() {
+                    clients.record(client, now);
+                }
+                stored.map_or_else(Stored::Failed, Stored::New)
+            }
         }
     };
     let pid = match stored {

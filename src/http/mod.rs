@@ -3,10 +3,13 @@
 //! Routes (all under `/<feed token>` when one is configured, the public ones then 404):
 //! `GET /calendar.ics`, `GET /priorities/<id>.ics`, `GET /` (the page). HEAD answers as GET
 //! without a body; other methods on those paths get 405. Feeds are never compressed (gzip broke
-//! an Outlook subscription) and `no-transform` asks proxies not to either. The shutdown signal
+//! an Outlook subscription) and `no-transform` asks proxies not to either. The page carries
+//! [`CONTENT_SECURITY_POLICY`], `X-Frame-Options: DENY` and `nosniff` ([`html_page_headers`]),
+//! error answers `nosniff`; feed responses get none of them. The shutdown signal
 //! is an argument of [`serve`], so tests stop the server by completing a future.
 
 pub mod agenda_pages;
+pub mod client;
 pub mod feed_cache;
 pub mod page;
 pub mod sendfile;
@@ -30,6 +33,44 @@ pub use state::{Feed, FeedHits, FeedState, Feeds};
 const CALENDAR: HeaderValue = HeaderValue::from_static("text/calendar; charset=utf-8");
 const HTML: HeaderValue = HeaderValue::from_static("text/html; charset=utf-8");
 const ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD");
+
+/// The Content-Security-Policy of every HTML page. The pages load nothing (no script, image,
+/// font or stylesheet file), style themselves with one inline `<style>` element, and post
+/// forms only to their own origin; links out (webcal:, https:, a meeting's join URL) are
+/// navigation, which CSP does not restrict. `frame-ancestors 'none'` (and
+/// `X-Frame-Options: DENY` for older browsers) keeps them out of other sites' frames, so the
+/// proposal form and the lead's buttons cannot be clickjacked.
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
+
+/// Adds `X-Content-Type-Options: nosniff`: browsers take the declared type (plain text stays
+/// text). Every page and error answer has it; feed responses do not (their headers are the
+/// measured fast path's, and a calendar is never rendered by a browser).
+pub fn no_sniff(res: &mut Response) {
+    res.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+}
+
+/// Adds the headers of an HTML page: [`CONTENT_SECURITY_POLICY`], `X-Frame-Options: DENY`
+/// and [`no_sniff`].
+pub fn html_page_headers(res: &mut Response) {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    no_sniff(res);
+}
+
+/// A plain-text answer with `nosniff`.
+fn text(status: StatusCode, body: &'static str) -> Response {
+    let mut res = (status, body).into_response();
+    no_sniff(&mut res);
+    res
+}
 
 /// The application: one handler that routes by path against the current feeds, so a reload may
 /// change the token and the priorities without rebuilding the router.
@@ -86,10 +127,10 @@ async fn handle(
 ) -> Response {
     let feeds = state.current();
     let Some(target) = target(&feeds, uri.path()) else {
-        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+        return text(StatusCode::NOT_FOUND, "not found\n");
     };
     if method != Method::GET && method != Method::HEAD {
-        let mut res = (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n").into_response();
+        let mut res = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         res.headers_mut().insert(header::ALLOW, ALLOW);
         return res;
     }
@@ -97,7 +138,7 @@ async fn handle(
         Target::Page => page_response(&feeds),
         Target::Feed(path) => match feeds.feed(path) {
             Some(feed) => feed_response(feed, &feeds.cache_control, &headers),
-            None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
     }
 }
@@ -107,15 +148,15 @@ fn page_response(feeds: &Feeds) -> Response {
         Ok(html) => {
             let mut res = html.into_response();
             res.headers_mut().insert(header::CONTENT_TYPE, HTML);
+            html_page_headers(&mut res);
             res
         }
         Err(err) => {
             tracing::error!(error = %err, "rendering the subscribe page");
-            (
+            text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the page could not be rendered\n",
             )
-                .into_response()
         }
     }
 }

@@ -26,6 +26,9 @@
 //!   client that keeps reading (however slowly) keeps its slot as long as it reads, as with
 //!   nginx's `send_timeout`.
 //!
+//! Every request carries its connection's TCP peer address as a [`Peer`] extension (see
+//! [`super::client`]).
+//!
 //! Each connection is a [`SendfileStream`]: feed bodies sealed into a memfd go out with
 //! `sendfile` (see [`super::sendfile`]).
 //!
@@ -47,7 +50,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tower::ServiceExt as _;
 
-use super::sendfile::SendfileStream;
+use super::{client::Peer, sendfile::SendfileStream};
 use crate::model::HttpSettings;
 
 /// The cap on a request's line and headers together (hyper's smallest allowed buffer is 8 KiB;
@@ -109,9 +112,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
                     tracing::warn!("accepting a connection failed: {e}");
@@ -128,8 +131,9 @@ pub async fn serve(
         }
         let app = app.clone();
         let timeout = limits.request_timeout;
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let app = app.clone();
+            req.extensions_mut().insert(Peer(peer));
             async move { Ok::<_, Infallible>(respond(app, req, timeout).await) }
         });
         let io = TokioIo::new(SendfileStream::new(
@@ -221,6 +225,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    super::no_sniff(&mut res);
     res
 }
 

@@ -522,3 +522,152 @@ async fn an_expired_lead_link_is_refused_with_a_page_saying_so_and_its_posts_cha
     assert_eq!(served.proposals()[0].status.as_str(), "accepted");
     assert_eq!(served.actions(1), ["proposed", "accepted"]);
 }
+
+/// The per-client limit: a client posting under made-up addresses (the flood that closed the
+/// form for everyone) is refused after `PER_CLIENT` proposals an hour, while another client,
+/// named by the loopback proxy's `X-Forwarded-For`, still proposes. Only the last entry of
+/// `X-Forwarded-For` names the client: entries a client writes before it change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_over_its_limit_is_refused_while_another_client_still_proposes() {
+    use convenor::http::agenda_pages::PER_CLIENT;
+    let served = serve("https://convenor.example.org", None).await;
+    let c = client();
+    let url = served.url("/meetings/m1/proposals");
+    let post = |from: &'static str, title: String, email: String| {
+        c.post(&url)
+            .header("x-forwarded-for", from)
+            .form(&good(&title, "p1", &email))
+            .send()
+    };
+    for i in 0..PER_CLIENT {
+        let (status, _, body) = read(
+            post(
+                "203.0.113.7",
+                format!("Spam {i}"),
+                format!("bot{i}@spam.example"),
+            )
+            .await
+            .expect("post"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{i}: {body}");
+    }
+    for from in ["203.0.113.7", "203.0.113.8, 203.0.113.7"] {
+        let (status, headers, body) = read(
+            post(from, "One more".into(), "fresh@spam.example".into())
+                .await
+                .expect("post"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{from}: {body}");
+        assert!(body.contains("from your network address"), "{body}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    assert_eq!(served.proposals().len(), PER_CLIENT);
+
+    // Another client behind the same proxy, and the proxy's own address, still propose.
+    for (from, email) in [
+        ("203.0.113.8", "ada@camden.example"),
+        ("2001:db8::1", "bo@hackney.example"),
+    ] {
+        let (status, _, body) = read(
+            post(from, "Bus lanes".into(), email.into())
+                .await
+                .expect("post"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{from}: {body}");
+    }
+    let (status, _, body) = read(
+        c.post(&url)
+            .form(&good("Cycle hangars", "p1", "cy@islington.example"))
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(served.proposals().len(), PER_CLIENT + 3);
+}
+
+/// The three HTML pages (subscribe, meeting, lead) forbid framing and sniffing and load
+/// nothing but their inline style; plain-text errors are `nosniff`; feed responses carry none
+/// of these headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_pages_forbid_framing_and_sniffing_and_feeds_are_left_alone() {
+    let served = serve("https://convenor.example.org", None).await;
+    let c = client();
+    let token = served.lead_token();
+    let (status, _, _) = read(
+        c.post(served.url("/meetings/m1/proposals"))
+            .form(&good("Bus lanes", "p1", "ada@camden.example"))
+            .send()
+            .await
+            .expect("propose"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let invalid =
+        c.post(served.url("/meetings/m1/proposals"))
+            .form(&good("X", "p1", "not-an-address"));
+    for req in [
+        c.get(served.url("/")),
+        c.get(served.url("/meetings/m1")),
+        c.get(served.url(&format!("/leads/{token}/"))),
+        invalid,
+    ] {
+        let (status, headers, body) = read(req.send().await.expect("page")).await;
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("type")
+                .starts_with("text/html"),
+            "{status}: {body}"
+        );
+        assert_eq!(
+            headers[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+            "{status}"
+        );
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY", "{status}");
+        assert_eq!(
+            headers[header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff",
+            "{status}"
+        );
+        // What the policy allows is all the pages use: no script, no file they load.
+        for fetch in ["<script", "<img", "<link", "<iframe", "src="] {
+            assert!(!body.contains(fetch), "{fetch} on a page: {body}");
+        }
+    }
+    let lead = c
+        .get(served.url(&format!("/leads/{token}/")))
+        .send()
+        .await
+        .expect("lead");
+    assert_eq!(lead.headers()[header::REFERRER_POLICY], "same-origin");
+
+    for path in ["/meetings/nope", "/nope", "/leads/short/"] {
+        let res = c.get(served.url(path)).send().await.expect("error");
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            res.headers()[header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff",
+            "{path}"
+        );
+    }
+
+    let feed = c
+        .get(served.url("/calendar.ics"))
+        .send()
+        .await
+        .expect("feed");
+    assert_eq!(feed.status(), StatusCode::OK);
+    for name in [
+        header::CONTENT_SECURITY_POLICY,
+        header::X_FRAME_OPTIONS,
+        header::X_CONTENT_TYPE_OPTIONS,
+    ] {
+        assert!(!feed.headers().contains_key(&name), "{name} on a feed");
+    }
+}
