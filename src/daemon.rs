@@ -428,10 +428,23 @@ pub async fn run(
             }
         })
     };
-    let pages =
-        crate::http::agenda_pages::AgendaPages::new(feeds.clone(), agenda.clone(), hook, true);
+    // The mail to a lead uses the config in force with its checked templates and transport,
+    // read under the store lock where a reload publishes them together.
+    let notifier = {
+        let (store, outbox, config) = (store.clone(), outbox.clone(), config_tx.clone());
+        crate::agenda::notify::Notifier::new(move || {
+            let _published = crate::scheduler::run::lock(&store);
+            (config.borrow().clone(), outbox.parts())
+        })
+    };
+    let pages = crate::http::agenda_pages::AgendaPages::new(
+        feeds.clone(),
+        agenda.clone(),
+        hook,
+        Some(notifier.clone()),
+    );
     tokio::spawn(crate::agenda::notify::resend_pending(
-        Arc::clone(&config_tx.borrow()),
+        notifier,
         agenda.clone(),
     ));
     let app = router(

@@ -1,19 +1,25 @@
 //! The proposal-received mail: each new proposal goes to the lead of its priority, copy to the
 //! team (`[network] contact`), with a private link to the lead's page.
 //!
-//! Only a token's hash is stored, so each such mail carries a freshly issued token for that lead,
-//! working for `[agenda] lead_link_lifetime` (30 days by default) unless `convenor agenda token
-//! rotate|revoke` revokes it first; a lead with proposals coming in always has a recent link.
+//! Only a token's hash is stored, so each run of [`send_with_retries`] issues one fresh token for
+//! that lead (used by every attempt of the run), working for `[agenda] lead_link_lifetime` (30
+//! days by default) unless `convenor agenda token rotate|revoke` revokes it first; a lead with
+//! proposals coming in always has a recent link.
 //! The mail is rendered from the `proposal-received` template set with the usual context plus
-//! `proposal`.
-//! It is sent right after the proposal is stored, retried a few times on failure
-//! ([`send_with_retries`]), and whether it went out is recorded on the proposal (`notified_ms`,
-//! `notify_error`). A mail still owed when the daemon stops goes out at its next start
-//! ([`resend_pending`]). The proposal itself never depends on the mail.
+//! `proposal`, with the daemon's checked templates and transport ([`Notifier`]: the same ones the
+//! scheduler uses, swapped at reload), never from what is on disk but not yet checked.
+//! Its Message-ID is fixed per proposal (its number, meeting and creation instant), so a
+//! duplicate delivered after a lost reply can be recognised.
+//! It is sent right after the proposal is stored and retried after a transient failure with
+//! capped exponential backoff ([`after_failure`]: `[scheduler] retry_base`, doubling, at most an
+//! hour) until it is sent, the server refuses it for good, or the meeting has started. Whether it
+//! went out is recorded on the proposal (`notified_ms`, `notify_error`). A mail still owed when
+//! the daemon stops goes out at its next start ([`resend_pending`]). The proposal itself never
+//! depends on the mail.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use lettre::{
     Message,
     message::{
@@ -25,13 +31,14 @@ use lettre::{
 use super::{AgendaStore, Proposal};
 use crate::{
     mail::{
-        Templates, Transport,
+        SendClass, Templates,
         context::{self, ContextInput, ProposalCtx},
     },
     model::{
         Audience, Config, EmailId, EmailRule, Meeting, MeetingId, PriorityId, TemplateName, Trigger,
     },
     schedule::Recipient,
+    scheduler::MailParts,
 };
 
 /// The template set of the mail.
@@ -52,9 +59,27 @@ pub enum NotifyError {
     /// Building the message failed.
     #[error("{0}")]
     Render(String),
-    /// Sending failed.
-    #[error("sending: {0}")]
-    Send(String),
+    /// Sending failed: transient (retried) or permanent (a 5xx to the message).
+    #[error("sending: {message}")]
+    Send {
+        /// Whether a retry may succeed.
+        class: SendClass,
+        /// What happened, with the server's reply.
+        message: String,
+    },
+}
+
+impl NotifyError {
+    /// Whether a later attempt may succeed: only a transient failure to send.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Send {
+                class: SendClass::Transient,
+                ..
+            }
+        )
+    }
 }
 
 /// Builds the mail about `proposal` with the lead link `lead_url`, dated `now` (pure).
@@ -100,13 +125,7 @@ pub fn compose(
     });
     let rendered = templates.render(&rule.template, &ctx)?;
     let date = std::time::SystemTime::try_from(now).map_err(|e| render(e.to_string()))?;
-    let message_id = format!(
-        "<proposal.{}.{}.{}@{}>",
-        proposal.id,
-        proposal.meeting,
-        now.as_millisecond(),
-        config.mail.from.email.domain()
-    );
+    let message_id = message_id(config, proposal);
     let mut b = Message::builder()
         .from(config.mail.from.clone())
         .to(priority.lead.email.clone())
@@ -128,39 +147,174 @@ pub fn compose(
     .map_err(|e| render(e.to_string()))
 }
 
-/// Attempts of [`send_with_retries`], and the wait before the first retry (then four times
-/// longer each time).
-const ATTEMPTS: u32 = 4;
-const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+/// The Message-ID of the mail about `proposal`: the same for every attempt and restart (its
+/// number, meeting and creation instant), so a receiver can recognise a duplicate. The domain is
+/// `[mail] from`'s, in ASCII (punycode for an internationalised one).
+pub fn message_id(config: &Config, proposal: &Proposal) -> String {
+    format!(
+        "<proposal.{}.{}.{}@{}>",
+        proposal.id,
+        proposal.meeting,
+        proposal.created.as_millisecond(),
+        ascii_domain(config.mail.from.email.domain())
+    )
+}
 
-/// [`send`], retried after 30 s, 2 min and 8 min when sending failed; logs the outcome.
-pub async fn send_with_retries(config: Arc<Config>, store: Arc<Mutex<AgendaStore>>, id: i64) {
-    let mut wait = FIRST_RETRY;
-    for attempt in 1..=ATTEMPTS {
-        match send(config.clone(), store.clone(), id).await {
+/// `domain` as ASCII: IDNA (punycode) for a domain name; anything else (an address literal, or
+/// what IDNA refuses) as it is.
+fn ascii_domain(domain: &str) -> String {
+    match url::Host::parse(domain) {
+        Ok(url::Host::Domain(ascii)) => ascii,
+        _ => domain.to_owned(),
+    }
+}
+
+/// The longest wait between two attempts of [`send_with_retries`].
+pub const MAX_WAIT: SignedDuration = SignedDuration::from_hours(1);
+
+/// What [`send_with_retries`] does after a transient failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Attempt again at this instant.
+    At(Timestamp),
+    /// Stop: the next attempt would come when the meeting has started.
+    GiveUp,
+}
+
+/// The retry schedule (pure): after the `failures`-th failure in a row (1 for the first), at
+/// `now`, wait `base` doubled `failures - 1` times, at most [`MAX_WAIT`]; give up when that
+/// instant is not before `meeting_start`.
+pub fn after_failure(
+    base: SignedDuration,
+    failures: u32,
+    now: Timestamp,
+    meeting_start: Timestamp,
+) -> Retry {
+    let doublings = failures.saturating_sub(1).min(30);
+    let wait = base
+        .checked_mul(1_i32 << doublings)
+        .map_or(MAX_WAIT, |w| w.min(MAX_WAIT))
+        .max(SignedDuration::ZERO);
+    match now.checked_add(wait) {
+        Ok(at) if at < meeting_start => Retry::At(at),
+        _ => Retry::GiveUp,
+    }
+}
+
+/// Where the mail takes the config in force and its checked templates and transport from, read
+/// together at each attempt (the daemon reads them under the store lock where a reload publishes
+/// them, see [`crate::daemon`]).
+#[derive(Clone)]
+pub struct Notifier {
+    current: Arc<dyn Fn() -> (Arc<Config>, Arc<MailParts>) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier").finish_non_exhaustive()
+    }
+}
+
+impl Notifier {
+    /// A notifier reading the config in force and its mail parts with `current`.
+    pub fn new(
+        current: impl Fn() -> (Arc<Config>, Arc<MailParts>) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            current: Arc::new(current),
+        }
+    }
+
+    fn current(&self) -> (Arc<Config>, Arc<MailParts>) {
+        (self.current)()
+    }
+}
+
+/// Mails the lead about proposal `id`: one lead token for the run, then attempts until the mail
+/// is sent, refused for good, or the meeting has started, waiting as [`after_failure`] says
+/// between attempts; records each attempt on the proposal and logs the outcome.
+pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>>, id: i64) {
+    let (config, _) = notifier.current();
+    let (proposal, url) = match prepare(&config, &store, id, Timestamp::now()) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            tracing::error!(proposal = id, "cannot mail the lead: {e}");
+            return;
+        }
+    };
+    let mut failures = 0_u32;
+    loop {
+        let (config, parts) = notifier.current();
+        let Some(start) = meeting_start(&config, &proposal) else {
+            tracing::error!(proposal = id, "{}", NotifyError::Unknown(id));
+            return;
+        };
+        let now = Timestamp::now();
+        if now >= start {
+            tracing::warn!(
+                proposal = id,
+                "the meeting has started; the lead was not mailed about this proposal"
+            );
+            return;
+        }
+        let result = attempt(&config, &parts, &proposal, &url, now).await;
+        let error = result.as_ref().err().map(ToString::to_string);
+        if let Err(e) = store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark_notified(id, now, error.as_deref())
+        {
+            tracing::error!(proposal = id, "cannot record the mail to the lead: {e}");
+        }
+        let e = match result {
             Ok(()) => {
                 tracing::info!(proposal = id, "the lead was mailed");
                 return;
             }
-            Err(e @ NotifyError::Send(_)) if attempt < ATTEMPTS => {
-                tracing::warn!(
+            Err(e) if e.is_transient() => e,
+            Err(e @ (NotifyError::Template(_) | NotifyError::Render(_))) => {
+                tracing::error!(
                     proposal = id,
-                    attempt,
-                    "the mail to the lead failed, will retry: {e}"
+                    "the mail to the lead cannot be rendered with the checked templates; \
+                     not retried before the next start: {e}"
                 );
-                tokio::time::sleep(wait).await;
-                wait *= 4;
+                return;
             }
             Err(e) => {
-                tracing::error!(proposal = id, "the mail to the lead failed: {e}");
+                tracing::error!(proposal = id, "the mail to the lead failed for good: {e}");
+                return;
+            }
+        };
+        failures = failures.saturating_add(1);
+        let base = config.scheduler.retry_base;
+        let now = Timestamp::now();
+        match after_failure(base, failures, now, start) {
+            Retry::At(at) => {
+                tracing::warn!(
+                    proposal = id,
+                    attempt = failures,
+                    retry_at = %at,
+                    "the mail to the lead failed, will retry: {e}"
+                );
+                let wait = at.duration_since(now).unsigned_abs();
+                tokio::time::sleep(wait).await;
+            }
+            Retry::GiveUp => {
+                tracing::warn!(
+                    proposal = id,
+                    attempt = failures,
+                    "the mail to the lead failed and the meeting starts before another attempt; \
+                     giving up: {e}"
+                );
                 return;
             }
         }
     }
 }
 
-/// Sends every mail to a lead still owed (see the module docs); run once at start.
-pub async fn resend_pending(config: Arc<Config>, store: Arc<Mutex<AgendaStore>>) {
+/// Sends every mail to a lead still owed (see the module docs), each in a task of its own; run
+/// once at start.
+pub async fn resend_pending(notifier: Notifier, store: Arc<Mutex<AgendaStore>>) {
     let owed = store
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -176,7 +330,7 @@ pub async fn resend_pending(config: Arc<Config>, store: Arc<Mutex<AgendaStore>>)
                     proposal = id,
                     "mailing the lead, owed from before the restart"
                 );
-                send_with_retries(config.clone(), store.clone(), id).await;
+                tokio::spawn(send_with_retries(notifier.clone(), store.clone(), id));
             }
         }
         Err(e) => tracing::error!("cannot read the proposals owed a mail: {e}"),
@@ -218,47 +372,123 @@ pub fn check(
     Ok(())
 }
 
-/// Issues a lead link for proposal `id`, composes and sends the mail, and records the outcome.
-/// Must run inside the tokio runtime (the SMTP transport spawns its pool there).
-pub async fn send(
-    config: Arc<Config>,
-    store: Arc<Mutex<AgendaStore>>,
+/// The instant `proposal`'s meeting starts, if the meeting is in `config`.
+fn meeting_start(config: &Config, proposal: &Proposal) -> Option<Timestamp> {
+    MeetingId::parse(&proposal.meeting)
+        .ok()
+        .and_then(|id| config.meeting(&id))
+        .map(|m| m.starts_at(&config.network.time_zone))
+}
+
+/// Reads proposal `id` and issues its lead a token at `now`: the proposal and the lead's link.
+fn prepare(
+    config: &Config,
+    store: &Mutex<AgendaStore>,
     id: i64,
-) -> Result<(), NotifyError> {
-    let now = Timestamp::now();
-    let built = (|| {
-        let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
-        let proposal = s.proposal(id)?;
-        let priority = PriorityId::parse(&proposal.priority)
-            .ok()
-            .and_then(|p| config.priority(&p))
-            .ok_or(NotifyError::Unknown(id))?;
-        let issued = s.issue_token(
-            priority.id.as_str(),
-            priority.lead.email.email.as_ref(),
-            &format!("mail for proposal #{id}"),
-            config.agenda_settings.lead_link_lifetime,
-            now,
-        )?;
-        drop(s);
-        let templates = Templates::load(&config.mail.templates_dir)
-            .map_err(|e| NotifyError::Render(e.to_string()))?;
-        let url = super::lead_url(&config, &issued.raw);
-        compose(&config, &templates, &proposal, &url, now)
-    })();
-    let result = match built {
-        Ok(message) => match Transport::from_settings(&config.mail, &config.state_dir) {
-            Ok(t) => t
-                .send(&message)
-                .await
-                .map(|_| ())
-                .map_err(|e| NotifyError::Send(e.message)),
-            Err(e) => Err(NotifyError::Send(e.to_string())),
-        },
-        Err(e) => Err(e),
-    };
-    let error = result.as_ref().err().map(ToString::to_string);
+    now: Timestamp,
+) -> Result<(Proposal, String), NotifyError> {
     let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
-    s.mark_notified(id, now, error.as_deref())?;
-    result
+    let proposal = s.proposal(id)?;
+    let priority = PriorityId::parse(&proposal.priority)
+        .ok()
+        .and_then(|p| config.priority(&p))
+        .ok_or(NotifyError::Unknown(id))?;
+    let issued = s.issue_token(
+        priority.id.as_str(),
+        priority.lead.email.email.as_ref(),
+        &format!("mail for proposal #{id}"),
+        config.agenda_settings.lead_link_lifetime,
+        now,
+    )?;
+    Ok((proposal, super::lead_url(config, &issued.raw)))
+}
+
+/// One attempt: composes the mail with the checked templates and sends it with the transport.
+async fn attempt(
+    config: &Config,
+    parts: &MailParts,
+    proposal: &Proposal,
+    lead_url: &str,
+    now: Timestamp,
+) -> Result<(), NotifyError> {
+    let message = compose(config, &parts.templates, proposal, lead_url, now)?;
+    parts
+        .transport
+        .send(&message)
+        .await
+        .map(|_| ())
+        .map_err(|e| NotifyError::Send {
+            class: e.class,
+            message: e.message,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The retry schedule: the base doubled per failure, capped at an hour, and given up when
+    /// the next attempt would not come before the meeting starts.
+    #[test]
+    fn the_retry_schedule_backs_off_caps_and_gives_up_at_the_meeting() {
+        let now: Timestamp = "2030-06-01T09:00:00Z".parse().expect("instant");
+        let far: Timestamp = "2030-07-01T09:00:00Z".parse().expect("instant");
+        let s = SignedDuration::from_secs;
+        let at = |secs| Retry::At(now.checked_add(s(secs)).expect("instant"));
+        let table = [
+            // (base, failures, meeting start, expected)
+            (s(30), 1, far, at(30)),
+            (s(30), 2, far, at(60)),
+            (s(30), 3, far, at(120)),
+            (s(30), 7, far, at(1920)),
+            (s(30), 8, far, at(3600)),
+            (s(30), 9, far, at(3600)),
+            (s(30), 40, far, at(3600)),
+            (s(30), u32::MAX, far, at(3600)),
+            (s(1), 1, far, at(1)),
+            (s(1), 4, far, at(8)),
+            (s(7200), 1, far, at(3600)),
+            // The next attempt just before the start, at it, after it; the meeting started.
+            (s(30), 1, now.checked_add(s(31)).expect("instant"), at(30)),
+            (
+                s(30),
+                1,
+                now.checked_add(s(30)).expect("instant"),
+                Retry::GiveUp,
+            ),
+            (
+                s(30),
+                3,
+                now.checked_add(s(100)).expect("instant"),
+                Retry::GiveUp,
+            ),
+            (s(30), 1, now, Retry::GiveUp),
+            (
+                s(30),
+                1,
+                "2030-05-01T09:00:00Z".parse().expect("instant"),
+                Retry::GiveUp,
+            ),
+        ];
+        for (base, failures, start, expected) in table {
+            assert_eq!(
+                after_failure(base, failures, now, start),
+                expected,
+                "base {base}, failure {failures}, meeting at {start}"
+            );
+        }
+    }
+
+    /// The Message-ID's domain is ASCII: punycode for an internationalised one.
+    #[test]
+    fn the_message_id_domain_is_ascii() {
+        for (domain, ascii) in [
+            ("example.org", "example.org"),
+            ("bücher.example", "xn--bcher-kva.example"),
+            ("Straße.de", "xn--strae-oqa.de"),
+            ("[127.0.0.1]", "[127.0.0.1]"),
+        ] {
+            assert_eq!(ascii_domain(domain), ascii, "{domain}");
+        }
+    }
 }

@@ -96,7 +96,7 @@ pub struct AgendaPages {
     feeds: FeedState,
     store: Arc<Mutex<AgendaStore>>,
     changed: Arc<dyn Fn() + Send + Sync>,
-    notify: bool,
+    notify: Option<agenda::notify::Notifier>,
     /// Proposals stored per client in the last [`RATE_WINDOW`]; locked only under `store`'s
     /// lock.
     clients: Arc<Mutex<ClientLimiter>>,
@@ -111,12 +111,12 @@ impl std::fmt::Debug for AgendaPages {
 impl AgendaPages {
     /// Pages over `store`, reading the config from `feeds`; `changed` runs after every change of
     /// the agenda. With `notify`, each new proposal is mailed to its lead
-    /// ([`crate::agenda::notify`]).
+    /// ([`crate::agenda::notify`], with the daemon's checked templates and transport).
     pub fn new(
         feeds: FeedState,
         store: Arc<Mutex<AgendaStore>>,
         changed: Arc<dyn Fn() + Send + Sync>,
-        notify: bool,
+        notify: Option<agenda::notify::Notifier>,
     ) -> Self {
         Self {
             feeds,
@@ -491,7 +491,7 @@ async fn propose(
                 let stored = store.add(
                     &new,
                     &format!("web form ({})", new.email),
-                    pages.notify,
+                    pages.notify.is_some(),
                     now,
                 );
                 if stored.is_ok() {
@@ -515,12 +515,9 @@ async fn propose(
         }
         Stored::New(pid) => {
             tracing::info!(proposal = pid, meeting = %meeting.id, priority = %new.priority, "proposal stored");
-            if pages.notify {
-                let config = Arc::clone(config);
+            if let Some(notifier) = pages.notify.clone() {
                 let store = pages.store.clone();
-                tokio::spawn(async move {
-                    agenda::notify::send_with_retries(config, store, pid).await;
-                });
+                tokio::spawn(agenda::notify::send_with_retries(notifier, store, pid));
             }
             pid
         }

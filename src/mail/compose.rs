@@ -289,7 +289,7 @@ fn calendar_part(ics: &str, attachment: Option<&str>) -> Result<SinglePart, Comp
 /// Accepts `<left@right>` with printable ASCII and no spaces (RFC 5322 msg-id, loosely).
 /// A mail domain as a Message-ID may carry it: ASCII as it is, an internationalised one
 /// (`bürger.example`) in its IDNA form (`xn--brger-kva.example`). A Message-ID is ASCII only
-/// (RFC 5322), and [`check_message_id`] refuses anything else, so without this an IDN `from`
+/// (RFC 5322), and `check_message_id` refuses anything else, so without this an IDN `from`
 /// made every mail fail. A domain IDNA refuses is returned as it is (and refused there).
 pub fn ascii_domain(domain: &str) -> std::borrow::Cow<'_, str> {
     if domain.is_ascii() {

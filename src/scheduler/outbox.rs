@@ -78,7 +78,8 @@ impl<S: Store> MailOutbox<S> {
         *self.parts.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(parts);
     }
 
-    fn parts(&self) -> Arc<MailParts> {
+    /// The templates and transport in force (the agenda's mail to a lead sends with them too).
+    pub fn parts(&self) -> Arc<MailParts> {
         self.parts
             .read()
             .unwrap_or_else(PoisonError::into_inner)

@@ -1182,6 +1182,97 @@ async fn a_lead_mail_that_could_not_go_out_is_sent_after_a_restart() {
     assert_eq!(mails(&inbox).len(), 1);
 }
 
+/// A transient failure is retried, not lost, and with the daemon's checked templates: the SMTP
+/// server answers 451 to the message (keeping what it was sent), the template on disk is then
+/// broken without a reload, and a working server comes up on the same port. The lead gets
+/// exactly one mail, with the Message-ID and the lead link of the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_mail_refused_for_now_is_retried_with_the_same_message_id() {
+    use crate::{
+        daemon::harness::{Sink, wait_for},
+        mail::SmtpServer,
+    };
+    use web::*;
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("file type").is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let (refused, inbox) = (dir.path().join("refused"), dir.path().join("inbox"));
+    let templates = dir.path().join("templates");
+    copy_dir(&crate::support::repo().join("templates"), &templates);
+    let failing = SmtpServer::start(
+        &refused,
+        &["--fail-at", "data", "--code", "451", "--keep-refused"],
+    );
+    let smtp = failing.port;
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let text = web::text(zone, port, smtp, (&d, &s, &e), "").replace(
+        "# templates_dir = \"templates\"",
+        &format!("templates_dir = \"{}\"", templates.display()),
+    );
+    let config = write_config(dir.path(), &text);
+    let daemon = spawn(&config, &dir.path().join("serve.log"));
+    // Edited on disk but neither checked nor reloaded: the running daemon must not use it.
+    std::fs::write(
+        templates.join("proposal-received/subject.txt"),
+        "{{ no_such_variable }}\n",
+    )
+    .expect("break the template");
+    let res = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
+        .form(&[
+            ("name", "Ada"),
+            ("organisation", "Camden"),
+            ("email", "ada@camden.example"),
+            ("priority", "p1"),
+            ("title", "Retried mail"),
+            ("summary", "S"),
+            ("minutes", "10"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    wait_for(
+        "two refused attempts",
+        || mails(&refused).len() >= 2 && daemon.log_text().contains("will retry"),
+        || daemon.log_text(),
+    );
+    drop(failing);
+    let first = mails(&refused).remove(0);
+    let _sink = Sink::start(&inbox, Some(smtp));
+    wait_for(
+        "the retried mail",
+        || daemon.log_text().contains("the lead was mailed"),
+        || daemon.log_text(),
+    );
+    let got = mails(&inbox);
+    assert_eq!(got.len(), 1, "exactly one mail: {got:?}");
+    let mail = &got[0];
+    assert!(hdr(mail, "Subject").contains("Retried mail"), "{mail}");
+    assert!(hdr(mail, "To").contains("lead1@example.org"), "{mail}");
+    let id = hdr(mail, "Message-ID");
+    assert!(id.starts_with("<proposal.1.m1."), "{id}");
+    assert_eq!(
+        id,
+        hdr(&first, "Message-ID"),
+        "the first attempt's Message-ID"
+    );
+    assert_eq!(lead_link(mail), lead_link(&first), "one lead link per run");
+}
+
 /// The whole loop in a real browser: headless Chromium (tests/tools/browser.py, DevTools
 /// protocol) fills and submits the meeting page's form, the lead's mail arrives at a real SMTP
 /// server, Chromium opens the lead's link and presses Accept, the meeting page and the served

@@ -17,6 +17,8 @@ Options:
   --refuse-rcpt ADDR=CODE  answer CODE to RCPT TO:<ADDR> only (repeatable); other recipients
                          are accepted
   --implicit-tls         with --tls-cert/--tls-key: TLS from the first byte (port 465 style)
+  --keep-refused         with --fail-at data: still store each refused message (as above), so a
+                         test can compare it with what a retry delivers elsewhere
 The .json also records the client's address ("peer", [host, port]): one peer port per
 connection, so a test can tell reused connections from new ones; and "authenticated", whether
 the client passed AUTH.
@@ -35,6 +37,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Handler:
+    keep_refused = False
+
     def __init__(self, store, fail_at, code, one_per_connection=False, refuse_rcpt=None):
         self.one_per_connection = one_per_connection
         self.refuse_rcpt = refuse_rcpt or {}
@@ -70,7 +74,7 @@ class Handler:
 
     async def handle_DATA(self, server, session, envelope):
         fail = self._fail("data")
-        if fail:
+        if fail and not self.keep_refused:
             return fail
         self.count += 1
         session.accepted = getattr(session, "accepted", 0) + 1
@@ -91,6 +95,8 @@ class Handler:
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
         os.replace(base + ".json.tmp", base + ".json")
+        if fail:
+            return fail
         return f"250 2.0.0 Ok: queued as test-{n}"
 
 
@@ -163,12 +169,14 @@ async def main():
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
     p.add_argument("--implicit-tls", action="store_true")
+    p.add_argument("--keep-refused", action="store_true")
     p.add_argument("--one-per-connection", action="store_true")
     p.add_argument("--refuse-rcpt", action="append", default=[])
     a = p.parse_args()
     os.makedirs(a.store, exist_ok=True)
     refuse_rcpt = dict(item.rsplit("=", 1) for item in a.refuse_rcpt)
     handler = Handler(a.store, a.fail_at, a.code, a.one_per_connection, refuse_rcpt)
+    handler.keep_refused = a.keep_refused
     auth = {}
     if a.auth:
         user, _, password = a.auth.partition(":")

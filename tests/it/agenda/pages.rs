@@ -104,7 +104,7 @@ async fn serve(base_url: &str, feed_token: Option<&str>) -> Served {
         AgendaStore::open_in(dir.path()).expect("agenda store"),
     ));
     let feeds = FeedState::new(&config, &BTreeMap::new());
-    let pages = AgendaPages::new(feeds.clone(), Arc::clone(&store), Arc::new(|| {}), false);
+    let pages = AgendaPages::new(feeds.clone(), Arc::clone(&store), Arc::new(|| {}), None);
     let app = http::router_with_agenda(feeds, pages);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
