@@ -10,7 +10,8 @@
 //! new token is issued), so the table holds the recent links only.
 //!
 //! Upgrades: [`AgendaStore::open`] brings a file written by an earlier version up to date. A
-//! `lead_tokens` table without `expires_ms` (before lead links expired) gets the column, and
+//! `proposals` table without `notify_wanted` (before lead mails were owed) gets it, no proposal
+//! owed. A `lead_tokens` table without `expires_ms` (before lead links expired) gets the column, and
 //! each of its tokens expires [`LeadLinkLifetime::DEFAULT`] after it was issued, as if the
 //! expiry had always been there: a link mailed last week keeps its remaining weeks, one mailed
 //! years ago is refused at once. A row without an expiry written later by an older binary
@@ -93,6 +94,18 @@ fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     if !has_expiry {
         // Nullable, like a fresh file's: an older binary (after a rollback) inserts without it.
         tx.execute_batch("ALTER TABLE lead_tokens ADD COLUMN expires_ms INTEGER")?;
+    }
+    // A file from before lead mails were owed (`notify_wanted`): its proposals were mailed, or
+    // not, by the version that stored them; none is owed now.
+    let has_notify_wanted: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('proposals') WHERE name = 'notify_wanted'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_notify_wanted {
+        tx.execute_batch(
+            "ALTER TABLE proposals ADD COLUMN notify_wanted INTEGER NOT NULL DEFAULT 0",
+        )?;
     }
     tx.execute(
         "UPDATE lead_tokens SET expires_ms = issued_ms + ?1 WHERE expires_ms IS NULL",
@@ -915,6 +928,36 @@ CREATE TABLE IF NOT EXISTS meta (
     value BLOB NOT NULL
 );
 ";
+
+    /// A file from before lead mails were owed (the schema before `notify_wanted` existed)
+    /// opens: the column is added, its proposals are not owed a mail, and new proposals are
+    /// stored and owed as usual. Such a file used to fail every `add` and the start's resend.
+    #[test]
+    fn a_store_from_before_lead_mails_were_owed_is_migrated_when_opened() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join(AGENDA_FILE);
+        let schema =
+            SCHEMA_BEFORE_EXPIRY.replace("    notify_wanted INTEGER NOT NULL DEFAULT 0,\n", "");
+        assert_ne!(schema, SCHEMA_BEFORE_EXPIRY);
+        {
+            let old = crate::sqlite_file::open(&path, &schema).expect("old file");
+            old.execute(
+                "INSERT INTO proposals (meeting, priority, name, organisation, email, title, \
+                 summary, presents, minutes, status, created_ms) \
+                 VALUES ('2023-02-24', 'p1', 'N', 'O', 'a@example.org', 'T', 'S', 1, 10, \
+                 'proposed', 0)",
+                [],
+            )
+            .expect("proposal the old way");
+        }
+        let s = AgendaStore::open_in(dir.path()).expect("open and migrate");
+        assert_eq!(s.unnotified().expect("owed"), Vec::<i64>::new());
+        assert_eq!(s.proposals(None).expect("proposals").len(), 1);
+        drop(s);
+        // Opening again changes nothing.
+        let s = AgendaStore::open_in(dir.path()).expect("open again");
+        assert_eq!(s.proposals(None).expect("proposals").len(), 1);
+    }
 
     /// How the earlier version stored a token (its `issue_token`), on a connection of its own.
     fn insert_token_the_old_way(conn: &Connection, raw: &str, issued: Timestamp) {
