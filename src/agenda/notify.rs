@@ -156,17 +156,8 @@ pub fn message_id(config: &Config, proposal: &Proposal) -> String {
         proposal.id,
         proposal.meeting,
         proposal.created.as_millisecond(),
-        ascii_domain(config.mail.from.email.domain())
+        crate::mail::compose::ascii_domain(config.mail.from.email.domain())
     )
-}
-
-/// `domain` as ASCII: IDNA (punycode) for a domain name; anything else (an address literal, or
-/// what IDNA refuses) as it is.
-fn ascii_domain(domain: &str) -> String {
-    match url::Host::parse(domain) {
-        Ok(url::Host::Domain(ascii)) => ascii,
-        _ => domain.to_owned(),
-    }
 }
 
 /// The longest wait between two attempts of [`send_with_retries`].
@@ -488,7 +479,11 @@ mod tests {
             ("Straße.de", "xn--strae-oqa.de"),
             ("[127.0.0.1]", "[127.0.0.1]"),
         ] {
-            assert_eq!(ascii_domain(domain), ascii, "{domain}");
+            assert_eq!(
+                crate::mail::compose::ascii_domain(domain),
+                ascii,
+                "{domain}"
+            );
         }
     }
 }

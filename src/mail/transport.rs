@@ -270,9 +270,7 @@ fn setup_fault(stage: SetupStage, e: &lettre::transport::smtp::Error, relay: &st
 /// operator (an address in `[mail] list` or a lead's that no longer exists needs fixing in the
 /// config), and named in the delivery the ledger records.
 fn delivered(accepted: Accepted, message: &Message, relay: &str) -> Delivery {
-    let refused: Vec<String> = (accepted.refused.iter())
-        .map(|(address, e)| format!("{address}: {e}"))
-        .collect();
+    let refused = each_refusal(&accepted.refused);
     if !refused.is_empty() {
         let message_id = message.headers().get_raw("Message-ID").unwrap_or_default();
         tracing::warn!(
@@ -292,10 +290,14 @@ fn delivered(accepted: Accepted, message: &Message, relay: &str) -> Delivery {
 
 /// Each refused recipient with the server's reply, for a message.
 fn describe(refused: &[(lettre::Address, lettre::transport::smtp::Error)]) -> String {
-    let each: Vec<String> = (refused.iter())
+    each_refusal(refused).join("; ")
+}
+
+/// Each refused recipient as `address: the server's reply`.
+fn each_refusal(refused: &[(lettre::Address, lettre::transport::smtp::Error)]) -> Vec<String> {
+    (refused.iter())
         .map(|(address, e)| format!("{address}: {e}"))
-        .collect();
-    each.join("; ")
+        .collect()
 }
 
 /// A message that needs an extension the relay does not offer: transient, like a setup fault
