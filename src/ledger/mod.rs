@@ -155,6 +155,10 @@ pub struct LedgerRow {
     pub created: Timestamp,
     /// Released by an operator after a hold: the clock-jump guard no longer counts it.
     pub released: bool,
+    /// The recipients earlier attempts were done with although the mail is not sent yet: the
+    /// server took it for them, or refused them for good, while it put others off (4xx). Later
+    /// attempts go to the others only, so nobody gets the mail twice. Usually empty.
+    pub done_recipients: Vec<String>,
 }
 
 /// A due instant that moved (the meeting or the schedule entry moved), or a withdrawn mail that
@@ -223,6 +227,8 @@ pub enum Outcome {
         at: Timestamp,
         /// The server's reply or the connection error.
         error: String,
+        /// Recipients this attempt was done with (added to [`LedgerRow::done_recipients`]).
+        done: Vec<String>,
     },
     /// `-> failed`.
     Failed {

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS mails (
     reply            TEXT,
     created_ms       INTEGER NOT NULL,
     released         INTEGER NOT NULL DEFAULT 0,
+    done_rcpt        TEXT,
     PRIMARY KEY (meeting, email, audience, occurrence)
 );
 CREATE INDEX IF NOT EXISTS mails_by_state_due ON mails (state, due_ms);
@@ -62,8 +63,44 @@ CREATE TABLE IF NOT EXISTS plan_stamp (
 );
 ";
 
+/// The columns a new row is written with (`done_rcpt` starts NULL).
+const INSERT_COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, deadline_ms, \
+     starts_ms, state, attempts, next_attempt_ms, last_error, message_id, sent_at_ms, reply, \
+     created_ms, released";
+
+/// The columns a row is read with ([`read_row`]).
 const COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, deadline_ms, starts_ms, state, \
-     attempts, next_attempt_ms, last_error, message_id, sent_at_ms, reply, created_ms, released";
+     attempts, next_attempt_ms, last_error, message_id, sent_at_ms, reply, created_ms, released, \
+     done_rcpt";
+
+/// Brings a ledger written by an earlier version up to date. Only a file that needs it is
+/// written to: the check is a read, so opening a current ledger stays read-only.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let has = |conn: &Connection| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('mails') WHERE name = 'done_rcpt'",
+            [],
+            |r| r.get(0),
+        )
+    };
+    if has(conn)? {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Checked again under the write lock: another process may have migrated it meanwhile.
+    if !has(&tx)? {
+        // Nullable: an older binary (after a rollback) inserts rows without it.
+        tx.execute_batch("ALTER TABLE mails ADD COLUMN done_rcpt TEXT")?;
+    }
+    tx.commit()
+}
+
+/// The recipients in a `done_rcpt` value: one address per line.
+fn done_recipients(stored: Option<String>) -> Vec<String> {
+    stored
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
 
 /// The ledger in one SQLite file.
 pub struct SqliteStore {
@@ -141,6 +178,7 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         reply: r.get(13)?,
         created: ts(r.get(14)?)?,
         released: r.get(15)?,
+        done_recipients: done_recipients(r.get(16)?),
     })
 }
 
@@ -162,7 +200,7 @@ const NEXT_RETRY_SQL: &str = "SELECT MIN(MAX(due_ms, next_attempt_ms)) \
      FROM mails INDEXED BY mails_retrying \
      WHERE state = 'pending' AND next_attempt_ms IS NOT NULL";
 
-/// Rows per multi-row INSERT (a parameter per column of [`COLUMNS`], 16: well under SQLite's
+/// Rows per multi-row INSERT (a parameter per column of [`INSERT_COLUMNS`], 16: well under SQLite's
 /// limit of 32,766 parameters a statement). 64 measured as fast as 256.
 const INSERT_BATCH: usize = 64;
 
@@ -174,10 +212,10 @@ const INSERT_BATCH: usize = 64;
 /// every page each statement touches, in a temporary file. For a first plan at 5,000 meetings that
 /// was 28 MB in 12,900 writes, and `ledger_first_plan/5000` went from 120 to 101 ms without it.
 fn insert_sql(rows: usize) -> String {
-    let columns = COLUMNS.split(',').count();
+    let columns = INSERT_COLUMNS.split(',').count();
     let one = format!("({})", vec!["?"; columns].join(", "));
     format!(
-        "INSERT OR ROLLBACK INTO mails ({COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
+        "INSERT OR ROLLBACK INTO mails ({INSERT_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
         vec![one; rows].join(", ")
     )
 }
@@ -187,16 +225,18 @@ const KEY_WHERE: &str = "meeting = ?1 AND email = ?2 AND audience = ?3 AND occur
 impl SqliteStore {
     /// Opens (creating if needed) the ledger at `path` and sets it up.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let conn = crate::sqlite_file::open(path, SCHEMA).map_err(|e| match e {
-            OpenError::Sqlite(source) => LedgerError::Sqlite {
-                path: path.display().to_string(),
-                source,
-            },
+        let sqlite = |source| LedgerError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = crate::sqlite_file::open(path, SCHEMA).map_err(|e| match e {
+            OpenError::Sqlite(source) => sqlite(source),
             OpenError::NotWal(mode) => LedgerError::Corrupt {
                 path: path.display().to_string(),
                 detail: format!("cannot switch to WAL mode (journal mode is `{mode}`)"),
             },
         })?;
+        migrate(&mut conn).map_err(sqlite)?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
@@ -618,44 +658,45 @@ impl Store for SqliteStore {
         outcome: &Outcome,
     ) -> Result<bool, LedgerError> {
         let to = outcome.state().as_str();
-        // ?1-?4 the key, ?5 the expected state, ?6 the new state, ?7 and ?8 the outcome's data.
-        let (set, a, b): (&str, Value, Value) = match outcome {
+        // ?1-?4 the key, ?5 the expected state, ?6 the new state, ?7 on: the outcome's data.
+        let (set, data): (&str, Vec<Value>) = match outcome {
             Outcome::Sent { at, reply } => (
                 "sent_at_ms = ?7, reply = ?8, last_error = NULL, next_attempt_ms = NULL",
-                ms(*at).into(),
-                reply.clone().into(),
+                vec![ms(*at).into(), reply.clone().into()],
             ),
-            Outcome::Retry { at, error } => (
-                "next_attempt_ms = ?7, last_error = ?8",
-                ms(*at).into(),
-                error.clone().into(),
+            Outcome::Retry { at, error, done } => (
+                // The recipients done with are added to those of earlier attempts.
+                "next_attempt_ms = ?7, last_error = ?8, done_rcpt = CASE \
+                 WHEN ?9 IS NULL THEN done_rcpt WHEN done_rcpt IS NULL THEN ?9 \
+                 ELSE done_rcpt || char(10) || ?9 END",
+                vec![
+                    ms(*at).into(),
+                    error.clone().into(),
+                    (!done.is_empty())
+                        .then(|| done.join("\n"))
+                        .map_or(Value::Null, Value::from),
+                ],
             ),
             Outcome::Failed { error: text }
             | Outcome::Skipped { reason: text }
             | Outcome::Held { reason: text } => (
-                // ?8 is unused here; NULLIF(?8, ?8) is NULL and keeps the parameter count fixed.
-                "last_error = ?7, next_attempt_ms = NULLIF(?8, ?8)",
-                text.clone().into(),
-                Value::Null,
+                "last_error = ?7, next_attempt_ms = NULL",
+                vec![text.clone().into()],
             ),
         };
         let statement =
             format!("UPDATE mails SET state = ?6, {set} WHERE {KEY_WHERE} AND state = ?5");
-        let changed = self.write(|tx| {
-            tx.execute(
-                &statement,
-                params![
-                    key.meeting,
-                    key.email,
-                    key.audience,
-                    key.occurrence,
-                    from.as_str(),
-                    to,
-                    a,
-                    b
-                ],
-            )
-        })?;
+        let mut values: Vec<Value> = vec![
+            key.meeting.clone().into(),
+            key.email.clone().into(),
+            key.audience.clone().into(),
+            key.occurrence.into(),
+            from.as_str().to_owned().into(),
+            to.to_owned().into(),
+        ];
+        values.extend(data);
+        let changed =
+            self.write(|tx| tx.execute(&statement, rusqlite::params_from_iter(values)))?;
         Ok(changed > 0)
     }
 

@@ -122,6 +122,14 @@ pub enum Failure {
     Smtp(SmtpError),
     /// The server refused every recipient for good (5xx to each RCPT TO): nobody got it.
     Refused(Vec<(Address, SmtpError)>),
+    /// No recipient was accepted and at least one was put off (4xx to its RCPT TO): nobody
+    /// got it, and a later attempt may reach them.
+    Deferred {
+        /// The recipients put off (4xx), with the server's reply to each.
+        deferred: Vec<(Address, SmtpError)>,
+        /// The recipients refused for good (5xx) in the same transaction.
+        refused: Vec<(Address, SmtpError)>,
+    },
     /// The message needs an SMTP extension the relay does not offer (SMTPUTF8 for an address
     /// that is not ASCII, 8BITMIME for a body that is not): nothing was offered.
     Unsupported(&'static str),
@@ -132,9 +140,14 @@ pub enum Failure {
 pub struct Accepted {
     /// The server's reply to the end of DATA.
     pub response: Response,
+    /// The recipients the server took the message for (2xx to RCPT TO).
+    pub accepted: Vec<Address>,
     /// The recipients the server refused for good (5xx to RCPT TO), with its reply to each:
-    /// they did not get the message; every other recipient did.
+    /// they did not get the message.
     pub refused: Vec<(Address, SmtpError)>,
+    /// The recipients the server put off (4xx to RCPT TO, 421 aside), with its reply to each:
+    /// they did not get the message, and a later attempt may reach them.
+    pub deferred: Vec<(Address, SmtpError)>,
 }
 
 /// One relay: where it is, how to talk to it, and the connections kept for reuse.
@@ -344,8 +357,13 @@ impl Drop for Relay {
 /// gone for good (550, a mailbox deleted) would fail the mail for every other list. Here a
 /// recipient refused for good (5xx) is left out and reported in [`Accepted::refused`], and the
 /// message goes to the others; only when every recipient is refused does the send fail
-/// ([`Failure::Refused`]). A 4xx to any recipient, or any other fault, ends the transaction
-/// before DATA: nobody has the message yet, so the retry that follows cannot double it. The
+/// ([`Failure::Refused`]). A recipient put off (4xx: a full mailbox, greylisting, 452 "too many
+/// recipients") is left out the same way and reported in [`Accepted::deferred`], so the
+/// caller can try it again later without doubling the message for the others (RFC 5321
+/// 3.3: a client retries such recipients in a later transaction); when no recipient is
+/// accepted, nobody got it ([`Failure::Deferred`]). A 421 (the server is closing the
+/// connection) and any other fault end the transaction before DATA: nobody has the message
+/// yet, so the retry that follows cannot double it. The
 /// MAIL FROM parameters are lettre's: SMTPUTF8 when an address is not ASCII, 8BITMIME when the
 /// message is not, each only when the server offers it.
 async fn transact(
@@ -381,27 +399,38 @@ async fn transact(
         return Err(Failure::Smtp(e));
     }
     let mut refused = Vec::new();
-    let mut accepted = 0;
+    let mut deferred = Vec::new();
+    let mut accepted = Vec::new();
     for to in envelope.to() {
         match conn.command(Rcpt::new(to.clone(), Vec::new())).await {
-            Ok(_) => accepted += 1,
+            Ok(_) => accepted.push(to.clone()),
             Err(e) if e.is_permanent() => refused.push((to.clone(), e)),
+            Err(e) if e.is_transient() && !gone(&e) => deferred.push((to.clone(), e)),
             Err(e) => {
                 conn.abort().await;
                 return Err(Failure::Smtp(e));
             }
         }
     }
-    if accepted == 0 {
+    if accepted.is_empty() {
         conn.abort().await;
-        return Err(Failure::Refused(refused));
+        return Err(if deferred.is_empty() {
+            Failure::Refused(refused)
+        } else {
+            Failure::Deferred { deferred, refused }
+        });
     }
     let response = match conn.command(Data).await {
         Ok(_) => conn.message(message).await,
         Err(e) => Err(e),
     };
     match response {
-        Ok(response) => Ok(Accepted { response, refused }),
+        Ok(response) => Ok(Accepted {
+            response,
+            accepted,
+            refused,
+            deferred,
+        }),
         Err(e) => {
             conn.abort().await;
             Err(Failure::Smtp(e))

@@ -14,7 +14,11 @@
 //! A recipient the server refuses for good (5xx to its RCPT TO) does not fail the message for
 //! the others: it goes to every recipient the server accepted, and the refused ones are logged
 //! and named in the [`Delivery`] (see [`super::smtp`]). Only when every recipient is refused is
-//! the failure permanent. A 4xx to any recipient defers the whole message: nobody has it yet.
+//! the failure permanent. A recipient put off (4xx to its RCPT TO) is left out the same way:
+//! the message goes to the others, and the send reports a transient failure naming the
+//! recipients it is done with ([`SendError::done`]), so the retry goes only to the rest
+//! ([`Transport::send_except`]) and nobody gets the message twice. One list address that
+//! answers 451 for days no longer holds the mail back from every other list.
 //!
 //! A message is the server's once it has answered 250 to the end of DATA. A connection dropped
 //! between our final "." and that 250 reports a transient failure although the server may have
@@ -30,6 +34,7 @@ use std::{
 
 use lettre::{
     Message,
+    address::Envelope,
     transport::smtp::{
         authentication::Credentials,
         client::{Certificate, TlsParameters},
@@ -98,6 +103,11 @@ pub struct SendError {
     pub class: SendClass,
     /// What happened, including the server's reply code and text.
     pub message: String,
+    /// The recipients this attempt is done with although the send as a whole failed: the
+    /// server took the message for them, or refused them for good. A retry leaves them out
+    /// ([`Transport::send_except`]). Empty unless some recipients were put off (4xx) while
+    /// others were not.
+    pub done: Vec<String>,
 }
 
 impl SendError {
@@ -105,6 +115,7 @@ impl SendError {
         Self {
             class: SendClass::Transient,
             message: message.into(),
+            done: Vec::new(),
         }
     }
 }
@@ -127,6 +138,9 @@ pub enum Delivery {
         /// The `.eml` file.
         path: PathBuf,
     },
+    /// Nothing was sent: every recipient of the message was done with in earlier attempts
+    /// (the recipients left over were taken out of the config meanwhile).
+    AlreadyDone,
 }
 
 impl fmt::Display for Delivery {
@@ -145,6 +159,9 @@ impl fmt::Display for Delivery {
                 Ok(())
             }
             Self::File { path } => write!(f, "written to {}", path.display()),
+            Self::AlreadyDone => {
+                f.write_str("every recipient had it (or was refused) in an earlier attempt")
+            }
         }
     }
 }
@@ -197,8 +214,20 @@ impl Transport {
         }
     }
 
-    /// Sends one message: to the relay, or into the outbox.
+    /// Sends one message to every recipient of its envelope: to the relay, or into the outbox.
     pub async fn send(&self, message: &Message) -> Result<Delivery, SendError> {
+        self.send_except(message, &[]).await
+    }
+
+    /// Sends one message to the recipients of its envelope except those in `done` (addresses
+    /// an earlier attempt was done with, [`SendError::done`]; compared without regard to
+    /// ASCII case): to the relay, or into the outbox (which writes the message once, whole,
+    /// and so never has recipients left over).
+    pub async fn send_except(
+        &self,
+        message: &Message,
+        done: &[String],
+    ) -> Result<Delivery, SendError> {
         match self {
             Self::File { outbox } => write_eml(outbox, message).await,
             Self::Smtp {
@@ -206,8 +235,13 @@ impl Transport {
                 timeout,
                 relay,
             } => {
+                let envelope = match remaining(message.envelope(), done) {
+                    Remaining::All => message.envelope().clone(),
+                    Remaining::Some(envelope) => envelope,
+                    Remaining::None => return Ok(Delivery::AlreadyDone),
+                };
                 let bytes = message.formatted();
-                let sending = client.send(message.envelope(), &bytes);
+                let sending = client.send(&envelope, &bytes);
                 match tokio::time::timeout(*timeout, sending).await {
                     Err(_) => Err(SendError::transient(format!(
                         "{relay} did not finish within {}s",
@@ -226,8 +260,26 @@ impl Transport {
                             "{relay}: every recipient was refused: {}",
                             describe(&refused)
                         ),
+                        done: Vec::new(),
                     }),
+                    Ok(Err(Failure::Deferred { deferred, refused })) => {
+                        let mut message = format!(
+                            "{relay}: no recipient was taken: put off: {}",
+                            describe(&deferred)
+                        );
+                        if !refused.is_empty() {
+                            message += &format!("; refused for good: {}", describe(&refused));
+                        }
+                        Err(SendError {
+                            class: SendClass::Transient,
+                            message,
+                            done: addresses(&refused),
+                        })
+                    }
                     Ok(Err(Failure::Unsupported(what))) => Err(unsupported(what, relay)),
+                    Ok(Ok(accepted)) if !accepted.deferred.is_empty() => {
+                        Err(partly_delivered(accepted, message, relay))
+                    }
                     Ok(Ok(accepted)) => Ok(delivered(accepted, message, relay)),
                 }
             }
@@ -288,6 +340,80 @@ fn delivered(accepted: Accepted, message: &Message, relay: &str) -> Delivery {
     }
 }
 
+/// What is left of an envelope once the recipients in `done` are taken out.
+enum Remaining {
+    /// Nobody was done with: the envelope as it is.
+    All,
+    /// The envelope to the recipients left.
+    Some(Envelope),
+    /// Nobody is left.
+    None,
+}
+
+fn remaining(envelope: &Envelope, done: &[String]) -> Remaining {
+    if done.is_empty() {
+        return Remaining::All;
+    }
+    let is_done = |a: &lettre::Address| {
+        let a: &str = a.as_ref();
+        done.iter().any(|d| d.eq_ignore_ascii_case(a))
+    };
+    let left: Vec<lettre::Address> = (envelope.to().iter())
+        .filter(|a| !is_done(a))
+        .cloned()
+        .collect();
+    if left.len() == envelope.to().len() {
+        return Remaining::All;
+    }
+    // `Envelope::new` refuses only an empty recipient list, which is handled here.
+    match Envelope::new(envelope.from().cloned(), left) {
+        Ok(envelope) => Remaining::Some(envelope),
+        Err(_) => Remaining::None,
+    }
+}
+
+/// A message the server took for some recipients while it put others off (4xx): a transient
+/// failure that names the recipients done with (taken, or refused for good), so the retry goes
+/// to the others only.
+fn partly_delivered(accepted: Accepted, message: &Message, relay: &str) -> SendError {
+    let message_id = message.headers().get_raw("Message-ID").unwrap_or_default();
+    let taken: Vec<String> = (accepted.accepted.iter())
+        .map(|a| AsRef::<str>::as_ref(a).to_owned())
+        .collect();
+    let put_off = describe(&accepted.deferred);
+    tracing::warn!(
+        relay,
+        message_id,
+        delivered_to = %taken.join(", "),
+        put_off = %put_off,
+        "the relay took the message for some recipients and put others off; they get it at \
+         the retry"
+    );
+    let mut text = format!(
+        "{relay}: put off: {put_off}; delivered to {} ({} {})",
+        taken.join(", "),
+        accepted.response.code(),
+        accepted.response.message().collect::<Vec<_>>().join(" ")
+    );
+    if !accepted.refused.is_empty() {
+        text += &format!("; refused for good: {}", describe(&accepted.refused));
+    }
+    let mut done = taken;
+    done.extend(addresses(&accepted.refused));
+    SendError {
+        class: SendClass::Transient,
+        message: text,
+        done,
+    }
+}
+
+/// The addresses of refused (or put off) recipients.
+fn addresses(refused: &[(lettre::Address, lettre::transport::smtp::Error)]) -> Vec<String> {
+    (refused.iter())
+        .map(|(a, _)| AsRef::<str>::as_ref(a).to_owned())
+        .collect()
+}
+
 /// Each refused recipient with the server's reply, for a message.
 fn describe(refused: &[(lettre::Address, lettre::transport::smtp::Error)]) -> String {
     each_refusal(refused).join("; ")
@@ -322,6 +448,7 @@ fn classify(e: &lettre::transport::smtp::Error, relay: &str) -> SendError {
     SendError {
         class,
         message: format!("{relay}: {e}"),
+        done: Vec::new(),
     }
 }
 
@@ -452,6 +579,7 @@ async fn write_eml(outbox: &Path, message: &Message) -> Result<Delivery, SendErr
         .ok_or_else(|| SendError {
             class: SendClass::Permanent,
             message: "the message has no Message-ID to name its file".into(),
+            done: Vec::new(),
         })?;
     let name = eml_file_name(&id);
     let bytes = message.formatted();

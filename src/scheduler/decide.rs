@@ -86,6 +86,10 @@ pub struct SendFailure {
     pub transient: bool,
     /// The server's reply or the error.
     pub message: String,
+    /// The recipients this attempt was done with although it failed (the server took the
+    /// message for them, or refused them for good, while it put others off): recorded in the
+    /// row, so later attempts go to the others only.
+    pub done: Vec<String>,
 }
 
 fn is_due(row: &LedgerRow, now: Timestamp) -> bool {
@@ -192,9 +196,18 @@ pub fn after_failure(
     settings: &SchedulerSettings,
     jitter: f64,
 ) -> Outcome {
+    // Who had it before this attempt: a mail that fails now still reached them.
+    let earlier = if row.done_recipients.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (earlier attempts were done with {})",
+            row.done_recipients.join(", ")
+        )
+    };
     if !failure.transient {
         return Outcome::Failed {
-            error: format!("permanent failure: {}", failure.message),
+            error: format!("permanent failure: {}{earlier}", failure.message),
         };
     }
     let wait = backoff(settings.retry_base, row.attempts, jitter);
@@ -203,14 +216,15 @@ pub fn after_failure(
         Outcome::Failed {
             error: format!(
                 "gave up after {} attempt(s): the meeting starts at {} before the next one; \
-                 last error: {}",
+                 last error: {}{earlier}",
                 row.attempts, row.starts, failure.message
             ),
         }
     } else {
         Outcome::Retry {
             at,
-            error: format!("transient failure: {}", failure.message),
+            error: format!("transient failure: {}{earlier}", failure.message),
+            done: failure.done.clone(),
         }
     }
 }

@@ -59,6 +59,7 @@ fn permanent(message: impl Into<String>) -> SendFailure {
     SendFailure {
         transient: false,
         message: message.into(),
+        done: Vec::new(),
     }
 }
 
@@ -100,6 +101,7 @@ impl<S: Store> MailOutbox<S> {
         let ledger = |e: crate::ledger::LedgerError| SendFailure {
             transient: true,
             message: format!("reading the ledger: {e}"),
+            done: Vec::new(),
         };
         let store = lock(&self.store);
         // Under the store lock: the config and parts published with the plan this row is in.
@@ -166,11 +168,17 @@ impl<S: Store + 'static> Outbox for MailOutbox<S> {
         config: &watch::Receiver<Arc<Config>>,
     ) -> Result<String, SendFailure> {
         let (message, parts) = self.compose(row, config, Timestamp::now())?;
-        match parts.transport.send(&message).await {
+        // Recipients an earlier attempt was done with are left out (see `done_recipients`).
+        match parts
+            .transport
+            .send_except(&message, &row.done_recipients)
+            .await
+        {
             Ok(delivery) => Ok(delivery.to_string()),
             Err(e) => Err(SendFailure {
                 transient: e.class == SendClass::Transient,
                 message: e.message,
+                done: e.done,
             }),
         }
     }

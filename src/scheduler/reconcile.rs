@@ -66,6 +66,7 @@ impl NewRow<'_> {
             reply: None,
             created: now,
             released: false,
+            done_recipients: Vec::new(),
         }
     }
 }

@@ -373,7 +373,7 @@ fn log_outcome(key: &MailKey, message_id: &str, attempt: u32, outcome: &Outcome)
         Outcome::Sent { reply, .. } => {
             tracing::info!(%meeting, %email, %to, %message_id, %reply, "mail sent");
         }
-        Outcome::Retry { at, error } => tracing::warn!(
+        Outcome::Retry { at, error, .. } => tracing::warn!(
             %meeting, %email, %to, %message_id, attempt,
             "mail not sent, will retry at {at}: {error}"
         ),
@@ -389,7 +389,7 @@ fn log_outcome(key: &MailKey, message_id: &str, attempt: u32, outcome: &Outcome)
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Sent { reply, .. } => format!("sent: {reply}"),
-        Outcome::Retry { at, error } => format!("retry at {at}: {error}"),
+        Outcome::Retry { at, error, .. } => format!("retry at {at}: {error}"),
         Outcome::Failed { error } => format!("failed: {error}"),
         Outcome::Skipped { reason } => format!("skipped: {reason}"),
         Outcome::Held { reason } => format!("held: {reason}"),

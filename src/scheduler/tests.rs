@@ -425,6 +425,7 @@ fn a_claim_refuses_a_first_attempt_past_its_deadline_and_any_attempt_once_the_me
         let failed = Outcome::Retry {
             at: t("2030-06-02T00:00:00Z"),
             error: "451 try later".into(),
+            done: Vec::new(),
         };
         assert!(
             sim.store
@@ -698,12 +699,14 @@ fn transient_failures_retry_with_backoff_until_the_meeting_then_fail_and_permane
         Err(SendFailure {
             transient: true,
             message: "Connection refused".into(),
+            done: Vec::new(),
         })
     };
     let rejected = |_: &LedgerRow| {
         Err(SendFailure {
             transient: false,
             message: "550 5.1.1 no such user".into(),
+            done: Vec::new(),
         })
     };
     let k = key("m1", "day", 0);
@@ -768,6 +771,7 @@ fn transient_failures_retry_with_backoff_until_the_meeting_then_fail_and_permane
         &SendFailure {
             transient: true,
             message: "421 busy".into(),
+            done: Vec::new(),
         },
         t("2030-06-07T08:59:30Z"),
         settings,
@@ -776,6 +780,28 @@ fn transient_failures_retry_with_backoff_until_the_meeting_then_fail_and_permane
     assert!(
         matches!(&late, Outcome::Failed { error } if error.contains("421 busy")),
         "{late:?}"
+    );
+    // A failure after which some recipients had it: the retry carries them to the row, and
+    // giving up names those earlier attempts reached.
+    let partly = SendFailure {
+        transient: true,
+        message: "451 put off".into(),
+        done: vec!["a@example.org".into()],
+    };
+    let retry = after_failure(&row, &partly, t("2030-06-07T08:00:00Z"), settings, 0.0);
+    assert!(
+        matches!(&retry, Outcome::Retry { done, .. } if done == &["a@example.org"]),
+        "{retry:?}"
+    );
+    let reached = LedgerRow {
+        done_recipients: vec!["a@example.org".into(), "b@example.org".into()],
+        ..row.clone()
+    };
+    let gave_up = after_failure(&reached, &partly, t("2030-06-07T08:59:30Z"), settings, 0.0);
+    assert!(
+        matches!(&gave_up, Outcome::Failed { error }
+            if error.contains("451 put off") && error.contains("a@example.org, b@example.org")),
+        "{gave_up:?}"
     );
     // Then the server rejects it: permanent, failed at once, with the server's reply.
     assert_eq!(
@@ -891,10 +917,12 @@ fn after_any_scheduler_activity_reconciling_the_same_config_again_changes_nothin
         "day" => Err(SendFailure {
             transient: false,
             message: "550 no such list".into(),
+            done: Vec::new(),
         }),
         "week" if row.attempts < 2 => Err(SendFailure {
             transient: true,
             message: "451 try later".into(),
+            done: Vec::new(),
         }),
         _ => Ok("250 2.0.0 queued".into()),
     };

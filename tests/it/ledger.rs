@@ -379,6 +379,7 @@ fn due_rows_and_next_wake_from_the_index_match_the_whole_ledger() {
     let retry = |at: Timestamp| Outcome::Retry {
         at,
         error: "451 try later".into(),
+        done: Vec::new(),
     };
     assert!(
         store
@@ -620,4 +621,75 @@ fn a_pending_plans_revisions_are_the_ledgers_after_it_is_written() {
         .collect();
     assert!(sequences.iter().any(|&s| s >= 2), "{sequences:?}");
     assert_eq!(sequences.len(), 12, "a removed meeting's revision stays");
+}
+
+/// The recipients a failed attempt was done with accumulate in the row across retries and are
+/// read back from the file; a ledger written before the column existed gets it when opened
+/// (its rows intact, none done with), and an old binary's INSERT without it still works.
+#[test]
+fn recipients_done_with_accumulate_and_an_old_ledger_gets_the_column() {
+    use convenor::ledger::Outcome;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = load(
+        &soon_config(dir.path(), &[-5], None),
+        &Environment::default(),
+    )
+    .expect("config")
+    .config;
+    let now = Timestamp::now();
+    let file = dir.path().join("ledger.sqlite3");
+    {
+        let mut store = SqliteStore::open_in(dir.path()).expect("open");
+        replan(&mut store, &config, now).expect("replan");
+    }
+    // Make it a ledger of the version before: the column dropped (SQLite 3.35+).
+    {
+        let conn = rusqlite::Connection::open(&file).expect("open");
+        conn.execute_batch("ALTER TABLE mails DROP COLUMN done_rcpt")
+            .expect("drop column");
+    }
+    let mut store = SqliteStore::open_in(dir.path()).expect("open the old ledger");
+    let rows = store.rows().expect("rows");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].done_recipients.is_empty());
+    let key = rows[0].key.clone();
+    let retry = |done: &[&str]| Outcome::Retry {
+        at: now,
+        error: "put off".into(),
+        done: done.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    for done in [
+        &["a@example.org", "b@example.org"][..],
+        &[],
+        &["c@example.org"],
+    ] {
+        store.claim(&key, now).expect("claim").expect("claimed");
+        assert!(
+            store
+                .settle(&key, MailState::Sending, &retry(done))
+                .expect("settle")
+        );
+    }
+    let reopened = SqliteStore::open_in(dir.path()).expect("reopen");
+    let row = reopened.rows().expect("rows").remove(0);
+    assert_eq!(
+        row.done_recipients,
+        ["a@example.org", "b@example.org", "c@example.org"]
+    );
+    assert_eq!((row.state, row.attempts), (MailState::Pending, 3));
+    // A binary of the version before inserts without the column.
+    let conn = rusqlite::Connection::open(&file).expect("open");
+    conn.execute(
+        "INSERT INTO mails (meeting, email, audience, occurrence, due_ms, deadline_ms, \
+         starts_ms, state, message_id, created_ms) \
+         VALUES ('old', 'e', 'list', 0, 0, 0, 0, 'sent', '<x@y>', 0)",
+        [],
+    )
+    .expect("an old INSERT");
+    let rows = reopened.rows().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r.key.meeting == "old" && r.done_recipients.is_empty())
+    );
 }

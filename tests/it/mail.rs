@@ -372,11 +372,13 @@ async fn reply_codes_are_classified_transient_or_permanent() {
 }
 
 /// A list of several addresses where the server refuses some recipients: one refused for good
-/// (5xx) is left out and the others get the message (once, in one transaction); a 4xx to any
-/// recipient defers the whole message, even beside a 5xx; only when every recipient is refused
-/// for good is the failure permanent. Nothing is stored unless the message went out.
+/// (5xx) or put off (4xx) is left out and the others get the message (once, in one
+/// transaction). A put-off recipient makes the send a transient failure that names the
+/// recipients it is done with (taken or refused for good); `send_except` with them then goes to
+/// the rest only. When no recipient is taken, nobody gets it: transient if any was put off,
+/// permanent when every one was refused for good. Nothing is stored unless the message went out.
 #[tokio::test]
-async fn a_recipient_refused_for_good_does_not_stop_the_others() {
+async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
     const LISTS: [&str; 3] = [
         "members@example.org",
         "gone@example.org",
@@ -384,23 +386,42 @@ async fn a_recipient_refused_for_good_does_not_stop_the_others() {
     ];
     /// Each address the server refuses, with its reply code.
     type Refusals<'a> = &'a [(&'a str, &'a str)];
-    // (refusals, delivered to, error class when not delivered)
-    let table: [(Refusals, &[&str], Option<SendClass>); 5] = [
-        (&[], &LISTS, None),
+    // (refusals, delivered to, error class when the send fails, recipients done with then)
+    type Case<'a> = (
+        Refusals<'a>,
+        &'a [&'a str],
+        Option<SendClass>,
+        &'a [&'a str],
+    );
+    let table: [Case; 6] = [
+        (&[], &LISTS, None, &[]),
         (
             &[("gone@example.org", "550")],
             &["members@example.org", "observers@example.org"],
             None,
+            &[],
         ),
         (
             &[("gone@example.org", "451")],
-            &[],
+            &["members@example.org", "observers@example.org"],
             Some(SendClass::Transient),
+            &["members@example.org", "observers@example.org"],
         ),
         (
             &[("members@example.org", "550"), ("gone@example.org", "452")],
+            &["observers@example.org"],
+            Some(SendClass::Transient),
+            &["observers@example.org", "members@example.org"],
+        ),
+        (
+            &[
+                ("members@example.org", "550"),
+                ("gone@example.org", "450"),
+                ("observers@example.org", "451"),
+            ],
             &[],
             Some(SendClass::Transient),
+            &["members@example.org"],
         ),
         (
             &[
@@ -410,9 +431,10 @@ async fn a_recipient_refused_for_good_does_not_stop_the_others() {
             ],
             &[],
             Some(SendClass::Permanent),
+            &[],
         ),
     ];
-    for (refusals, delivered_to, failure) in table {
+    for (refusals, delivered_to, failure, done) in table {
         let dir = tempfile::tempdir().expect("tmp");
         let args: Vec<String> = (refusals.iter())
             .flat_map(|(address, code)| ["--refuse-rcpt".to_owned(), format!("{address}={code}")])
@@ -453,37 +475,67 @@ async fn a_recipient_refused_for_good_does_not_stop_the_others() {
                 if refusals.is_empty() {
                     assert!(!text.contains("refused"), "{case}: {text}");
                 }
-                let received = server.received();
-                assert_eq!(received.len(), 1, "{case}: one transaction");
-                let meta: Value = serde_json::from_slice(
-                    &std::fs::read(dir.path().join("received/1.json")).expect("meta"),
-                )
-                .expect("json");
-                assert_eq!(meta["rcpt_tos"], serde_json::json!(delivered_to), "{case}");
-                let m = parse(&received[0]);
-                let to = header(&m, "to").join(", ");
-                for address in LISTS {
-                    assert!(to.contains(address), "{case}: To: names every list: {to}");
-                }
-                assert_eq!(
-                    transport.idle_connections(),
-                    1,
-                    "{case}: the connection ends the transaction cleanly and is kept"
-                );
             }
             Some(class) => {
                 let e = result.expect_err(&case);
                 assert_eq!(e.class, class, "{case}: {e}");
+                assert_eq!(e.done, done, "{case}: the recipients done with: {e}");
                 for (address, code) in refusals {
-                    if class == SendClass::Permanent || code.starts_with('4') {
-                        assert!(
-                            e.message.contains(address) && e.message.contains(code),
-                            "{case}: the error names the refusal: {e}"
-                        );
-                    }
+                    assert!(
+                        e.message.contains(address) && e.message.contains(code),
+                        "{case}: the error names each refusal: {e}"
+                    );
                 }
-                assert!(server.received().is_empty(), "{case}: nobody got it");
+                for address in delivered_to {
+                    assert!(
+                        e.message.contains(&format!("delivered to {address}"))
+                            || e.message.contains(&format!(", {address}")),
+                        "{case}: the error names who got it: {e}"
+                    );
+                }
             }
+        }
+        let received = server.received();
+        if delivered_to.is_empty() {
+            assert!(received.is_empty(), "{case}: nobody got it");
+            continue;
+        }
+        assert_eq!(received.len(), 1, "{case}: one transaction");
+        let meta: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("received/1.json")).expect("meta"),
+        )
+        .expect("json");
+        assert_eq!(meta["rcpt_tos"], serde_json::json!(delivered_to), "{case}");
+        let m = parse(&received[0]);
+        let to = header(&m, "to").join(", ");
+        for address in LISTS {
+            assert!(to.contains(address), "{case}: To: names every list: {to}");
+        }
+        assert_eq!(
+            transport.idle_connections(),
+            1,
+            "{case}: the connection ends the transaction cleanly and is kept"
+        );
+        // The retry leaves out the recipients done with (compared without regard to case):
+        // only those put off are offered again, and here the server puts them off again, so
+        // nobody gets a second copy.
+        if !done.is_empty() {
+            let done: Vec<String> = done.iter().map(|a| a.to_uppercase()).collect();
+            let again = transport
+                .send_except(&msg, &done)
+                .await
+                .expect_err("put off again");
+            assert_eq!(
+                (again.class, again.done.len()),
+                (SendClass::Transient, 0),
+                "{case}: {again}"
+            );
+            for address in LISTS {
+                let offered = again.message.contains(address);
+                let left = !done.iter().any(|d| d.eq_ignore_ascii_case(address));
+                assert_eq!(offered, left, "{case}: {address} offered again: {again}");
+            }
+            assert_eq!(server.received().len(), 1, "{case}: no second copy");
         }
     }
 }

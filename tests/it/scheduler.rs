@@ -318,3 +318,121 @@ async fn a_refused_smtp_password_is_retried_until_fixed_and_a_refused_recipient_
     );
     assert!(server.received().is_empty());
 }
+
+/// A list address the relay puts off (451 to its RCPT TO) while it takes the others: the others
+/// get the mail at once, the ledger row stays pending with them recorded as done, and the retry
+/// goes to the put-off address only, with the same Message-ID. Before, one such address held the
+/// mail back from every list until the meeting started.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_address_put_off_gets_the_retry_alone_and_the_others_get_it_once() {
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    };
+
+    use convenor::{
+        config::{Environment, load},
+        daemon::{mail_parts, replan},
+        ledger::{MailState, SqliteStore, Store as _},
+        scheduler::{MailOutbox, Scheduler},
+    };
+    use jiff::Timestamp;
+
+    use crate::{mail::SmtpServer, support::write_config};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = SmtpServer::start(
+        &dir.path().join("received"),
+        &[
+            "--refuse-rcpt",
+            "gone@example.org=451",
+            "--refuse-rcpt-times",
+            "1",
+        ],
+    );
+    let text = soon_text(&[120], Some(server.port), "").replace(
+        "list = [\"list@example.org\"]",
+        "list = [\"members@example.org\", \"gone@example.org\", \"observers@example.org\"]",
+    );
+    let config = load(&write_config(dir.path(), &text), &Environment::default())
+        .expect("config")
+        .config;
+    assert_eq!(config.mail.list.len(), 3);
+    std::fs::create_dir_all(&config.state_dir).expect("state dir");
+    let mut store = SqliteStore::open_in(&config.state_dir).expect("open");
+    replan(&mut store, &config, Timestamp::now()).expect("replan");
+    let due = store.rows().expect("rows")[0].due;
+    let clock_ms = Arc::new(AtomicI64::new(due.as_millisecond()));
+    let clock = {
+        let ms = clock_ms.clone();
+        move || Timestamp::from_millisecond(ms.load(Ordering::SeqCst)).expect("ts")
+    };
+    let store = Arc::new(Mutex::new(store));
+    let outbox = MailOutbox::new(store.clone(), mail_parts(&config).expect("parts"));
+    let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let scheduler = Scheduler::new(
+        store.clone(),
+        outbox,
+        clock,
+        config_rx,
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let rcpts = |n: usize| -> Vec<String> {
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("received/{n}.json"))).expect("meta"),
+        )
+        .expect("json");
+        (meta["rcpt_tos"].as_array().expect("rcpt_tos").iter())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    // The row as a new connection reads it from the file.
+    let row_on_disk = || {
+        let rows = SqliteStore::open_in(&config.state_dir)
+            .expect("open")
+            .rows()
+            .expect("rows");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows.into_iter().next().expect("one row")
+    };
+
+    let next = scheduler.tick().await.expect("tick");
+    let row = row_on_disk();
+    let error = row.last_error.clone().unwrap_or_default();
+    assert_eq!(
+        (row.state, row.attempts),
+        (MailState::Pending, 1),
+        "{error}"
+    );
+    assert_eq!(
+        row.done_recipients,
+        ["members@example.org", "observers@example.org"],
+        "{error}"
+    );
+    assert!(
+        error.starts_with("transient failure")
+            && error.contains("gone@example.org")
+            && error.contains("451"),
+        "{error}"
+    );
+    assert_eq!(server.received().len(), 1);
+    assert_eq!(rcpts(1), ["members@example.org", "observers@example.org"]);
+    let at = row.next_attempt.expect("a retry");
+    assert_eq!(next, Some(at));
+
+    clock_ms.store(at.as_millisecond(), Ordering::SeqCst);
+    scheduler.tick().await.expect("tick");
+    let row = row_on_disk();
+    assert_eq!((row.state, row.attempts), (MailState::Sent, 2), "{row:?}");
+    let received = server.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(rcpts(2), ["gone@example.org"], "the retry goes to it alone");
+    let id = |m: &[u8]| {
+        String::from_utf8_lossy(m)
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+            .map(str::to_owned)
+    };
+    assert!(id(&received[0]).is_some());
+    assert_eq!(id(&received[0]), id(&received[1]), "the same Message-ID");
+}

@@ -16,6 +16,8 @@ Options:
   --one-per-connection   after one message on a connection, answer MAIL with 421
   --refuse-rcpt ADDR=CODE  answer CODE to RCPT TO:<ADDR> only (repeatable); other recipients
                          are accepted
+  --refuse-rcpt-times N  with --refuse-rcpt: refuse each such address N times only, then
+                         accept it (a recipient put off that a retry reaches)
   --implicit-tls         with --tls-cert/--tls-key: TLS from the first byte (port 465 style)
   --keep-refused         with --fail-at data: still store each refused message (as above), so a
                          test can compare it with what a retry delivers elsewhere
@@ -38,10 +40,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 class Handler:
     keep_refused = False
+    refuse_rcpt_times = None
 
     def __init__(self, store, fail_at, code, one_per_connection=False, refuse_rcpt=None):
         self.one_per_connection = one_per_connection
         self.refuse_rcpt = refuse_rcpt or {}
+        self.rcpt_refusals = {}
         self.store = store
         self.fail_at = fail_at
         self.code = code
@@ -67,7 +71,9 @@ class Handler:
         if fail:
             return fail
         code = self.refuse_rcpt.get(address)
-        if code:
+        refused = self.rcpt_refusals.get(address, 0)
+        if code and (self.refuse_rcpt_times is None or refused < self.refuse_rcpt_times):
+            self.rcpt_refusals[address] = refused + 1
             return f"{code} test server refuses recipient <{address}> with {code}"
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -172,11 +178,13 @@ async def main():
     p.add_argument("--keep-refused", action="store_true")
     p.add_argument("--one-per-connection", action="store_true")
     p.add_argument("--refuse-rcpt", action="append", default=[])
+    p.add_argument("--refuse-rcpt-times", type=int)
     a = p.parse_args()
     os.makedirs(a.store, exist_ok=True)
     refuse_rcpt = dict(item.rsplit("=", 1) for item in a.refuse_rcpt)
     handler = Handler(a.store, a.fail_at, a.code, a.one_per_connection, refuse_rcpt)
     handler.keep_refused = a.keep_refused
+    handler.refuse_rcpt_times = a.refuse_rcpt_times
     auth = {}
     if a.auth:
         user, _, password = a.auth.partition(":")
