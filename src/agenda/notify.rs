@@ -14,8 +14,12 @@
 //! capped exponential backoff ([`after_failure`]: `[scheduler] retry_base`, doubling, at most an
 //! hour) until it is sent, the server refuses it for good, or the meeting has started. Whether it
 //! went out is recorded on the proposal (`notified_ms`, `notify_error`). A mail still owed when
-//! the daemon stops goes out at its next start ([`resend_pending`]). The proposal itself never
-//! depends on the mail.
+//! the daemon stops goes out at its next start ([`resend_pending`]). A mail given up (the meeting
+//! started first, or the server refused it for good) is recorded as no longer owed
+//! ([`AgendaStore::give_up_notify`]), so it is given up and logged once, not at every start
+//! ([`settle_owed`] decides which owed mails a start sends, given `now`). The mail shows until
+//! when its link works (`proposal.link_expires`, local time in the network's zone). The
+//! proposal itself never depends on the mail.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -31,7 +35,7 @@ use lettre::{
 use super::{AgendaStore, Proposal};
 use crate::{
     mail::{
-        SendClass, Templates,
+        Rendered, SendClass, Templates,
         context::{self, ContextInput, ProposalCtx},
     },
     model::{
@@ -82,14 +86,68 @@ impl NotifyError {
     }
 }
 
-/// Builds the mail about `proposal` with the lead link `lead_url`, dated `now` (pure).
+/// The lead's private link a mail carries, and when it stops working.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeadLink {
+    /// The lead's page (see [`super::lead_url`]).
+    pub url: String,
+    /// The token's stored expiry.
+    pub expires: Timestamp,
+}
+
+/// Builds the mail about `proposal` with the lead's `link`, dated `now` (pure).
 pub fn compose(
     config: &Config,
     templates: &Templates,
     proposal: &Proposal,
-    lead_url: &str,
+    link: &LeadLink,
     now: Timestamp,
 ) -> Result<Message, NotifyError> {
+    let (rendered, lead) = render_for(config, templates, proposal, link, now)?;
+    let render = |e: String| NotifyError::Render(e);
+    let date = std::time::SystemTime::try_from(now).map_err(|e| render(e.to_string()))?;
+    let message_id = message_id(config, proposal);
+    let mut b = Message::builder()
+        .from(config.mail.from.clone())
+        .to(lead)
+        .cc(config.network.contact.clone())
+        .date(date)
+        .message_id(Some(message_id))
+        .subject(rendered.subject)
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".to_owned(),
+        ));
+    if let Some(r) = &config.mail.reply_to {
+        b = b.reply_to(r.clone());
+    }
+    b.multipart(MultiPart::alternative_plain_html(
+        rendered.text,
+        rendered.html,
+    ))
+    .map_err(|e| render(e.to_string()))
+}
+
+/// Renders the subject and bodies of the mail about `proposal` with the lead's `link`, at
+/// `now` (pure): what [`compose`] puts into the message.
+pub fn render(
+    config: &Config,
+    templates: &Templates,
+    proposal: &Proposal,
+    link: &LeadLink,
+    now: Timestamp,
+) -> Result<Rendered, NotifyError> {
+    render_for(config, templates, proposal, link, now).map(|(rendered, _)| rendered)
+}
+
+/// [`render`], with the lead's mailbox.
+fn render_for(
+    config: &Config,
+    templates: &Templates,
+    proposal: &Proposal,
+    link: &LeadLink,
+    now: Timestamp,
+) -> Result<(Rendered, lettre::message::Mailbox), NotifyError> {
     let unknown = || NotifyError::Unknown(proposal.id);
     let meeting = MeetingId::parse(&proposal.meeting)
         .ok()
@@ -121,30 +179,11 @@ pub fn compose(
     ctx.proposal = Some(ProposalCtx {
         proposal: proposal.clone(),
         priority_name: priority.name.to_string(),
-        lead_url: lead_url.to_owned(),
+        lead_url: link.url.clone(),
+        link_expires: super::local_time(config, link.expires),
     });
     let rendered = templates.render(&rule.template, &ctx)?;
-    let date = std::time::SystemTime::try_from(now).map_err(|e| render(e.to_string()))?;
-    let message_id = message_id(config, proposal);
-    let mut b = Message::builder()
-        .from(config.mail.from.clone())
-        .to(priority.lead.email.clone())
-        .cc(config.network.contact.clone())
-        .date(date)
-        .message_id(Some(message_id))
-        .subject(rendered.subject)
-        .raw_header(HeaderValue::new(
-            HeaderName::new_from_ascii_str("Auto-Submitted"),
-            "auto-generated".to_owned(),
-        ));
-    if let Some(r) = &config.mail.reply_to {
-        b = b.reply_to(r.clone());
-    }
-    b.multipart(MultiPart::alternative_plain_html(
-        rendered.text,
-        rendered.html,
-    ))
-    .map_err(|e| render(e.to_string()))
+    Ok((rendered, priority.lead.email.clone()))
 }
 
 /// The Message-ID of the mail about `proposal`: the same for every attempt and restart (its
@@ -226,7 +265,7 @@ impl Notifier {
 /// between attempts; records each attempt on the proposal and logs the outcome.
 pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>>, id: i64) {
     let (config, _) = notifier.current();
-    let (proposal, url) = match prepare(&config, &store, id, Timestamp::now()) {
+    let (proposal, link) = match prepare(&config, &store, id, Timestamp::now()) {
         Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!(proposal = id, "cannot mail the lead: {e}");
@@ -242,13 +281,14 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
         };
         let now = Timestamp::now();
         if now >= start {
+            give_up(&store, id, STARTED);
             tracing::warn!(
                 proposal = id,
                 "the meeting has started; the lead was not mailed about this proposal"
             );
             return;
         }
-        let result = attempt(&config, &parts, &proposal, &url, now).await;
+        let result = attempt(&config, &parts, &proposal, &link, now).await;
         let error = result.as_ref().err().map(ToString::to_string);
         if let Err(e) = store
             .lock()
@@ -271,8 +311,13 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 );
                 return;
             }
-            Err(e) => {
+            Err(e @ NotifyError::Send { .. }) => {
+                give_up(&store, id, &e.to_string());
                 tracing::error!(proposal = id, "the mail to the lead failed for good: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(proposal = id, "the mail to the lead failed: {e}");
                 return;
             }
         };
@@ -291,6 +336,7 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 tokio::time::sleep(wait).await;
             }
             Retry::GiveUp => {
+                give_up(&store, id, &format!("{STARTED}; last attempt: {e}"));
                 tracing::warn!(
                     proposal = id,
                     attempt = failures,
@@ -303,20 +349,79 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
     }
 }
 
-/// Sends every mail to a lead still owed (see the module docs), each in a task of its own; run
-/// once at start.
-pub async fn resend_pending(notifier: Notifier, store: Arc<Mutex<AgendaStore>>) {
-    let owed = store
+/// The reason recorded ([`AgendaStore::give_up_notify`]) for a mail given up because its
+/// meeting started first.
+pub const STARTED: &str = "not sent: the meeting started first";
+
+/// The mails to leads owed at a start (see [`settle_owed`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owed {
+    /// Proposals whose mail is to be sent now.
+    pub send: Vec<i64>,
+    /// Proposals whose meeting has started: recorded as no longer owed, not sent.
+    pub given_up: Vec<i64>,
+}
+
+/// Sorts the mails owed at `now` (the clock is the caller's): those whose meeting has started
+/// are given up for good in `store` ([`AgendaStore::give_up_notify`], so the next start does not
+/// see them again), the others are to be sent. A proposal whose meeting is not in `config` stays
+/// owed and is to be sent ([`send_with_retries`] reports it; the meeting may come back).
+pub fn settle_owed(
+    config: &Config,
+    store: &mut AgendaStore,
+    now: Timestamp,
+) -> Result<Owed, super::AgendaError> {
+    let mut owed = Owed::default();
+    for id in store.unnotified()? {
+        let proposal = store.proposal(id)?;
+        match meeting_start(config, &proposal) {
+            Some(start) if now >= start => {
+                store.give_up_notify(id, STARTED)?;
+                owed.given_up.push(id);
+            }
+            _ => owed.send.push(id),
+        }
+    }
+    Ok(owed)
+}
+
+/// Records in `store` that proposal `id`'s mail is given up for `reason`; logs a failure.
+fn give_up(store: &Mutex<AgendaStore>, id: i64, reason: &str) {
+    if let Err(e) = store
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .unnotified();
+        .give_up_notify(id, reason)
+    {
+        tracing::error!(
+            proposal = id,
+            "cannot record that the mail to the lead is given up: {e}"
+        );
+    }
+}
+
+/// Sends every mail to a lead still owed (see the module docs), each in a task of its own, and
+/// gives up (once, recorded) those whose meeting has started; run once at start.
+pub async fn resend_pending(notifier: Notifier, store: Arc<Mutex<AgendaStore>>) {
+    let (config, _) = notifier.current();
+    let owed = settle_owed(
+        &config,
+        &mut store.lock().unwrap_or_else(PoisonError::into_inner),
+        Timestamp::now(),
+    );
     match owed {
-        Ok(ids) => {
+        Ok(Owed { send, given_up }) => {
+            for id in given_up {
+                tracing::warn!(
+                    proposal = id,
+                    "the meeting has started; the lead was not mailed about this proposal \
+                     (owed from before the restart), given up"
+                );
+            }
             tracing::info!(
-                owed = ids.len(),
+                owed = send.len(),
                 "mails to leads owed from before this start"
             );
-            for id in ids {
+            for id in send {
                 tracing::info!(
                     proposal = id,
                     "mailing the lead, owed from before the restart"
@@ -356,8 +461,14 @@ pub fn check(
                 decided_by: None,
                 decided_at: None,
             };
-            let url = super::lead_url(config, &"0".repeat(64));
-            compose(config, templates, &sample, &url, Timestamp::UNIX_EPOCH)?;
+            let link = LeadLink {
+                url: super::lead_url(config, &"0".repeat(64)),
+                expires: config
+                    .agenda_settings
+                    .lead_link_lifetime
+                    .expiry(Timestamp::UNIX_EPOCH),
+            };
+            compose(config, templates, &sample, &link, Timestamp::UNIX_EPOCH)?;
         }
     }
     Ok(())
@@ -377,7 +488,7 @@ fn prepare(
     store: &Mutex<AgendaStore>,
     id: i64,
     now: Timestamp,
-) -> Result<(Proposal, String), NotifyError> {
+) -> Result<(Proposal, LeadLink), NotifyError> {
     let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
     let proposal = s.proposal(id)?;
     let priority = PriorityId::parse(&proposal.priority)
@@ -391,7 +502,13 @@ fn prepare(
         config.agenda_settings.lead_link_lifetime,
         now,
     )?;
-    Ok((proposal, super::lead_url(config, &issued.raw)))
+    Ok((
+        proposal,
+        LeadLink {
+            url: super::lead_url(config, &issued.raw),
+            expires: issued.expires,
+        },
+    ))
 }
 
 /// One attempt: composes the mail with the checked templates and sends it with the transport.
@@ -399,10 +516,10 @@ async fn attempt(
     config: &Config,
     parts: &MailParts,
     proposal: &Proposal,
-    lead_url: &str,
+    link: &LeadLink,
     now: Timestamp,
 ) -> Result<(), NotifyError> {
-    let message = compose(config, &parts.templates, proposal, lead_url, now)?;
+    let message = compose(config, &parts.templates, proposal, link, now)?;
     parts
         .transport
         .send(&message)
@@ -417,6 +534,162 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        agenda::{NewProposal, Status},
+        config::{Environment, parse},
+        model::LeadLinkLifetime,
+    };
+
+    fn config() -> Config {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        parse(path, &text, &Environment::default())
+            .expect("valid")
+            .config
+    }
+
+    fn new(meeting: &str) -> NewProposal {
+        NewProposal {
+            meeting: MeetingId::parse(meeting).expect("id"),
+            priority: "future-places".into(),
+            name: "N".into(),
+            organisation: "O".into(),
+            email: "n@example.org".into(),
+            title: "T".into(),
+            summary: "S".into(),
+            presents: false,
+            minutes: 10,
+        }
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().expect("an instant")
+    }
+
+    /// A mail owed for a meeting that has started at `now` is given up once and for good: the
+    /// store no longer owes it (also after reopening), so the next start neither sends nor
+    /// gives it up again; a mail for a meeting still ahead stays owed and is sent; one sent is
+    /// never marked given up. Before, such a proposal stayed owed and every start gave it up
+    /// (and logged it) again.
+    #[test]
+    fn a_mail_owed_for_a_meeting_that_started_is_given_up_once_and_for_good() {
+        let c = config();
+        let dir = tempfile::tempdir().expect("tmp");
+        let created = at("2023-02-01T10:00:00Z");
+        // The 2023-02-24 meeting starts at 10:00 GMT; 2023-06-07 is still ahead.
+        let (started, ahead, sent) = {
+            let mut s = AgendaStore::open_in(dir.path()).expect("open");
+            let started = s
+                .add(&new("2023-02-24"), "web", true, created)
+                .expect("add");
+            let ahead = s
+                .add(&new("2023-06-07"), "web", true, created)
+                .expect("add");
+            let sent = s
+                .add(&new("2023-02-24"), "web", true, created)
+                .expect("add");
+            s.mark_notified(sent, created, None).expect("sent");
+            (started, ahead, sent)
+        };
+        let just_before = at("2023-02-24T09:59:59Z");
+        let start = at("2023-02-24T10:00:00Z");
+        {
+            let mut s = AgendaStore::open_in(dir.path()).expect("open");
+            assert_eq!(
+                settle_owed(&c, &mut s, just_before).expect("settle"),
+                Owed {
+                    send: vec![started, ahead],
+                    given_up: vec![]
+                }
+            );
+            assert_eq!(s.unnotified().expect("owed"), [started, ahead]);
+            assert_eq!(
+                settle_owed(&c, &mut s, start).expect("settle"),
+                Owed {
+                    send: vec![ahead],
+                    given_up: vec![started]
+                }
+            );
+            assert_eq!(s.unnotified().expect("owed"), [ahead]);
+            // Giving up a mail already sent changes nothing.
+            s.give_up_notify(sent, STARTED).expect("no-op");
+        }
+        // The next start (the file reopened, later still) sees only the meeting ahead.
+        let mut s = AgendaStore::open_in(dir.path()).expect("reopen");
+        assert_eq!(
+            settle_owed(&c, &mut s, at("2023-03-01T10:00:00Z")).expect("settle"),
+            Owed {
+                send: vec![ahead],
+                given_up: vec![]
+            }
+        );
+        let file = rusqlite::Connection::open(dir.path().join(super::super::store::AGENDA_FILE))
+            .expect("second connection");
+        let (wanted, notified, error): (bool, Option<i64>, Option<String>) = file
+            .query_row(
+                "SELECT notify_wanted, notified_ms, notify_error FROM proposals WHERE id = ?1",
+                [started],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("row");
+        assert_eq!(
+            (wanted, notified, error.as_deref()),
+            (false, None, Some(STARTED))
+        );
+        let sent_row: (bool, Option<i64>, Option<String>) = file
+            .query_row(
+                "SELECT notify_wanted, notified_ms, notify_error FROM proposals WHERE id = ?1",
+                [sent],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("row");
+        assert_eq!(sent_row, (true, Some(created.as_millisecond()), None));
+        assert_eq!(s.proposal(started).expect("kept").status, Status::Proposed);
+    }
+
+    /// The mail says until when the lead's link works: the token's expiry in the network's
+    /// zone and local time (GMT in winter, BST in summer), in the text and the HTML part.
+    #[test]
+    fn the_lead_mail_says_when_its_link_expires() {
+        let c = config();
+        let templates = Templates::load(&c.mail.templates_dir).expect("templates");
+        let proposal = Proposal {
+            id: 3,
+            meeting: "2023-02-24".into(),
+            priority: "future-places".into(),
+            name: "Ada".into(),
+            organisation: "Camden".into(),
+            email: "ada@camden.example".into(),
+            title: "Heat pumps".into(),
+            summary: "S".into(),
+            presents: true,
+            minutes: 10,
+            status: Status::Proposed,
+            position: None,
+            created: at("2023-01-20T10:00:00Z"),
+            decided_by: None,
+            decided_at: None,
+        };
+        for (expires, shown) in [
+            ("2023-02-19T10:30:00Z", "Sunday 19 February 2023, 10:30 GMT"),
+            ("2023-04-02T16:05:00Z", "Sunday 2 April 2023, 17:05 BST"),
+        ] {
+            let link = LeadLink {
+                url: "https://x.example/leads/abc/".into(),
+                expires: at(expires),
+            };
+            let r = render(&c, &templates, &proposal, &link, proposal.created).expect("render");
+            let said = format!("The link works until {shown};");
+            assert!(r.text.contains(&said), "{said}: {}", r.text);
+            assert!(r.html.contains(&said), "{said}: {}", r.html);
+        }
+        // The default lifetime, as `check` renders it.
+        let issued = at("2023-01-20T10:00:00Z");
+        assert_eq!(
+            crate::agenda::local_time(&c, LeadLinkLifetime::DEFAULT.expiry(issued)),
+            "Sunday 19 February 2023, 10:00 GMT"
+        );
+    }
 
     /// The retry schedule: the base doubled per failure, capped at an hour, and given up when
     /// the next attempt would not come before the meeting starts.

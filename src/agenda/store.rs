@@ -9,6 +9,11 @@
 //! (`expires_ms`), and a token's row is deleted [`EXPIRED_TOKENS_KEPT`] after it (whenever a
 //! new token is issued), so the table holds the recent links only.
 //!
+//! A proposal is owed a mail to its lead while `notify_wanted` is set and `notified_ms` is not:
+//! a sent mail sets `notified_ms`; giving the mail up for good (the meeting started, or the
+//! server refused it) clears `notify_wanted` and keeps the reason in `notify_error`. Both are
+//! columns every file has (see below), so giving up needs no migration.
+//!
 //! Upgrades: [`AgendaStore::open`] brings a file written by an earlier version up to date. A
 //! `proposals` table without `notify_wanted` (before lead mails were owed) gets it, no proposal
 //! owed. A `lead_tokens` table without `expires_ms` (before lead links expired) gets the column, and
@@ -528,7 +533,23 @@ impl AgendaStore {
         Ok(())
     }
 
-    /// Proposals still owed a mail to their lead (the mail failed, or the daemon stopped first).
+    /// Records that proposal `id` is no longer owed a mail to its lead, unsent, and why
+    /// (`reason`, kept in `notify_error`): the meeting started first, or the server refused the
+    /// mail for good. From then on [`AgendaStore::unnotified`] leaves it out, so a start gives
+    /// it up once, not again at every start. A mail already recorded sent stays so.
+    pub fn give_up_notify(&mut self, id: i64, reason: &str) -> Result<(), AgendaError> {
+        self.conn
+            .execute(
+                "UPDATE proposals SET notify_wanted = 0, notify_error = ?1 \
+                 WHERE id = ?2 AND notified_ms IS NULL",
+                params![reason, id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Proposals still owed a mail to their lead (the mail failed, or the daemon stopped first),
+    /// leaving out those given up ([`AgendaStore::give_up_notify`]).
     pub fn unnotified(&self) -> Result<Vec<i64>, AgendaError> {
         let mut stmt = self
             .conn

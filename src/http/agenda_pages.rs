@@ -18,8 +18,9 @@
 //!   peer is a loopback proxy) or for this meeting from everyone ([`PER_MEETING`]).
 //! - `GET /leads/<token>/`: that priority's proposals with accept and decline buttons, and until
 //!   when the link works. An unknown token is 404; a revoked one (or one issued to a lead since
-//!   replaced) 410; an expired one 410 with a page saying so, when, and where a fresh link comes
-//!   from (the next proposal mail, or the team).
+//!   replaced) 410; an expired one 410 with a page saying so, when (its stored expiry, not the
+//!   lifetime in force now), and where a fresh link comes from (the next proposal mail, or the
+//!   team).
 //! - `POST /leads/<token>/proposals/<n>/accept|decline`: the token checked as for the page
 //!   first (an expired or revoked one is refused the same way and changes nothing), then a
 //!   same-origin check (Origin and Sec-Fetch-Site against `[network] base_url`) and a CSRF token
@@ -563,18 +564,18 @@ fn thanks(pid: i64) -> String {
     )
 }
 
-/// The page an expired lead link gets (410): since when, why, and where a fresh link comes
-/// from. It names nothing the link opened.
+/// The page an expired lead link gets (410): since when (the token's stored expiry and issue,
+/// never the lifetime in force now, which may have changed since), why, and where a fresh link
+/// comes from. It names nothing the link opened.
 fn expired(config: &Config, row: &TokenRow) -> Response {
-    let lifetime = config.agenda_settings.lead_link_lifetime;
     plain(
         StatusCode::GONE,
         format!(
-            "This lead link expired on {}: lead links work for {lifetime} after they are sent, \
-             so it no longer opens the page or records decisions. The next mail about a new \
-             proposal brings you a fresh link; to decide before then, ask the {} team for one: \
-             {}",
+            "This lead link expired on {}: it was sent on {} and worked until then, so it no \
+             longer opens the page or records decisions. The next mail about a new proposal \
+             brings you a fresh link; to decide before then, ask the {} team for one: {}",
             agenda::local_time(config, row.expires),
+            agenda::local_time(config, row.issued),
             config.network.short_name,
             config.network.contact,
         ),

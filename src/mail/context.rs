@@ -89,6 +89,9 @@ pub struct ProposalCtx {
     pub priority_name: String,
     /// The lead's private page, where they accept or decline.
     pub lead_url: String,
+    /// When that link stops working, in the network's zone: "Monday 9 February 2026, 10:00
+    /// GMT" (the token's stored expiry, see [`crate::agenda::local_time`]).
+    pub link_expires: String,
 }
 
 /// The network's names.

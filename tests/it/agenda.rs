@@ -593,11 +593,8 @@ mod web {
         assert!(hdr(mail, "Subject").contains("Bus lanes"), "{mail}");
         let link = lead_link(mail);
         assert!(link.starts_with(&format!("{base}/leads/")), "{link}");
-        assert!(
-            texts(&mail["tree"]).contains("The link works for a limited time"),
-            "{mail}"
-        );
-        // Its token expires the config's `lead_link_lifetime` after it was issued.
+        // Its token expires the config's `lead_link_lifetime` after it was issued, and the mail
+        // says when, in the network's zone.
         {
             let store = convenor::agenda::AgendaStore::open_in(&dir.path().join("state"))
                 .expect("agenda store");
@@ -611,6 +608,15 @@ mod web {
                 .expect("lookup")
                 .expect("stored");
             assert_eq!(row.expires - row.issued, SignedDuration::from_hours(72));
+            let until = row
+                .expires
+                .to_zoned_datetime(TimeZone::get(zone).expect("zone"))
+                .strftime("%A %-d %B %Y, %H:%M %Z")
+                .to_string();
+            assert!(
+                texts(&mail["tree"]).contains(&format!("The link works until {until};")),
+                "{until}: {mail}"
+            );
         }
 
         // Refusals change nothing.
@@ -1025,14 +1031,11 @@ fn reminders_agenda_pack_and_lead_mail_show_the_agenda() {
     }
     let mut waiting = proposal.clone();
     waiting.status = Status::Proposed;
-    let m = notify::compose(
-        &config,
-        &templates,
-        &waiting,
-        "https://x.example/leads/abc/",
-        now,
-    )
-    .expect("lead mail");
+    let link = notify::LeadLink {
+        url: "https://x.example/leads/abc/".into(),
+        expires: "2026-02-09T10:00:00Z".parse().expect("instant"),
+    };
+    let m = notify::compose(&config, &templates, &waiting, &link, now).expect("lead mail");
     let text = String::from_utf8(m.formatted()).expect("utf-8");
     assert!(
         text.lines()

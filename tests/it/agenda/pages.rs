@@ -29,6 +29,8 @@ struct Served {
     store: Arc<Mutex<AgendaStore>>,
     /// The served config's `[agenda] lead_link_lifetime`.
     lifetime: LeadLinkLifetime,
+    /// The served config.
+    config: Arc<convenor::model::Config>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -53,12 +55,21 @@ impl Served {
 
     /// A lead link's token for priority p1, issued at `issued` with the served lifetime.
     fn lead_token_issued_at(&self, issued: Timestamp) -> String {
+        self.lead_token_with(self.lifetime, issued).raw
+    }
+
+    /// A lead link's token for priority p1, issued at `issued` with `lifetime` (as an earlier
+    /// config may have said).
+    fn lead_token_with(
+        &self,
+        lifetime: LeadLinkLifetime,
+        issued: Timestamp,
+    ) -> convenor::agenda::store::IssuedToken {
         self.store
             .lock()
             .expect("store lock")
-            .issue_token("p1", "lead1@example.org", "test", self.lifetime, issued)
+            .issue_token("p1", "lead1@example.org", "test", lifetime, issued)
             .expect("token")
-            .raw
     }
 
     /// The CSRF token a lead page of `lead_token` would give proposal `n`'s forms.
@@ -123,6 +134,7 @@ async fn serve(base_url: &str, feed_token: Option<&str>) -> Served {
         addr: format!("http://{addr}"),
         store,
         lifetime: config.agenda_settings.lead_link_lifetime,
+        config: Arc::clone(&config),
         _dir: dir,
         _stop: stop,
     }
@@ -469,7 +481,7 @@ async fn an_expired_lead_link_is_refused_with_a_page_saying_so_and_its_posts_cha
     assert_eq!(status, StatusCode::GONE, "{refusal}");
     for said in [
         "This lead link expired on",
-        "lead links work for 30 days",
+        "it was sent on",
         "The next mail about a new proposal brings you a fresh link",
         "ask the LEDNet team for one: Team <team@example.org>",
     ] {
@@ -521,6 +533,41 @@ async fn an_expired_lead_link_is_refused_with_a_page_saying_so_and_its_posts_cha
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert_eq!(served.proposals()[0].status.as_str(), "accepted");
     assert_eq!(served.actions(1), ["proposed", "accepted"]);
+}
+
+/// The expired-link page says when that link expired and was sent, from the token's stored
+/// expiry and issue, not the lifetime in force now: a link issued with a lifetime of 2 hours
+/// (an earlier config) is refused an hour after it expired, while the config says 30 days, and
+/// the page quotes its own times, never "30 days".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_link_page_says_when_that_link_expired_not_the_lifetime_in_force() {
+    let served = serve("https://convenor.example.org", None).await;
+    assert_eq!(served.lifetime, LeadLinkLifetime::DEFAULT);
+    let short = LeadLinkLifetime::new(SignedDuration::from_hours(2)).expect("a lifetime");
+    let issued = Timestamp::now() - SignedDuration::from_hours(3);
+    let token = served.lead_token_with(short, issued);
+    assert_eq!(token.expires, issued + SignedDuration::from_hours(2));
+    let (status, _, refusal) = read(
+        client()
+            .get(served.url(&format!("/leads/{}/", token.raw)))
+            .send()
+            .await
+            .expect("expired"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GONE, "{refusal}");
+    let expired_on = convenor::agenda::local_time(&served.config, token.expires);
+    let sent_on = convenor::agenda::local_time(&served.config, issued);
+    for said in [
+        format!("This lead link expired on {expired_on}:"),
+        format!("it was sent on {sent_on} and worked until then"),
+    ] {
+        assert!(refusal.contains(&said), "`{said}` not in: {refusal}");
+    }
+    assert!(
+        !refusal.contains("30 days") && !refusal.contains(&served.lifetime.to_string()),
+        "{refusal}"
+    );
 }
 
 /// The per-client limit: a client posting under made-up addresses (the flood that closed the
