@@ -419,13 +419,7 @@ pub async fn run(
         Arc::new(move || {
             // An agenda change may wait for a reload under way (they are serialised): on the
             // multi-thread runtime the worker hands its other tasks on while it waits.
-            if tokio::runtime::Handle::try_current()
-                .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-            {
-                tokio::task::block_in_place(|| agenda_changed(&live));
-            } else {
-                agenda_changed(&live);
-            }
+            crate::sqlite_file::off_the_async_workers(|| agenda_changed(&live));
         })
     };
     // The mail to a lead uses the config in force with its checked templates and transport,

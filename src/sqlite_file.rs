@@ -48,6 +48,21 @@ pub fn write_immediate<T, E>(
     Ok(out)
 }
 
+/// Runs `f`, work that may wait (a SQLite write waits up to the busy timeout for another
+/// writer, such as the CLI or a backup; a mutex around a store waits for such a write), so that
+/// it stalls no async task but the caller's: on tokio's multi-thread runtime the worker hands
+/// its other tasks (the feeds, the scheduler) to another thread while `f` runs
+/// (`block_in_place`); elsewhere (a current-thread runtime, no runtime) `f` just runs.
+pub fn off_the_async_workers<T>(f: impl FnOnce() -> T) -> T {
+    if tokio::runtime::Handle::try_current()
+        .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// SQLite's default `wal_autocheckpoint`: a commit that leaves this many pages or more in the
 /// WAL copies them into the database file before it returns.
 pub const AUTOCHECKPOINT_PAGES: u32 = 1000;

@@ -38,7 +38,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use axum::{
@@ -128,8 +128,12 @@ impl AgendaPages {
         }
     }
 
-    fn store(&self) -> MutexGuard<'_, AgendaStore> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on the agenda store, off the async workers: a write waits for another writer
+    /// (the CLI, a backup) up to SQLite's busy timeout, and the feeds must not wait with it.
+    fn with_store<T>(&self, f: impl FnOnce(&mut AgendaStore) -> T) -> T {
+        crate::sqlite_file::off_the_async_workers(|| {
+            f(&mut self.store.lock().unwrap_or_else(PoisonError::into_inner))
+        })
     }
 }
 
@@ -357,7 +361,7 @@ async fn meeting_page(
     let Some(meeting) = find_meeting(config, &id) else {
         return plain(StatusCode::NOT_FOUND, format!("no meeting `{id}`"));
     };
-    let proposals = match pages.store().proposals(Some(meeting.id.as_str())) {
+    let proposals = match pages.with_store(|s| s.proposals(Some(meeting.id.as_str()))) {
         Ok(p) => p,
         Err(e) => return failure(e),
     };
@@ -414,7 +418,7 @@ async fn propose(
         Err((status, why)) => return plain(status, why),
     };
     let respond = |status: StatusCode, state: FormState| {
-        let proposals = match pages.store().proposals(Some(meeting.id.as_str())) {
+        let proposals = match pages.with_store(|s| s.proposals(Some(meeting.id.as_str()))) {
             Ok(p) => p,
             Err(e) => return failure(e),
         };
@@ -456,8 +460,7 @@ async fn propose(
     let since = now.checked_sub(RATE_WINDOW).unwrap_or(now);
     // Looked up and stored under one lock, so two posts of one form (a double click) store it
     // once.
-    let stored = {
-        let mut store = pages.store();
+    let stored = pages.with_store(|store| {
         let waiting = store.proposals(Some(meeting.id.as_str())).map(|kept| {
             kept.into_iter()
                 .find(|p| is_resubmission(p, &new))
@@ -501,7 +504,7 @@ async fn propose(
                 stored.map_or_else(Stored::Failed, Stored::New)
             }
         }
-    };
+    });
     let pid = match stored {
         Stored::Limited(why) => {
             return respond(
@@ -598,7 +601,7 @@ fn lead(
     if !token::well_formed(raw) {
         return Err(Box::new(plain(StatusCode::NOT_FOUND, "no such page")));
     }
-    let row = match pages.store().token(&token::hash(raw)) {
+    let row = match pages.with_store(|s| s.token(&token::hash(raw))) {
         Ok(Some(row)) => row,
         Ok(None) => return Err(Box::new(plain(StatusCode::NOT_FOUND, "no such page"))),
         Err(e) => return Err(Box::new(failure(e))),
@@ -638,12 +641,9 @@ async fn lead_page(State(pages): State<AgendaPages>, Path(raw): Path<String>) ->
         Ok(r) => r,
         Err(res) => return *res,
     };
-    let (proposals, secret) = {
-        let mut s = pages.store();
-        match (s.proposals(None), s.csrf_secret()) {
-            (Ok(p), Ok(k)) => (p, k),
-            (Err(e), _) | (_, Err(e)) => return failure(e),
-        }
+    let (proposals, secret) = match pages.with_store(|s| (s.proposals(None), s.csrf_secret())) {
+        (Ok(p), Ok(k)) => (p, k),
+        (Err(e), _) | (_, Err(e)) => return failure(e),
     };
     let priority = PriorityId::parse(&row.priority)
         .ok()
@@ -736,24 +736,21 @@ async fn decide(
         Err((status, why)) => return plain(status, why),
     };
     let posted = form.fields.get("csrf").map(String::as_str).unwrap_or("");
-    let result = {
-        let mut s = pages.store();
+    // Err: the response to give instead.
+    let result = pages.with_store(|s| {
         let proposal = match s.proposal(n) {
             Ok(p) if p.priority == row.priority => p,
             Ok(_) | Err(agenda::AgendaError::NoProposal(_)) => {
-                return plain(StatusCode::NOT_FOUND, "no such proposal");
+                return Err(plain(StatusCode::NOT_FOUND, "no such proposal"));
             }
-            Err(e) => return failure(e),
+            Err(e) => return Err(failure(e)),
         };
-        let secret = match s.csrf_secret() {
-            Ok(k) => k,
-            Err(e) => return failure(e),
-        };
+        let secret = s.csrf_secret().map_err(failure)?;
         if !token::csrf_ok(&secret, &row.hash, n, posted) {
-            return plain(
+            return Err(plain(
                 StatusCode::FORBIDDEN,
                 "the form's security token is missing or wrong; reload the page and try again",
-            );
+            ));
         }
         let by = PriorityId::parse(&row.priority)
             .ok()
@@ -763,8 +760,10 @@ async fn decide(
                 |p| format!("{} <{}>, lead of {}", p.lead.name, p.lead.email.email, p.id),
             );
         let changed = proposal.status != status;
-        s.decide(n, status, &by, now).map(|()| changed)
-    };
+        s.decide(n, status, &by, now)
+            .map(|()| changed)
+            .map_err(failure)
+    });
     match result {
         Ok(changed) => {
             tracing::info!(proposal = n, decision = status.as_str(), "lead decided");
@@ -776,7 +775,7 @@ async fn decide(
                 base_path(config.network.base_url.as_str())
             ))
         }
-        Err(e) => failure(e),
+        Err(res) => res,
     }
 }
 

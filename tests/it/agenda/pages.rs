@@ -718,3 +718,57 @@ async fn html_pages_forbid_framing_and_sniffing_and_feeds_are_left_alone() {
         assert!(!feed.headers().contains_key(&name), "{name} on a feed");
     }
 }
+
+/// A proposal that waits for the agenda store's write lock (held by another process: the CLI,
+/// a backup) waits off the async workers. With one worker, the feed is served meanwhile, and
+/// the proposal is stored once the lock is free. Before, the waiting handler held the only
+/// worker for up to SQLite's busy timeout (10 s): no feed was served, and the proposal failed
+/// (500) because the lock could only be let go after the feed's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_proposal_waiting_for_the_store_lock_does_not_hold_up_the_feed() {
+    let served = serve("https://convenor.example.org", None).await;
+    let other = rusqlite::Connection::open(
+        served
+            ._dir
+            .path()
+            .join(convenor::agenda::store::AGENDA_FILE),
+    )
+    .expect("open the agenda file");
+    other
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("the write lock");
+    let c = client();
+    let post = tokio::spawn({
+        let (c, url) = (c.clone(), served.url("/meetings/m1/proposals"));
+        async move {
+            let form = good("Bus lanes", "p1", "ada@camden.example");
+            c.post(&url).form(&form).send().await.map(|r| r.status())
+        }
+    });
+    // The handler is in the store (it holds the store's mutex while SQLite waits for the lock).
+    let store = served.store.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::daemon::harness::wait_for(
+            "the proposal waiting in the store",
+            || store.try_lock().is_err(),
+            String::new,
+        );
+    })
+    .await
+    .expect("wait");
+    let feed = c
+        .get(served.url("/calendar.ics"))
+        .send()
+        .await
+        .expect("the feed");
+    assert_eq!(feed.status(), StatusCode::OK);
+    assert!(!post.is_finished(), "the proposal still waits for the lock");
+    other.execute_batch("ROLLBACK").expect("let go");
+    let status = post.await.expect("join").expect("post");
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "stored once the lock was free"
+    );
+    assert_eq!(served.proposals().len(), 1);
+}
