@@ -279,7 +279,8 @@ fn preview(
     recipient: Option<&str>,
     eml: bool,
 ) -> anyhow::Result<ExitCode> {
-    let pinned = with_pinned_uid_domain(&loaded.config)?;
+    let store = open_ledger_if_any(&loaded.config)?;
+    let pinned = with_pinned_uid_domain(&loaded.config, store.as_ref())?;
     let config: &Config = &pinned;
     let meeting = MeetingId::parse(meeting)
         .ok()
@@ -299,7 +300,7 @@ fn preview(
     };
     let templates = mail::Templates::load(&config.mail.templates_dir)?;
     let now = Timestamp::now();
-    let from_ledger = preview_ledger(config, meeting, rule, &recipient, now)?;
+    let from_ledger = preview_ledger(config, store.as_ref(), meeting, rule, &recipient, now)?;
     let PreviewLedger {
         revision,
         message_id,
@@ -354,23 +355,18 @@ struct PreviewLedger {
     before: Option<Significant>,
 }
 
-/// Reads the ledger, when there is one, for `preview`: the meeting's revision, the mail's
-/// Message-ID, its thread root and (for a change notice) the state before. A notice previewed is
-/// the one for the meeting's current SEQUENCE.
+/// Reads the ledger `store`, when there is one, for `preview`: the meeting's revision, the
+/// mail's Message-ID, its thread root and (for a change notice) the state before. A notice
+/// previewed is the one for the meeting's current SEQUENCE.
 fn preview_ledger(
     config: &Config,
+    store: Option<&ledger::SqliteStore>,
     meeting: &Meeting,
     rule: &crate::model::EmailRule,
     recipient: &Recipient,
     now: Timestamp,
 ) -> anyhow::Result<PreviewLedger> {
-    let file = config.state_dir.join(ledger::LEDGER_FILE);
-    let store = if store_file_exists(&file)? {
-        Some(ledger::SqliteStore::open(&file)?)
-    } else {
-        None
-    };
-    let stored = match &store {
+    let stored = match store {
         Some(s) => s.revision(&meeting.id)?,
         None => None,
     };
@@ -524,7 +520,8 @@ pub fn write_stdout(text: &str) -> anyhow::Result<()> {
 /// empty: every meeting has SEQUENCE 0 and the fallback stamp (see [`crate::feed::FALLBACK_STAMP`]).
 fn ics_command(loaded: &Loaded, priority: Option<&str>) -> anyhow::Result<ExitCode> {
     use crate::feed::{self, Selection};
-    let pinned = with_pinned_uid_domain(&loaded.config)?;
+    let store = open_ledger_if_any(&loaded.config)?;
+    let pinned = with_pinned_uid_domain(&loaded.config, store.as_ref())?;
     let config: &Config = &pinned;
     let selection = match priority {
         None => Selection::All,
@@ -543,20 +540,26 @@ fn ics_command(loaded: &Loaded, priority: Option<&str>) -> anyhow::Result<ExitCo
             }
         }
     };
-    let revisions = stored_revisions(config)?;
+    let revisions = match &store {
+        Some(s) => s.revisions()?,
+        None => std::collections::BTreeMap::new(),
+    };
     write_stdout(&feed::render_calendar(config, &revisions, selection))?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `config` with the calendar UID domain the service's ledger pinned at its first start (see
 /// [`crate::model::Network::uid_domain`]), so what `ics` and `preview` print carries the UIDs
-/// subscribers have; the config as loaded when there is no ledger or nothing is pinned yet.
-fn with_pinned_uid_domain(config: &Config) -> anyhow::Result<std::borrow::Cow<'_, Config>> {
-    let file = config.state_dir.join(ledger::LEDGER_FILE);
-    if !store_file_exists(&file)? {
+/// subscribers have; the config as loaded when there is no ledger (`store`) or nothing is pinned
+/// yet.
+fn with_pinned_uid_domain<'a>(
+    config: &'a Config,
+    store: Option<&ledger::SqliteStore>,
+) -> anyhow::Result<std::borrow::Cow<'a, Config>> {
+    let Some(store) = store else {
         return Ok(std::borrow::Cow::Borrowed(config));
-    }
-    let pinned = ledger::SqliteStore::open(&file)?.uid_domain()?;
+    };
+    let pinned = store.uid_domain()?;
     Ok(match pinned {
         Some(domain) if domain != config.network.uid_domain => {
             let mut renamed = config.clone();
@@ -567,16 +570,14 @@ fn with_pinned_uid_domain(config: &Config) -> anyhow::Result<std::borrow::Cow<'_
     })
 }
 
-/// The meetings' stored revisions from the ledger, or none when there is no ledger yet.
-fn stored_revisions(
-    config: &Config,
-) -> anyhow::Result<std::collections::BTreeMap<MeetingId, StoredRevision>> {
+/// The config's ledger, opened once for all a command reads from it; `None` when there is no
+/// ledger yet (a state directory that cannot be read is an error).
+fn open_ledger_if_any(config: &Config) -> anyhow::Result<Option<ledger::SqliteStore>> {
     let file = config.state_dir.join(ledger::LEDGER_FILE);
     if !store_file_exists(&file)? {
-        return Ok(std::collections::BTreeMap::new());
+        return Ok(None);
     }
-    let store = ledger::SqliteStore::open(&file)?;
-    Ok(store.revisions()?)
+    Ok(Some(ledger::SqliteStore::open(&file)?))
 }
 
 fn serve(

@@ -3,7 +3,11 @@
 //! Nothing here reads a file, a socket or the clock. [`crate::config`] is the only place that
 //! builds a [`Config`] from text; every other module takes these types as given.
 
-use std::{fmt, net::SocketAddr, path::PathBuf};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use jiff::{
     SignedDuration, Timestamp,
@@ -487,6 +491,93 @@ impl fmt::Debug for FeedToken {
     }
 }
 
+/// A trusted proxy: an address or a CIDR network (`10.0.0.5`, `192.168.0.0/24`, `fd00::/8`)
+/// whose `X-Forwarded-For` is believed (`[http] trusted_proxies`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProxyNet {
+    /// The network's address, with no bit set past the prefix.
+    addr: IpAddr,
+    /// The prefix length: up to 32 for IPv4, 128 for IPv6.
+    prefix: u8,
+}
+
+impl ProxyNet {
+    /// The loopback networks (`127.0.0.0/8`, `::1/128`): the trusted proxies when the config
+    /// names none.
+    pub const LOOPBACK: [Self; 2] = [
+        Self {
+            addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+            prefix: 8,
+        },
+        Self {
+            addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        },
+    ];
+
+    /// Accepts `addr` or `addr/prefix`; an IPv4-mapped IPv6 address is taken as its IPv4
+    /// address, and a network with bits set past its prefix is refused (a likely typo).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr = addr_text
+            .parse::<IpAddr>()
+            .map_err(|_| {
+                format!("`{text}` is not an address or network such as 10.0.0.5 or 192.168.0.0/24")
+            })?
+            .to_canonical();
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) => Some(p)
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u8>().ok())
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
+        };
+        let net = Self { addr, prefix };
+        if net.masked(addr) != addr {
+            return Err(format!(
+                "`{text}` has bits set past its /{prefix}: the network is `{}/{prefix}`",
+                net.masked(addr)
+            ));
+        }
+        Ok(net)
+    }
+
+    /// `ip` with every bit past this network's prefix cleared (`ip` of the same family).
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` (taken canonically: an IPv4-mapped address as IPv4) is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && self.masked(ip) == self.addr
+    }
+}
+
+impl fmt::Display for ProxyNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// HTTP server and feed settings.
 #[derive(Clone, Debug, Hash)]
 pub struct HttpSettings {
@@ -510,6 +601,8 @@ pub struct HttpSettings {
     pub request_timeout: SignedDuration,
     /// At most this many connections at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// Peers whose `X-Forwarded-For` names the client ([`ProxyNet::LOOPBACK`] by default).
+    pub trusted_proxies: Vec<ProxyNet>,
 }
 
 /// Scheduler settings.

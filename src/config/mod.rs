@@ -22,6 +22,9 @@ pub struct Environment {
     /// whether it is the installed config (`cd /etc/convenor && convenor plan --config
     /// convenor.toml`). `None`: a relative config path is never the installed one.
     pub cwd: Option<PathBuf>,
+    /// `$CREDENTIALS_DIRECTORY`, set by systemd inside a unit that loads a credential
+    /// (`LoadCredential=`); where `[http] feed_token_credential` is read from.
+    pub credentials_directory: Option<PathBuf>,
 }
 
 impl Environment {
@@ -34,9 +37,13 @@ impl Environment {
                     .map(PathBuf::from)
             })
             .filter(|p| !p.as_os_str().is_empty());
+        let credentials_directory = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(PathBuf::from)
+            .filter(|p| !p.as_os_str().is_empty());
         Self {
             state_directory,
             cwd: std::env::current_dir().ok(),
+            credentials_directory,
         }
     }
 }

@@ -79,6 +79,7 @@ pub struct RawSmtp {
 pub struct RawHttp {
     pub listen: Option<S<String>>,
     pub feed_token: Option<S<String>>,
+    pub feed_token_credential: Option<S<String>>,
     pub refresh_interval: Option<S<String>>,
     pub published_ttl: Option<S<String>>,
     pub cache_max_age: Option<S<String>>,
@@ -86,6 +87,7 @@ pub struct RawHttp {
     pub header_timeout: Option<S<String>>,
     pub request_timeout: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
+    pub trusted_proxies: Option<Vec<S<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -265,7 +265,7 @@ pub(crate) fn validate(
 
     let network = network(&mut c, &raw.network);
     let mail = mail(&mut c, &raw.mail);
-    let http = http(&mut c, &raw.http);
+    let http = http(&mut c, &raw.http, env);
     let scheduler = scheduler(&mut c, &raw.scheduler);
     let agenda_settings = agenda(&mut c, &raw.agenda);
     let state_dir = match (&raw.state.dir, &env.state_directory) {
@@ -499,7 +499,7 @@ fn smtp(c: &mut Checker, raw: &S<RawSmtp>) -> Option<SmtpSettings> {
     })
 }
 
-fn http(c: &mut Checker, h: &RawHttp) -> Option<HttpSettings> {
+fn http(c: &mut Checker, h: &RawHttp, env: &Environment) -> Option<HttpSettings> {
     let listen = match &h.listen {
         None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
         Some(l) => c.parse(l, |s| {
@@ -508,9 +508,21 @@ fn http(c: &mut Checker, h: &RawHttp) -> Option<HttpSettings> {
             })
         }),
     };
-    let feed_token = match &h.feed_token {
-        None => Some(None),
-        Some(t) => c.parse(t, |s| FeedToken::parse(s)).map(Some),
+    let feed_token = match (&h.feed_token, &h.feed_token_credential) {
+        (None, None) => Some(None),
+        (Some(t), None) => c.parse(t, |s| FeedToken::parse(s)).map(Some),
+        (None, Some(name)) => c
+            .parse(name, |n| {
+                feed_token_from_credential(n, env.credentials_directory.as_deref())
+            })
+            .map(Some),
+        (Some(_), Some(second)) => {
+            c.error(
+                second.span(),
+                "give only one of feed_token and feed_token_credential",
+            );
+            None
+        }
     };
     let metrics_listen = match &h.metrics_listen {
         None => Some(None),
@@ -541,7 +553,17 @@ fn http(c: &mut Checker, h: &RawHttp) -> Option<HttpSettings> {
                 .ok_or_else(|| format!("{n} must be a whole number from 1 to 100000"))
         }),
     };
+    let trusted_proxies = match &h.trusted_proxies {
+        None => Some(ProxyNet::LOOPBACK.to_vec()),
+        Some(list) => list
+            .iter()
+            .map(|entry| c.parse(entry, |s| ProxyNet::parse(s)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect::<Option<Vec<_>>>(),
+    };
     Some(HttpSettings {
+        trusted_proxies: trusted_proxies?,
         metrics_listen: metrics_listen?,
         header_timeout: header_timeout?,
         request_timeout: request_timeout?,
@@ -552,6 +574,36 @@ fn http(c: &mut Checker, h: &RawHttp) -> Option<HttpSettings> {
         published_ttl: c.duration(&h.published_ttl, SignedDuration::from_hours(4))?,
         cache_max_age: c.duration(&h.cache_max_age, SignedDuration::from_hours(1))?,
     })
+}
+
+/// The feed token held by the systemd credential `name` (`LoadCredential=`), read from
+/// `credentials_directory` (the process's `$CREDENTIALS_DIRECTORY`), its trailing newline
+/// stripped. systemd sets that directory only inside a unit that loads a credential, so without
+/// it the error says what to do both in the service and in a shell. The token is never quoted.
+pub fn feed_token_from_credential(
+    name: &str,
+    credentials_directory: Option<&Path>,
+) -> Result<FeedToken, String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(format!(
+            "`{name}` is not a credential name (a file name such as \"feed-token\")"
+        ));
+    }
+    let dir = credentials_directory.ok_or_else(|| {
+        format!(
+            "cannot read the feed token from systemd credential `{name}`: \
+             $CREDENTIALS_DIRECTORY is not set. systemd sets it only inside a unit that loads \
+             the credential: for the service, LoadCredential={name}:<file> in its drop-in (see \
+             the README, \"Credentials\"). A shell never has it: run the command under systemd \
+             with the credential, as in `sudo systemd-run --pipe --wait --quiet -p \
+             LoadCredential={name}:/etc/convenor/{name} convenor check --config \
+             /etc/convenor/convenor.toml`"
+        )
+    })?;
+    let text = std::fs::read_to_string(dir.join(name))
+        .map_err(|e| format!("cannot read the feed token from systemd credential `{name}`: {e}"))?;
+    FeedToken::parse(text.trim_end_matches(['\r', '\n']))
+        .map_err(|e| format!("systemd credential `{name}`: {e}"))
 }
 
 /// A server timeout: a duration of at least 100 ms, or `default`.
@@ -1139,6 +1191,129 @@ mod tests {
                  meetings `ten` (starts 10:00), `noon` (starts 12:00), `gap` (starts 02:30)"
             ),
             "{message}"
+        );
+    }
+
+    /// The shipped config with `[http]`'s commented token line replaced by `lines`, parsed as
+    /// if it stood in the repository's `config/` (so its templates are found) under `env`.
+    fn shipped_with_http(lines: &str, env: &Environment) -> Result<Config, Vec<String>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lednet.toml");
+        let text = std::fs::read_to_string(&path)
+            .expect("the shipped config")
+            .replace("# feed_token = \"a-long-random-string\"", lines);
+        super::super::parse(&path, &text, env)
+            .map(|l| l.config)
+            .map_err(|e| e.diagnostics().iter().map(ToString::to_string).collect())
+    }
+
+    fn credentials(token_file: &str) -> (tempfile::TempDir, Environment) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("feed-token"), token_file).expect("credential");
+        let env = Environment {
+            credentials_directory: Some(dir.path().to_path_buf()),
+            ..Environment::default()
+        };
+        (dir, env)
+    }
+
+    /// `feed_token_credential` reads the token from `$CREDENTIALS_DIRECTORY`, its trailing
+    /// newline stripped, as an inline `feed_token` would give it.
+    #[test]
+    fn the_feed_token_comes_from_its_credential() {
+        let token = "Cred-token-0123456789abcdef";
+        let (_dir, env) = credentials(&format!("{token}\n"));
+        let config = shipped_with_http("feed_token_credential = \"feed-token\"", &env)
+            .expect("valid config");
+        let got = config.http.feed_token.expect("a token");
+        assert_eq!(got.as_str(), token);
+        let inline =
+            shipped_with_http(&format!("feed_token = \"{token}\""), &env).expect("valid config");
+        assert_eq!(inline.http.feed_token, Some(got));
+    }
+
+    /// Both an inline token and a credential: an error at the second key, with its position.
+    #[test]
+    fn an_inline_token_and_a_credential_are_an_error_at_the_credential() {
+        let (_dir, env) = credentials("Cred-token-0123456789abcdef\n");
+        let errors = shipped_with_http(
+            "feed_token = \"Inline-token-0123456789\"\nfeed_token_credential = \"feed-token\"",
+            &env,
+        )
+        .expect_err("both is an error");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("lednet.toml:42:25")
+                && errors[0].contains("give only one of feed_token and feed_token_credential"),
+            "{errors:?}"
+        );
+    }
+
+    /// A credential that cannot be used is an error at the key, and never quotes the file.
+    #[test]
+    fn a_missing_or_bad_credential_is_an_error_at_its_key() {
+        let line = "feed_token_credential = \"feed-token\"";
+        let at = |errors: &[String], what: &str| {
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].contains("lednet.toml:41:25") && errors[0].contains(what),
+                "{errors:?}"
+            );
+        };
+        // No $CREDENTIALS_DIRECTORY (a shell): says how to load it.
+        let errors = shipped_with_http(line, &Environment::default()).expect_err("no dir");
+        at(&errors, "$CREDENTIALS_DIRECTORY is not set");
+        at(&errors, "LoadCredential=feed-token:");
+        // The directory without the file.
+        let (dir, env) = credentials("x");
+        std::fs::remove_file(dir.path().join("feed-token")).expect("remove");
+        let errors = shipped_with_http(line, &env).expect_err("no file");
+        at(
+            &errors,
+            "cannot read the feed token from systemd credential `feed-token`",
+        );
+        // A token too short, or with a character a URL segment must not hold.
+        for bad in ["short-secret\n", "Bad token with spaces 0123\n"] {
+            let (_dir, env) = credentials(bad);
+            let errors = shipped_with_http(line, &env).expect_err("bad token");
+            at(&errors, "systemd credential `feed-token`: the feed token");
+            assert!(!errors[0].contains(bad.trim_end()), "{errors:?}");
+        }
+        // A name that is not a file name in the directory.
+        let (_dir, env) = credentials("Cred-token-0123456789abcdef");
+        let errors = shipped_with_http("feed_token_credential = \"../feed-token\"", &env)
+            .expect_err("a path");
+        at(&errors, "is not a credential name");
+    }
+
+    /// `trusted_proxies`: loopback when absent, the list when given, and each bad entry an
+    /// error at its own position.
+    #[test]
+    fn trusted_proxies_default_to_loopback_and_bad_entries_are_errors_at_their_position() {
+        let env = Environment::default();
+        let absent = shipped_with_http("", &env).expect("valid");
+        assert_eq!(absent.http.trusted_proxies, ProxyNet::LOOPBACK.to_vec());
+        let given = shipped_with_http("trusted_proxies = [\"10.0.0.5\", \"192.168.0.0/24\"]", &env)
+            .expect("valid");
+        let shown: Vec<String> = given
+            .http
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.5/32", "192.168.0.0/24"]);
+        let errors = shipped_with_http(
+            "trusted_proxies = [\"10.0.0.5\", \"proxy\", \"10.1.0.1/8\"]",
+            &env,
+        )
+        .expect_err("bad entries");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("lednet.toml:41:32") && errors[0].contains("`proxy` is not"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("lednet.toml:41:41") && errors[1].contains("`10.0.0.0/8`"),
+            "{errors:?}"
         );
     }
 }

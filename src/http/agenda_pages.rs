@@ -405,7 +405,9 @@ async fn propose(
     // are then one client.
     let client = ClientKey::of(peer.map_or(
         std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        |Extension(Peer(p))| super::client::client_ip(p.ip(), &headers),
+        |Extension(Peer(p))| {
+            super::client::client_ip(p.ip(), &headers, &config.http.trusted_proxies)
+        },
     ));
     let Some(meeting) = find_meeting(config, &id) else {
         return plain(StatusCode::NOT_FOUND, format!("no meeting `{id}`"));

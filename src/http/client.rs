@@ -3,8 +3,9 @@
 //! The client is the TCP peer ([`Peer`], which [`super::server`] puts in every request's
 //! extensions), except when the peer is a trusted proxy: then it is the last entry of
 //! `X-Forwarded-For`, the address the proxy itself saw (nginx's `$proxy_add_x_forwarded_for`
-//! and Caddy's `reverse_proxy` append it). The trusted proxies are the loopback addresses only:
-//! convenor listens on `127.0.0.1` behind a reverse proxy on the same host. Entries before the
+//! and Caddy's `reverse_proxy` append it). The trusted proxies are `[http] trusted_proxies`
+//! (addresses and networks), by default the loopback addresses only: convenor listens on
+//! `127.0.0.1` behind a reverse proxy on the same host. Entries before the
 //! last are whatever the client wrote and are never read. From any other peer the header is
 //! ignored, so a client reaching convenor directly cannot pick its own key.
 //!
@@ -25,20 +26,23 @@ use std::{
 use axum::http::HeaderMap;
 use jiff::{SignedDuration, Timestamp};
 
+use crate::model::ProxyNet;
+
 /// The TCP peer of a request's connection, put into each request's extensions by the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer(pub SocketAddr);
 
-/// Whether `peer` is a trusted proxy, whose `X-Forwarded-For` is believed: a loopback address
-/// (IPv4-mapped IPv6 loopback included).
-pub fn trusted_proxy(peer: IpAddr) -> bool {
-    peer.to_canonical().is_loopback()
+/// Whether `peer` is a trusted proxy, whose `X-Forwarded-For` is believed: in one of
+/// `proxies` (`[http] trusted_proxies`, loopback by default), taken canonically (an
+/// IPv4-mapped IPv6 peer as its IPv4 address).
+pub fn trusted_proxy(peer: IpAddr, proxies: &[ProxyNet]) -> bool {
+    proxies.iter().any(|net| net.contains(peer))
 }
 
-/// The client's address: the last `X-Forwarded-For` entry when `peer` is a trusted proxy and
-/// that entry is an address (with or without a port), else `peer` itself.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    if !trusted_proxy(peer) {
+/// The client's address: the last `X-Forwarded-For` entry when `peer` is a trusted proxy (one
+/// of `proxies`) and that entry is an address (with or without a port), else `peer` itself.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[ProxyNet]) -> IpAddr {
+    if !trusted_proxy(peer, proxies) {
         return peer.to_canonical();
     }
     headers
@@ -177,8 +181,69 @@ mod tests {
             for v in *xff {
                 h.append("x-forwarded-for", HeaderValue::from_str(v).expect("value"));
             }
-            assert_eq!(client_ip(ip(peer), &h), ip(want), "{peer} {xff:?}");
+            assert_eq!(
+                client_ip(ip(peer), &h, &ProxyNet::LOOPBACK),
+                ip(want),
+                "{peer} {xff:?}"
+            );
         }
+    }
+
+    #[test]
+    fn trusted_proxies_parse_as_addresses_and_networks() {
+        let ok: &[(&str, &str)] = &[
+            ("10.0.0.5", "10.0.0.5/32"),
+            ("192.168.0.0/24", "192.168.0.0/24"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("2001:db8::/32", "2001:db8::/32"),
+            ("::1", "::1/128"),
+            ("::ffff:10.0.0.5", "10.0.0.5/32"),
+        ];
+        for (text, want) in ok {
+            let net = ProxyNet::parse(text).expect(text);
+            assert_eq!(net.to_string(), *want, "{text}");
+        }
+        let bad: &[(&str, &str)] = &[
+            ("proxy.example.org", "is not an address or network"),
+            ("10.0.0.0/33", "the prefix length must be 0 to 32"),
+            ("2001:db8::/129", "the prefix length must be 0 to 128"),
+            ("10.0.0.0/", "the prefix length"),
+            ("10.0.0.0/+8", "the prefix length"),
+            ("10.0.0.0/x", "the prefix length"),
+            ("192.168.0.5/24", "the network is `192.168.0.0/24`"),
+            ("", "is not an address"),
+        ];
+        for (text, want) in bad {
+            let err = ProxyNet::parse(text).expect_err(text);
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn configured_proxies_replace_loopback_and_others_are_clients() {
+        let proxies: Vec<ProxyNet> = ["10.0.0.5", "192.168.0.0/24", "2001:db8:1::/48"]
+            .iter()
+            .map(|t| ProxyNet::parse(t).expect("net"))
+            .collect();
+        let cases: &[(&str, &str)] = &[
+            ("10.0.0.5", "203.0.113.7"),
+            ("::ffff:10.0.0.5", "203.0.113.7"),
+            ("192.168.0.1", "203.0.113.7"),
+            ("192.168.0.255", "203.0.113.7"),
+            ("2001:db8:1:ffff::1", "203.0.113.7"),
+            // Outside the list, loopback included: the header is ignored.
+            ("10.0.0.6", "10.0.0.6"),
+            ("192.168.1.1", "192.168.1.1"),
+            ("2001:db8:2::1", "2001:db8:2::1"),
+            ("127.0.0.1", "127.0.0.1"),
+        ];
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        for (peer, want) in cases {
+            assert_eq!(client_ip(ip(peer), &h, &proxies), ip(want), "{peer}");
+        }
+        // An empty list trusts no one.
+        assert_eq!(client_ip(ip("127.0.0.1"), &h, &[]), ip("127.0.0.1"));
     }
 
     #[test]

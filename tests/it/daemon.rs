@@ -238,6 +238,7 @@ pub mod harness {
             .args(["serve", "--listen", "127.0.0.1:0"])
             .current_dir(repo())
             .env_remove("STATE_DIRECTORY")
+            .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("NOTIFY_SOCKET")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -677,3 +677,52 @@ fn under_journald_lines_carry_a_priority_prefix_and_no_timestamp() {
         "{text}"
     );
 }
+
+/// `[http] feed_token_credential`: the token comes from `$CREDENTIALS_DIRECTORY` (systemd's
+/// `LoadCredential=`), the feeds are served only under it; without the credential the daemon
+/// does not start (exit 78, a config error).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_token_from_a_systemd_credential_hides_the_feeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "Cred3ntial-feed-token-5b1e";
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).expect("creds dir");
+    std::fs::write(creds.join("feed-token"), format!("{token}\n")).expect("credential");
+    let text = soon_text(
+        &[600],
+        None,
+        "[http]\nfeed_token_credential = \"feed-token\"\n",
+    );
+    let config = write_config(dir.path(), &text);
+    let log = dir.path().join("serve.log");
+    let mut daemon = spawn(
+        &config,
+        &log,
+        &[("CREDENTIALS_DIRECTORY", creds.as_os_str())],
+    );
+    let addr = daemon.wait_ready();
+    let (status, body) = get(&format!("http://{addr}/{token}/calendar.ics")).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("BEGIN:VCALENDAR"), "{body}");
+    assert_eq!(get(&format!("http://{addr}/calendar.ics")).await.0, 404);
+    assert_eq!(
+        get(&format!("http://{addr}/{token}x/calendar.ics")).await.0,
+        404
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit().success(), "{}", daemon.log_text());
+    assert!(!daemon.log_text().contains(token), "{}", daemon.log_text());
+
+    // No credential: a config error naming the key, exit 78.
+    let log = dir.path().join("serve-without.log");
+    let mut daemon = spawn(&config, &log, &[]);
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(78), "{}", daemon.log_text());
+    assert!(
+        daemon
+            .log_text()
+            .contains("$CREDENTIALS_DIRECTORY is not set"),
+        "{}",
+        daemon.log_text()
+    );
+}
