@@ -39,7 +39,8 @@ use crate::{
         context::{self, ContextInput, ProposalCtx},
     },
     model::{
-        Audience, Config, EmailId, EmailRule, Meeting, MeetingId, PriorityId, TemplateName, Trigger,
+        Audience, Config, EmailId, EmailRule, LeadLinkLifetime, Meeting, MeetingId, PriorityId,
+        TemplateName, Trigger,
     },
     schedule::Recipient,
     scheduler::MailParts,
@@ -70,6 +71,9 @@ pub enum NotifyError {
         class: SendClass,
         /// What happened, with the server's reply.
         message: String,
+        /// Recipients that got the mail although the send failed (the team, while the relay
+        /// put the lead off): the retries leave them out.
+        done: Vec<String>,
     },
 }
 
@@ -265,7 +269,7 @@ impl Notifier {
 /// between attempts; records each attempt on the proposal and logs the outcome.
 pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>>, id: i64) {
     let (config, _) = notifier.current();
-    let (proposal, link) = match prepare(&config, &store, id, Timestamp::now()) {
+    let (proposal, mut link) = match prepare(&config, &store, id, Timestamp::now()) {
         Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!(proposal = id, "cannot mail the lead: {e}");
@@ -273,6 +277,8 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
         }
     };
     let mut failures = 0_u32;
+    // Recipients earlier attempts got the mail to: the retries leave them out.
+    let mut done: Vec<String> = Vec::new();
     loop {
         let (config, parts) = notifier.current();
         let Some(start) = meeting_start(&config, &proposal) else {
@@ -288,7 +294,19 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
             );
             return;
         }
-        let result = attempt(&config, &parts, &proposal, &link, now).await;
+        let lifetime = config.agenda_settings.lead_link_lifetime;
+        if link_is_stale(link.expires, lifetime, now) {
+            // Retries outlived half the link's life: the mail carries a new one (the same
+            // Message-ID; the old link works until it expires).
+            match issue_link(&config, &store, &proposal, now) {
+                Ok(fresh) => link = fresh,
+                Err(e) => tracing::error!(
+                    proposal = id,
+                    "cannot issue a new lead link; the mail keeps the old one: {e}"
+                ),
+            }
+        }
+        let result = attempt(&config, &parts, &proposal, &link, &done, now).await;
         let error = result.as_ref().err().map(ToString::to_string);
         if let Err(e) = store
             .lock()
@@ -302,7 +320,12 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 tracing::info!(proposal = id, "the lead was mailed");
                 return;
             }
-            Err(e) if e.is_transient() => e,
+            Err(e) if e.is_transient() => {
+                if let NotifyError::Send { done: reached, .. } = &e {
+                    done.extend(reached.iter().cloned());
+                }
+                e
+            }
             Err(e @ (NotifyError::Template(_) | NotifyError::Render(_))) => {
                 tracing::error!(
                     proposal = id,
@@ -336,7 +359,11 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 tokio::time::sleep(wait).await;
             }
             Retry::GiveUp => {
-                give_up(&store, id, &format!("{STARTED}; last attempt: {e}"));
+                give_up(
+                    &store,
+                    id,
+                    &format!("not sent: the meeting starts before another attempt; last: {e}"),
+                );
                 tracing::warn!(
                     proposal = id,
                     attempt = failures,
@@ -489,45 +516,70 @@ fn prepare(
     id: i64,
     now: Timestamp,
 ) -> Result<(Proposal, LeadLink), NotifyError> {
-    let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
-    let proposal = s.proposal(id)?;
+    let proposal = store
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .proposal(id)?;
+    let link = issue_link(config, store, &proposal, now)?;
+    Ok((proposal, link))
+}
+
+/// Issues the lead of `proposal`'s priority a token at `now`: the lead's link.
+fn issue_link(
+    config: &Config,
+    store: &Mutex<AgendaStore>,
+    proposal: &Proposal,
+    now: Timestamp,
+) -> Result<LeadLink, NotifyError> {
     let priority = PriorityId::parse(&proposal.priority)
         .ok()
         .and_then(|p| config.priority(&p))
-        .ok_or(NotifyError::Unknown(id))?;
-    let issued = s.issue_token(
-        priority.id.as_str(),
-        priority.lead.email.email.as_ref(),
-        &format!("mail for proposal #{id}"),
-        config.agenda_settings.lead_link_lifetime,
-        now,
-    )?;
-    Ok((
-        proposal,
-        LeadLink {
-            url: super::lead_url(config, &issued.raw),
-            expires: issued.expires,
-        },
-    ))
+        .ok_or(NotifyError::Unknown(proposal.id))?;
+    let issued = store
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .issue_token(
+            priority.id.as_str(),
+            priority.lead.email.email.as_ref(),
+            &format!("mail for proposal #{}", proposal.id),
+            config.agenda_settings.lead_link_lifetime,
+            now,
+        )?;
+    Ok(LeadLink {
+        url: super::lead_url(config, &issued.raw),
+        expires: issued.expires,
+    })
 }
 
-/// One attempt: composes the mail with the checked templates and sends it with the transport.
+/// Whether a lead link expiring at `expires` is too old to mail at `now`: less than half of
+/// `lifetime` (the lifetime in force) is left. A mail retried for long (a relay down for hours
+/// under a short `lead_link_lifetime`) then carries a new link rather than one that is dead, or
+/// nearly, when it arrives.
+pub fn link_is_stale(expires: Timestamp, lifetime: LeadLinkLifetime, now: Timestamp) -> bool {
+    let half = lifetime.duration() / 2;
+    expires.duration_since(now) < half
+}
+
+/// One attempt: composes the mail with the checked templates and sends it with the transport
+/// to its recipients but those in `done` (earlier attempts got it to them).
 async fn attempt(
     config: &Config,
     parts: &MailParts,
     proposal: &Proposal,
     link: &LeadLink,
+    done: &[String],
     now: Timestamp,
 ) -> Result<(), NotifyError> {
     let message = compose(config, &parts.templates, proposal, link, now)?;
     parts
         .transport
-        .send(&message)
+        .send_except(&message, done)
         .await
         .map(|_| ())
         .map_err(|e| NotifyError::Send {
             class: e.class,
             message: e.message,
+            done: e.done,
         })
 }
 
@@ -564,6 +616,30 @@ mod tests {
 
     fn at(text: &str) -> Timestamp {
         text.parse().expect("an instant")
+    }
+
+    /// A link is mailed while more than half its lifetime is left; retries past that carry a
+    /// new one (a mail arriving with a link already dead, or nearly, is no use to a lead).
+    #[test]
+    fn a_link_past_half_its_lifetime_is_stale() {
+        let lifetime = LeadLinkLifetime::DEFAULT;
+        let issued = at("2026-01-01T00:00:00Z");
+        let expires = lifetime.expiry(issued);
+        let half = lifetime.duration() / 2;
+        let just_before_half = issued + half - SignedDuration::from_secs(1);
+        assert!(!link_is_stale(expires, lifetime, issued));
+        assert!(!link_is_stale(expires, lifetime, just_before_half));
+        assert!(link_is_stale(
+            expires,
+            lifetime,
+            issued + half + SignedDuration::from_secs(1)
+        ));
+        assert!(link_is_stale(expires, lifetime, expires));
+        assert!(link_is_stale(
+            expires,
+            lifetime,
+            expires + SignedDuration::from_hours(1)
+        ));
     }
 
     /// A mail owed for a meeting that has started at `now` is given up once and for good: the

@@ -743,16 +743,16 @@ async fn decide(
         let proposal = match s.proposal(n) {
             Ok(p) if p.priority == row.priority => p,
             Ok(_) | Err(agenda::AgendaError::NoProposal(_)) => {
-                return Err(plain(StatusCode::NOT_FOUND, "no such proposal"));
+                return Err(Box::new(plain(StatusCode::NOT_FOUND, "no such proposal")));
             }
-            Err(e) => return Err(failure(e)),
+            Err(e) => return Err(Box::new(failure(e))),
         };
-        let secret = s.csrf_secret().map_err(failure)?;
+        let secret = s.csrf_secret().map_err(|e| Box::new(failure(e)))?;
         if !token::csrf_ok(&secret, &row.hash, n, posted) {
-            return Err(plain(
+            return Err(Box::new(plain(
                 StatusCode::FORBIDDEN,
                 "the form's security token is missing or wrong; reload the page and try again",
-            ));
+            )));
         }
         let by = PriorityId::parse(&row.priority)
             .ok()
@@ -764,7 +764,7 @@ async fn decide(
         let changed = proposal.status != status;
         s.decide(n, status, &by, now)
             .map(|()| changed)
-            .map_err(failure)
+            .map_err(|e| Box::new(failure(e)))
     });
     match result {
         Ok(changed) => {
@@ -777,7 +777,7 @@ async fn decide(
                 base_path(config.network.base_url.as_str())
             ))
         }
-        Err(res) => res,
+        Err(res) => *res,
     }
 }
 

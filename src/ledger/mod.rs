@@ -155,9 +155,9 @@ pub struct LedgerRow {
     pub created: Timestamp,
     /// Released by an operator after a hold: the clock-jump guard no longer counts it.
     pub released: bool,
-    /// The recipients earlier attempts were done with although the mail is not sent yet: the
-    /// server took it for them, or refused them for good, while it put others off (4xx). Later
-    /// attempts go to the others only, so nobody gets the mail twice. Usually empty.
+    /// The recipients earlier attempts got the mail to although it is not sent (the server took
+    /// it for them while it put others off with a 4xx). Later attempts go to the others only,
+    /// so nobody gets the mail twice. Usually empty.
     pub done_recipients: Vec<String>,
 }
 
@@ -227,13 +227,17 @@ pub enum Outcome {
         at: Timestamp,
         /// The server's reply or the connection error.
         error: String,
-        /// Recipients this attempt was done with (added to [`LedgerRow::done_recipients`]).
+        /// Recipients this attempt got the mail to (added to [`LedgerRow::done_recipients`]).
         done: Vec<String>,
     },
     /// `-> failed`.
     Failed {
         /// Why.
         error: String,
+        /// Recipients the last attempt got the mail to (added to
+        /// [`LedgerRow::done_recipients`]: a row revived later, when its meeting moves, leaves
+        /// them out).
+        done: Vec<String>,
     },
     /// `pending -> skipped`.
     Skipped {

@@ -95,6 +95,23 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// The SET clause adding the addresses in parameter `param` ([`lines`]) to `done_rcpt`.
+fn add_done(param: &str) -> String {
+    format!(
+        "done_rcpt = CASE WHEN {param} IS NULL THEN done_rcpt \
+         WHEN done_rcpt IS NULL THEN {param} ELSE done_rcpt || char(10) || {param} END"
+    )
+}
+
+/// `done_rcpt`'s value for `addresses` added to it: one address per line, NULL for none.
+fn lines(addresses: &[String]) -> Value {
+    if addresses.is_empty() {
+        Value::Null
+    } else {
+        Value::from(addresses.join("\n"))
+    }
+}
+
 /// The recipients in a `done_rcpt` value: one address per line.
 fn done_recipients(stored: Option<String>) -> Vec<String> {
     stored
@@ -659,28 +676,26 @@ impl Store for SqliteStore {
     ) -> Result<bool, LedgerError> {
         let to = outcome.state().as_str();
         // ?1-?4 the key, ?5 the expected state, ?6 the new state, ?7 on: the outcome's data.
-        let (set, data): (&str, Vec<Value>) = match outcome {
+        let (set, data): (String, Vec<Value>) = match outcome {
             Outcome::Sent { at, reply } => (
-                "sent_at_ms = ?7, reply = ?8, last_error = NULL, next_attempt_ms = NULL",
+                "sent_at_ms = ?7, reply = ?8, last_error = NULL, next_attempt_ms = NULL".into(),
                 vec![ms(*at).into(), reply.clone().into()],
             ),
             Outcome::Retry { at, error, done } => (
-                // The recipients done with are added to those of earlier attempts.
-                "next_attempt_ms = ?7, last_error = ?8, done_rcpt = CASE \
-                 WHEN ?9 IS NULL THEN done_rcpt WHEN done_rcpt IS NULL THEN ?9 \
-                 ELSE done_rcpt || char(10) || ?9 END",
-                vec![
-                    ms(*at).into(),
-                    error.clone().into(),
-                    (!done.is_empty())
-                        .then(|| done.join("\n"))
-                        .map_or(Value::Null, Value::from),
-                ],
+                // The recipients reached are added to those of earlier attempts.
+                format!("next_attempt_ms = ?7, last_error = ?8, {}", add_done("?9")),
+                vec![ms(*at).into(), error.clone().into(), lines(done)],
             ),
-            Outcome::Failed { error: text }
-            | Outcome::Skipped { reason: text }
-            | Outcome::Held { reason: text } => (
-                "last_error = ?7, next_attempt_ms = NULL",
+            Outcome::Failed { error, done } => (
+                // Kept too: a failed row comes back when its meeting moves.
+                format!(
+                    "last_error = ?7, next_attempt_ms = NULL, {}",
+                    add_done("?8")
+                ),
+                vec![error.clone().into(), lines(done)],
+            ),
+            Outcome::Skipped { reason: text } | Outcome::Held { reason: text } => (
+                "last_error = ?7, next_attempt_ms = NULL".into(),
                 vec![text.clone().into()],
             ),
         };

@@ -16,9 +16,11 @@
 //! and named in the [`Delivery`] (see [`super::smtp`]). Only when every recipient is refused is
 //! the failure permanent. A recipient put off (4xx to its RCPT TO) is left out the same way:
 //! the message goes to the others, and the send reports a transient failure naming the
-//! recipients it is done with ([`SendError::done`]), so the retry goes only to the rest
+//! recipients that got it ([`SendError::done`]), so the retry goes only to the rest
 //! ([`Transport::send_except`]) and nobody gets the message twice. One list address that
-//! answers 451 for days no longer holds the mail back from every other list.
+//! answers 451 for days no longer holds the mail back from every other list. A retry whose
+//! recipients left are all refused for good succeeds ([`Delivery::Earlier`]): the message
+//! reached the others before, as a first attempt with the same refusals would have.
 //!
 //! A message is the server's once it has answered 250 to the end of DATA. A connection dropped
 //! between our final "." and that 250 reports a transient failure although the server may have
@@ -103,10 +105,10 @@ pub struct SendError {
     pub class: SendClass,
     /// What happened, including the server's reply code and text.
     pub message: String,
-    /// The recipients this attempt is done with although the send as a whole failed: the
-    /// server took the message for them, or refused them for good. A retry leaves them out
-    /// ([`Transport::send_except`]). Empty unless some recipients were put off (4xx) while
-    /// others were not.
+    /// The recipients that got the message although the send as a whole failed (the server
+    /// took it for them while it put others off with a 4xx). A retry leaves them out
+    /// ([`Transport::send_except`]). Empty unless some recipients were taken and others put
+    /// off.
     pub done: Vec<String>,
 }
 
@@ -138,9 +140,12 @@ pub enum Delivery {
         /// The `.eml` file.
         path: PathBuf,
     },
-    /// Nothing was sent: every recipient of the message was done with in earlier attempts
-    /// (the recipients left over were taken out of the config meanwhile).
-    AlreadyDone,
+    /// Nothing more was sent: earlier attempts got the message to some recipients, and the
+    /// recipients left were refused for good now (or taken out of the config meanwhile).
+    Earlier {
+        /// The recipients left that the server refused for good, each with its reply.
+        refused: Vec<String>,
+    },
 }
 
 impl fmt::Display for Delivery {
@@ -159,8 +164,13 @@ impl fmt::Display for Delivery {
                 Ok(())
             }
             Self::File { path } => write!(f, "written to {}", path.display()),
-            Self::AlreadyDone => {
-                f.write_str("every recipient had it (or was refused) in an earlier attempt")
+            Self::Earlier { refused } => {
+                f.write_str("the others had it from earlier attempts")?;
+                if !refused.is_empty() {
+                    write!(f, "; not sent to {} refused for good: ", refused.len())?;
+                    f.write_str(&refused.join("; "))?;
+                }
+                Ok(())
             }
         }
     }
@@ -220,9 +230,12 @@ impl Transport {
     }
 
     /// Sends one message to the recipients of its envelope except those in `done` (addresses
-    /// an earlier attempt was done with, [`SendError::done`]; compared without regard to
-    /// ASCII case): to the relay, or into the outbox (which writes the message once, whole,
-    /// and so never has recipients left over).
+    /// earlier attempts got it to, [`SendError::done`]; the domain compared without regard to
+    /// ASCII case, the local part exactly, as RFC 5321 2.4 has it): to the relay, or into the
+    /// outbox, which writes the message once, whole (so a reload from SMTP to the file
+    /// transport between two attempts writes it for everyone). When earlier attempts got it to
+    /// someone, recipients left that are all refused for good end the mail as delivered
+    /// ([`Delivery::Earlier`]), not as a failure.
     pub async fn send_except(
         &self,
         message: &Message,
@@ -238,7 +251,11 @@ impl Transport {
                 let envelope = match remaining(message.envelope(), done) {
                     Remaining::All => message.envelope().clone(),
                     Remaining::Some(envelope) => envelope,
-                    Remaining::None => return Ok(Delivery::AlreadyDone),
+                    Remaining::None => {
+                        return Ok(Delivery::Earlier {
+                            refused: Vec::new(),
+                        });
+                    }
                 };
                 let bytes = message.formatted();
                 let sending = client.send(&envelope, &bytes);
@@ -254,6 +271,19 @@ impl Transport {
                         Err(setup_fault(stage, &error, relay))
                     }
                     Ok(Err(Failure::Smtp(e))) => Err(classify(&e, relay)),
+                    Ok(Err(Failure::Refused(refused))) if !done.is_empty() => {
+                        let refused = each_refusal(&refused);
+                        let message_id =
+                            message.headers().get_raw("Message-ID").unwrap_or_default();
+                        tracing::warn!(
+                            relay,
+                            message_id,
+                            refused = %refused.join("; "),
+                            "the relay refused the recipients left for good; the others had \
+                             the message from earlier attempts"
+                        );
+                        Ok(Delivery::Earlier { refused })
+                    }
                     Ok(Err(Failure::Refused(refused))) => Err(SendError {
                         class: SendClass::Permanent,
                         message: format!(
@@ -270,11 +300,7 @@ impl Transport {
                         if !refused.is_empty() {
                             message += &format!("; refused for good: {}", describe(&refused));
                         }
-                        Err(SendError {
-                            class: SendClass::Transient,
-                            message,
-                            done: addresses(&refused),
-                        })
+                        Err(SendError::transient(message))
                     }
                     Ok(Err(Failure::Unsupported(what))) => Err(unsupported(what, relay)),
                     Ok(Ok(accepted)) if !accepted.deferred.is_empty() => {
@@ -354,10 +380,7 @@ fn remaining(envelope: &Envelope, done: &[String]) -> Remaining {
     if done.is_empty() {
         return Remaining::All;
     }
-    let is_done = |a: &lettre::Address| {
-        let a: &str = a.as_ref();
-        done.iter().any(|d| d.eq_ignore_ascii_case(a))
-    };
+    let is_done = |a: &lettre::Address| done.iter().any(|d| same_mailbox(d, a));
     let left: Vec<lettre::Address> = (envelope.to().iter())
         .filter(|a| !is_done(a))
         .cloned()
@@ -372,9 +395,17 @@ fn remaining(envelope: &Envelope, done: &[String]) -> Remaining {
     }
 }
 
+/// Whether `stored` (an address as [`SendError::done`] recorded it) is `address`: the local part
+/// compared exactly, the domain without regard to ASCII case (RFC 5321 2.4).
+fn same_mailbox(stored: &str, address: &lettre::Address) -> bool {
+    stored.rsplit_once('@').is_some_and(|(user, domain)| {
+        user == address.user() && domain.eq_ignore_ascii_case(address.domain())
+    })
+}
+
 /// A message the server took for some recipients while it put others off (4xx): a transient
-/// failure that names the recipients done with (taken, or refused for good), so the retry goes
-/// to the others only.
+/// failure that names the recipients that got it, so the retry goes to the others only (those
+/// refused for good are offered again and refused again, which costs one RCPT).
 fn partly_delivered(accepted: Accepted, message: &Message, relay: &str) -> SendError {
     let message_id = message.headers().get_raw("Message-ID").unwrap_or_default();
     let taken: Vec<String> = (accepted.accepted.iter())
@@ -398,20 +429,11 @@ fn partly_delivered(accepted: Accepted, message: &Message, relay: &str) -> SendE
     if !accepted.refused.is_empty() {
         text += &format!("; refused for good: {}", describe(&accepted.refused));
     }
-    let mut done = taken;
-    done.extend(addresses(&accepted.refused));
     SendError {
         class: SendClass::Transient,
         message: text,
-        done,
+        done: taken,
     }
-}
-
-/// The addresses of refused (or put off) recipients.
-fn addresses(refused: &[(lettre::Address, lettre::transport::smtp::Error)]) -> Vec<String> {
-    (refused.iter())
-        .map(|(a, _)| AsRef::<str>::as_ref(a).to_owned())
-        .collect()
 }
 
 /// Each refused recipient with the server's reply, for a message.

@@ -61,6 +61,7 @@ impl Action {
                 reason: reason.clone(),
             }),
             Self::Fail { reason, .. } => Some(Outcome::Failed {
+                done: Vec::new(),
                 error: reason.clone(),
             }),
         }
@@ -86,9 +87,9 @@ pub struct SendFailure {
     pub transient: bool,
     /// The server's reply or the error.
     pub message: String,
-    /// The recipients this attempt was done with although it failed (the server took the
-    /// message for them, or refused them for good, while it put others off): recorded in the
-    /// row, so later attempts go to the others only.
+    /// The recipients this attempt got the message to although it failed (the server took it
+    /// for them while it put others off): recorded in the row, so later attempts go to the
+    /// others only.
     pub done: Vec<String>,
 }
 
@@ -201,13 +202,14 @@ pub fn after_failure(
         String::new()
     } else {
         format!(
-            " (earlier attempts were done with {})",
+            " (earlier attempts reached {})",
             row.done_recipients.join(", ")
         )
     };
     if !failure.transient {
         return Outcome::Failed {
             error: format!("permanent failure: {}{earlier}", failure.message),
+            done: failure.done.clone(),
         };
     }
     let wait = backoff(settings.retry_base, row.attempts, jitter);
@@ -219,6 +221,7 @@ pub fn after_failure(
                  last error: {}{earlier}",
                 row.attempts, row.starts, failure.message
             ),
+            done: failure.done.clone(),
         }
     } else {
         Outcome::Retry {

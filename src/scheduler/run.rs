@@ -239,7 +239,7 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
             Outcome::Held { reason } => {
                 tracing::error!(%meeting, %email, %to, %message_id, "mail held: {reason}");
             }
-            Outcome::Failed { error } => {
+            Outcome::Failed { error, .. } => {
                 tracing::error!(%meeting, %email, %to, %message_id, "mail failed: {error}");
             }
             Outcome::Sent { .. } | Outcome::Retry { .. } => {}
@@ -377,7 +377,7 @@ fn log_outcome(key: &MailKey, message_id: &str, attempt: u32, outcome: &Outcome)
             %meeting, %email, %to, %message_id, attempt,
             "mail not sent, will retry at {at}: {error}"
         ),
-        Outcome::Failed { error } => tracing::error!(
+        Outcome::Failed { error, .. } => tracing::error!(
             %meeting, %email, %to, %message_id, attempt,
             "mail failed: {error}"
         ),
@@ -390,7 +390,7 @@ fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Sent { reply, .. } => format!("sent: {reply}"),
         Outcome::Retry { at, error, .. } => format!("retry at {at}: {error}"),
-        Outcome::Failed { error } => format!("failed: {error}"),
+        Outcome::Failed { error, .. } => format!("failed: {error}"),
         Outcome::Skipped { reason } => format!("skipped: {reason}"),
         Outcome::Held { reason } => format!("held: {reason}"),
     }

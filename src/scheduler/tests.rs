@@ -778,7 +778,7 @@ fn transient_failures_retry_with_backoff_until_the_meeting_then_fail_and_permane
         0.0,
     );
     assert!(
-        matches!(&late, Outcome::Failed { error } if error.contains("421 busy")),
+        matches!(&late, Outcome::Failed { error, .. } if error.contains("421 busy")),
         "{late:?}"
     );
     // A failure after which some recipients had it: the retry carries them to the row, and
@@ -799,8 +799,9 @@ fn transient_failures_retry_with_backoff_until_the_meeting_then_fail_and_permane
     };
     let gave_up = after_failure(&reached, &partly, t("2030-06-07T08:59:30Z"), settings, 0.0);
     assert!(
-        matches!(&gave_up, Outcome::Failed { error }
-            if error.contains("451 put off") && error.contains("a@example.org, b@example.org")),
+        matches!(&gave_up, Outcome::Failed { error, done }
+            if error.contains("451 put off") && error.contains("a@example.org, b@example.org")
+                && done == &["a@example.org"]),
         "{gave_up:?}"
     );
     // Then the server rejects it: permanent, failed at once, with the server's reply.

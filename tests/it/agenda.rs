@@ -1276,6 +1276,73 @@ async fn a_lead_mail_refused_for_now_is_retried_with_the_same_message_id() {
     assert_eq!(lead_link(mail), lead_link(&first), "one lead link per run");
 }
 
+/// The lead mail goes To the lead and Cc the team. When the relay puts the lead off (451 to its
+/// RCPT TO, twice) and takes the team, the team gets the mail once, at the first attempt, and
+/// the retries go to the lead alone, with the same Message-ID. Before, every retry sent the
+/// whole envelope again, a copy to the team each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_put_off_gets_the_retries_alone_and_the_team_one_copy() {
+    use crate::{daemon::harness::wait_for, mail::SmtpServer};
+    use web::*;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let inbox = dir.path().join("inbox");
+    let server = SmtpServer::start(
+        &inbox,
+        &[
+            "--refuse-rcpt",
+            "lead1@example.org=451",
+            "--refuse-rcpt-times",
+            "2",
+        ],
+    );
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let text = web::text(zone, port, server.port, (&d, &s, &e), "");
+    let daemon = spawn(
+        &write_config(dir.path(), &text),
+        &dir.path().join("serve.log"),
+    );
+    let res = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
+        .form(&[
+            ("name", "Ada"),
+            ("organisation", "Camden"),
+            ("email", "ada@camden.example"),
+            ("priority", "p1"),
+            ("title", "Put off"),
+            ("summary", "S"),
+            ("minutes", "10"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    wait_for(
+        "the lead mailed",
+        || daemon.log_text().contains("the lead was mailed"),
+        || daemon.log_text(),
+    );
+    let envelopes: Vec<Value> = (1..)
+        .map(|n| inbox.join(format!("{n}.json")))
+        .take_while(|p| p.exists())
+        .map(|p| serde_json::from_slice(&std::fs::read(p).expect("meta")).expect("json"))
+        .collect();
+    let rcpts: Vec<&Value> = envelopes.iter().map(|m| &m["rcpt_tos"]).collect();
+    assert_eq!(
+        rcpts,
+        [
+            &serde_json::json!(["team@example.org"]),
+            &serde_json::json!(["lead1@example.org"])
+        ],
+        "the team at the first attempt, the lead at the third, nobody twice"
+    );
+    let got = mails(&inbox);
+    assert_eq!(got.len(), 2);
+    assert_eq!(hdr(&got[0], "Message-ID"), hdr(&got[1], "Message-ID"));
+}
+
 /// The whole loop in a real browser: headless Chromium (tests/tools/browser.py, DevTools
 /// protocol) fills and submits the meeting page's form, the lead's mail arrives at a real SMTP
 /// server, Chromium opens the lead's link and presses Accept, the meeting page and the served

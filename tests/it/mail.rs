@@ -10,7 +10,7 @@ use std::{
 
 use convenor::{
     config::{self, Environment},
-    mail::{self, ComposeInput, SendClass, Templates, Transport},
+    mail::{self, ComposeInput, Delivery, SendClass, Templates, Transport},
     model::{Config, EmailId},
     revision,
     schedule::Recipient,
@@ -374,8 +374,7 @@ async fn reply_codes_are_classified_transient_or_permanent() {
 /// A list of several addresses where the server refuses some recipients: one refused for good
 /// (5xx) or put off (4xx) is left out and the others get the message (once, in one
 /// transaction). A put-off recipient makes the send a transient failure that names the
-/// recipients it is done with (taken or refused for good); `send_except` with them then goes to
-/// the rest only. When no recipient is taken, nobody gets it: transient if any was put off,
+/// recipients that got it; `send_except` with them then goes to the rest only. When no recipient is taken, nobody gets it: transient if any was put off,
 /// permanent when every one was refused for good. Nothing is stored unless the message went out.
 #[tokio::test]
 async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
@@ -386,7 +385,7 @@ async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
     ];
     /// Each address the server refuses, with its reply code.
     type Refusals<'a> = &'a [(&'a str, &'a str)];
-    // (refusals, delivered to, error class when the send fails, recipients done with then)
+    // (refusals, delivered to, error class when the send fails, recipients that got it then)
     type Case<'a> = (
         Refusals<'a>,
         &'a [&'a str],
@@ -411,7 +410,7 @@ async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
             &[("members@example.org", "550"), ("gone@example.org", "452")],
             &["observers@example.org"],
             Some(SendClass::Transient),
-            &["observers@example.org", "members@example.org"],
+            &["observers@example.org"],
         ),
         (
             &[
@@ -421,7 +420,7 @@ async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
             ],
             &[],
             Some(SendClass::Transient),
-            &["members@example.org"],
+            &[],
         ),
         (
             &[
@@ -516,11 +515,13 @@ async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
             1,
             "{case}: the connection ends the transaction cleanly and is kept"
         );
-        // The retry leaves out the recipients done with (compared without regard to case):
-        // only those put off are offered again, and here the server puts them off again, so
-        // nobody gets a second copy.
+        // The retry leaves out the recipients that got it (their domains compared without
+        // regard to case): only the others are offered again, and here the server refuses or
+        // puts them off again, so nobody gets a second copy.
         if !done.is_empty() {
-            let done: Vec<String> = done.iter().map(|a| a.to_uppercase()).collect();
+            let done: Vec<String> = (done.iter())
+                .map(|a| a.replace("example.org", "EXAMPLE.org"))
+                .collect();
             let again = transport
                 .send_except(&msg, &done)
                 .await
@@ -538,6 +539,63 @@ async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
             assert_eq!(server.received().len(), 1, "{case}: no second copy");
         }
     }
+}
+
+/// A retry after some recipients got the message: those are left out when their address is
+/// the same mailbox (the domain in any case), not when only the local part's case matches; and
+/// when the recipients left are all refused for good, the mail is delivered (the others had
+/// it), not failed, while nobody gets a copy.
+#[tokio::test]
+async fn a_retry_leaves_out_the_same_mailboxes_and_ends_delivered_when_the_rest_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(
+        &dir.path().join("received"),
+        &["--refuse-rcpt", "gone@example.org=550"],
+    );
+    let text = example_config_text()
+        .replace("transport = \"file\"", "transport = \"smtp\"")
+        .replace(
+            "list = [\"LEDNet members <lednet-members@example.org>\"]",
+            "list = [\"members@example.org\", \"gone@example.org\", \"observers@example.org\"]",
+        )
+        .replace(
+            "# [mail.smtp]\n",
+            &format!(
+                "[mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n",
+                server.port
+            ),
+        );
+    let config = load(dir.path(), &text);
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let done = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+
+    let delivery = transport
+        .send_except(
+            &msg,
+            &done(&["members@EXAMPLE.ORG", "observers@example.org"]),
+        )
+        .await
+        .expect("delivered: the others had it");
+    assert!(
+        matches!(&delivery, Delivery::Earlier { refused } if refused.len() == 1 && refused[0].contains("gone@example.org") && refused[0].contains("550")),
+        "{delivery:?}"
+    );
+    assert!(server.received().is_empty(), "nobody got a copy");
+
+    // `Members@…` is another mailbox than `members@…` (local parts are exact): it gets the mail.
+    let delivery = transport
+        .send_except(
+            &msg,
+            &done(&["Members@example.org", "observers@example.org"]),
+        )
+        .await
+        .expect("delivered");
+    assert!(delivery.to_string().starts_with("250 "), "{delivery}");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("received/1.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["rcpt_tos"], serde_json::json!(["members@example.org"]));
 }
 
 /// A relay that cannot be set up for sending (before MAIL FROM) fails every mail alike, so the

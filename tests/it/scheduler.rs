@@ -436,3 +436,70 @@ async fn a_list_address_put_off_gets_the_retry_alone_and_the_others_get_it_once(
     assert!(id(&received[0]).is_some());
     assert_eq!(id(&received[0]), id(&received[1]), "the same Message-ID");
 }
+
+/// The last attempt before the meeting reaches some recipients and is put off by others: the
+/// row fails (the meeting starts before another attempt) but keeps who got the mail, so when
+/// the meeting then moves and the row comes back, they are left out of its sends.
+#[test]
+fn a_row_given_up_after_reaching_some_recipients_keeps_them_when_it_comes_back() {
+    use convenor::{
+        config::{Environment, load},
+        daemon::replan,
+        ledger::{MailState, SqliteStore, Store as _},
+        scheduler::{SendFailure, after_failure},
+    };
+
+    use crate::support::write_config;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = soon_text(&[120], None, "").replace(
+        "list = [\"list@example.org\"]",
+        "list = [\"a@example.org\", \"b@example.org\"]",
+    );
+    let config = load(&write_config(dir.path(), &text), &Environment::default())
+        .expect("config")
+        .config;
+    std::fs::create_dir_all(&config.state_dir).expect("state dir");
+    let mut store = SqliteStore::open_in(&config.state_dir).expect("open");
+    replan(&mut store, &config, jiff::Timestamp::now()).expect("replan");
+    let row = store.rows().expect("rows")[0].clone();
+    let row = store
+        .claim(&row.key, row.due)
+        .expect("claim")
+        .expect("claimed");
+    let partly = SendFailure {
+        transient: true,
+        message: "put off: b@example.org: 451; delivered to a@example.org".into(),
+        done: vec!["a@example.org".into()],
+    };
+    let near_start = row
+        .starts
+        .checked_sub(jiff::SignedDuration::from_millis(100))
+        .expect("instant");
+    let outcome = after_failure(&row, &partly, near_start, &config.scheduler, 0.0);
+    assert!(
+        store
+            .settle(&row.key, MailState::Sending, &outcome)
+            .expect("settle")
+    );
+    let row = store.rows().expect("rows")[0].clone();
+    assert_eq!(row.state, MailState::Failed, "{row:?}");
+    assert_eq!(row.done_recipients, ["a@example.org"]);
+    // The meeting moves a day later: the failed row is wanted again.
+    let line = (text.lines())
+        .find(|l| l.starts_with("date = "))
+        .expect("date line")
+        .to_owned();
+    let date: jiff::civil::Date = line["date = ".len()..].parse().expect("date");
+    let moved = text.replace(
+        &line,
+        &format!("date = {}", date.tomorrow().expect("tomorrow")),
+    );
+    let moved = load(&write_config(dir.path(), &moved), &Environment::default())
+        .expect("config")
+        .config;
+    replan(&mut store, &moved, jiff::Timestamp::now()).expect("replan");
+    let row = store.rows().expect("rows")[0].clone();
+    assert_eq!(row.state, MailState::Pending, "wanted again: {row:?}");
+    assert_eq!(row.done_recipients, ["a@example.org"], "a@ has it: {row:?}");
+}
