@@ -126,7 +126,12 @@ impl Cli {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config_path();
     let loading = std::time::Instant::now();
-    let mut loaded = match config::load(&path, &Environment::from_process()) {
+    // Only `serve` needs the feed token itself; the other commands run from a shell too.
+    let env = Environment {
+        feed_token_may_be_absent: !matches!(cli.command, Command::Serve { .. }),
+        ..Environment::from_process()
+    };
+    let mut loaded = match config::load(&path, &env) {
         Ok(loaded) => loaded,
         Err(err) => return Ok(report_config_error(&err)),
     };

@@ -483,6 +483,13 @@ impl FeedToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What stands in for a token kept in a systemd credential when a command runs without it
+    /// (see [`crate::config::Environment::feed_token_may_be_absent`]): feed URLs such a command
+    /// prints show this, never a real token.
+    pub fn placeholder() -> Self {
+        Self("FEED-TOKEN-NOT-READ-HERE".to_owned())
+    }
 }
 
 impl fmt::Debug for FeedToken {
@@ -515,27 +522,34 @@ impl ProxyNet {
         },
     ];
 
-    /// Accepts `addr` or `addr/prefix`; an IPv4-mapped IPv6 address is taken as its IPv4
-    /// address, and a network with bits set past its prefix is refused (a likely typo).
+    /// Accepts `addr` or `addr/prefix` (spaces around it ignored); an IPv4-mapped IPv6
+    /// address or network (`::ffff:10.0.0.0/120`) is taken as its IPv4 one (`10.0.0.0/24`),
+    /// as peers are matched, and a network with bits set past its prefix is refused (a likely
+    /// typo). An IPv6 network never holds IPv4 peers: `::/0` is not `0.0.0.0/0`.
     pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
         let (addr_text, prefix_text) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (text, None),
         };
-        let addr = addr_text
-            .parse::<IpAddr>()
-            .map_err(|_| {
-                format!("`{text}` is not an address or network such as 10.0.0.5 or 192.168.0.0/24")
-            })?
-            .to_canonical();
-        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let written = addr_text.parse::<IpAddr>().map_err(|_| {
+            format!("`{text}` is not an address or network such as 10.0.0.5 or 192.168.0.0/24")
+        })?;
+        let addr = written.to_canonical();
+        // An IPv4-mapped network's prefix counts the 96 bits of `::ffff:` too.
+        let (max, offset): (u8, u8) = match (written.is_ipv4(), addr.is_ipv4()) {
+            (true, _) => (32, 0),
+            (false, true) => (128, 96),
+            (false, false) => (128, 0),
+        };
         let prefix = match prefix_text {
-            None => max,
+            None => max - offset,
             Some(p) => Some(p)
                 .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|p| p.parse::<u8>().ok())
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
+                .filter(|p| (offset..=max).contains(p))
+                .map(|p| p - offset)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be {offset} to {max}"))?,
         };
         let net = Self { addr, prefix };
         if net.masked(addr) != addr {

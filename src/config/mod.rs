@@ -25,6 +25,11 @@ pub struct Environment {
     /// `$CREDENTIALS_DIRECTORY`, set by systemd inside a unit that loads a credential
     /// (`LoadCredential=`); where `[http] feed_token_credential` is read from.
     pub credentials_directory: Option<PathBuf>,
+    /// Whether a feed token that cannot be read because `credentials_directory` is unset (a
+    /// shell) is a warning, with [`crate::model::FeedToken::placeholder`] in its place, rather
+    /// than an error: for the commands that do not serve (`check`, `plan`, `release`,
+    /// `agenda`...), which ops run from a shell. `serve` and its reloads leave it off.
+    pub feed_token_may_be_absent: bool,
 }
 
 impl Environment {
@@ -44,6 +49,7 @@ impl Environment {
             state_directory,
             cwd: std::env::current_dir().ok(),
             credentials_directory,
+            feed_token_may_be_absent: false,
         }
     }
 }

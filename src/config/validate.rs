@@ -511,6 +511,21 @@ fn http(c: &mut Checker, h: &RawHttp, env: &Environment) -> Option<HttpSettings>
     let feed_token = match (&h.feed_token, &h.feed_token_credential) {
         (None, None) => Some(None),
         (Some(t), None) => c.parse(t, |s| FeedToken::parse(s)).map(Some),
+        (None, Some(name))
+            if env.credentials_directory.is_none() && env.feed_token_may_be_absent =>
+        {
+            c.warning(
+                name.span(),
+                format!(
+                    "the feed token is in systemd credential `{}`, which this shell does not \
+                     have ($CREDENTIALS_DIRECTORY is not set): it is not read or checked here, \
+                     and feed URLs this command shows hold a placeholder; the service reads it \
+                     at start and at each reload",
+                    name.get_ref()
+                ),
+            );
+            Some(Some(FeedToken::placeholder()))
+        }
         (None, Some(name)) => c
             .parse(name, |n| {
                 feed_token_from_credential(n, env.credentials_directory.as_deref())
@@ -600,8 +615,14 @@ pub fn feed_token_from_credential(
              /etc/convenor/convenor.toml`"
         )
     })?;
-    let text = std::fs::read_to_string(dir.join(name))
-        .map_err(|e| format!("cannot read the feed token from systemd credential `{name}`: {e}"))?;
+    let text = std::fs::read_to_string(dir.join(name)).map_err(|e| {
+        format!(
+            "cannot read the feed token from systemd credential `{name}` in {}: {e}; the \
+             unit (or its drop-in) needs LoadCredential={name}:<file> (see the README, \
+             \"Credentials\")",
+            dir.display()
+        )
+    })?;
     FeedToken::parse(text.trim_end_matches(['\r', '\n']))
         .map_err(|e| format!("systemd credential `{name}`: {e}"))
 }
@@ -1285,6 +1306,47 @@ mod tests {
         at(&errors, "is not a credential name");
     }
 
+    /// A command that does not serve (`check`, `plan`, `release`...), run from a shell
+    /// without the credential, loads the config with a warning at the key and a placeholder
+    /// token; with the credential directory but not the file, it is still an error; `serve`
+    /// (the flag off) still refuses.
+    #[test]
+    fn commands_from_a_shell_warn_about_a_credential_they_cannot_read() {
+        let line = "feed_token_credential = \"feed-token\"";
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lednet.toml");
+        let text = std::fs::read_to_string(&path)
+            .expect("the shipped config")
+            .replace("# feed_token = \"a-long-random-string\"", line);
+        let shell = Environment {
+            feed_token_may_be_absent: true,
+            ..Environment::default()
+        };
+        let loaded = super::super::parse(&path, &text, &shell).expect("loads with a warning");
+        assert_eq!(
+            loaded.config.http.feed_token,
+            Some(crate::model::FeedToken::placeholder())
+        );
+        let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("lednet.toml:41:25")
+                && warnings[0].contains("not read or checked here"),
+            "{warnings:?}"
+        );
+        let (dir, env) = credentials("x");
+        std::fs::remove_file(dir.path().join("feed-token")).expect("remove");
+        let env = Environment {
+            feed_token_may_be_absent: true,
+            ..env
+        };
+        let errors = shipped_with_http(line, &env).expect_err("the directory without the file");
+        assert!(
+            errors[0].contains("LoadCredential=feed-token:"),
+            "{errors:?}"
+        );
+        shipped_with_http(line, &Environment::default()).expect_err("serve refuses");
+    }
+
     /// `trusted_proxies`: loopback when absent, the list when given, and each bad entry an
     /// error at its own position.
     #[test]
@@ -1315,5 +1377,19 @@ mod tests {
             errors[1].contains("lednet.toml:41:41") && errors[1].contains("`10.0.0.0/8`"),
             "{errors:?}"
         );
+    }
+
+    /// An IPv4-mapped network counts the 96 bits of `::ffff:` in its prefix and is its IPv4
+    /// network; spaces around an entry are ignored.
+    #[test]
+    fn mapped_networks_are_their_ipv4_networks() {
+        let p = |s: &str| ProxyNet::parse(s);
+        assert_eq!(p("::ffff:10.0.0.0/120"), p("10.0.0.0/24"));
+        assert_eq!(p("::ffff:10.0.0.5/128"), p("10.0.0.5"));
+        assert_eq!(p("::ffff:10.0.0.5"), p("10.0.0.5/32"));
+        assert_eq!(p(" 10.0.0.0/24 "), p("10.0.0.0/24"));
+        assert!(p("::ffff:10.0.0.0/95").is_err_and(|e| e.contains("96 to 128")));
+        assert!(p("10.0.0.0/33").is_err_and(|e| e.contains("0 to 32")));
+        assert_eq!(p("::/0").map(|n| n.to_string()), Ok("::/0".to_owned()));
     }
 }

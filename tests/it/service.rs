@@ -725,4 +725,24 @@ async fn a_feed_token_from_a_systemd_credential_hides_the_feeds() {
         "{}",
         daemon.log_text()
     );
+
+    // The commands ops run from a shell, where the credential never is, still work (`check`
+    // before a reload, `plan`, `release` in an incident), warning that the token was not read.
+    for command in ["check", "plan", "release"] {
+        let out = std::process::Command::new(crate::support::binary())
+            .args(["--config", config.to_str().expect("utf-8"), command])
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("run convenor");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains("warning: the feed token is in systemd credential `feed-token`"),
+            "{command}: the warning names the key: {stderr}"
+        );
+        assert!(
+            stderr.contains("not read or checked here"),
+            "{command}: {stderr}"
+        );
+    }
 }
