@@ -277,8 +277,19 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
         }
     };
     let mut failures = 0_u32;
-    // Recipients earlier attempts got the mail to: the retries leave them out.
-    let mut done: Vec<String> = Vec::new();
+    // Recipients earlier attempts (of this run or of one before a restart) got the mail to:
+    // the retries leave them out.
+    let mut done = match store
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .notify_done(id)
+    {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(proposal = id, "cannot read whom the lead mail reached: {e}");
+            Vec::new()
+        }
+    };
     loop {
         let (config, parts) = notifier.current();
         let Some(start) = meeting_start(&config, &proposal) else {
@@ -323,6 +334,17 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
             Err(e) if e.is_transient() => {
                 if let NotifyError::Send { done: reached, .. } = &e {
                     done.extend(reached.iter().cloned());
+                    if let Err(e) = store
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .add_notify_done(id, reached)
+                    {
+                        tracing::error!(
+                            proposal = id,
+                            "cannot record whom the lead mail reached (a restart would send \
+                             it to them again): {e}"
+                        );
+                    }
                 }
                 e
             }

@@ -9,6 +9,9 @@
 //! (`expires_ms`), and a token's row is deleted [`EXPIRED_TOKENS_KEPT`] after it (whenever a
 //! new token is issued), so the table holds the recent links only.
 //!
+//! The recipients a lead mail reached while it was not sent (the team, while the relay put the
+//! lead off) are kept in `notify_done`, so its retries, after a restart too, leave them out.
+//!
 //! A proposal is owed a mail to its lead while `notify_wanted` is set and `notified_ms` is not:
 //! a sent mail sets `notified_ms`; giving the mail up for good (the meeting started, or the
 //! server refused it) clears `notify_wanted` and keeps the reason in `notify_error`. Both are
@@ -16,7 +19,7 @@
 //!
 //! Upgrades: [`AgendaStore::open`] brings a file written by an earlier version up to date. A
 //! `proposals` table without `notify_wanted` (before lead mails were owed) gets it, no proposal
-//! owed. A `lead_tokens` table without `expires_ms` (before lead links expired) gets the column, and
+//! owed; one without `notify_done` gets it, empty. A `lead_tokens` table without `expires_ms` (before lead links expired) gets the column, and
 //! each of its tokens expires [`LeadLinkLifetime::DEFAULT`] after it was issued, as if the
 //! expiry had always been there: a link mailed last week keeps its remaining weeks, one mailed
 //! years ago is refused at once. A row without an expiry written later by an older binary
@@ -55,7 +58,8 @@ CREATE TABLE IF NOT EXISTS proposals (
     decided_ms   INTEGER,
     notify_wanted INTEGER NOT NULL DEFAULT 0,
     notified_ms  INTEGER,
-    notify_error TEXT
+    notify_error TEXT,
+    notify_done  TEXT
 );
 CREATE INDEX IF NOT EXISTS proposals_by_email ON proposals (email, created_ms);
 CREATE INDEX IF NOT EXISTS proposals_by_meeting ON proposals (meeting, created_ms);
@@ -111,6 +115,15 @@ fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         tx.execute_batch(
             "ALTER TABLE proposals ADD COLUMN notify_wanted INTEGER NOT NULL DEFAULT 0",
         )?;
+    }
+    // A file from before the lead mail's recipients reached were kept (`notify_done`).
+    let has_notify_done: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('proposals') WHERE name = 'notify_done'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_notify_done {
+        tx.execute_batch("ALTER TABLE proposals ADD COLUMN notify_done TEXT")?;
     }
     tx.execute(
         "UPDATE lead_tokens SET expires_ms = issued_ms + ?1 WHERE expires_ms IS NULL",
@@ -531,6 +544,41 @@ impl AgendaStore {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Adds `reached` to the recipients the mail to the lead of proposal `id` got to while it
+    /// was not sent (the team, while the relay put the lead off): kept across restarts, so a
+    /// retry after one leaves them out too ([`AgendaStore::notify_done`]).
+    pub fn add_notify_done(&mut self, id: i64, reached: &[String]) -> Result<(), AgendaError> {
+        if reached.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .execute(
+                "UPDATE proposals SET notify_done = CASE WHEN notify_done IS NULL THEN ?1 \
+                 ELSE notify_done || char(10) || ?1 END WHERE id = ?2",
+                params![reached.join("\n"), id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The recipients the mail to the lead of proposal `id` already got to (see
+    /// [`AgendaStore::add_notify_done`]); empty for an unknown proposal.
+    pub fn notify_done(&self, id: i64) -> Result<Vec<String>, AgendaError> {
+        let stored: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT notify_done FROM proposals WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(stored
+            .flatten()
+            .map(|s| s.lines().map(str::to_owned).collect())
+            .unwrap_or_default())
     }
 
     /// Records that proposal `id` is no longer owed a mail to its lead, unsent, and why
@@ -978,6 +1026,41 @@ CREATE TABLE IF NOT EXISTS meta (
         // Opening again changes nothing.
         let s = AgendaStore::open_in(dir.path()).expect("open again");
         assert_eq!(s.proposals(None).expect("proposals").len(), 1);
+    }
+
+    /// Whom a lead mail reached while it was not sent is kept and added to across attempts
+    /// and reopens, also in a file from before the column existed (migrated when opened).
+    #[test]
+    fn the_recipients_a_lead_mail_reached_are_kept_across_reopens() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join(AGENDA_FILE);
+        assert!(!SCHEMA_BEFORE_EXPIRY.contains("notify_done"));
+        {
+            let old = crate::sqlite_file::open(&path, SCHEMA_BEFORE_EXPIRY).expect("old file");
+            old.execute(
+                "INSERT INTO proposals (meeting, priority, name, organisation, email, title, \
+                 summary, presents, minutes, status, created_ms, notify_wanted) \
+                 VALUES ('2023-02-24', 'p1', 'N', 'O', 'a@example.org', 'T', 'S', 1, 10, \
+                 'proposed', 0, 1)",
+                [],
+            )
+            .expect("proposal the old way");
+        }
+        let mut s = AgendaStore::open_in(dir.path()).expect("open and migrate");
+        let id = s.unnotified().expect("owed")[0];
+        assert!(s.notify_done(id).expect("none yet").is_empty());
+        s.add_notify_done(id, &["team@example.org".into()])
+            .expect("add");
+        s.add_notify_done(id, &[]).expect("nothing to add");
+        drop(s);
+        let mut s = AgendaStore::open_in(dir.path()).expect("reopen");
+        s.add_notify_done(id, &["cc@example.org".into()])
+            .expect("add");
+        assert_eq!(
+            s.notify_done(id).expect("read"),
+            ["team@example.org", "cc@example.org"]
+        );
+        assert!(s.notify_done(id + 1).expect("unknown").is_empty());
     }
 
     /// How the earlier version stored a token (its `issue_token`), on a connection of its own.

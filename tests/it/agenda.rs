@@ -1343,6 +1343,70 @@ async fn a_lead_put_off_gets_the_retries_alone_and_the_team_one_copy() {
     assert_eq!(hdr(&got[0], "Message-ID"), hdr(&got[1], "Message-ID"));
 }
 
+/// The team got the lead mail while the relay put the lead off; the daemon stops; the next
+/// start sends the mail still owed to the lead alone (to a new relay: the config changed
+/// between the two runs), not to the team a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_lead_mail_still_owed_goes_only_to_whom_it_has_not_reached() {
+    use crate::{daemon::harness::wait_for, mail::SmtpServer};
+    use web::*;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let (first_inbox, second_inbox) = (dir.path().join("first"), dir.path().join("second"));
+    let first = SmtpServer::start(&first_inbox, &["--refuse-rcpt", "lead1@example.org=451"]);
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let config = write_config(
+        dir.path(),
+        &web::text(zone, port, first.port, (&d, &s, &e), ""),
+    );
+    let mut daemon = spawn(&config, &dir.path().join("first.log"));
+    let res = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
+        .form(&[
+            ("name", "Ada"),
+            ("organisation", "Camden"),
+            ("email", "ada@camden.example"),
+            ("priority", "p1"),
+            ("title", "Across a restart"),
+            ("summary", "S"),
+            ("minutes", "10"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    wait_for(
+        "the team mailed and the lead put off",
+        || !first.received().is_empty() && daemon.log_text().contains("will retry"),
+        || daemon.log_text(),
+    );
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit().success(), "{}", daemon.log_text());
+    let second = SmtpServer::start(&second_inbox, &[]);
+    write_config(
+        dir.path(),
+        &web::text(zone, port, second.port, (&d, &s, &e), ""),
+    );
+    let daemon = spawn(&config, &dir.path().join("second.log"));
+    wait_for(
+        "the lead mailed after the restart",
+        || daemon.log_text().contains("the lead was mailed"),
+        || daemon.log_text(),
+    );
+    let envelope: Value = serde_json::from_slice(
+        &std::fs::read(second_inbox.join("1.json")).expect("the second relay's envelope"),
+    )
+    .expect("json");
+    assert_eq!(
+        envelope["rcpt_tos"],
+        serde_json::json!(["lead1@example.org"])
+    );
+    assert_eq!(second.received().len(), 1, "one mail after the restart");
+    assert_eq!(first.received().len(), 1, "the team's one copy, before it");
+}
+
 /// The whole loop in a real browser: headless Chromium (tests/tools/browser.py, DevTools
 /// protocol) fills and submits the meeting page's form, the lead's mail arrives at a real SMTP
 /// server, Chromium opens the lead's link and presses Accept, the meeting page and the served
