@@ -279,11 +279,7 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
     let mut failures = 0_u32;
     // Recipients earlier attempts (of this run or of one before a restart) got the mail to:
     // the retries leave them out.
-    let mut done = match store
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .notify_done(id)
-    {
+    let mut done = match with_store(&store, |s| s.notify_done(id)) {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(proposal = id, "cannot read whom the lead mail reached: {e}");
@@ -319,12 +315,20 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
         }
         let result = attempt(&config, &parts, &proposal, &link, &done, now).await;
         let error = result.as_ref().err().map(ToString::to_string);
-        if let Err(e) = store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .mark_notified(id, now, error.as_deref())
-        {
-            tracing::error!(proposal = id, "cannot record the mail to the lead: {e}");
+        // Whom this attempt reached although it failed, recorded with the attempt in one
+        // commit (a restart then leaves them out too).
+        let reached: &[String] = match &result {
+            Err(NotifyError::Send { done, .. }) => done,
+            _ => &[],
+        };
+        if let Err(e) = with_store(&store, |s| {
+            s.mark_notified(id, now, error.as_deref(), reached)
+        }) {
+            tracing::error!(
+                proposal = id,
+                "cannot record the mail to the lead (a restart sends it again, also to whom \
+                 it reached): {e}"
+            );
         }
         let e = match result {
             Ok(()) => {
@@ -334,17 +338,6 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
             Err(e) if e.is_transient() => {
                 if let NotifyError::Send { done: reached, .. } = &e {
                     done.extend(reached.iter().cloned());
-                    if let Err(e) = store
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .add_notify_done(id, reached)
-                    {
-                        tracing::error!(
-                            proposal = id,
-                            "cannot record whom the lead mail reached (a restart would send \
-                             it to them again): {e}"
-                        );
-                    }
                 }
                 e
             }
@@ -357,7 +350,7 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 return;
             }
             Err(e @ NotifyError::Send { .. }) => {
-                give_up(&store, id, &e.to_string());
+                give_up(&store, id, &format!("{e}{}", reached_note(&done)));
                 tracing::error!(proposal = id, "the mail to the lead failed for good: {e}");
                 return;
             }
@@ -384,7 +377,10 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 give_up(
                     &store,
                     id,
-                    &format!("not sent: the meeting starts before another attempt; last: {e}"),
+                    &format!(
+                        "not sent: the meeting starts before another attempt; last: {e}{}",
+                        reached_note(&done)
+                    ),
                 );
                 tracing::warn!(
                     proposal = id,
@@ -434,13 +430,27 @@ pub fn settle_owed(
     Ok(owed)
 }
 
+/// `done` (whom earlier attempts reached) as a note for a give-up reason, or nothing.
+fn reached_note(done: &[String]) -> String {
+    if done.is_empty() {
+        String::new()
+    } else {
+        format!(" (earlier attempts reached {})", done.join(", "))
+    }
+}
+
+/// Runs `f` on the agenda store off the async workers: a write waits up to SQLite's busy
+/// timeout for another writer (the CLI, a backup), and the feeds and the scheduler must not
+/// wait with it ([`crate::sqlite_file::off_the_async_workers`]).
+fn with_store<T>(store: &Mutex<AgendaStore>, f: impl FnOnce(&mut AgendaStore) -> T) -> T {
+    crate::sqlite_file::off_the_async_workers(|| {
+        f(&mut store.lock().unwrap_or_else(PoisonError::into_inner))
+    })
+}
+
 /// Records in `store` that proposal `id`'s mail is given up for `reason`; logs a failure.
 fn give_up(store: &Mutex<AgendaStore>, id: i64, reason: &str) {
-    if let Err(e) = store
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .give_up_notify(id, reason)
-    {
+    if let Err(e) = with_store(store, |s| s.give_up_notify(id, reason)) {
         tracing::error!(
             proposal = id,
             "cannot record that the mail to the lead is given up: {e}"
@@ -452,11 +462,7 @@ fn give_up(store: &Mutex<AgendaStore>, id: i64, reason: &str) {
 /// gives up (once, recorded) those whose meeting has started; run once at start.
 pub async fn resend_pending(notifier: Notifier, store: Arc<Mutex<AgendaStore>>) {
     let (config, _) = notifier.current();
-    let owed = settle_owed(
-        &config,
-        &mut store.lock().unwrap_or_else(PoisonError::into_inner),
-        Timestamp::now(),
-    );
+    let owed = with_store(&store, |s| settle_owed(&config, s, Timestamp::now()));
     match owed {
         Ok(Owed { send, given_up }) => {
             for id in given_up {
@@ -538,10 +544,7 @@ fn prepare(
     id: i64,
     now: Timestamp,
 ) -> Result<(Proposal, LeadLink), NotifyError> {
-    let proposal = store
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .proposal(id)?;
+    let proposal = with_store(store, |s| s.proposal(id))?;
     let link = issue_link(config, store, &proposal, now)?;
     Ok((proposal, link))
 }
@@ -557,16 +560,15 @@ fn issue_link(
         .ok()
         .and_then(|p| config.priority(&p))
         .ok_or(NotifyError::Unknown(proposal.id))?;
-    let issued = store
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .issue_token(
+    let issued = with_store(store, |s| {
+        s.issue_token(
             priority.id.as_str(),
             priority.lead.email.email.as_ref(),
             &format!("mail for proposal #{}", proposal.id),
             config.agenda_settings.lead_link_lifetime,
             now,
-        )?;
+        )
+    })?;
     Ok(LeadLink {
         url: super::lead_url(config, &issued.raw),
         expires: issued.expires,
@@ -686,7 +688,7 @@ mod tests {
             let sent = s
                 .add(&new("2023-02-24"), "web", true, created)
                 .expect("add");
-            s.mark_notified(sent, created, None).expect("sent");
+            s.mark_notified(sent, created, None, &[]).expect("sent");
             (started, ahead, sent)
         };
         let just_before = at("2023-02-24T09:59:59Z");

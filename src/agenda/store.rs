@@ -529,42 +529,32 @@ impl AgendaStore {
         .map_err(|e| self.err(e))
     }
 
-    /// Records whether the lead was told of proposal `id`.
+    /// Records an attempt to tell the lead of proposal `id`: sent at `now` (`error` `None`), or
+    /// not, with `error`; `reached` (whom a failed attempt got the mail to anyway: the team,
+    /// while the relay put the lead off) is added to [`AgendaStore::notify_done`] in the same
+    /// commit, so a retry, after a restart too, leaves them out.
     pub fn mark_notified(
         &mut self,
         id: i64,
         now: Timestamp,
         error: Option<&str>,
+        reached: &[String],
     ) -> Result<(), AgendaError> {
         let ms = error.is_none().then(|| now.as_millisecond());
+        let reached = (!reached.is_empty()).then(|| reached.join("\n"));
         self.conn
             .execute(
-                "UPDATE proposals SET notified_ms = ?1, notify_error = ?2 WHERE id = ?3",
-                params![ms, error, id],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Adds `reached` to the recipients the mail to the lead of proposal `id` got to while it
-    /// was not sent (the team, while the relay put the lead off): kept across restarts, so a
-    /// retry after one leaves them out too ([`AgendaStore::notify_done`]).
-    pub fn add_notify_done(&mut self, id: i64, reached: &[String]) -> Result<(), AgendaError> {
-        if reached.is_empty() {
-            return Ok(());
-        }
-        self.conn
-            .execute(
-                "UPDATE proposals SET notify_done = CASE WHEN notify_done IS NULL THEN ?1 \
-                 ELSE notify_done || char(10) || ?1 END WHERE id = ?2",
-                params![reached.join("\n"), id],
+                "UPDATE proposals SET notified_ms = ?1, notify_error = ?2, notify_done = CASE \
+                 WHEN ?4 IS NULL THEN notify_done WHEN notify_done IS NULL THEN ?4 \
+                 ELSE notify_done || char(10) || ?4 END WHERE id = ?3",
+                params![ms, error, id, reached],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// The recipients the mail to the lead of proposal `id` already got to (see
-    /// [`AgendaStore::add_notify_done`]); empty for an unknown proposal.
+    /// [`AgendaStore::mark_notified`]); empty for an unknown proposal.
     pub fn notify_done(&self, id: i64) -> Result<Vec<String>, AgendaError> {
         let stored: Option<Option<String>> = self
             .conn
@@ -759,10 +749,10 @@ mod tests {
             let id = s.add(&new("a@example.org"), "web", true, t0).expect("add");
             s.add(&new("b@example.org"), "cli", false, t0).expect("add");
             assert_eq!(s.unnotified().expect("unnotified"), [id]);
-            s.mark_notified(id, t0, Some("421 try later"))
+            s.mark_notified(id, t0, Some("421 try later"), &[])
                 .expect("failed");
             assert_eq!(s.unnotified().expect("unnotified"), [id]);
-            s.mark_notified(id, t1, None).expect("sent");
+            s.mark_notified(id, t1, None, &[]).expect("sent");
             assert!(s.unnotified().expect("unnotified").is_empty());
             s.decide(id, Status::Accepted, "lead:future-places x@y", t1)
                 .expect("decide");
@@ -1049,12 +1039,14 @@ CREATE TABLE IF NOT EXISTS meta (
         let mut s = AgendaStore::open_in(dir.path()).expect("open and migrate");
         let id = s.unnotified().expect("owed")[0];
         assert!(s.notify_done(id).expect("none yet").is_empty());
-        s.add_notify_done(id, &["team@example.org".into()])
+        let t = Timestamp::UNIX_EPOCH;
+        s.mark_notified(id, t, Some("451 put off"), &["team@example.org".into()])
             .expect("add");
-        s.add_notify_done(id, &[]).expect("nothing to add");
+        s.mark_notified(id, t, Some("451 put off"), &[])
+            .expect("nothing to add");
         drop(s);
         let mut s = AgendaStore::open_in(dir.path()).expect("reopen");
-        s.add_notify_done(id, &["cc@example.org".into()])
+        s.mark_notified(id, t, Some("451 put off"), &["cc@example.org".into()])
             .expect("add");
         assert_eq!(
             s.notify_done(id).expect("read"),

@@ -234,8 +234,9 @@ impl Transport {
     /// ASCII case, the local part exactly, as RFC 5321 2.4 has it): to the relay, or into the
     /// outbox, which writes the message once, whole (so a reload from SMTP to the file
     /// transport between two attempts writes it for everyone). When earlier attempts got it to
-    /// someone, recipients left that are all refused for good end the mail as delivered
-    /// ([`Delivery::Earlier`]), not as a failure.
+    /// a recipient of this message, recipients left that are all refused for good end the mail
+    /// as delivered ([`Delivery::Earlier`]), not as a failure; when none of its recipients had
+    /// it (the list changed meanwhile), that is a permanent failure as on a first attempt.
     pub async fn send_except(
         &self,
         message: &Message,
@@ -248,9 +249,10 @@ impl Transport {
                 timeout,
                 relay,
             } => {
-                let envelope = match remaining(message.envelope(), done) {
-                    Remaining::All => message.envelope().clone(),
-                    Remaining::Some(envelope) => envelope,
+                // `reached_before`: some recipient of this very envelope had it already.
+                let (envelope, reached_before) = match remaining(message.envelope(), done) {
+                    Remaining::All => (message.envelope().clone(), false),
+                    Remaining::Some(envelope) => (envelope, true),
                     Remaining::None => {
                         return Ok(Delivery::Earlier {
                             refused: Vec::new(),
@@ -271,7 +273,7 @@ impl Transport {
                         Err(setup_fault(stage, &error, relay))
                     }
                     Ok(Err(Failure::Smtp(e))) => Err(classify(&e, relay)),
-                    Ok(Err(Failure::Refused(refused))) if !done.is_empty() => {
+                    Ok(Err(Failure::Refused(refused))) if reached_before => {
                         let refused = each_refusal(&refused);
                         let message_id =
                             message.headers().get_raw("Message-ID").unwrap_or_default();

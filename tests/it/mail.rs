@@ -598,6 +598,43 @@ async fn a_retry_leaves_out_the_same_mailboxes_and_ends_delivered_when_the_rest_
     assert_eq!(meta["rcpt_tos"], serde_json::json!(["members@example.org"]));
 }
 
+/// Earlier attempts reached an address that is no longer among the message's recipients (the
+/// list changed between attempts): when the recipients now are all refused for good, nobody on
+/// this envelope has the mail, so it is a permanent failure as on a first attempt, not
+/// "delivered earlier".
+#[tokio::test]
+async fn earlier_delivery_counts_only_for_recipients_of_this_message() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let server = SmtpServer::start(
+        &dir.path().join("received"),
+        &["--refuse-rcpt", "gone@example.org=550"],
+    );
+    let text = example_config_text()
+        .replace("transport = \"file\"", "transport = \"smtp\"")
+        .replace(
+            "list = [\"LEDNet members <lednet-members@example.org>\"]",
+            "list = [\"gone@example.org\"]",
+        )
+        .replace(
+            "# [mail.smtp]\n",
+            &format!(
+                "[mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n",
+                server.port
+            ),
+        );
+    let config = load(dir.path(), &text);
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let first = transport.send_except(&msg, &[]).await.expect_err("refused");
+    assert_eq!(first.class, SendClass::Permanent, "{first}");
+    let stale = transport
+        .send_except(&msg, &["old-list@example.org".to_owned()])
+        .await
+        .expect_err("nobody on this envelope has it");
+    assert_eq!(stale.class, SendClass::Permanent, "{stale}");
+    assert!(server.received().is_empty());
+}
+
 /// A relay that cannot be set up for sending (before MAIL FROM) fails every mail alike, so the
 /// failure is transient whatever its code: a rotated password (535 to AUTH), a 554 greeting, a
 /// 5xx to EHLO or STARTTLS. The message says which step failed. A 5xx to the message itself on
