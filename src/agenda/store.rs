@@ -91,38 +91,32 @@ CREATE TABLE IF NOT EXISTS meta (
 /// lead going back to the mail of the last call). Pruned when a token is issued.
 pub const EXPIRED_TOKENS_KEPT: SignedDuration = SignedDuration::from_hours(90 * 24);
 
+/// Whether `table` has a column `column`.
+fn has_column(tx: &rusqlite::Transaction<'_>, table: &str, column: &str) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get(0),
+    )
+}
+
 /// Brings a file written by an earlier version up to date (see the module docs). Idempotent,
 /// run in one `BEGIN IMMEDIATE` transaction at every open, so two processes opening the same
 /// old file at once migrate it once.
 fn migrate(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    let has_expiry: bool = tx.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('lead_tokens') WHERE name = 'expires_ms'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_expiry {
+    if !has_column(tx, "lead_tokens", "expires_ms")? {
         // Nullable, like a fresh file's: an older binary (after a rollback) inserts without it.
         tx.execute_batch("ALTER TABLE lead_tokens ADD COLUMN expires_ms INTEGER")?;
     }
     // A file from before lead mails were owed (`notify_wanted`): its proposals were mailed, or
     // not, by the version that stored them; none is owed now.
-    let has_notify_wanted: bool = tx.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('proposals') WHERE name = 'notify_wanted'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_notify_wanted {
+    if !has_column(tx, "proposals", "notify_wanted")? {
         tx.execute_batch(
             "ALTER TABLE proposals ADD COLUMN notify_wanted INTEGER NOT NULL DEFAULT 0",
         )?;
     }
     // A file from before the lead mail's recipients reached were kept (`notify_done`).
-    let has_notify_done: bool = tx.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('proposals') WHERE name = 'notify_done'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_notify_done {
+    if !has_column(tx, "proposals", "notify_done")? {
         tx.execute_batch("ALTER TABLE proposals ADD COLUMN notify_done TEXT")?;
     }
     tx.execute(

@@ -475,6 +475,25 @@ mod web {
         crate::support::no_redirect_client()
     }
 
+    /// Ada's proposal `title` for meeting m1 (priority p1), posted to the daemon on `port`
+    /// (redirects followed: 200 on the page confirming it).
+    pub async fn propose_in_m1(port: u16, title: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
+            .form(&[
+                ("name", "Ada"),
+                ("organisation", "Camden"),
+                ("email", "ada@camden.example"),
+                ("priority", "p1"),
+                ("title", title),
+                ("summary", "S"),
+                ("minutes", "10"),
+            ])
+            .send()
+            .await
+            .expect("post")
+    }
+
     pub fn good(title: &str, priority: &str, email: &str) -> Vec<(&'static str, String)> {
         vec![
             ("name", "Ada Lovelace".into()),
@@ -1134,20 +1153,7 @@ async fn a_lead_mail_that_could_not_go_out_is_sent_after_a_restart() {
     let (d, s, e) = far(zone);
     let config = write_config(dir.path(), &web::text(zone, port, smtp, (&d, &s, &e), ""));
     let daemon = spawn(&config, &dir.path().join("serve1.log"));
-    let res = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
-        .form(&[
-            ("name", "Ada"),
-            ("organisation", "Camden"),
-            ("email", "ada@camden.example"),
-            ("priority", "p1"),
-            ("title", "Owed mail"),
-            ("summary", "S"),
-            ("minutes", "10"),
-        ])
-        .send()
-        .await
-        .expect("post");
+    let res = propose_in_m1(port, "Owed mail").await;
     // Followed: the POST's 303 leads to the page confirming it.
     assert_eq!(res.status(), reqwest::StatusCode::OK);
     assert!(res.url().as_str().ends_with("/meetings/m1?proposed=1"));
@@ -1233,20 +1239,7 @@ async fn a_lead_mail_refused_for_now_is_retried_with_the_same_message_id() {
         "{{ no_such_variable }}\n",
     )
     .expect("break the template");
-    let res = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
-        .form(&[
-            ("name", "Ada"),
-            ("organisation", "Camden"),
-            ("email", "ada@camden.example"),
-            ("priority", "p1"),
-            ("title", "Retried mail"),
-            ("summary", "S"),
-            ("minutes", "10"),
-        ])
-        .send()
-        .await
-        .expect("post");
+    let res = propose_in_m1(port, "Retried mail").await;
     assert_eq!(res.status(), reqwest::StatusCode::OK);
     wait_for(
         "two refused attempts",
@@ -1304,20 +1297,7 @@ async fn a_lead_put_off_gets_the_retries_alone_and_the_team_one_copy() {
         &write_config(dir.path(), &text),
         &dir.path().join("serve.log"),
     );
-    let res = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
-        .form(&[
-            ("name", "Ada"),
-            ("organisation", "Camden"),
-            ("email", "ada@camden.example"),
-            ("priority", "p1"),
-            ("title", "Put off"),
-            ("summary", "S"),
-            ("minutes", "10"),
-        ])
-        .send()
-        .await
-        .expect("post");
+    let res = propose_in_m1(port, "Put off").await;
     assert_eq!(res.status(), reqwest::StatusCode::OK);
     wait_for(
         "the lead mailed",
@@ -1362,20 +1342,7 @@ async fn after_a_restart_the_lead_mail_still_owed_goes_only_to_whom_it_has_not_r
         &web::text(zone, port, first.port, (&d, &s, &e), ""),
     );
     let mut daemon = spawn(&config, &dir.path().join("first.log"));
-    let res = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/meetings/m1/proposals"))
-        .form(&[
-            ("name", "Ada"),
-            ("organisation", "Camden"),
-            ("email", "ada@camden.example"),
-            ("priority", "p1"),
-            ("title", "Across a restart"),
-            ("summary", "S"),
-            ("minutes", "10"),
-        ])
-        .send()
-        .await
-        .expect("post");
+    let res = propose_in_m1(port, "Across a restart").await;
     assert_eq!(res.status(), reqwest::StatusCode::OK);
     wait_for(
         "the team mailed and the lead put off",

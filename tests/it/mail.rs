@@ -371,6 +371,21 @@ async fn reply_codes_are_classified_transient_or_permanent() {
     }
 }
 
+/// The shipped config sending over SMTP, in plain text, to the server on loopback `port`, with
+/// `list` (TOML strings, comma-separated) as `[mail] list`.
+fn smtp_config_text(port: u16, list: &str) -> String {
+    example_config_text()
+        .replace("transport = \"file\"", "transport = \"smtp\"")
+        .replace(
+            "list = [\"LEDNet members <lednet-members@example.org>\"]",
+            &format!("list = [{list}]"),
+        )
+        .replace(
+            "# [mail.smtp]\n",
+            &format!("[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"plaintext\"\n"),
+        )
+}
+
 /// A list of several addresses where the server refuses some recipients: one refused for good
 /// (5xx) or put off (4xx) is left out and the others get the message (once, in one
 /// transaction). A put-off recipient makes the send a transient failure that names the
@@ -441,20 +456,7 @@ async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let server = SmtpServer::start(&dir.path().join("received"), &args);
         let list = LISTS.map(|a| format!("\"{a}\"")).join(", ");
-        let text = example_config_text()
-            .replace("transport = \"file\"", "transport = \"smtp\"")
-            .replace(
-                "list = [\"LEDNet members <lednet-members@example.org>\"]",
-                &format!("list = [{list}]"),
-            )
-            .replace(
-                "# [mail.smtp]\n",
-                &format!(
-                    "[mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n",
-                    server.port
-                ),
-            );
-        let config = load(dir.path(), &text);
+        let config = load(dir.path(), &smtp_config_text(server.port, &list));
         assert_eq!(config.mail.list.len(), 3, "the config has the three lists");
         let msg = compose(&config, "agenda-call", &Recipient::List, None);
         let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
@@ -552,20 +554,13 @@ async fn a_retry_leaves_out_the_same_mailboxes_and_ends_delivered_when_the_rest_
         &dir.path().join("received"),
         &["--refuse-rcpt", "gone@example.org=550"],
     );
-    let text = example_config_text()
-        .replace("transport = \"file\"", "transport = \"smtp\"")
-        .replace(
-            "list = [\"LEDNet members <lednet-members@example.org>\"]",
-            "list = [\"members@example.org\", \"gone@example.org\", \"observers@example.org\"]",
-        )
-        .replace(
-            "# [mail.smtp]\n",
-            &format!(
-                "[mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n",
-                server.port
-            ),
-        );
-    let config = load(dir.path(), &text);
+    let config = load(
+        dir.path(),
+        &smtp_config_text(
+            server.port,
+            "\"members@example.org\", \"gone@example.org\", \"observers@example.org\"",
+        ),
+    );
     let msg = compose(&config, "agenda-call", &Recipient::List, None);
     let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
     let done = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
@@ -609,20 +604,10 @@ async fn earlier_delivery_counts_only_for_recipients_of_this_message() {
         &dir.path().join("received"),
         &["--refuse-rcpt", "gone@example.org=550"],
     );
-    let text = example_config_text()
-        .replace("transport = \"file\"", "transport = \"smtp\"")
-        .replace(
-            "list = [\"LEDNet members <lednet-members@example.org>\"]",
-            "list = [\"gone@example.org\"]",
-        )
-        .replace(
-            "# [mail.smtp]\n",
-            &format!(
-                "[mail.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"plaintext\"\n",
-                server.port
-            ),
-        );
-    let config = load(dir.path(), &text);
+    let config = load(
+        dir.path(),
+        &smtp_config_text(server.port, "\"gone@example.org\""),
+    );
     let msg = compose(&config, "agenda-call", &Recipient::List, None);
     let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
     let first = transport.send_except(&msg, &[]).await.expect_err("refused");
