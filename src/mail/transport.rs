@@ -370,7 +370,7 @@ fn delivered(accepted: Accepted, message: &Message, relay: &str) -> Delivery {
 
 /// What is left of an envelope once the recipients in `done` are taken out.
 enum Remaining {
-    /// Nobody was done with: the envelope as it is.
+    /// None of its recipients had it: the envelope as it is.
     All,
     /// The envelope to the recipients left.
     Some(Envelope),

@@ -168,7 +168,7 @@ impl<S: Store + 'static> Outbox for MailOutbox<S> {
         config: &watch::Receiver<Arc<Config>>,
     ) -> Result<String, SendFailure> {
         let (message, parts) = self.compose(row, config, Timestamp::now())?;
-        // Recipients an earlier attempt was done with are left out (see `done_recipients`).
+        // Recipients earlier attempts got it to are left out (see `done_recipients`).
         match parts
             .transport
             .send_except(&message, &row.done_recipients)
