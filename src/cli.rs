@@ -284,6 +284,15 @@ fn preview(
     recipient: Option<&str>,
     eml: bool,
 ) -> anyhow::Result<ExitCode> {
+    // A whole message could be sent on by hand: never with the placeholder for a feed token
+    // this shell could not read (the text preview shows it, with the warning above).
+    if eml && loaded.config.http.feed_token == Some(crate::model::FeedToken::placeholder()) {
+        anyhow::bail!(
+            "--eml needs the real feed token, which is in a systemd credential this shell does \
+             not have; run it under systemd with the credential (README, \"Credentials\"), or \
+             leave out --eml for a preview whose feed links hold a placeholder"
+        );
+    }
     let store = open_ledger_if_any(&loaded.config)?;
     let pinned = with_pinned_uid_domain(&loaded.config, store.as_ref())?;
     let config: &Config = &pinned;

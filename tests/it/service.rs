@@ -745,4 +745,34 @@ async fn a_feed_token_from_a_systemd_credential_hides_the_feeds() {
             "{command}: {stderr}"
         );
     }
+    // A whole message (`preview --eml`) could be sent on by hand: not with the placeholder.
+    let preview = |extra: &[&str]| {
+        std::process::Command::new(crate::support::binary())
+            .args([
+                "--config",
+                config.to_str().expect("utf-8"),
+                "preview",
+                "--meeting",
+                "soon",
+                "--email",
+                "mail-0",
+            ])
+            .args(extra)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("run convenor")
+    };
+    let text = preview(&[]);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let eml = preview(&["--eml"]);
+    let stderr = String::from_utf8_lossy(&eml.stderr);
+    assert!(!eml.status.success() && eml.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains("--eml needs the real feed token"),
+        "{stderr}"
+    );
 }
