@@ -28,6 +28,7 @@
 //! receiving systems can use to drop the copy.
 
 use std::{
+    borrow::Cow,
     fmt, io,
     path::{Path, PathBuf},
     sync::Arc,
@@ -251,8 +252,8 @@ impl Transport {
             } => {
                 // `reached_before`: some recipient of this very envelope had it already.
                 let (envelope, reached_before) = match remaining(message.envelope(), done) {
-                    Remaining::All => (message.envelope().clone(), false),
-                    Remaining::Some(envelope) => (envelope, true),
+                    Remaining::All => (Cow::Borrowed(message.envelope()), false),
+                    Remaining::Some(envelope) => (Cow::Owned(envelope), true),
                     Remaining::None => {
                         return Ok(Delivery::Earlier {
                             refused: Vec::new(),
