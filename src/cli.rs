@@ -327,7 +327,7 @@ fn preview(
                 "preview: no previous time and place is in the ledger; showing the current ones \
                  as both"
             );
-            Significant::of(meeting)
+            Significant::of(config, meeting)
         })
     });
     let invite = meeting_invite(config, meeting, &revision);

@@ -110,11 +110,12 @@ impl Templates {
         let revision = StoredRevision {
             sequence: 0,
             last_modified: Timestamp::UNIX_EPOCH,
-            significant: Significant::of(meeting),
+            significant: Significant::of(config, meeting),
             content_digest: String::new(),
             agenda_digest: String::new(),
         };
-        let before = matches!(rule.trigger, Trigger::OnChange).then(|| made_up_before(meeting));
+        let before =
+            matches!(rule.trigger, Trigger::OnChange).then(|| made_up_before(config, meeting));
         let during = describe(meeting, rule, recipient);
         let ctx = context::build(ContextInput {
             config,
@@ -178,8 +179,8 @@ pub fn sample(config: &Config) -> Vec<&Meeting> {
 }
 
 /// The meeting as if it had been one week earlier, for rendering change notices.
-fn made_up_before(meeting: &Meeting) -> Significant {
-    let mut s = Significant::of(meeting);
+fn made_up_before(config: &Config, meeting: &Meeting) -> Significant {
+    let mut s = Significant::of(config, meeting);
     if let Ok(d) = meeting.date.checked_sub(Span::new().days(7)) {
         s.date = d.to_string();
     }

@@ -303,7 +303,7 @@ pub fn build(input: ContextInput<'_>) -> Result<Context, ContextError> {
         meeting.join_url.as_ref().map(|u| u.as_str().to_owned()),
     );
     let change = change
-        .map(|before| change_ctx(tz, meeting, before, now_slot.clone()))
+        .map(|before| change_ctx(config, meeting, before, now_slot.clone()))
         .transpose()?;
     let (deadline, lead_deadline) = deadlines(config, meeting);
     let start = meeting.start.strftime("%H:%M").to_string();
@@ -459,8 +459,11 @@ fn slot(
     }
 }
 
+/// The change a notice announces. The time before is shown in the zone it was in (a revision
+/// stored before zones were recorded was in the zone configured now; a zone whose name no
+/// longer resolves is shown as the current one, the move still flagged).
 fn change_ctx(
-    tz: &TimeZone,
+    config: &Config,
     meeting: &Meeting,
     before: &Significant,
     after: SlotCtx,
@@ -476,18 +479,31 @@ fn change_ctx(
     let time = |s: &str| -> Result<Time, ContextError> {
         Time::strptime("%H:%M", s).map_err(|e| bad(format!("time `{s}`: {e}")))
     };
+    let now = Significant::of(config, meeting);
+    let (start, end) = (time(&before.start)?, time(&before.end)?);
+    let before_zone = before.other_zone(&now);
+    let before_tz = before_zone
+        .clone()
+        .flatten()
+        .unwrap_or_else(|| config.network.time_zone.clone());
     let before_slot = slot(
-        tz,
+        &before_tz,
         date,
-        time(&before.start)?,
-        time(&before.end)?,
+        start,
+        end,
         before.location.clone(),
         before.join_url.clone(),
     );
-    let now = Significant::of(meeting);
+    let time_changed = match before_zone {
+        None => (&now.date, &now.start, &now.end) != (&before.date, &before.start, &before.end),
+        // Another zone: the time changed when the instants did (unknown when its name no longer
+        // resolves).
+        Some(old) => old.is_none_or(|old| {
+            before.instants_in(&old) != now.instants_in(&config.network.time_zone)
+        }),
+    };
     Ok(ChangeCtx {
-        time_changed: (&now.date, &now.start, &now.end)
-            != (&before.date, &before.start, &before.end),
+        time_changed,
         place_changed: now.location != before.location,
         link_changed: now.join_url != before.join_url,
         before: before_slot,
@@ -577,7 +593,7 @@ mod tests {
     #[test]
     fn a_change_shows_old_and_new_side_by_side() {
         let c = config("");
-        let mut before = Significant::of(&c.meetings[2]);
+        let mut before = Significant::of(&c, &c.meetings[2]);
         before.date = "2023-03-24".into();
         before.start = "14:00".into();
         before.location = Some("City Hall".into());
@@ -600,5 +616,34 @@ mod tests {
         })
         .expect_err("bad date");
         assert!(err.to_string().contains("not a date"), "{err}");
+    }
+
+    /// A notice of a change of zone shows the time before in the zone it was in, and calls it
+    /// a change of time only when the instants moved; a zone that no longer resolves is shown
+    /// as the current one, still flagged.
+    #[test]
+    fn a_change_of_zone_shows_the_time_before_in_its_own_zone() {
+        let c = config("");
+        let june = &c.meetings[2];
+        let before_in = |zone: &str| {
+            let mut s = Significant::of(&c, june);
+            s.zone = Some(zone.into());
+            s
+        };
+        let cases = [
+            ("Europe/Paris", "10:00–12:30 CEST", true),
+            ("Europe/Lisbon", "10:00–12:30 WEST", false),
+            ("Europe/London", "10:00–12:30 BST", false),
+            ("Nowhere/Atlantis", "10:00–12:30 BST", true),
+        ];
+        for (zone, time, changed) in cases {
+            let before = before_in(zone);
+            let ch = ctx(&c, "2023-06-07", "change-notice", Some(&before))
+                .change
+                .expect("change");
+            assert_eq!(ch.before.time, time, "{zone}");
+            assert_eq!(ch.after.time, "10:00–12:30 BST", "{zone}");
+            assert_eq!(ch.time_changed, changed, "{zone}");
+        }
     }
 }

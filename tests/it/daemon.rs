@@ -671,3 +671,133 @@ fn sigterm_during_a_pass_finishes_the_send_in_flight_and_starts_no_other() {
     .map(|(k, s)| (k.to_owned(), s.to_owned()));
     assert_eq!(states, expected, "{}", daemon.log_text());
 }
+
+/// Changing `network.time_zone` moves every meeting's instant, and is handled as the move it
+/// is: on SIGHUP the feed's event keeps its UID at SEQUENCE 1, in the new zone, at the new
+/// instant (read by an independent parser); the list gets one change notice that shows the
+/// time before in the old zone and the time now in the new one. A restart on the same config
+/// sends nothing more and raises nothing more.
+#[test]
+fn a_new_time_zone_is_a_move_with_a_higher_sequence_and_one_change_notice() {
+    use serde_json::Value;
+
+    use crate::{feed::parse_ics, support::write_config};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mails = dir.path().join("mails");
+    let sink = Sink::start(&mails, None);
+    let notice = "[[email]]\nid = \"change-notice\"\ntemplate = \"change-notice\"\non = \"change\"\n\
+                  audience = \"list\"\n";
+    // The reminder is due in ten minutes: only the notice goes out during the test.
+    let text = soon_text(&[600], Some(sink.port), notice);
+    // A zone to the west of the one chosen, so the meeting moves later, not into the past.
+    let (old_zone, new_zone, old_abbr, new_abbr) = [
+        (
+            "Europe/London",
+            "America/New_York",
+            ["GMT", "BST"],
+            ["EST", "EDT"],
+        ),
+        (
+            "Asia/Tokyo",
+            "Europe/London",
+            ["JST", "JST"],
+            ["GMT", "BST"],
+        ),
+        (
+            "America/New_York",
+            "America/Los_Angeles",
+            ["EST", "EDT"],
+            ["PST", "PDT"],
+        ),
+    ]
+    .into_iter()
+    .find(|(zone, ..)| text.contains(&format!("time_zone = \"{zone}\"")))
+    .expect("soon_text picks one of three zones");
+    let config = write_config(dir.path(), &text);
+    let feed = |addr: &str| {
+        let body = reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .expect("GET /calendar.ics");
+        let v = parse_ics(&body);
+        let event = v["events"][0].clone();
+        (body, event)
+    };
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    let addr = daemon.wait_ready();
+    let (body0, e0) = feed(&addr);
+    assert_eq!(e0["sequence"], 0, "{body0}");
+    assert!(body0.contains(&format!("TZID={old_zone}:")), "{body0}");
+
+    write_config(
+        dir.path(),
+        &text.replace(
+            &format!("time_zone = \"{old_zone}\""),
+            &format!("time_zone = \"{new_zone}\""),
+        ),
+    );
+    daemon.signal("HUP");
+    wait_for(
+        "the change notice",
+        || by_key(&mails).contains_key("soon/change-notice/list"),
+        || format!("{:?}\n{}", by_key(&mails), daemon.log_text()),
+    );
+    let (body1, e1) = feed(&addr);
+    assert_eq!(e1["uid"], e0["uid"]);
+    assert_eq!(e1["sequence"], 1, "{body1}");
+    assert!(body1.contains(&format!("TZID={new_zone}:")), "{body1}");
+    assert_ne!(e1["start_utc"], e0["start_utc"]);
+    let notices: Vec<Value> = std::fs::read_dir(&mails)
+        .expect("mails")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .map(|e| std::fs::read(e.path()).expect("read mail"))
+        .map(|bytes| {
+            serde_json::from_slice(&crate::support::run_tool("mime_parse.py", &[], &bytes).stdout)
+                .expect("json")
+        })
+        .filter(|m: &Value| {
+            m["headers"]["message-id"][0]
+                .as_str()
+                .is_some_and(|id| id.starts_with("<soon.change-notice."))
+        })
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let text_body = |node: &Value| -> Option<String> {
+        fn find(node: &Value) -> Option<String> {
+            if node["type"] == "text/plain" {
+                return node["text"].as_str().map(str::to_owned);
+            }
+            node["children"].as_array()?.iter().find_map(find)
+        }
+        find(node)
+    };
+    let body = text_body(&notices[0]["tree"]).expect("a text/plain part");
+    let line = |prefix: &str| {
+        body.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{body}"))
+            .to_owned()
+    };
+    let (was, now) = (line("Was:"), line("Now:"));
+    assert!(
+        old_abbr.iter().any(|a| was.ends_with(&format!(" {a}"))),
+        "{was}"
+    );
+    assert!(
+        new_abbr.iter().any(|a| now.ends_with(&format!(" {a}"))),
+        "{now}"
+    );
+    drop(daemon);
+
+    // A restart on the same config: no second notice, no second rise.
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve-2.log"));
+    let addr = daemon.wait_ready();
+    let (_, e2) = feed(&addr);
+    assert_eq!(e2["sequence"], 1);
+    drop(daemon);
+    assert_eq!(
+        by_key(&mails).get("soon/change-notice/list").map(Vec::len),
+        Some(1)
+    );
+}

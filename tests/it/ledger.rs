@@ -693,3 +693,95 @@ fn recipients_done_with_accumulate_and_an_old_ledger_gets_the_column() {
             .any(|r| r.key.meeting == "old" && r.done_recipients.is_empty())
     );
 }
+
+/// A ledger file written before zones were recorded (its revisions carry no zone) is brought
+/// up to date by the next reconciliation: every revision, and the history entry at its
+/// SEQUENCE, gains the zone configured then, with nothing visible moving (same SEQUENCE and
+/// LAST-MODIFIED, no notice). A change of zone after that is seen as the move it is: SEQUENCE
+/// 1, one change notice, and the revision before it names the old zone.
+#[test]
+fn revisions_stored_without_a_zone_gain_it_and_a_later_change_of_zone_is_a_move() {
+    use crate::support::write_config;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notice = "[[email]]\nid = \"change-notice\"\ntemplate = \"change-notice\"\non = \"change\"\n\
+                  audience = \"list\"\n";
+    let text = crate::daemon::harness::soon_text(&[600], None, notice);
+    let zone = ["Europe/London", "Asia/Tokyo", "America/New_York"]
+        .into_iter()
+        .find(|z| text.contains(&format!("time_zone = \"{z}\"")))
+        .expect("soon_text picks one of three zones");
+    // West of it: the meeting moves later, and its notice is still due.
+    let west = match zone {
+        "Europe/London" => "America/New_York",
+        "Asia/Tokyo" => "Europe/London",
+        _ => "America/Los_Angeles",
+    };
+    let load_text = |text: &str| {
+        load(&write_config(dir.path(), text), &Environment::default())
+            .expect("config")
+            .config
+    };
+    let config = load_text(&text);
+    let t0 = Timestamp::now();
+    let t1 = t0
+        .checked_add(jiff::SignedDuration::from_secs(1))
+        .expect("t1");
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    replan(&mut store, &config, t0).expect("plan");
+    let soon = convenor::model::MeetingId::parse("soon").expect("id");
+    let stored = store.revision(&soon).expect("read").expect("revision");
+    assert_eq!(stored.significant.zone.as_deref(), Some(zone));
+
+    // As an earlier build left it: no zone in the JSON, and no plan stamp of this build.
+    let conn = rusqlite::Connection::open(dir.path().join("ledger.sqlite3")).expect("open");
+    for table in ["meeting_revisions", "revision_history"] {
+        let changed = conn
+            .execute(
+                &format!(
+                    "UPDATE {table} SET revision = json_remove(revision, '$.significant.zone')"
+                ),
+                [],
+            )
+            .expect("strip the zone");
+        assert_eq!(changed, 1, "{table}");
+    }
+    conn.execute("DELETE FROM plan_stamp", []).expect("stamp");
+    let old = store.revision(&soon).expect("read").expect("revision");
+    assert_eq!(old.significant.zone, None);
+
+    replan(&mut store, &config, t1).expect("replan");
+    let recorded = store.revision(&soon).expect("read").expect("revision");
+    assert_eq!(recorded, stored, "the zone recorded, nothing else moved");
+    assert_eq!(
+        store
+            .revision_at(&soon, 0)
+            .expect("read")
+            .and_then(|r| r.significant.zone),
+        Some(zone.to_owned())
+    );
+    let notices = |store: &SqliteStore| {
+        store
+            .rows()
+            .expect("rows")
+            .into_iter()
+            .filter(|r| r.key.email == "change-notice")
+            .map(|r| r.key.occurrence)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(notices(&store), Vec::<u32>::new());
+
+    let moved = load_text(&text.replace(
+        &format!("time_zone = \"{zone}\""),
+        &format!("time_zone = \"{west}\""),
+    ));
+    replan(&mut store, &moved, t1).expect("replan in the new zone");
+    let after = store.revision(&soon).expect("read").expect("revision");
+    assert_eq!(after.sequence, 1);
+    assert_eq!(after.significant.zone.as_deref(), Some(west));
+    assert_eq!(notices(&store), [1]);
+    let before = store
+        .revision_at(&soon, 0)
+        .expect("read")
+        .expect("the revision before");
+    assert_eq!(before.significant.zone.as_deref(), Some(zone));
+}
