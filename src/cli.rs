@@ -136,6 +136,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Err(err) => return Ok(report_config_error(&err)),
     };
     let config_load = loading.elapsed();
+    // A command other than `serve` run as root gives what it makes in the service's state
+    // directory back to the directory's owner when it ends (dropped after the stores close).
+    let _hand_back = (!matches!(cli.command, Command::Serve { .. }))
+        .then(|| crate::state_owner::HandBack::of(&loaded.config.state_dir));
     // `serve` compiles the agenda itself, under the store it keeps open.
     if !matches!(cli.command, Command::Serve { .. }) {
         agenda::attach_stored(&mut loaded.config)?;

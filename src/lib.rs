@@ -28,3 +28,4 @@ pub mod revision;
 pub mod schedule;
 pub mod scheduler;
 pub mod sqlite_file;
+pub mod state_owner;

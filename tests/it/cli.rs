@@ -572,3 +572,103 @@ fn skipped_and_held_mail_is_logged_with_its_message_id() {
         }
     }
 }
+
+/// `sudo convenor agenda add` on a stopped service: what root makes in the service's state
+/// directory (here a new agenda store) is given to the directory's owner when the command ends,
+/// so the service's user can write it afterwards (`nobody`, through setpriv, adds the next
+/// proposal; it could not write a root-owned store). Run as another user than root, the
+/// command owns what it makes and gives nothing away.
+#[test]
+fn files_a_root_command_makes_in_the_state_directory_go_to_the_directorys_owner() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    open(dir.path(), 0o755);
+    let bin = dir.path().join("convenor");
+    std::fs::copy(binary(), &bin).expect("copy the binary");
+    open(&bin, 0o755);
+    let templates =
+        crate::support::templates_with(dir.path(), "reminder/body.txt", |t| format!("{t}\n"));
+    for entry in walk(&templates) {
+        open(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
+    }
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    SqliteStore::open_in(&state).expect("a ledger");
+    let root = running_as_root();
+    // The service's user: `nobody` when we are root, else ourselves.
+    let owner = if root {
+        for entry in walk(&state) {
+            std::os::unix::fs::lchown(&entry, Some(65534), Some(65534)).expect("chown");
+        }
+        65534
+    } else {
+        std::fs::metadata(&state).expect("state").uid()
+    };
+    open(&state, 0o700);
+    let config = dir.path().join("convenor.toml");
+    let body = example_config_text()
+        .replace(
+            "# templates_dir = \"templates\"",
+            &format!("templates_dir = \"{}\"", templates.display()),
+        )
+        .replace(
+            "# [state]\n# dir = \"state\"",
+            &format!("[state]\ndir = \"{}\"", state.display()),
+        );
+    std::fs::write(&config, body).expect("config");
+    open(&config, 0o644);
+    let add = |cmd: &mut Command, title: &str| {
+        let out = cmd
+            .args(["--config"])
+            .arg(&config)
+            .args([
+                "agenda",
+                "add",
+                "--meeting",
+                "2023-04-19",
+                "--priority",
+                "future-transport",
+                "--name",
+                "Ada Lovelace",
+                "--organisation",
+                "Camden",
+                "--email",
+                "ada@camden.example",
+                "--title",
+                title,
+                "--summary",
+                "What we learnt.",
+                "--minutes",
+                "15",
+            ])
+            .current_dir(dir.path())
+            .env_remove("STATE_DIRECTORY")
+            .output()
+            .expect("run convenor");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    add(&mut Command::new(&bin), "Bus lanes");
+    assert!(state.join("agenda.sqlite3").exists());
+    let owners: Vec<(PathBuf, u32)> = walk(&state)
+        .into_iter()
+        .map(|p| {
+            let uid = std::fs::symlink_metadata(&p).expect("stat").uid();
+            (p, uid)
+        })
+        .collect();
+    assert!(
+        owners.iter().all(|(_, uid)| *uid == owner),
+        "owner {owner}: {owners:?}"
+    );
+    if root {
+        let mut as_owner = Command::new("setpriv");
+        as_owner
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        add(&mut as_owner, "Cycle hangars");
+    }
+    open(&state, 0o755);
+}
