@@ -257,11 +257,15 @@ mod tests {
     use crate::config::{Environment, parse};
 
     fn config(extra_meeting: &str) -> Config {
+        edited_config(|text| format!("{text}\n{extra_meeting}"))
+    }
+
+    /// The example config, its text edited by `edit`.
+    fn edited_config(edit: impl FnOnce(&str) -> String) -> Config {
         let text = std::fs::read_to_string("config/lednet.toml").expect("example config");
-        let text = format!("{text}\n{extra_meeting}");
         parse(
             std::path::Path::new("config/lednet.toml"),
-            &text,
+            &edit(&text),
             &Environment::default(),
         )
         .expect("valid")
@@ -378,19 +382,14 @@ mod tests {
         let t0: Timestamp = "2023-01-01T00:00:00Z".parse().expect("ts");
         let t1: Timestamp = "2023-01-02T00:00:00Z".parse().expect("ts");
         let zoned = |zone: &str| {
-            let text = std::fs::read_to_string("config/lednet.toml").expect("example config");
-            let text = text.replace(
-                "time_zone = \"Europe/London\"",
-                &format!("time_zone = \"{zone}\""),
-            );
-            assert!(text.contains(&format!("time_zone = \"{zone}\"")));
-            parse(
-                std::path::Path::new("config/lednet.toml"),
-                &text,
-                &Environment::default(),
-            )
-            .expect("valid")
-            .config
+            let c = edited_config(|text| {
+                text.replace(
+                    "time_zone = \"Europe/London\"",
+                    &format!("time_zone = \"{zone}\""),
+                )
+            });
+            assert_eq!(c.network.time_zone_name, zone);
+            c
         };
         let london = zoned("Europe/London");
         let (r0, _) = next_revision(None, &london, &london.meetings[0], t0);

@@ -35,27 +35,7 @@ fn ok(out: &Output) -> String {
 fn add(config: &std::path::Path, meeting: &str, priority: &str, title: &str) -> String {
     ok(&cli(
         config,
-        &[
-            "agenda",
-            "add",
-            "--meeting",
-            meeting,
-            "--priority",
-            priority,
-            "--name",
-            "Ada Lovelace",
-            "--organisation",
-            "Camden",
-            "--email",
-            "ada@camden.example",
-            "--title",
-            title,
-            "--summary",
-            "What we learnt.",
-            "--presents",
-            "--minutes",
-            "15",
-        ],
+        &crate::support::agenda_add_args(meeting, priority, title),
     ))
 }
 

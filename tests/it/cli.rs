@@ -151,36 +151,9 @@ fn a_state_directory_under_a_file_is_an_error_naming_the_path() {
 /// the binary runs as `nobody` through setpriv, on copies it can read).
 #[test]
 fn a_state_directory_this_user_cannot_read_is_a_permission_error_with_a_hint() {
-    use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    };
-    open(dir.path(), 0o755);
-    let bin = dir.path().join("convenor");
-    std::fs::copy(binary(), &bin).expect("copy the binary");
-    open(&bin, 0o755);
-    let templates =
-        crate::support::templates_with(dir.path(), "reminder/body.txt", |t| format!("{t}\n"));
-    for entry in walk(&templates) {
-        open(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
-    }
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("state");
-    SqliteStore::open_in(&state).expect("a ledger");
-    open(&state, 0o700);
-    let config = dir.path().join("convenor.toml");
-    let body = example_config_text()
-        .replace(
-            "# templates_dir = \"templates\"",
-            &format!("templates_dir = \"{}\"", templates.display()),
-        )
-        .replace(
-            "# [state]\n# dir = \"state\"",
-            &format!("[state]\ndir = \"{}\"", state.display()),
-        );
-    std::fs::write(&config, body).expect("config");
-    open(&config, 0o644);
+    let SharedLayout { bin, config, state } = shared_layout(dir.path());
+    chmod(&state, 0o700);
     let mut cmd = if running_as_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -209,7 +182,51 @@ fn a_state_directory_this_user_cannot_read_is_a_permission_error_with_a_hint() {
         stderr.contains("readable by root only: use sudo"),
         "{stderr}"
     );
-    open(&state, 0o755);
+    chmod(&state, 0o755);
+}
+
+/// Sets `p`'s permission bits to `mode`.
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Files laid out as on a server, for a command run as another user: `dir` open to all, a copy
+/// of the binary, templates and a config anyone can read, and a state directory with a ledger.
+struct SharedLayout {
+    /// The copy of the binary.
+    bin: PathBuf,
+    /// The config (0644), naming the templates and the state directory.
+    config: PathBuf,
+    /// The state directory (a ledger in it; mode and owner left to the test).
+    state: PathBuf,
+}
+
+fn shared_layout(dir: &Path) -> SharedLayout {
+    chmod(dir, 0o755);
+    let bin = dir.join("convenor");
+    std::fs::copy(binary(), &bin).expect("copy the binary");
+    chmod(&bin, 0o755);
+    let templates = crate::support::templates_with(dir, "reminder/body.txt", |t| format!("{t}\n"));
+    for entry in walk(&templates) {
+        chmod(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
+    }
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    SqliteStore::open_in(&state).expect("a ledger");
+    let config = dir.join("convenor.toml");
+    let body = example_config_text()
+        .replace(
+            "# templates_dir = \"templates\"",
+            &format!("templates_dir = \"{}\"", templates.display()),
+        )
+        .replace(
+            "# [state]\n# dir = \"state\"",
+            &format!("[state]\ndir = \"{}\"", state.display()),
+        );
+    std::fs::write(&config, body).expect("config");
+    chmod(&config, 0o644);
+    SharedLayout { bin, config, state }
 }
 
 /// True when this process runs as root (`id -u` says 0).
@@ -580,23 +597,9 @@ fn skipped_and_held_mail_is_logged_with_its_message_id() {
 /// command owns what it makes and gives nothing away.
 #[test]
 fn files_a_root_command_makes_in_the_state_directory_go_to_the_directorys_owner() {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::fs::MetadataExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
-    let open = |p: &Path, mode: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    };
-    open(dir.path(), 0o755);
-    let bin = dir.path().join("convenor");
-    std::fs::copy(binary(), &bin).expect("copy the binary");
-    open(&bin, 0o755);
-    let templates =
-        crate::support::templates_with(dir.path(), "reminder/body.txt", |t| format!("{t}\n"));
-    for entry in walk(&templates) {
-        open(&entry, if entry.is_dir() { 0o755 } else { 0o644 });
-    }
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("state");
-    SqliteStore::open_in(&state).expect("a ledger");
+    let SharedLayout { bin, config, state } = shared_layout(dir.path());
     let root = running_as_root();
     // The service's user: `nobody` when we are root, else ourselves.
     let owner = if root {
@@ -607,43 +610,16 @@ fn files_a_root_command_makes_in_the_state_directory_go_to_the_directorys_owner(
     } else {
         std::fs::metadata(&state).expect("state").uid()
     };
-    open(&state, 0o700);
-    let config = dir.path().join("convenor.toml");
-    let body = example_config_text()
-        .replace(
-            "# templates_dir = \"templates\"",
-            &format!("templates_dir = \"{}\"", templates.display()),
-        )
-        .replace(
-            "# [state]\n# dir = \"state\"",
-            &format!("[state]\ndir = \"{}\"", state.display()),
-        );
-    std::fs::write(&config, body).expect("config");
-    open(&config, 0o644);
+    chmod(&state, 0o700);
     let add = |cmd: &mut Command, title: &str| {
         let out = cmd
             .args(["--config"])
             .arg(&config)
-            .args([
-                "agenda",
-                "add",
-                "--meeting",
+            .args(crate::support::agenda_add_args(
                 "2023-04-19",
-                "--priority",
                 "future-transport",
-                "--name",
-                "Ada Lovelace",
-                "--organisation",
-                "Camden",
-                "--email",
-                "ada@camden.example",
-                "--title",
                 title,
-                "--summary",
-                "What we learnt.",
-                "--minutes",
-                "15",
-            ])
+            ))
             .current_dir(dir.path())
             .env_remove("STATE_DIRECTORY")
             .output()
@@ -670,5 +646,5 @@ fn files_a_root_command_makes_in_the_state_directory_go_to_the_directorys_owner(
             .arg(&bin);
         add(&mut as_owner, "Cycle hangars");
     }
-    open(&state, 0o755);
+    chmod(&state, 0o755);
 }

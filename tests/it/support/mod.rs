@@ -125,3 +125,29 @@ pub fn no_redirect_client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// The arguments of `convenor agenda add` for one proposal (Ada Lovelace of Camden, presenting
+/// for 15 minutes) to `meeting` under `priority`, titled `title`.
+pub fn agenda_add_args<'a>(meeting: &'a str, priority: &'a str, title: &'a str) -> Vec<&'a str> {
+    vec![
+        "agenda",
+        "add",
+        "--meeting",
+        meeting,
+        "--priority",
+        priority,
+        "--name",
+        "Ada Lovelace",
+        "--organisation",
+        "Camden",
+        "--email",
+        "ada@camden.example",
+        "--title",
+        title,
+        "--summary",
+        "What we learnt.",
+        "--presents",
+        "--minutes",
+        "15",
+    ]
+}
