@@ -1,4 +1,5 @@
-//! Hands what a command run as root leaves in a state directory back to that directory's owner.
+//! Hands the root-owned files a command run as root finds in a state directory (those it made,
+//! and any an earlier one left) to that directory's owner.
 //!
 //! The installed service runs as a dynamic user (`DynamicUser=yes`); its state directory is
 //! that user's. `sudo convenor agenda add ...` on a stopped service would otherwise leave
@@ -14,8 +15,9 @@ use std::{
 };
 
 /// While alive, notes a state directory that belongs to another user than the root this process
-/// runs as; when dropped, gives every entry under it that this user owns to the directory's
-/// owner and group. Does nothing when the process is not root, when the directory does not
+/// runs as; when dropped, gives every root-owned entry under it to the directory's owner and
+/// group. A process ended by a signal (Ctrl-C) does not drop it: its files stay root's, and
+/// the next command run as root hands them over. Does nothing when the process is not root, when the directory does not
 /// exist yet (systemd adopts a directory root made, whole, at the service's first start) or
 /// when root owns it.
 #[derive(Debug)]
@@ -120,15 +122,17 @@ impl Drop for HandBack {
     fn drop(&mut self) {
         let (changed, error) = self.hand_back();
         if let Some(e) = error {
+            // The directory itself, not the link systemd keeps at /var/lib/convenor (`chown -R`
+            // on a link changes the link only).
+            let real = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
             crate::logging::to_stderr(
                 tracing::Level::WARN,
                 &format!(
-                    "could not give every file this command (run as root) made under {} back \
-                     to its owner: {e}; run `chown -R --reference={} {}` before starting the \
+                    "could not give every root-owned file under {} back to the directory's \
+                     owner: {e}; run `chown -R --reference={real} {real}` before starting the \
                      service",
                     self.dir.display(),
-                    self.dir.display(),
-                    self.dir.display()
+                    real = real.display(),
                 ),
             );
         } else if changed > 0 {

@@ -72,7 +72,9 @@ impl NewRow<'_> {
 }
 
 /// Notices (change or cancellation) a significant change of `meeting` queues, keyed by the new
-/// SEQUENCE.
+/// SEQUENCE. None for a meeting that has started by `now`: its notice could only be skipped
+/// (its deadline is the start), and a change of zone would otherwise queue one for every past
+/// meeting.
 fn notices(
     config: &Config,
     meeting: &Meeting,
@@ -83,6 +85,9 @@ fn notices(
     let cancelled = revision::is_cancellation(before, meeting);
     let tz = &config.network.time_zone;
     let starts = meeting.starts_at(tz);
+    if starts <= now {
+        return Vec::new();
+    }
     config
         .emails
         .iter()
@@ -173,7 +178,9 @@ pub fn reconcile(
                 meeting.id,
                 revisions.get(&meeting.id).map_or(0, |r| r.sequence),
                 rev.sequence,
-                if queued.is_empty() {
+                if queued.is_empty() && meeting.starts_at(tz) <= now {
+                    "it has started: no notice".to_owned()
+                } else if queued.is_empty() {
                     "no notice in the schedule".to_owned()
                 } else {
                     let names: Vec<String> = queued.iter().map(|r| r.key.to_string()).collect();

@@ -790,11 +790,25 @@ fn a_new_time_zone_is_a_move_with_a_higher_sequence_and_one_change_notice() {
     );
     drop(daemon);
 
-    // A restart on the same config: no second notice, no second rise.
+    // A restart on the same config, made to reconcile in full (its plan stamp removed, as a
+    // new build would): no second notice, no second rise.
+    let ledger = rusqlite::Connection::open(dir.path().join("state/ledger.sqlite3")).expect("open");
+    assert_eq!(
+        ledger
+            .execute("DELETE FROM plan_stamp", [])
+            .expect("remove the stamp"),
+        1
+    );
+    drop(ledger);
     let mut daemon = Daemon::spawn(&config, &dir.path().join("serve-2.log"));
     let addr = daemon.wait_ready();
     let (_, e2) = feed(&addr);
     assert_eq!(e2["sequence"], 1);
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("already reconciled with this config"),
+        "the restart reconciled:\n{log}"
+    );
     drop(daemon);
     assert_eq!(
         by_key(&mails).get("soon/change-notice/list").map(Vec::len),

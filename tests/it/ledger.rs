@@ -785,3 +785,42 @@ fn revisions_stored_without_a_zone_gain_it_and_a_later_change_of_zone_is_a_move(
         .expect("the revision before");
     assert_eq!(before.significant.zone.as_deref(), Some(zone));
 }
+
+/// A change of zone mid-year moves every meeting: each one's SEQUENCE rises (the feed shows
+/// new instants for all), but change notices are queued only for the meetings still to come;
+/// one for a meeting that has started could only be skipped.
+#[test]
+fn a_change_of_zone_queues_notices_only_for_meetings_to_come() {
+    use crate::support::{example_config_text, write_config};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let load_text = |text: &str| {
+        load(&write_config(dir.path(), text), &Environment::default())
+            .expect("config")
+            .config
+    };
+    let text = example_config_text();
+    let london = load_text(&text);
+    let paris = load_text(&text.replace(
+        "time_zone = \"Europe/London\"",
+        "time_zone = \"Europe/Paris\"",
+    ));
+    assert_eq!(paris.network.time_zone_name, "Europe/Paris");
+    let t0: Timestamp = "2023-01-05T08:00:00Z".parse().expect("t0");
+    // After the February and April meetings, before June's.
+    let t1: Timestamp = "2023-05-01T08:00:00Z".parse().expect("t1");
+    let mut store = SqliteStore::open_in(dir.path()).expect("open");
+    replan(&mut store, &london, t0).expect("plan");
+    replan(&mut store, &paris, t1).expect("replan in Paris");
+    let revisions = store.revisions().expect("revisions");
+    assert_eq!(revisions.len(), 5);
+    assert!(revisions.values().all(|r| r.sequence == 1), "{revisions:?}");
+    let mut noticed: Vec<String> = store
+        .rows()
+        .expect("rows")
+        .into_iter()
+        .filter(|r| r.key.email == "change-notice")
+        .map(|r| r.key.meeting)
+        .collect();
+    noticed.dedup();
+    assert_eq!(noticed, ["2023-06-07", "2023-09-29", "2023-11-30"]);
+}
