@@ -136,10 +136,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Err(err) => return Ok(report_config_error(&err)),
     };
     let config_load = loading.elapsed();
-    // A command other than `serve` run as root gives what it makes in the service's state
-    // directory back to the directory's owner when it ends (dropped after the stores close).
-    let _hand_back = (!matches!(cli.command, Command::Serve { .. }))
-        .then(|| crate::state_owner::HandBack::of(&loaded.config.state_dir));
+    // Run as root, every command but `serve` (which systemd runs as that user) touches files as
+    // the state directory's owner: it cannot be led by a link the owner left there, and what
+    // it creates is the owner's. Before any thread starts.
+    if !matches!(cli.command, Command::Serve { .. })
+        && let Some(owner) = crate::state_owner::act_as_owner(&loaded.config.state_dir)?
+    {
+        crate::logging::to_stderr(
+            tracing::Level::INFO,
+            &format!(
+                "writing as the owner of {} (uid {}, gid {}), not as root",
+                loaded.config.state_dir.display(),
+                owner.uid,
+                owner.gid
+            ),
+        );
+    }
     // `serve` compiles the agenda itself, under the store it keeps open.
     if !matches!(cli.command, Command::Serve { .. }) {
         agenda::attach_stored(&mut loaded.config)?;

@@ -1,189 +1,102 @@
-//! Hands the root-owned files a command run as root finds in a state directory (those it made,
-//! and any an earlier one left) to that directory's owner.
+//! A command run as root touches files as the state directory's owner, not as root.
 //!
-//! The installed service runs as a dynamic user (`DynamicUser=yes`); its state directory is
-//! that user's. `sudo convenor agenda add ...` on a stopped service would otherwise leave
-//! root-owned files there (a new `agenda.sqlite3`, a WAL, an outbox file) that the service
-//! cannot write, and it would fail at its next start: systemd re-owns a state directory
-//! recursively only when the directory itself has the wrong owner, so it does not see them.
-//! Dropping privileges instead is not possible here: the service's directory lies under
-//! `/var/lib/private` (mode 0700, root's), which only root can pass through.
+//! The installed service runs as a dynamic user (`DynamicUser=yes`) whose state directory is
+//! its own. Run with `sudo`, `convenor agenda add ...` as root would follow any link that user
+//! left in the directory (SQLite puts its WAL beside whatever a link names; the outbox could
+//! be a link to `/etc`) and write there, and would leave root-owned files that the service
+//! cannot write at its next start (systemd re-owns a state directory only when the directory
+//! itself has the wrong owner).
+//!
+//! Giving up root altogether is not possible: the directory lies under `/var/lib/private`,
+//! which only root may search, and SQLite opens every file by its absolute path (it turns a
+//! relative name into one), so a working directory inside it does not help. Instead
+//! [`act_as_owner`] keeps root's user id but makes every file-system check that of the
+//! directory's owner (`setfsuid`, `setfsgid`, no supplementary groups) with one exception,
+//! `CAP_DAC_READ_SEARCH`: the command may still search and read anything root may (the path to
+//! the directory, the config, a password file), but it writes and creates only where the owner
+//! may, and what it creates is the owner's.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-};
+use std::{os::unix::fs::MetadataExt as _, path::Path};
 
-/// While alive, notes a state directory that belongs to another user than the root this process
-/// runs as; when dropped, gives every root-owned entry under it to the directory's owner and
-/// group. A process ended by a signal (Ctrl-C) does not drop it: its files stay root's, and
-/// the next command run as root hands them over. Does nothing when the process is not root, when the directory does not
-/// exist yet (systemd adopts a directory root made, whole, at the service's first start) or
-/// when root owns it.
-#[derive(Debug)]
-pub struct HandBack {
-    dir: PathBuf,
-    owner: Option<(u32, u32)>,
+use rustix::thread::{CapabilitySet, CapabilitySets};
+
+/// Why a command could not take on the state directory's owner for its file access.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot act as the owner (uid {uid}, gid {gid}) of the state directory {dir}: {source}")]
+pub struct OwnerError {
+    /// The directory.
+    dir: String,
+    /// Its owner.
+    uid: u32,
+    /// Its group.
+    gid: u32,
+    /// What failed.
+    source: std::io::Error,
 }
 
-impl HandBack {
-    /// Notes `state_dir`'s owner, before a command that may create files under it.
-    pub fn of(state_dir: &Path) -> Self {
-        let root = rustix::process::geteuid().is_root();
-        let owner = std::fs::metadata(state_dir)
-            .ok()
-            .filter(|m| root && m.is_dir() && m.uid() != 0)
-            .map(|m| (m.uid(), m.gid()));
-        Self {
-            dir: state_dir.to_path_buf(),
-            owner,
-        }
-    }
-
-    /// Gives the root-owned entries under the directory to its owner now; returns how many,
-    /// and the first failure (the others are still tried).
-    ///
-    /// Everything is done relative to directory descriptors opened without following links,
-    /// so an entry swapped for a link while the walk runs cannot lead it outside the
-    /// directory; links are re-owned themselves, and a file with more than one name (a hard
-    /// link, which could be one of root's files elsewhere) is left as it is.
-    pub fn hand_back(&self) -> (usize, Option<std::io::Error>) {
-        use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
-        let Some((uid, gid)) = self.owner else {
-            return (0, None);
-        };
-        let (uid, gid) = (
-            rustix::fs::Uid::from_raw(uid),
-            rustix::fs::Gid::from_raw(gid),
-        );
-        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let mut changed = 0;
-        let mut first_error: Option<std::io::Error> = None;
-        // The directory itself may be reached through a link (systemd's /var/lib/convenor
-        // points into /var/lib/private); nothing under it is.
-        let mut pending = match rustix::fs::openat(CWD, &self.dir, dir_flags, Mode::empty()) {
-            Ok(fd) => vec![fd],
-            Err(e) => return (0, Some(e.into())),
-        };
-        while let Some(dir) = pending.pop() {
-            let entries = match rustix::fs::Dir::read_from(&dir) {
-                Ok(entries) => entries,
-                Err(e) => {
-                    first_error.get_or_insert(e.into());
-                    continue;
-                }
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if name == c"." || name == c".." {
-                    continue;
-                }
-                // Gone meanwhile (SQLite removes its WAL at the last close): nothing to do.
-                let Ok(stat) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-                    continue;
-                };
-                let kind = FileType::from_raw_mode(stat.st_mode);
-                if kind == FileType::Directory {
-                    match rustix::fs::openat(
-                        &dir,
-                        name,
-                        dir_flags | OFlags::NOFOLLOW,
-                        Mode::empty(),
-                    ) {
-                        Ok(fd) => pending.push(fd),
-                        Err(e) => {
-                            first_error.get_or_insert(e.into());
-                        }
-                    }
-                }
-                if stat.st_uid != 0 || (kind == FileType::RegularFile && stat.st_nlink > 1) {
-                    continue;
-                }
-                match rustix::fs::chownat(
-                    &dir,
-                    name,
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ) {
-                    Ok(()) => changed += 1,
-                    Err(rustix::io::Errno::NOENT) => {}
-                    Err(e) => {
-                        first_error.get_or_insert(e.into());
-                    }
-                }
-            }
-        }
-        (changed, first_error)
-    }
+/// The user whose file-system rights a command now has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The state directory's owner.
+    pub uid: u32,
+    /// The state directory's group.
+    pub gid: u32,
 }
 
-impl Drop for HandBack {
-    fn drop(&mut self) {
-        let (changed, error) = self.hand_back();
-        if let Some(e) = error {
-            // The directory itself, not the link systemd keeps at /var/lib/convenor (`chown -R`
-            // on a link changes the link only).
-            let real = std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
-            crate::logging::to_stderr(
-                tracing::Level::WARN,
-                &format!(
-                    "could not give every root-owned file under {} back to the directory's \
-                     owner: {e}; run `chown -R --reference={real} {real}` before starting the \
-                     service",
-                    self.dir.display(),
-                    real = real.display(),
-                ),
-            );
-        } else if changed > 0 {
-            tracing::debug!(changed, dir = %self.dir.display(), "state files handed back");
+/// When this process is root and `state_dir` exists and belongs to another user: from now on
+/// every file this process opens, creates or searches is checked as that user and group would
+/// be, except that searching and reading are not refused (`CAP_DAC_READ_SEARCH`); every other
+/// capability is given up for good. Returns the owner. `None`, changing nothing, when the
+/// process is not root, the directory does not exist yet (systemd adopts a directory root made,
+/// whole, at the service's first start) or root owns it.
+///
+/// Call it before the process starts a thread: file-system ids and capabilities belong to a
+/// thread, and only threads started afterwards inherit them.
+pub fn act_as_owner(state_dir: &Path) -> Result<Option<Owner>, OwnerError> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let meta = match std::fs::metadata(state_dir) {
+        Ok(meta) if meta.is_dir() && meta.uid() != 0 => meta,
+        _ => return Ok(None),
+    };
+    let owner = Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    let failed = |source: std::io::Error| OwnerError {
+        dir: state_dir.display().to_string(),
+        uid: owner.uid,
+        gid: owner.gid,
+        source,
+    };
+    // SAFETY: plain system-call wrappers; the only pointer is the null, empty list of groups.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        // Each returns the previous id and cannot report failure: asking again tells.
+        libc::setfsgid(owner.gid);
+        libc::setfsuid(owner.uid);
+        if libc::setfsgid(owner.gid) as u32 != owner.gid
+            || libc::setfsuid(owner.uid) as u32 != owner.uid
+        {
+            return Err(failed(std::io::Error::other(
+                "the file-system user or group did not change",
+            )));
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::unix::fs::MetadataExt as _;
-
-    use super::*;
-
-    /// As root: root's files and links under a directory owned by someone else go to that
-    /// owner, down the tree; neither what a link points to nor a file with a second name
-    /// outside the directory changes hands. As anyone else: nothing is noted or changed.
-    #[test]
-    fn root_files_go_to_the_owner_and_nothing_outside_moves() {
-        let outside = tempfile::tempdir().expect("tempdir");
-        let secret = outside.path().join("secret");
-        std::fs::write(&secret, "root's").expect("write");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(state.join("outbox")).expect("mkdir");
-        std::fs::write(state.join("agenda.sqlite3"), "").expect("write");
-        std::fs::write(state.join("outbox/one.eml"), "").expect("write");
-        std::os::unix::fs::symlink(&secret, state.join("link")).expect("symlink");
-        std::fs::hard_link(&secret, state.join("hard")).expect("hard link");
-        let uid = |p: &Path| std::fs::symlink_metadata(p).expect("stat").uid();
-        if !rustix::process::geteuid().is_root() {
-            assert_eq!(HandBack::of(&state).hand_back().0, 0);
-            return;
-        }
-        std::os::unix::fs::lchown(&state, Some(65534), Some(65534)).expect("chown");
-        let guard = HandBack::of(&state);
-        drop(guard);
-        for p in ["agenda.sqlite3", "outbox", "outbox/one.eml", "link"] {
-            assert_eq!(uid(&state.join(p)), 65534, "{p}");
-        }
-        assert_eq!(
-            uid(&secret),
-            0,
-            "a link's target or a second name stays root's"
-        );
-        assert_eq!(uid(&state.join("hard")), 0);
-        // A directory root owns is not handed anywhere.
-        let mine = dir.path().join("mine");
-        std::fs::create_dir_all(&mine).expect("mkdir");
-        std::fs::write(mine.join("f"), "").expect("write");
-        assert_eq!(HandBack::of(&mine).hand_back().0, 0);
-        assert_eq!(uid(&mine.join("f")), 0);
-    }
+    // Leaving file-system id 0 dropped the file capabilities from the effective set; keep the
+    // one to search and read, and nothing else, permitted either.
+    let keep = CapabilitySet::DAC_READ_SEARCH;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: keep,
+            permitted: keep,
+            inheritable: CapabilitySet::empty(),
+        },
+    )
+    .map_err(|e| failed(e.into()))?;
+    Ok(Some(owner))
 }

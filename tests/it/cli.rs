@@ -590,30 +590,30 @@ fn skipped_and_held_mail_is_logged_with_its_message_id() {
     }
 }
 
-/// `sudo convenor agenda add` on a stopped service: what root makes in the service's state
-/// directory (here a new agenda store) is given to the directory's owner when the command ends,
-/// so the service's user can write it afterwards (`nobody`, through setpriv, adds the next
-/// proposal; it could not write a root-owned store). Run as another user than root, the
-/// command owns what it makes and gives nothing away.
+/// `sudo convenor agenda add` on the installed layout: the state directory is the service
+/// user's, reached through a link into a directory only root may search (systemd's
+/// `/var/lib/private`). Run as root, the command enters it and works as its owner: what it
+/// makes there is the owner's (`nobody`, through setpriv, adds the next proposal), and a link
+/// the owner left in it cannot make root write elsewhere. Run as another user than root,
+/// nothing changes hands.
 #[test]
-fn files_a_root_command_makes_in_the_state_directory_go_to_the_directorys_owner() {
+fn a_root_command_works_in_the_state_directory_as_its_owner() {
     use std::os::unix::fs::MetadataExt as _;
     let dir = tempfile::tempdir().expect("tempdir");
     let SharedLayout { bin, config, state } = shared_layout(dir.path());
     let root = running_as_root();
     // The service's user: `nobody` when we are root, else ourselves.
     let owner = if root {
-        for entry in walk(&state) {
-            std::os::unix::fs::lchown(&entry, Some(65534), Some(65534)).expect("chown");
-        }
         65534
     } else {
         std::fs::metadata(&state).expect("state").uid()
     };
-    chmod(&state, 0o700);
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).expect("mkdir");
+    std::fs::rename(&state, private.join("state")).expect("move the state");
+    std::os::unix::fs::symlink("private/state", &state).expect("link");
     let add = |cmd: &mut Command, title: &str| {
-        let out = cmd
-            .args(["--config"])
+        cmd.args(["--config"])
             .arg(&config)
             .args(crate::support::agenda_add_args(
                 "2023-04-19",
@@ -623,28 +623,70 @@ fn files_a_root_command_makes_in_the_state_directory_go_to_the_directorys_owner(
             .current_dir(dir.path())
             .env_remove("STATE_DIRECTORY")
             .output()
-            .expect("run convenor");
-        assert!(out.status.success(), "{}", text(&out.stderr));
+            .expect("run convenor")
     };
-    add(&mut Command::new(&bin), "Bus lanes");
-    assert!(state.join("agenda.sqlite3").exists());
-    let owners: Vec<(PathBuf, u32)> = walk(&state)
+    let hand_over = |state: &Path| {
+        if root {
+            for entry in walk(state) {
+                std::os::unix::fs::lchown(&entry, Some(owner), Some(owner)).expect("chown");
+            }
+        }
+        chmod(state, 0o700);
+        chmod(&private, 0o700);
+    };
+    hand_over(&private.join("state"));
+
+    let out = add(&mut Command::new(&bin), "Bus lanes");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    if root {
+        assert!(
+            text(&out.stderr).contains("writing as the owner of"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let owners: Vec<(PathBuf, u32)> = walk(&private.join("state"))
         .into_iter()
         .map(|p| {
             let uid = std::fs::symlink_metadata(&p).expect("stat").uid();
             (p, uid)
         })
         .collect();
+    assert!(owners.len() > 2, "{owners:?}");
     assert!(
         owners.iter().all(|(_, uid)| *uid == owner),
         "owner {owner}: {owners:?}"
     );
     if root {
+        // The service reaches its directory inside its own namespace; here, through an opened
+        // `private`.
+        chmod(&private, 0o755);
         let mut as_owner = Command::new("setpriv");
         as_owner
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&bin);
-        add(&mut as_owner, "Cycle hangars");
+        let out = add(&mut as_owner, "Cycle hangars");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+
+        // The owner leaves the agenda store as a link to a place only root may write.
+        let fresh = private.join("state");
+        std::fs::remove_file(fresh.join("agenda.sqlite3")).expect("remove the store");
+        let guarded = dir.path().join("root-only");
+        std::fs::create_dir(&guarded).expect("mkdir");
+        chmod(&guarded, 0o700);
+        let victim = guarded.join("victim");
+        std::os::unix::fs::symlink(&victim, fresh.join("agenda.sqlite3")).expect("link");
+        hand_over(&fresh);
+        let out = add(&mut Command::new(&bin), "Green bonds");
+        assert!(!out.status.success(), "root followed the owner's link");
+        assert!(!victim.exists(), "root wrote through the owner's link");
+        assert!(
+            text(&out.stderr).contains("Permission denied")
+                || text(&out.stderr).contains("unable to open"),
+            "{}",
+            text(&out.stderr)
+        );
     }
-    chmod(&state, 0o755);
+    chmod(&private, 0o755);
+    chmod(&private.join("state"), 0o755);
 }
