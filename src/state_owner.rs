@@ -10,11 +10,13 @@
 //! Giving up root altogether is not possible: the directory lies under `/var/lib/private`,
 //! which only root may search, and SQLite opens every file by its absolute path (it turns a
 //! relative name into one), so a working directory inside it does not help. Instead
-//! [`act_as_owner`] keeps root's user id but makes every file-system check that of the
-//! directory's owner (`setfsuid`, `setfsgid`, no supplementary groups) with one exception,
-//! `CAP_DAC_READ_SEARCH`: the command may still search and read anything root may (the path to
-//! the directory, the config, a password file), but it writes and creates only where the owner
-//! may, and what it creates is the owner's.
+//! [`act_as_owner`] makes the directory's owner and group the effective ones (root stays the
+//! real and saved user, which is what lets it keep one capability) and keeps a single
+//! capability, `CAP_DAC_READ_SEARCH`: the command may still search and read anything root may
+//! (the path to the directory, the config, a password file), but it writes and creates only
+//! where the owner may, and what it creates is the owner's. This guards root against the
+//! directory's contents; it is not a sandbox against convenor's own code, which could take the
+//! effective root back.
 
 use std::{os::unix::fs::MetadataExt as _, path::Path};
 
@@ -44,14 +46,15 @@ pub struct Owner {
 }
 
 /// When this process is root and `state_dir` exists and belongs to another user: from now on
-/// every file this process opens, creates or searches is checked as that user and group would
-/// be, except that searching and reading are not refused (`CAP_DAC_READ_SEARCH`); every other
-/// capability is given up for good. Returns the owner. `None`, changing nothing, when the
+/// the process's effective user and group are that user's and group, with no supplementary
+/// groups, and its only capability is `CAP_DAC_READ_SEARCH` (searching and reading are not
+/// refused). Warns of entries in the directory the owner does not own (left by an earlier
+/// version run as root: the service cannot write them). Returns the owner. `None`, changing nothing, when the
 /// process is not root, the directory does not exist yet (systemd adopts a directory root made,
 /// whole, at the service's first start) or root owns it.
 ///
-/// Call it before the process starts a thread: file-system ids and capabilities belong to a
-/// thread, and only threads started afterwards inherit them.
+/// Call it before the process starts a thread: capabilities belong to a thread, and only
+/// threads started afterwards inherit them (it refuses when there is more than one).
 pub fn act_as_owner(state_dir: &Path) -> Result<Option<Owner>, OwnerError> {
     if !rustix::process::geteuid().is_root() {
         return Ok(None);
@@ -64,39 +67,89 @@ pub fn act_as_owner(state_dir: &Path) -> Result<Option<Owner>, OwnerError> {
         uid: meta.uid(),
         gid: meta.gid(),
     };
+    let threads = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+        });
     let failed = |source: std::io::Error| OwnerError {
         dir: state_dir.display().to_string(),
         uid: owner.uid,
         gid: owner.gid,
         source,
     };
+    if threads != Some(1) {
+        return Err(failed(std::io::Error::other(format!(
+            "the process must have one thread here, not {threads:?}"
+        ))));
+    }
+    // The C library's calls, which change every thread (the system calls change only the
+    // calling one); group first, while root may still change it. -1 keeps the real and saved
+    // ids (root's); the file-system ids follow the effective ones.
     // SAFETY: plain system-call wrappers; the only pointer is the null, empty list of groups.
+    let keep = libc::uid_t::MAX;
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(keep, owner.gid, keep) != 0
+            || libc::setresuid(keep, owner.uid, keep) != 0
+        {
             return Err(failed(std::io::Error::last_os_error()));
         }
-        // Each returns the previous id and cannot report failure: asking again tells.
-        libc::setfsgid(owner.gid);
-        libc::setfsuid(owner.uid);
-        if libc::setfsgid(owner.gid) as u32 != owner.gid
-            || libc::setfsuid(owner.uid) as u32 != owner.uid
-        {
-            return Err(failed(std::io::Error::other(
-                "the file-system user or group did not change",
-            )));
-        }
     }
-    // Leaving file-system id 0 dropped the file capabilities from the effective set; keep the
-    // one to search and read, and nothing else, permitted either.
-    let keep = CapabilitySet::DAC_READ_SEARCH;
+    if rustix::process::geteuid().as_raw() != owner.uid
+        || rustix::process::getegid().as_raw() != owner.gid
+    {
+        return Err(failed(std::io::Error::other(
+            "the effective user or group did not change",
+        )));
+    }
+    // Leaving effective user 0 emptied the effective capabilities (the permitted ones stay,
+    // as the real user is still root): keep the one to search and read, and nothing else.
+    let read_search = CapabilitySet::DAC_READ_SEARCH;
     rustix::thread::set_capabilities(
         None,
         CapabilitySets {
-            effective: keep,
-            permitted: keep,
+            effective: read_search,
+            permitted: read_search,
             inheritable: CapabilitySet::empty(),
         },
     )
     .map_err(|e| failed(e.into()))?;
+    warn_of_foreign_files(state_dir, owner);
     Ok(Some(owner))
+}
+
+/// Warns (on stderr) of the entries of `state_dir` and of its outbox that `owner` does not
+/// own: an earlier version run as root left them, and neither the service nor this command
+/// can write them.
+fn warn_of_foreign_files(state_dir: &Path, owner: Owner) {
+    let mut foreign = Vec::new();
+    for dir in [state_dir.to_path_buf(), state_dir.join("outbox")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .metadata()
+                .is_ok_and(|m| m.uid() != owner.uid && !m.is_symlink())
+            {
+                foreign.push(entry.path().display().to_string());
+            }
+        }
+    }
+    if !foreign.is_empty() {
+        crate::logging::to_stderr(
+            tracing::Level::WARN,
+            &format!(
+                "not the state directory owner's (uid {}), so the service cannot write them: \
+                 {}; give them back with `chown {}:{}` on each",
+                owner.uid,
+                foreign.join(", "),
+                owner.uid,
+                owner.gid,
+            ),
+        );
+    }
 }

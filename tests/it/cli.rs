@@ -677,7 +677,16 @@ fn a_root_command_works_in_the_state_directory_as_its_owner() {
         let victim = guarded.join("victim");
         std::os::unix::fs::symlink(&victim, fresh.join("agenda.sqlite3")).expect("link");
         hand_over(&fresh);
+        // And a file an earlier version, run as root, left: named in a warning.
+        let stray = fresh.join("left-by-root");
+        std::fs::write(&stray, "").expect("write");
         let out = add(&mut Command::new(&bin), "Green bonds");
+        assert!(
+            text(&out.stderr).contains("not the state directory owner's")
+                && text(&out.stderr).contains("state/left-by-root"),
+            "{}",
+            text(&out.stderr)
+        );
         assert!(!out.status.success(), "root followed the owner's link");
         assert!(!victim.exists(), "root wrote through the owner's link");
         assert!(
