@@ -91,13 +91,15 @@ enum Comparison {
 
 /// Compares `now` (the fields of a meeting under `config`) with `before`.
 fn compare(before: &Significant, now: &Significant, config: &Config) -> Comparison {
-    let others = |s: &Significant| (s.location.clone(), s.join_url.clone(), s.status.clone());
-    if others(before) != others(now) {
+    if (&before.location, &before.join_url, &before.status)
+        != (&now.location, &now.join_url, &now.status)
+    {
         return Comparison::Moved;
     }
-    let local = |s: &Significant| (s.date.clone(), s.start.clone(), s.end.clone());
+    let same_local =
+        (&before.date, &before.start, &before.end) == (&now.date, &now.start, &now.end);
     match before.other_zone(now) {
-        None if local(before) == local(now) => Comparison::Same,
+        None if same_local => Comparison::Same,
         None | Some(None) => Comparison::Moved,
         Some(Some(old)) => {
             let tz = &config.network.time_zone;

@@ -49,9 +49,9 @@ pub struct Owner {
 /// the process's effective user and group are that user's and group, with no supplementary
 /// groups, and its only capability is `CAP_DAC_READ_SEARCH` (searching and reading are not
 /// refused). Warns of entries in the directory the owner does not own (left by an earlier
-/// version run as root: the service cannot write them). Returns the owner. `None`, changing nothing, when the
-/// process is not root, the directory does not exist yet (systemd adopts a directory root made,
-/// whole, at the service's first start) or root owns it.
+/// version run as root: the service cannot write them). Returns the owner. `None`, changing
+/// nothing, when the process is not root, the directory does not exist yet (systemd adopts a
+/// directory root made, whole, at the service's first start) or root owns it.
 ///
 /// Call it before the process starts a thread: capabilities belong to a thread, and only
 /// threads started afterwards inherit them (it refuses when there is more than one).

@@ -72,9 +72,7 @@ impl NewRow<'_> {
 }
 
 /// Notices (change or cancellation) a significant change of `meeting` queues, keyed by the new
-/// SEQUENCE. None for a meeting that has started by `now`: its notice could only be skipped
-/// (its deadline is the start), and a change of zone would otherwise queue one for every past
-/// meeting.
+/// SEQUENCE. [`reconcile`] asks only for a meeting still to come.
 fn notices(
     config: &Config,
     meeting: &Meeting,
@@ -85,9 +83,6 @@ fn notices(
     let cancelled = revision::is_cancellation(before, meeting);
     let tz = &config.network.time_zone;
     let starts = meeting.starts_at(tz);
-    if starts <= now {
-        return Vec::new();
-    }
     config
         .emails
         .iter()
@@ -172,13 +167,20 @@ pub fn reconcile(
             continue;
         }
         if let Change::Significant { before } = &change {
-            let queued = notices(config, meeting, before, rev.sequence, now);
+            // A meeting that has started gets no notice: it could only be skipped (its deadline
+            // is the start), and a change of zone would queue one for every past meeting.
+            let started = meeting.starts_at(tz) <= now;
+            let queued = if started {
+                Vec::new()
+            } else {
+                notices(config, meeting, before, rev.sequence, now)
+            };
             out.notes.push(format!(
                 "meeting {} changed (SEQUENCE {} -> {}): {}",
                 meeting.id,
                 revisions.get(&meeting.id).map_or(0, |r| r.sequence),
                 rev.sequence,
-                if queued.is_empty() && meeting.starts_at(tz) <= now {
+                if started {
                     "it has started: no notice".to_owned()
                 } else if queued.is_empty() {
                     "no notice in the schedule".to_owned()
