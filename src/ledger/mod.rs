@@ -199,6 +199,10 @@ pub struct Replan {
     /// clears the stamp: writes not made by reconciling a whole config may leave the ledger out
     /// of step with any config, so the next start reconciles in full.
     pub stamp: Option<String>,
+    /// The zone to record in the `revision_history` rows stored before zones were recorded
+    /// (the zone configured when this build first reconciles them), so a change notice shows
+    /// their time in it; `None`: nothing to fill.
+    pub history_zone: Option<String>,
 }
 
 impl Replan {
@@ -208,6 +212,7 @@ impl Replan {
             && self.inserts.is_empty()
             && self.reschedules.is_empty()
             && self.withdrawals.is_empty()
+            && self.history_zone.is_none()
     }
 }
 

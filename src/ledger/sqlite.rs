@@ -497,6 +497,15 @@ impl Store for SqliteStore {
                     history.execute(params![id, sequence, json])?;
                 }
             }
+            if let Some(zone) = &replan.history_zone {
+                tx.execute(
+                    "UPDATE revision_history \
+                     SET revision = json_set(revision, '$.significant.zone', ?1) \
+                     WHERE json_type(revision, '$.significant.zone') IS NULL \
+                        OR json_type(revision, '$.significant.zone') = 'null'",
+                    params![zone],
+                )?;
+            }
             // Many rows per statement: a first start inserts ~8 rows per meeting, and SQLite's
             // per-statement work (cursors on the table and both indexes) was most of it.
             for chunk in replan.inserts.chunks(INSERT_BATCH) {

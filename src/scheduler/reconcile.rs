@@ -159,6 +159,11 @@ pub fn reconcile(
     let mut out = Reconciled::default();
     // The keys of existing rows the config still wants (only rows can be withdrawn).
     let mut wanted: HashSet<&MailKey> = HashSet::new();
+    // Revisions from before zones were recorded were in the zone configured now (see
+    // `revision::Significant::zone`); their older history rows get it too.
+    if revisions.values().any(|r| r.significant.zone.is_none()) {
+        out.replan.history_zone = Some(config.network.time_zone_name.clone());
+    }
 
     for meeting in &config.meetings {
         let (rev, change) =

@@ -695,8 +695,9 @@ fn recipients_done_with_accumulate_and_an_old_ledger_gets_the_column() {
 }
 
 /// A ledger file written before zones were recorded (its revisions carry no zone) is brought
-/// up to date by the next reconciliation: every revision, and the history entry at its
-/// SEQUENCE, gains the zone configured then, with nothing visible moving (same SEQUENCE and
+/// up to date by the next reconciliation: every revision and every history row (of a meeting
+/// since removed too) gains the zone configured then, with nothing visible moving (same
+/// SEQUENCE and
 /// LAST-MODIFIED, no notice). A change of zone after that is seen as the move it is: SEQUENCE
 /// 1, one change notice, and the revision before it names the old zone.
 #[test]
@@ -746,6 +747,13 @@ fn revisions_stored_without_a_zone_gain_it_and_a_later_change_of_zone_is_a_move(
         assert_eq!(changed, 1, "{table}");
     }
     conn.execute("DELETE FROM plan_stamp", []).expect("stamp");
+    // And the history of a meeting no longer in the config, written then too.
+    conn.execute(
+        "INSERT INTO revision_history (meeting, sequence, revision) \
+         SELECT 'gone', 0, revision FROM revision_history WHERE meeting = 'soon'",
+        [],
+    )
+    .expect("an older history row");
     let old = store.revision(&soon).expect("read").expect("revision");
     assert_eq!(old.significant.zone, None);
 
@@ -758,6 +766,15 @@ fn revisions_stored_without_a_zone_gain_it_and_a_later_change_of_zone_is_a_move(
             .expect("read")
             .and_then(|r| r.significant.zone),
         Some(zone.to_owned())
+    );
+    let gone = convenor::model::MeetingId::parse("gone").expect("id");
+    assert_eq!(
+        store
+            .revision_at(&gone, 0)
+            .expect("read")
+            .and_then(|r| r.significant.zone),
+        Some(zone.to_owned()),
+        "history rows without a zone get the one configured then"
     );
     let notices = |store: &SqliteStore| {
         store
