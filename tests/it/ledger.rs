@@ -697,9 +697,8 @@ fn recipients_done_with_accumulate_and_an_old_ledger_gets_the_column() {
 /// A ledger file written before zones were recorded (its revisions carry no zone) is brought
 /// up to date by the next reconciliation: every revision and every history row (of a meeting
 /// since removed too) gains the zone configured then, with nothing visible moving (same
-/// SEQUENCE and
-/// LAST-MODIFIED, no notice). A change of zone after that is seen as the move it is: SEQUENCE
-/// 1, one change notice, and the revision before it names the old zone.
+/// SEQUENCE and LAST-MODIFIED, no notice). A change of zone after that is seen as the move it
+/// is: SEQUENCE 1, one change notice, and the revision before it names the old zone.
 #[test]
 fn revisions_stored_without_a_zone_gain_it_and_a_later_change_of_zone_is_a_move() {
     use crate::support::write_config;
