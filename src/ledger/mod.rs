@@ -159,6 +159,11 @@ pub struct LedgerRow {
     /// it for them while it put others off with a 4xx). Later attempts go to the others only,
     /// so nobody gets the mail twice. Usually empty.
     pub done_recipients: Vec<String>,
+    /// Why the config stopped wanting the mail while it was being sent (`sending`): a
+    /// reconciliation cannot take a mail back from the server, so it marks the row, and an
+    /// attempt that does not send it (a retry, a failure, a crash) leaves it `skipped` with
+    /// this reason instead of trying again. Cleared when the config wants the mail again.
+    pub withdrawn: Option<String>,
 }
 
 /// A due instant that moved (the meeting or the schedule entry moved), or a withdrawn mail that
@@ -189,10 +194,14 @@ pub struct Replan {
     /// New rows (inserted only when absent).
     pub inserts: Vec<LedgerRow>,
     /// Rows not yet sent whose due instant changed: back to `pending` with the new times, no
-    /// attempts, and planned (`created`) again at the reconciliation's `now`. Rows in `sent` or
-    /// `sending` are never touched.
+    /// attempts, and planned (`created`) again at the reconciliation's `now`. A row being sent
+    /// (`sending`) takes the new times and keeps its state and attempts, so whatever the attempt
+    /// in flight ends in, the row follows the meeting; its [`LedgerRow::withdrawn`] mark is
+    /// cleared. Rows in `sent` are never touched.
     pub reschedules: Vec<Reschedule>,
-    /// `pending` or `held` rows no longer wanted, with the reason: they become `skipped`.
+    /// Rows no longer wanted, with the reason: `pending` and `held` ones become `skipped`; one
+    /// being sent is marked ([`LedgerRow::withdrawn`]) and becomes `skipped` unless the attempt
+    /// in flight sends it.
     pub withdrawals: Vec<(MailKey, String)>,
     /// The digest of the config these writes reconcile the ledger with
     /// ([`crate::digest::config_digest`]), stored with them as the ledger's plan stamp. `None`
@@ -352,6 +361,23 @@ pub trait Store: Send {
             .map(|r| r.message_id))
     }
 
+    /// The change and cancellation notices (occurrence above 0) of one meeting, schedule entry
+    /// and recipient, in any state, by occurrence. The default scans every row; a store with an
+    /// index answers from it (sending a notice asks this once).
+    fn notices(&self, key: &MailKey) -> Result<Vec<LedgerRow>, LedgerError> {
+        let mut out: Vec<LedgerRow> = self
+            .rows()?
+            .into_iter()
+            .filter(|r| {
+                r.key.occurrence > 0
+                    && (&r.key.meeting, &r.key.email, &r.key.audience)
+                        == (&key.meeting, &key.email, &key.audience)
+            })
+            .collect();
+        out.sort_by_key(|r| r.key.occurrence);
+        Ok(out)
+    }
+
     /// A cheap probe that the store answers (`/healthz`). The default reads every row; a store
     /// with a cheaper query overrides it.
     fn ping(&self) -> Result<(), LedgerError> {
@@ -384,7 +410,9 @@ pub trait Store: Send {
     fn pin_uid_domain(&mut self, proposed: &str) -> Result<String, LedgerError>;
 
     /// After a crash: every row left in `sending` goes back to `pending` (same Message-ID,
-    /// no backoff), to be sent again. Returns their keys.
+    /// no backoff), to be sent again, except one withdrawn while it was being sent
+    /// ([`LedgerRow::withdrawn`]), which becomes `skipped`. Returns the keys of the rows put
+    /// back to `pending`.
     fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError>;
 
     /// Claims a due mail: `pending -> sending` and one more attempt, only if it is still
@@ -394,13 +422,29 @@ pub trait Store: Send {
     /// moved it or it is no longer sendable (the next decision skips or fails it, with why).
     fn claim(&mut self, key: &MailKey, now: Timestamp) -> Result<Option<LedgerRow>, LedgerError>;
 
-    /// Records an outcome for a row in state `from`; false when the row was no longer in `from`.
+    /// Records an outcome for a row in state `from`, and returns the state it left the row in:
+    /// the outcome's, except that a retry or failure of a row withdrawn while it was being sent
+    /// ([`LedgerRow::withdrawn`]) leaves it `skipped`. `None` when the row was no longer in
+    /// `from`.
     fn settle(
         &mut self,
         key: &MailKey,
         from: MailState,
         outcome: &Outcome,
-    ) -> Result<bool, LedgerError>;
+    ) -> Result<Option<MailState>, LedgerError>;
+
+    /// Records what [`crate::scheduler::decide()`] chose for a `pending` `row` without sending
+    /// it (skip, hold, fail), only if the row is still as it was read: pending, with the same
+    /// due instant, deadline, start, attempts, next attempt and planning instant. A decision is
+    /// made from rows read at the start of a pass; a reload during that pass's sends may move
+    /// the row, and the move must win (the next pass decides again), or a mail moved to next
+    /// week would be skipped for the grace it had before. False when the row changed.
+    fn settle_decided(&mut self, row: &LedgerRow, outcome: &Outcome) -> Result<bool, LedgerError>;
+
+    /// Why the row of `key` was withdrawn while it was being sent ([`LedgerRow::withdrawn`]),
+    /// if it was: the outbox asks just before composing, so a mail whose meeting a reload
+    /// cancelled after the claim is not sent.
+    fn withdrawn(&self, key: &MailKey) -> Result<Option<String>, LedgerError>;
 
     /// `held -> pending` for the rows matching `filter`, marked released so the clock-jump guard
     /// lets them through. Returns how many.
@@ -427,7 +471,13 @@ pub fn view(row: &LedgerRow) -> LedgerView {
     LedgerView {
         state: row.state.as_str().to_owned(),
         attempts: row.attempts,
-        detail: row.last_error.clone(),
+        // Being sent and withdrawn meanwhile: what the attempt's end will make of it.
+        detail: match (&row.withdrawn, row.state) {
+            (Some(why), MailState::Sending) => {
+                Some(format!("{why} (unless this attempt sends it)"))
+            }
+            _ => row.last_error.clone(),
+        },
         sent_at: row.sent_at.map(|t| t.to_string()),
     }
 }

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS mails (
     created_ms       INTEGER NOT NULL,
     released         INTEGER NOT NULL DEFAULT 0,
     done_rcpt        TEXT,
+    withdrawn        TEXT,
     PRIMARY KEY (meeting, email, audience, occurrence)
 );
 CREATE INDEX IF NOT EXISTS mails_by_state_due ON mails (state, due_ms);
@@ -63,7 +64,7 @@ CREATE TABLE IF NOT EXISTS plan_stamp (
 );
 ";
 
-/// The columns a new row is written with (`done_rcpt` starts NULL).
+/// The columns a new row is written with (`done_rcpt` and `withdrawn` start NULL).
 const INSERT_COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, deadline_ms, \
      starts_ms, state, attempts, next_attempt_ms, last_error, message_id, sent_at_ms, reply, \
      created_ms, released";
@@ -71,26 +72,36 @@ const INSERT_COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, dead
 /// The columns a row is read with ([`read_row`]).
 const COLUMNS: &str = "meeting, email, audience, occurrence, due_ms, deadline_ms, starts_ms, state, \
      attempts, next_attempt_ms, last_error, message_id, sent_at_ms, reply, created_ms, released, \
-     done_rcpt";
+     done_rcpt, withdrawn";
+
+/// The columns added to `mails` since its first version, in order: an older file gets each
+/// one it lacks. Nullable, so an older binary (after a rollback) still inserts rows.
+const ADDED_COLUMNS: [(&str, &str); 2] = [("done_rcpt", "TEXT"), ("withdrawn", "TEXT")];
 
 /// Brings a ledger written by an earlier version up to date. Only a file that needs it is
 /// written to: the check is a read, so opening a current ledger stays read-only.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let has = |conn: &Connection| -> rusqlite::Result<bool> {
-        conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('mails') WHERE name = 'done_rcpt'",
-            [],
-            |r| r.get(0),
-        )
+    let missing = |conn: &Connection| -> rusqlite::Result<Vec<(&str, &str)>> {
+        let mut out = Vec::new();
+        for (name, kind) in ADDED_COLUMNS {
+            let has: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('mails') WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )?;
+            if !has {
+                out.push((name, kind));
+            }
+        }
+        Ok(out)
     };
-    if has(conn)? {
+    if missing(conn)?.is_empty() {
         return Ok(());
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Checked again under the write lock: another process may have migrated it meanwhile.
-    if !has(&tx)? {
-        // Nullable: an older binary (after a rollback) inserts rows without it.
-        tx.execute_batch("ALTER TABLE mails ADD COLUMN done_rcpt TEXT")?;
+    for (name, kind) in missing(&tx)? {
+        tx.execute_batch(&format!("ALTER TABLE mails ADD COLUMN {name} {kind}"))?;
     }
     tx.commit()
 }
@@ -196,6 +207,7 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<LedgerRow> {
         created: ts(r.get(14)?)?,
         released: r.get(15)?,
         done_recipients: done_recipients(r.get(16)?),
+        withdrawn: r.get(17)?,
     })
 }
 
@@ -319,6 +331,97 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// [`Store::settle`], and when `read` is given, only if the row still has the times,
+    /// attempts and planning instant it was read with ([`Store::settle_decided`]).
+    fn settle_where(
+        &mut self,
+        key: &MailKey,
+        from: MailState,
+        outcome: &Outcome,
+        read: Option<&LedgerRow>,
+    ) -> Result<Option<MailState>, LedgerError> {
+        let to = outcome.state().as_str();
+        // A retry or failure of a row withdrawn while it was being sent leaves it skipped,
+        // with the withdrawal's reason (see `LedgerRow::withdrawn`).
+        let withdrawn_wins = "state = CASE WHEN withdrawn IS NULL THEN ?6 ELSE 'skipped' END";
+        // ?1-?4 the key, ?5 the expected state, ?6 the new state, ?7 on: the outcome's data.
+        let (set, data): (String, Vec<Value>) = match outcome {
+            Outcome::Sent { at, reply } => (
+                "state = ?6, sent_at_ms = ?7, reply = ?8, last_error = NULL, \
+                 next_attempt_ms = NULL"
+                    .into(),
+                vec![ms(*at).into(), reply.clone().into()],
+            ),
+            Outcome::Retry { at, error, done } => (
+                // The recipients reached are added to those of earlier attempts.
+                format!(
+                    "{withdrawn_wins}, next_attempt_ms = CASE WHEN withdrawn IS NULL THEN ?7 END, \
+                     last_error = COALESCE(withdrawn, ?8), {}",
+                    add_done("?9")
+                ),
+                vec![ms(*at).into(), error.clone().into(), lines(done)],
+            ),
+            Outcome::Failed { error, done } => (
+                // Kept too: a failed row comes back when its meeting moves.
+                format!(
+                    "{withdrawn_wins}, last_error = COALESCE(withdrawn, ?7), \
+                     next_attempt_ms = NULL, {}",
+                    add_done("?8")
+                ),
+                vec![error.clone().into(), lines(done)],
+            ),
+            Outcome::Skipped { reason: text } | Outcome::Held { reason: text } => (
+                "state = ?6, last_error = ?7, next_attempt_ms = NULL".into(),
+                vec![text.clone().into()],
+            ),
+        };
+        let mut values: Vec<Value> = vec![
+            key.meeting.clone().into(),
+            key.email.clone().into(),
+            key.audience.clone().into(),
+            key.occurrence.into(),
+            from.as_str().to_owned().into(),
+            to.to_owned().into(),
+        ];
+        values.extend(data);
+        let mut condition = format!("{KEY_WHERE} AND state = ?5");
+        if let Some(row) = read {
+            // As read: nothing a reconciliation writes leaves all of these as they were.
+            let n = values.len();
+            condition.push_str(&format!(
+                " AND due_ms = ?{} AND deadline_ms = ?{} AND starts_ms = ?{} \
+                 AND attempts = ?{} AND created_ms = ?{} AND next_attempt_ms IS ?{}",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6
+            ));
+            values.extend([
+                ms(row.due).into(),
+                ms(row.deadline).into(),
+                ms(row.starts).into(),
+                row.attempts.into(),
+                ms(row.created).into(),
+                row.next_attempt.map(ms).into(),
+            ]);
+        }
+        let statement = format!("UPDATE mails SET {set} WHERE {condition} RETURNING state");
+        let state: Option<String> = self.write(|tx| {
+            tx.query_row(&statement, rusqlite::params_from_iter(values), |r| r.get(0))
+                .optional()
+        })?;
+        state
+            .map(|text| {
+                MailState::parse(&text).ok_or_else(|| LedgerError::Corrupt {
+                    path: self.path.display().to_string(),
+                    detail: format!("unknown state `{text}` for {key}"),
+                })
+            })
+            .transpose()
+    }
+
     fn row(&self, key: &MailKey) -> Result<Option<LedgerRow>, LedgerError> {
         self.conn
             .query_row(
@@ -428,6 +531,20 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    fn notices(&self, key: &MailKey) -> Result<Vec<LedgerRow>, LedgerError> {
+        // A range of the primary key.
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM mails WHERE meeting = ?1 AND email = ?2 \
+                 AND audience = ?3 AND occurrence > 0 ORDER BY occurrence"
+            ))
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![key.meeting, key.email, key.audience], read_row)
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         self.conn
             .query_row("SELECT count(*) FROM mails", [], |r| r.get::<_, i64>(0))
@@ -468,16 +585,24 @@ impl Store for SqliteStore {
             .collect::<Result<_, _>>()?;
         // One transaction; each statement is prepared once (`prepare_cached`) and run per row:
         // preparing per row was half of this function's time at 5,000 meetings.
+        // A row being sent keeps its state and attempts: only its times follow (see
+        // `Replan::reschedules`); each statement matches the row in its own states only.
         let reschedule = format!(
             "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, created_ms = ?8, \
              state = 'pending', attempts = 0, next_attempt_ms = NULL, \
-             last_error = NULL, released = 0 \
+             last_error = NULL, released = 0, withdrawn = NULL \
              WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'skipped', 'failed')"
+        );
+        let reschedule_in_flight = format!(
+            "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, withdrawn = NULL \
+             WHERE {KEY_WHERE} AND state = 'sending'"
         );
         let withdraw = format!(
             "UPDATE mails SET state = 'skipped', last_error = ?5 \
              WHERE {KEY_WHERE} AND state IN ('pending', 'held')"
         );
+        let withdraw_in_flight =
+            format!("UPDATE mails SET withdrawn = ?5 WHERE {KEY_WHERE} AND state = 'sending'");
         let write = |tx: &rusqlite::Transaction<'_>| {
             if !revisions.is_empty() {
                 // SEQUENCE never goes down, whatever the caller computed.
@@ -551,17 +676,16 @@ impl Store for SqliteStore {
             }
             if !replan.reschedules.is_empty() {
                 let mut stmt = tx.prepare_cached(&reschedule)?;
+                let mut in_flight = tx.prepare_cached(&reschedule_in_flight)?;
                 for r in &replan.reschedules {
-                    stmt.execute(params![
-                        r.key.meeting,
-                        r.key.email,
-                        r.key.audience,
-                        r.key.occurrence,
-                        ms(r.due),
-                        ms(r.deadline),
-                        ms(r.starts),
-                        ms(r.created)
-                    ])?;
+                    let key = params![r.key.meeting, r.key.email, r.key.audience, r.key.occurrence];
+                    let times = params![ms(r.due), ms(r.deadline), ms(r.starts)];
+                    let moved = stmt.execute(rusqlite::params_from_iter(
+                        key.iter().chain(times).chain(params![ms(r.created)]),
+                    ))?;
+                    if moved == 0 {
+                        in_flight.execute(rusqlite::params_from_iter(key.iter().chain(times)))?;
+                    }
                 }
             }
             match &replan.stamp {
@@ -575,14 +699,13 @@ impl Store for SqliteStore {
             };
             if !replan.withdrawals.is_empty() {
                 let mut stmt = tx.prepare_cached(&withdraw)?;
+                let mut in_flight = tx.prepare_cached(&withdraw_in_flight)?;
                 for (key, reason) in &replan.withdrawals {
-                    stmt.execute(params![
-                        key.meeting,
-                        key.email,
-                        key.audience,
-                        key.occurrence,
-                        reason
-                    ])?;
+                    let values =
+                        params![key.meeting, key.email, key.audience, key.occurrence, reason];
+                    if stmt.execute(values)? == 0 {
+                        in_flight.execute(values)?;
+                    }
                 }
             }
             Ok(())
@@ -629,6 +752,12 @@ impl Store for SqliteStore {
 
     fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError> {
         self.write(|tx| {
+            // Withdrawn while it was being sent: not sent again (see `LedgerRow::withdrawn`).
+            tx.execute(
+                "UPDATE mails SET state = 'skipped', last_error = withdrawn, \
+                 next_attempt_ms = NULL WHERE state = 'sending' AND withdrawn IS NOT NULL",
+                [],
+            )?;
             let keys = {
                 let mut stmt = tx.prepare(
                     "SELECT meeting, email, audience, occurrence FROM mails \
@@ -682,46 +811,28 @@ impl Store for SqliteStore {
         key: &MailKey,
         from: MailState,
         outcome: &Outcome,
-    ) -> Result<bool, LedgerError> {
-        let to = outcome.state().as_str();
-        // ?1-?4 the key, ?5 the expected state, ?6 the new state, ?7 on: the outcome's data.
-        let (set, data): (String, Vec<Value>) = match outcome {
-            Outcome::Sent { at, reply } => (
-                "sent_at_ms = ?7, reply = ?8, last_error = NULL, next_attempt_ms = NULL".into(),
-                vec![ms(*at).into(), reply.clone().into()],
-            ),
-            Outcome::Retry { at, error, done } => (
-                // The recipients reached are added to those of earlier attempts.
-                format!("next_attempt_ms = ?7, last_error = ?8, {}", add_done("?9")),
-                vec![ms(*at).into(), error.clone().into(), lines(done)],
-            ),
-            Outcome::Failed { error, done } => (
-                // Kept too: a failed row comes back when its meeting moves.
-                format!(
-                    "last_error = ?7, next_attempt_ms = NULL, {}",
-                    add_done("?8")
-                ),
-                vec![error.clone().into(), lines(done)],
-            ),
-            Outcome::Skipped { reason: text } | Outcome::Held { reason: text } => (
-                "last_error = ?7, next_attempt_ms = NULL".into(),
-                vec![text.clone().into()],
-            ),
-        };
-        let statement =
-            format!("UPDATE mails SET state = ?6, {set} WHERE {KEY_WHERE} AND state = ?5");
-        let mut values: Vec<Value> = vec![
-            key.meeting.clone().into(),
-            key.email.clone().into(),
-            key.audience.clone().into(),
-            key.occurrence.into(),
-            from.as_str().to_owned().into(),
-            to.to_owned().into(),
-        ];
-        values.extend(data);
-        let changed =
-            self.write(|tx| tx.execute(&statement, rusqlite::params_from_iter(values)))?;
-        Ok(changed > 0)
+    ) -> Result<Option<MailState>, LedgerError> {
+        self.settle_where(key, from, outcome, None)
+    }
+
+    fn settle_decided(&mut self, row: &LedgerRow, outcome: &Outcome) -> Result<bool, LedgerError> {
+        Ok(self
+            .settle_where(&row.key, MailState::Pending, outcome, Some(row))?
+            .is_some())
+    }
+
+    fn withdrawn(&self, key: &MailKey) -> Result<Option<String>, LedgerError> {
+        self.conn
+            .prepare_cached(&format!("SELECT withdrawn FROM mails WHERE {KEY_WHERE}"))
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![key.meeting, key.email, key.audience, key.occurrence],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()
+            })
+            .map(Option::flatten)
+            .map_err(|e| self.err(e))
     }
 
     fn release(&mut self, filter: &ReleaseFilter) -> Result<usize, LedgerError> {

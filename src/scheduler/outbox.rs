@@ -104,6 +104,11 @@ impl<S: Store> MailOutbox<S> {
             done: Vec::new(),
         };
         let store = lock(&self.store);
+        // A reload that withdrew the mail after it was claimed (its meeting cancelled): not sent,
+        // and the settle leaves the row skipped with this reason.
+        if let Some(reason) = store.withdrawn(key).map_err(ledger)? {
+            return Err(permanent(reason));
+        }
         // Under the store lock: the config and parts published with the plan this row is in.
         let config = config.borrow().clone();
         let parts = self.parts();
@@ -122,12 +127,18 @@ impl<S: Store> MailOutbox<S> {
             .revision(&meeting.id)
             .map_err(ledger)?
             .ok_or_else(|| permanent(format!("no revision stored for `{}`", meeting.id)))?;
-        // A notice's occurrence is the SEQUENCE it announces; the one before is the old state.
+        // A notice's occurrence is the SEQUENCE it announces; the old state is the one before,
+        // or before the notices it superseded unsent (`reconcile::announced_from`): what its
+        // recipients last heard.
         let before = match rule.trigger {
-            Trigger::OnChange | Trigger::OnCancel if key.occurrence > 0 => store
-                .revision_at(&meeting.id, key.occurrence - 1)
-                .map_err(ledger)?
-                .map(|r| r.significant),
+            Trigger::OnChange | Trigger::OnCancel if key.occurrence > 0 => {
+                let notices = store.notices(key).map_err(ledger)?;
+                let from = super::reconcile::announced_from(&notices, key.occurrence);
+                store
+                    .revision_at(&meeting.id, from)
+                    .map_err(ledger)?
+                    .map(|r| r.significant)
+            }
             _ => None,
         };
         // Thread every mail about a meeting under the first one that went out.

@@ -2,7 +2,10 @@
 //! which revisions to store and which change notices to queue.
 //!
 //! Run at start and at every reload. Idempotent: reconciling the same config against the rows
-//! it produced yields nothing to write. Rows already `sent` (or being sent) are never touched.
+//! it produced yields nothing to write. Rows already `sent` are never touched; a row being sent
+//! takes new times, or a withdrawal mark, that the attempt in flight ends in (see
+//! [`crate::ledger::Replan`]). A notice not yet sent is withdrawn when a newer one for the same
+//! meeting, schedule entry and recipient is queued ([`SUPERSEDED`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,6 +21,33 @@ use crate::{
 /// Every withdrawal reason starts with this, so a mail withdrawn by a config change can be
 /// wanted again by a later one (a cancelled meeting reinstated).
 pub const WITHDRAWN: &str = "withdrawn: ";
+
+/// The reason a notice not yet sent is withdrawn for when a later change of its meeting queues
+/// a newer one for the same schedule entry and recipient, followed by the newer one's number.
+/// Both would show the meeting as it is now; the newer one tells what changed since the last
+/// notice that went out ([`announced_from`]).
+pub const SUPERSEDED: &str = "withdrawn: superseded by notice #";
+
+/// The SEQUENCE whose revision a notice of `occurrence` shows as "before": the one before the
+/// oldest of the notices (of one meeting, schedule entry and recipient: `notices`, any order)
+/// that the notice superseded without any of them going out. Recipients last heard of the
+/// meeting as it was then, not as the notices that never reached them would have said.
+pub fn announced_from(notices: &[LedgerRow], occurrence: u32) -> u32 {
+    let superseded = |o: u32| {
+        notices.iter().any(|r| {
+            r.key.occurrence == o
+                && r.state == MailState::Skipped
+                && r.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(SUPERSEDED))
+        })
+    };
+    let mut from = occurrence;
+    while from > 1 && superseded(from - 1) {
+        from -= 1;
+    }
+    from - 1
+}
 
 /// What a reconciliation asks the ledger to write, and what to log about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,6 +97,7 @@ impl NewRow<'_> {
             created: now,
             released: false,
             done_recipients: Vec::new(),
+            withdrawn: None,
         }
     }
 }
@@ -133,6 +164,13 @@ fn lookup<'a>(
         .ok()
         .and_then(|id| config.email(&id));
     (meeting, rule)
+}
+
+/// A key without its occurrence: which meeting, schedule entry and recipient.
+type Audience = (String, String, String);
+
+fn audience_of(key: &MailKey) -> Audience {
+    (key.meeting.clone(), key.email.clone(), key.audience.clone())
 }
 
 /// Why a row no longer wanted by the config is withdrawn.
@@ -203,8 +241,27 @@ pub fn reconcile(
         out.replan.revisions.push((meeting.id.clone(), rev));
     }
 
-    // Notices already queued stay wanted while their meeting and rule still call for them.
+    // The newest notice of each meeting, schedule entry and recipient, queued now or before.
+    // (Owned: the inserts go on growing below. Notices are few.)
+    let mut newest_notice: HashMap<Audience, u32> = HashMap::new();
+    for key in rows
+        .iter()
+        .map(|r| &r.key)
+        .chain(out.replan.inserts.iter().map(|r| &r.key))
+        .filter(|k| k.occurrence > 0)
+    {
+        let newest = newest_notice.entry(audience_of(key)).or_default();
+        *newest = (*newest).max(key.occurrence);
+    }
+    // Notices already queued stay wanted while their meeting and rule still call for them and
+    // no newer one is queued (that one tells what changed since the last that went out).
     for row in rows.iter().filter(|r| r.key.occurrence > 0) {
+        if newest_notice
+            .get(&audience_of(&row.key))
+            .is_some_and(|&newest| row.key.occurrence < newest)
+        {
+            continue;
+        }
         let keep = match lookup(config, &index, &row.key) {
             (Some(m), Some(rule)) => match rule.trigger {
                 Trigger::OnCancel => m.is_cancelled(),
@@ -240,14 +297,19 @@ pub fn reconcile(
                 }
                 .row(config, now),
             ),
-            Some(row) if matches!(row.state, MailState::Sent | MailState::Sending) => {}
+            Some(row) if row.state == MailState::Sent => {}
             Some(row) => {
+                // A row being sent takes the new times too (`Replan::reschedules`): whatever
+                // the attempt in flight ends in, the row follows the meeting.
                 let moved = (row.due, row.deadline, row.starts) != (due.due, due.deadline, starts);
-                let revived = row.state == MailState::Skipped
-                    && row
+                let revived = match row.state {
+                    MailState::Skipped => row
                         .last_error
                         .as_deref()
-                        .is_some_and(|e| e.starts_with(WITHDRAWN));
+                        .is_some_and(|e| e.starts_with(WITHDRAWN)),
+                    MailState::Sending => row.withdrawn.is_some(),
+                    _ => false,
+                };
                 if moved || revived {
                     out.notes.push(if moved {
                         format!("{key}: due moved from {} to {}", row.due, due.due)
@@ -273,10 +335,21 @@ pub fn reconcile(
     }
 
     for row in rows {
-        if wanted.contains(&row.key) || !matches!(row.state, MailState::Pending | MailState::Held) {
+        // A row being sent is withdrawn once: it is marked, and the attempt decides.
+        let withdrawable = match row.state {
+            MailState::Pending | MailState::Held => true,
+            MailState::Sending => row.withdrawn.is_none(),
+            _ => false,
+        };
+        if wanted.contains(&row.key) || !withdrawable {
             continue;
         }
-        let reason = withdrawal_reason(config, &index, &row.key);
+        let reason = match newest_notice.get(&audience_of(&row.key)) {
+            Some(&newest) if row.key.occurrence > 0 && row.key.occurrence < newest => {
+                format!("{SUPERSEDED}{newest}")
+            }
+            _ => withdrawal_reason(config, &index, &row.key),
+        };
         out.notes.push(format!("{}: skipped, {reason}", row.key));
         out.replan.withdrawals.push((row.key.clone(), reason));
     }

@@ -29,7 +29,7 @@ use super::{
     outbox::Outbox,
 };
 use crate::{
-    ledger::{LedgerError, MailKey, MailState, Outcome, Store},
+    ledger::{LedgerError, LedgerRow, MailKey, MailState, Outcome, Store},
     model::Config,
 };
 
@@ -159,10 +159,16 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                 lock(&self.store).settle(&first.key, MailState::Sending, &first.outcome)?;
             let done = unsettled.remove(0);
             let (meeting, email, to) = (&done.key.meeting, &done.key.email, &done.key.audience);
-            if recorded {
+            if let Some(state) = recorded {
                 tracing::info!(%meeting, %email, %to, message_id = %done.message_id,
                     "the outcome of an earlier attempt is recorded now");
-                log_outcome(&done.key, &done.message_id, done.attempt, &done.outcome);
+                log_outcome(
+                    &done.key,
+                    &done.message_id,
+                    done.attempt,
+                    &done.outcome,
+                    state,
+                );
             } else {
                 tracing::warn!(%meeting, %email, %to, message_id = %done.message_id,
                     "the outcome of an earlier attempt was not recorded: the row is no longer \
@@ -199,11 +205,10 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                  system clock, see them with `convenor plan`, release them with `convenor release`"
             );
         }
-        // Each row's Message-ID, for the log lines of mails skipped, held or failed here.
-        let message_ids: std::collections::HashMap<&MailKey, &str> = rows
-            .iter()
-            .map(|r| (&r.key, r.message_id.as_str()))
-            .collect();
+        // Each row as this pass read it: a decision not to send is recorded only on the row
+        // it was made from (`Store::settle_decided`).
+        let read: std::collections::HashMap<&MailKey, &LedgerRow> =
+            rows.iter().map(|r| (&r.key, r)).collect();
         for action in actions {
             // Checked before each claim: after the shutdown signal a pass starts nothing new.
             if stop.load(Ordering::SeqCst) {
@@ -215,20 +220,26 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
                     self.send(&key).await?;
                 }
                 other => {
-                    let message_id = message_ids.get(other.key()).copied().unwrap_or_default();
-                    self.record(&other, message_id)?;
+                    if let Some(row) = read.get(other.key()) {
+                        self.record(&other, row)?;
+                    }
                 }
             }
         }
         lock(&self.store).next_wake()
     }
 
-    fn record(&self, action: &Action, message_id: &str) -> Result<(), LedgerError> {
+    /// Records a decision not to send `row` (skip, hold, fail), unless a reload changed the
+    /// row since this pass read it: the next pass decides on the row as it is then.
+    fn record(&self, action: &Action, row: &LedgerRow) -> Result<(), LedgerError> {
         let Some(outcome) = action.outcome() else {
             return Ok(());
         };
         let key = action.key();
-        if !lock(&self.store).settle(key, MailState::Pending, &outcome)? {
+        let message_id = row.message_id.as_str();
+        if !lock(&self.store).settle_decided(row, &outcome)? {
+            tracing::info!(%message_id, "{key}: changed by a reload since this pass read it; \
+                decided again at the next pass");
             return Ok(());
         }
         let (meeting, email, to) = (&key.meeting, &key.email, &key.audience);
@@ -270,22 +281,30 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
             }
         };
         let settled = lock(&self.store).settle(key, MailState::Sending, &outcome);
-        if let Err(e) = settled {
-            tracing::error!(
-                %meeting, %email, %to, %message_id, attempt = row.attempts,
-                "the outcome of this attempt ({}) cannot be recorded in the ledger: {e}; the row \
-                 stays `sending` and the record is tried again at the next pass",
-                describe(&outcome)
-            );
-            self.unsettled_outcomes().push(Unsettled {
-                key: key.clone(),
-                message_id: row.message_id.clone(),
-                attempt: row.attempts,
-                outcome,
-            });
-            return Err(e);
+        let state = match settled {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(
+                    %meeting, %email, %to, %message_id, attempt = row.attempts,
+                    "the outcome of this attempt ({}) cannot be recorded in the ledger: {e}; the row \
+                     stays `sending` and the record is tried again at the next pass",
+                    describe(&outcome)
+                );
+                self.unsettled_outcomes().push(Unsettled {
+                    key: key.clone(),
+                    message_id: row.message_id.clone(),
+                    attempt: row.attempts,
+                    outcome,
+                });
+                return Err(e);
+            }
+        };
+        match state {
+            Some(state) => log_outcome(key, message_id, row.attempts, &outcome, state),
+            None => tracing::warn!(%meeting, %email, %to, %message_id,
+                "the outcome of this attempt ({}) was not recorded: the row is no longer \
+                 `sending`", describe(&outcome)),
         }
-        log_outcome(key, message_id, row.attempts, &outcome);
         Ok(())
     }
 
@@ -367,8 +386,18 @@ impl<S: Store, O: Outbox, C: Clock> Scheduler<S, O, C> {
 }
 
 /// The log line of an attempt's recorded outcome.
-fn log_outcome(key: &MailKey, message_id: &str, attempt: u32, outcome: &Outcome) {
+/// Logs an attempt's `outcome`, recorded as `state`: a retry or failure of a mail withdrawn
+/// while it was being sent is recorded as skipped (see [`LedgerRow::withdrawn`]).
+fn log_outcome(key: &MailKey, message_id: &str, attempt: u32, outcome: &Outcome, state: MailState) {
     let (meeting, email, to) = (&key.meeting, &key.email, &key.audience);
+    if state != outcome.state() {
+        tracing::warn!(
+            %meeting, %email, %to, %message_id, attempt,
+            "mail not sent ({}); the config withdrew it while it was being sent: {state}",
+            describe(outcome)
+        );
+        return;
+    }
     match outcome {
         Outcome::Sent { reply, .. } => {
             tracing::info!(%meeting, %email, %to, %message_id, %reply, "mail sent");

@@ -146,15 +146,13 @@ impl Sim {
                         self.store
                             .settle(k, MailState::Sending, &outcome)
                             .expect("settle")
+                            .is_some()
                     );
                 }
                 other => {
                     let outcome = other.outcome().expect("outcome");
-                    assert!(
-                        self.store
-                            .settle(other.key(), MailState::Pending, &outcome)
-                            .expect("settle")
-                    );
+                    let row = rows.iter().find(|r| &r.key == other.key()).expect("row");
+                    assert!(self.store.settle_decided(row, &outcome).expect("settle"));
                 }
             }
         }
@@ -431,6 +429,7 @@ fn a_claim_refuses_a_first_attempt_past_its_deadline_and_any_attempt_once_the_me
             sim.store
                 .settle(&week, MailState::Sending, &failed)
                 .expect("settle")
+                .is_some()
         );
         let row = sim.store.claim(&week, t(at)).expect("claim");
         assert_eq!(row.is_some(), claimed, "retry at {at}");
@@ -1284,7 +1283,7 @@ impl Store for SettleFailsOnce {
         key: &MailKey,
         from: MailState,
         outcome: &Outcome,
-    ) -> Result<bool, crate::ledger::LedgerError> {
+    ) -> Result<Option<MailState>, crate::ledger::LedgerError> {
         if from == MailState::Sending && !self.failed {
             self.failed = true;
             return Err(crate::ledger::LedgerError::Corrupt {
@@ -1293,6 +1292,16 @@ impl Store for SettleFailsOnce {
             });
         }
         self.inner.settle(key, from, outcome)
+    }
+    fn settle_decided(
+        &mut self,
+        row: &LedgerRow,
+        outcome: &Outcome,
+    ) -> Result<bool, crate::ledger::LedgerError> {
+        self.inner.settle_decided(row, outcome)
+    }
+    fn withdrawn(&self, key: &MailKey) -> Result<Option<String>, crate::ledger::LedgerError> {
+        self.inner.withdrawn(key)
     }
     fn release(&mut self, filter: &ReleaseFilter) -> Result<usize, crate::ledger::LedgerError> {
         self.inner.release(filter)
@@ -1461,3 +1470,5 @@ async fn a_reload_during_a_pass_reaches_the_next_mails_of_that_pass() {
         ]
     );
 }
+
+mod reload_races;

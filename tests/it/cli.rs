@@ -457,6 +457,7 @@ fn preview_shows_the_ledgers_sequence_message_id_thread_and_change() {
         store
             .settle(&call, MailState::Sending, &sent)
             .expect("settle")
+            .is_some()
     );
     // Then the meeting moved to 10:30: SEQUENCE 1, a change notice queued.
     let moved = original.replacen(

@@ -86,9 +86,12 @@ fn plan_shows_held_mail_and_release_lets_it_go() {
     let later = now + jiff::SignedDuration::from_mins(30);
     for action in decide(&store.rows().expect("rows"), later, &config.scheduler) {
         let outcome = action.outcome().expect("not a send");
-        store
-            .settle(action.key(), MailState::Pending, &outcome)
-            .expect("settle");
+        assert!(
+            store
+                .settle(action.key(), MailState::Pending, &outcome)
+                .expect("settle")
+                .is_some()
+        );
     }
     drop(store);
     let p = path.to_str().expect("utf-8");
@@ -152,6 +155,7 @@ fn one_meetings_revision_and_thread_root_agree_with_the_whole_ledger() {
             store
                 .settle(&row.key, MailState::Sending, &sent)
                 .expect("settle")
+                .is_some()
         );
     }
     let whole = |meeting: &str, except: &str| {
@@ -385,6 +389,7 @@ fn due_rows_and_next_wake_from_the_index_match_the_whole_ledger() {
         store
             .settle(&keys[0], MailState::Sending, &retry(at(1200)))
             .expect("settle")
+            .is_some()
     );
     store.claim(&keys[1], now).expect("claim").expect("claimed");
     let sent = Outcome::Sent {
@@ -395,6 +400,7 @@ fn due_rows_and_next_wake_from_the_index_match_the_whole_ledger() {
         store
             .settle(&keys[1], MailState::Sending, &sent)
             .expect("settle")
+            .is_some()
     );
     assert_eq!(
         check(&store, "a retry and a sent"),
@@ -410,6 +416,7 @@ fn due_rows_and_next_wake_from_the_index_match_the_whole_ledger() {
         store
             .settle(&keys[2], MailState::Pending, &skipped)
             .expect("settle")
+            .is_some()
     );
     let held = Outcome::Held {
         reason: "test".into(),
@@ -418,6 +425,7 @@ fn due_rows_and_next_wake_from_the_index_match_the_whole_ledger() {
         store
             .settle(&keys[3], MailState::Pending, &held)
             .expect("settle")
+            .is_some()
     );
     store
         .claim(&keys[4], at(901))
@@ -427,13 +435,19 @@ fn due_rows_and_next_wake_from_the_index_match_the_whole_ledger() {
         store
             .settle(&keys[4], MailState::Sending, &retry(at(960)))
             .expect("settle")
+            .is_some()
     );
     assert_eq!(check(&store, "retries only"), Some(at(960)));
 
     // Nothing pending: no wake.
     for (k, a) in [(&keys[0], at(1200)), (&keys[4], at(960))] {
         store.claim(k, a).expect("claim").expect("claimed");
-        assert!(store.settle(k, MailState::Sending, &sent).expect("settle"));
+        assert!(
+            store
+                .settle(k, MailState::Sending, &sent)
+                .expect("settle")
+                .is_some()
+        );
     }
     assert_eq!(check(&store, "all done"), None);
 }
@@ -491,6 +505,7 @@ fn rows_inserted_in_batches_read_back_whole_and_never_overwrite() {
         store
             .settle(first, MailState::Sending, &sent)
             .expect("settle")
+            .is_some()
     );
     let before = store.rows().expect("rows");
     store.apply(&replan).expect("apply again");
@@ -669,6 +684,7 @@ fn recipients_done_with_accumulate_and_an_old_ledger_gets_the_column() {
             store
                 .settle(&key, MailState::Sending, &retry(done))
                 .expect("settle")
+                .is_some()
         );
     }
     let reopened = SqliteStore::open_in(dir.path()).expect("reopen");
@@ -692,6 +708,54 @@ fn recipients_done_with_accumulate_and_an_old_ledger_gets_the_column() {
         rows.iter()
             .any(|r| r.key.meeting == "old" && r.done_recipients.is_empty())
     );
+}
+
+/// A ledger file from before rows kept the recipients done with and withdrawal marks gets
+/// both columns when opened. A reload that drops the mail from the schedule while it is being
+/// sent marks it, the mark is in the file, and the start after a crash leaves the mail skipped
+/// for that reason instead of sending it again.
+#[test]
+fn a_mail_withdrawn_in_flight_is_not_sent_again_after_a_crash_in_an_upgraded_ledger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_of = |offsets: &[i64]| {
+        load(
+            &soon_config(dir.path(), offsets, None),
+            &Environment::default(),
+        )
+        .expect("config")
+        .config
+    };
+    let now = Timestamp::now();
+    let file = dir.path().join("ledger.sqlite3");
+    {
+        let mut store = SqliteStore::open_in(dir.path()).expect("open");
+        replan(&mut store, &config_of(&[-5]), now).expect("replan");
+    }
+    {
+        let conn = rusqlite::Connection::open(&file).expect("open");
+        conn.execute_batch(
+            "ALTER TABLE mails DROP COLUMN withdrawn; ALTER TABLE mails DROP COLUMN done_rcpt",
+        )
+        .expect("drop columns");
+    }
+    let key = {
+        let mut store = SqliteStore::open_in(dir.path()).expect("open the old ledger");
+        let key = store.rows().expect("rows")[0].key.clone();
+        store.claim(&key, now).expect("claim").expect("claimed");
+        // SIGHUP with the mail gone from the schedule, while it is being sent; then a crash.
+        replan(&mut store, &config_of(&[]), now).expect("reload");
+        key
+    };
+    let reason = "withdrawn: the email is no longer in the schedule";
+    let mut store = SqliteStore::open_in(dir.path()).expect("reopen");
+    assert_eq!(
+        store.withdrawn(&key).expect("mark").as_deref(),
+        Some(reason)
+    );
+    assert_eq!(store.recover_sending().expect("recover"), []);
+    let row = store.rows().expect("rows").remove(0);
+    assert_eq!(row.state, MailState::Skipped, "{row:?}");
+    assert_eq!(row.last_error.as_deref(), Some(reason));
 }
 
 /// A ledger file written before zones were recorded (its revisions carry no zone) is brought

@@ -481,6 +481,7 @@ fn a_row_given_up_after_reaching_some_recipients_keeps_them_when_it_comes_back()
         store
             .settle(&row.key, MailState::Sending, &outcome)
             .expect("settle")
+            .is_some()
     );
     let row = store.rows().expect("rows")[0].clone();
     assert_eq!(row.state, MailState::Failed, "{row:?}");

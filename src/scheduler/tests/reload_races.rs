@@ -1,0 +1,458 @@
+//! A reload that lands while the loop is at work: on a row a pass decided about but has not
+//! recorded yet, on a row being sent, and on a change notice still to go out when the meeting
+//! changes again. Each test reconciles, claims and settles on a real SQLite ledger at given
+//! instants, the reload placed where the loop would meet it.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::scheduler::{
+    MailOutbox,
+    reconcile::{SUPERSEDED, WITHDRAWN, announced_from},
+};
+
+/// The config of [`MEETINGS`] with m1 cancelled.
+fn cancelled() -> Config {
+    config(&MEETINGS.replace(
+        "title = \"Meeting one\"",
+        "title = \"Meeting one\"\nstatus = \"cancelled\"",
+    ))
+}
+
+/// [`MEETINGS`] with m1 on another day.
+fn moved_to(date: &str) -> Config {
+    config(&MEETINGS.replace("2030-06-07", date))
+}
+
+fn transient() -> SendFailure {
+    SendFailure {
+        transient: true,
+        message: "421 4.3.0 try later".into(),
+        done: vec![],
+    }
+}
+
+/// What becomes of m1's day mail when a reload brings `during` while it is being sent and the
+/// attempt then ends as `ending` says: the row's state and last error.
+fn in_flight(during: &Config, ending: &str) -> (Sim, LedgerRow) {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let day = key("m1", "day", 0);
+    let row = sim
+        .store
+        .claim(&day, t("2030-06-06T08:00:00Z"))
+        .expect("claim")
+        .expect("claimed");
+    sim.load(during, t("2030-06-06T08:00:10Z"));
+    let at = t("2030-06-06T08:00:20Z");
+    let settled = match ending {
+        "retry" => sim.store.settle(
+            &day,
+            MailState::Sending,
+            &after_failure(&row, &transient(), at, &c.scheduler, 0.5),
+        ),
+        "refused" => sim.store.settle(
+            &day,
+            MailState::Sending,
+            &Outcome::Failed {
+                error: "550 5.1.1 no such list".into(),
+                done: vec![],
+            },
+        ),
+        "sent" => sim.store.settle(
+            &day,
+            MailState::Sending,
+            &Outcome::Sent {
+                at,
+                reply: "250 2.0.0 queued".into(),
+            },
+        ),
+        "crash" => {
+            let again = sim.store.recover_sending().expect("recover");
+            Ok(Some(if again.contains(&day) {
+                MailState::Pending
+            } else {
+                MailState::Skipped
+            }))
+        }
+        other => panic!("no ending {other}"),
+    };
+    let state = settled.expect("settle").expect("the row was sending");
+    let row = sim.row(&day);
+    assert_eq!(
+        state, row.state,
+        "{ending}: what settle reports is what it wrote"
+    );
+    (sim, row)
+}
+
+/// Reconciling `config` again, at `now`, writes nothing: the reload's plan stands whatever the
+/// attempt ended in (the plan stamp lets restarts skip reconciling, so it must).
+fn reconciles_to_nothing(sim: &Sim, config: &Config, now: Timestamp) {
+    let rows = sim.store.rows().expect("rows");
+    let revisions = sim.store.revisions().expect("revisions");
+    let again = reconcile(config, &rows, &revisions, now);
+    assert!(again.replan.is_empty(), "{:?}", again.replan);
+}
+
+/// A reload cancels the meeting while its day mail is being sent. The server cannot be asked to
+/// give the mail back, so the row is marked: an attempt that sends it leaves it sent, one that
+/// does not (a retry, a refusal, a crash before the reply) leaves it skipped for the
+/// cancellation, never pending for another try.
+#[test]
+fn a_mail_withdrawn_while_it_is_being_sent_is_not_tried_again() {
+    let reason = format!("{WITHDRAWN}meeting cancelled");
+    for (ending, state) in [
+        ("retry", MailState::Skipped),
+        ("refused", MailState::Skipped),
+        ("crash", MailState::Skipped),
+        ("sent", MailState::Sent),
+    ] {
+        let (mut sim, row) = in_flight(&cancelled(), ending);
+        assert_eq!(row.state, state, "{ending}: {row:?}");
+        assert_eq!(row.withdrawn.as_deref(), Some(reason.as_str()), "{ending}");
+        if state == MailState::Skipped {
+            assert_eq!(row.last_error.as_deref(), Some(reason.as_str()), "{ending}");
+            assert_eq!(row.next_attempt, None, "{ending}");
+        }
+        reconciles_to_nothing(&sim, &cancelled(), t("2030-06-06T08:00:30Z"));
+        let actions = sim.step(&cancelled().scheduler, t("2030-06-06T08:05:00Z"), ok);
+        assert!(
+            !actions.contains(&Action::Send(key("m1", "day", 0))),
+            "{ending}: {:?}",
+            kinds(&actions)
+        );
+    }
+}
+
+/// The meeting moves a week later while its day mail is being sent: whatever the attempt ends
+/// in, the row has the new due instant, deadline and start, so a retry goes on until the new
+/// start (not the old one) and a crash sends it when it is due again, not at once.
+#[test]
+fn a_mail_being_sent_when_its_meeting_moves_takes_the_new_times() {
+    let later = moved_to("2030-06-14");
+    for (ending, state) in [
+        ("retry", MailState::Pending),
+        ("crash", MailState::Pending),
+        ("sent", MailState::Sent),
+    ] {
+        let (sim, row) = in_flight(&later, ending);
+        assert_eq!(row.state, state, "{ending}");
+        assert_eq!(
+            (row.due, row.deadline, row.starts),
+            (
+                t("2030-06-13T08:00:00Z"),
+                t("2030-06-13T10:00:00Z"),
+                t("2030-06-14T09:00:00Z")
+            ),
+            "{ending}: the row follows the meeting"
+        );
+        assert_eq!(row.withdrawn, None, "{ending}");
+        assert_eq!(
+            row.attempts, 1,
+            "{ending}: the attempt in flight still counts"
+        );
+        reconciles_to_nothing(&sim, &later, t("2030-06-06T08:00:30Z"));
+    }
+    // Retried once the server is back, while the old day has passed: still sent, before the new
+    // start.
+    let (mut sim, _) = in_flight(&later, "retry");
+    let actions = sim.step(&later.scheduler, t("2030-06-13T08:30:00Z"), ok);
+    assert!(actions.contains(&Action::Send(key("m1", "day", 0))));
+}
+
+/// Cancelled and reinstated before the attempt in flight ends: the mark is gone, and a retry is
+/// a retry.
+#[test]
+fn a_mail_withdrawn_in_flight_and_wanted_again_before_the_attempt_ends_is_retried() {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let day = key("m1", "day", 0);
+    let row = sim
+        .store
+        .claim(&day, t("2030-06-06T08:00:00Z"))
+        .expect("claim")
+        .expect("claimed");
+    sim.load(&cancelled(), t("2030-06-06T08:00:05Z"));
+    assert!(sim.row(&day).withdrawn.is_some());
+    sim.load(&c, t("2030-06-06T08:00:10Z"));
+    assert_eq!(sim.row(&day).withdrawn, None, "wanted again");
+    let retry = after_failure(
+        &row,
+        &transient(),
+        t("2030-06-06T08:00:20Z"),
+        &c.scheduler,
+        0.5,
+    );
+    let state = sim
+        .store
+        .settle(&day, MailState::Sending, &retry)
+        .expect("settle");
+    assert_eq!(state, Some(MailState::Pending));
+    reconciles_to_nothing(&sim, &c, t("2030-06-06T08:00:30Z"));
+}
+
+/// A pass decides from the rows it read at its start; a reload during one of its sends moves a
+/// meeting whose day mail the same pass decided to skip (its grace had run out). The skip is
+/// not recorded over the move: the mail, now due next week, stays pending and goes out then.
+/// (m1's week mail, skipped before the reload, is brought back by it: the contrast.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_skip_decided_before_a_reload_yields_to_the_move_the_reload_made() {
+    let a2 = MEETINGS
+        .replace("m1", "a2")
+        .replace("2030-06-07", "2030-06-13");
+    let before = config(&format!("{MEETINGS}{a2}"));
+    let moved = config(&format!(
+        "{}{a2}",
+        MEETINGS.replace("2030-06-07", "2030-06-14")
+    ));
+    let mut sim = Sim::new();
+    sim.load(&before, t("2030-05-01T00:00:00Z"));
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(before));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let outbox = StandIn::new(&events);
+    let reload_store = store.clone();
+    let now = t("2030-06-06T11:00:00Z");
+    // The reload lands while the pass sends a2's week mail, after it decided to skip m1's day
+    // mail (due 08:00, grace 2 h) and before it records that.
+    let reloaded = moved.clone();
+    *outbox.first.lock().expect("lock") = Some(Box::new(move || {
+        let mut ledger = super::super::run::lock(&reload_store);
+        replan(&mut *ledger, &reloaded, now).expect("replan");
+        config_tx.send_replace(Arc::new(reloaded));
+    }));
+    let scheduler = super::super::Scheduler::new(
+        store.clone(),
+        outbox,
+        move || now,
+        config_rx,
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    scheduler.tick().await.expect("a pass");
+    assert_eq!(log(&events).len(), 1, "{:?}", log(&events));
+    let rows = super::super::run::lock(&store).rows().expect("rows");
+    let day = rows
+        .iter()
+        .find(|r| r.key == key("m1", "day", 0))
+        .expect("row");
+    assert_eq!(
+        (day.due, day.state),
+        (t("2030-06-13T08:00:00Z"), MailState::Pending),
+        "{day:?}"
+    );
+    let week = rows
+        .iter()
+        .find(|r| r.key == key("m1", "week", 0))
+        .expect("row");
+    assert_eq!(
+        (week.due, week.state),
+        (t("2030-06-07T08:00:00Z"), MailState::Pending)
+    );
+    // The next pass decides on the rows as they are: no timed mail of m1 is due (the change
+    // notice the move queued is).
+    drop(scheduler);
+    let mut sim = Sim {
+        _dir,
+        store: Arc::try_unwrap(store)
+            .ok()
+            .expect("one owner")
+            .into_inner()
+            .expect("lock"),
+    };
+    let actions = sim.step(&moved.scheduler, now, ok);
+    assert!(
+        actions
+            .iter()
+            .all(|a| a.key().meeting != "m1" || a.key().occurrence > 0),
+        "{:?}",
+        kinds(&actions)
+    );
+}
+
+/// A change notice that has not gone out yet (the relay is down) when the meeting changes
+/// again is superseded by the newer notice, not sent beside it (both would show the meeting as
+/// it is now) nor after the meeting, as it kept the start it was queued with.
+#[test]
+fn a_notice_not_yet_sent_is_superseded_by_the_next_change() {
+    let later = moved_to("2030-06-10");
+    let earlier = moved_to("2030-06-06");
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.load(&later, t("2030-06-05T00:00:00Z"));
+    let down = |_: &LedgerRow| Err(transient());
+    sim.step(&later.scheduler, t("2030-06-05T00:00:00Z"), down);
+    assert_eq!(sim.row(&key("m1", "change", 1)).state, MailState::Pending);
+    sim.load(&earlier, t("2030-06-05T00:10:00Z"));
+    let first = sim.row(&key("m1", "change", 1));
+    assert_eq!(first.state, MailState::Skipped);
+    assert_eq!(
+        first.last_error.as_deref(),
+        Some(format!("{SUPERSEDED}2").as_str())
+    );
+    assert_eq!(sim.row(&key("m1", "change", 2)).state, MailState::Pending);
+    reconciles_to_nothing(&sim, &earlier, t("2030-06-05T00:20:00Z"));
+    // The relay is back: the newer notice goes, the older never does (the week mail, moved
+    // into the past, is skipped by its grace).
+    let actions = sim.step(&earlier.scheduler, t("2030-06-05T00:30:00Z"), ok);
+    let notices: Vec<_> = kinds(&actions)
+        .into_iter()
+        .filter(|(k, _)| k.contains("/change/"))
+        .collect();
+    assert_eq!(notices, [("m1/change/list#2".to_owned(), "send")]);
+}
+
+/// A notice superseded while being sent is marked like any mail withdrawn in flight: sent if
+/// that attempt sends it, skipped otherwise.
+#[test]
+fn a_notice_superseded_while_it_is_being_sent_is_not_tried_again() {
+    let later = moved_to("2030-06-10");
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.load(&later, t("2030-06-05T00:00:00Z"));
+    let first = key("m1", "change", 1);
+    let row = sim
+        .store
+        .claim(&first, t("2030-06-05T00:00:01Z"))
+        .expect("claim")
+        .expect("claimed");
+    sim.load(&moved_to("2030-06-06"), t("2030-06-05T00:00:02Z"));
+    let retry = after_failure(
+        &row,
+        &transient(),
+        t("2030-06-05T00:00:03Z"),
+        &later.scheduler,
+        0.5,
+    );
+    let state = sim
+        .store
+        .settle(&first, MailState::Sending, &retry)
+        .expect("settle");
+    assert_eq!(state, Some(MailState::Skipped));
+    assert_eq!(
+        sim.row(&first).last_error.as_deref(),
+        Some(format!("{SUPERSEDED}2").as_str())
+    );
+}
+
+/// Which SEQUENCE a notice shows as "before": the one before it, unless it superseded notices
+/// that never went out, then the one before the oldest of those (what recipients last heard).
+#[test]
+fn a_notice_shows_what_changed_since_the_last_notice_that_went_out() {
+    let notice = |occurrence: u32, state: MailState, error: Option<&str>| LedgerRow {
+        key: key("m1", "change", occurrence),
+        state,
+        last_error: error.map(str::to_owned),
+        ..sample_row()
+    };
+    let superseded = format!("{SUPERSEDED}9");
+    let s = Some(superseded.as_str());
+    let late = Some("too late: due ...");
+    for (notices, occurrence, from) in [
+        (vec![], 1, 0),
+        (vec![notice(1, MailState::Sent, None)], 2, 1),
+        (vec![notice(1, MailState::Skipped, s)], 2, 0),
+        (
+            vec![
+                notice(1, MailState::Sent, None),
+                notice(2, MailState::Skipped, s),
+                notice(3, MailState::Skipped, s),
+            ],
+            4,
+            1,
+        ),
+        // Skipped for another reason (too late): it was its own notice, not superseded.
+        (vec![notice(1, MailState::Skipped, late)], 2, 1),
+        // A gap: notice 2 was never queued (the meeting had started, say).
+        (vec![notice(1, MailState::Skipped, s)], 3, 2),
+        (vec![notice(1, MailState::Failed, None)], 2, 1),
+    ] {
+        assert_eq!(
+            announced_from(&notices, occurrence),
+            from,
+            "notice #{occurrence} after {:?}",
+            notices
+                .iter()
+                .map(|n| (n.key.occurrence, n.state))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// A row to build others from.
+fn sample_row() -> LedgerRow {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    sim.row(&key("m1", "week", 0))
+}
+
+/// The real outbox, over a ledger shared the way the daemon shares it.
+fn outbox(store: &Arc<Mutex<SqliteStore>>, config: &Config) -> MailOutbox<SqliteStore> {
+    let parts = crate::daemon::mail_parts(config).expect("templates and transport");
+    MailOutbox::new(store.clone(), parts)
+}
+
+/// Between the claim and the compose, a reload cancels the meeting: the outbox composes
+/// nothing and the attempt ends as the withdrawal says, skipped.
+#[test]
+fn the_outbox_composes_no_mail_withdrawn_after_its_claim() {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let day = key("m1", "day", 0);
+    let row = sim
+        .store
+        .claim(&day, t("2030-06-06T08:00:00Z"))
+        .expect("claim")
+        .expect("claimed");
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let outbox = outbox(&store, &c);
+    replan(
+        &mut *super::super::run::lock(&store),
+        &cancelled(),
+        t("2030-06-06T08:00:01Z"),
+    )
+    .expect("reload");
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(cancelled()));
+    let Err(failure) = outbox.compose(&row, &rx, t("2030-06-06T08:00:02Z")) else {
+        panic!("a mail withdrawn after its claim was composed");
+    };
+    assert!(!failure.transient, "{failure:?}");
+    assert_eq!(failure.message, format!("{WITHDRAWN}meeting cancelled"));
+}
+
+/// The notice that superseded one never sent tells recipients the change since what they last
+/// heard: "Was" is the meeting's first day, not the one the unsent notice would have announced.
+#[test]
+fn the_notice_after_one_superseded_shows_the_time_before_that_one() {
+    let later = moved_to("2030-06-10");
+    let earlier = moved_to("2030-06-06");
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.load(&later, t("2030-06-05T00:00:00Z"));
+    sim.load(&earlier, t("2030-06-05T00:10:00Z"));
+    let second = sim.row(&key("m1", "change", 2));
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let outbox = outbox(&store, &earlier);
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(earlier));
+    let (message, _) = outbox
+        .compose(&second, &rx, t("2030-06-05T00:11:00Z"))
+        .expect("composed");
+    let text = String::from_utf8_lossy(&message.formatted()).to_string();
+    let was = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Was:"))
+        .unwrap_or_else(|| panic!("no Was line in {text}"));
+    assert!(was.contains("Friday 7 June 2030"), "{was}");
+    let now = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Now:"))
+        .expect("Now line");
+    assert!(now.contains("Thursday 6 June 2030"), "{now}");
+}
