@@ -262,16 +262,42 @@ pub fn reconcile(
         {
             continue;
         }
-        let keep = match lookup(config, &index, &row.key) {
-            (Some(m), Some(rule)) => match rule.trigger {
-                Trigger::OnCancel => m.is_cancelled(),
-                Trigger::OnChange => !m.is_cancelled(),
-                _ => false,
-            },
+        let (Some(meeting), Some(rule)) = lookup(config, &index, &row.key) else {
+            continue;
+        };
+        let keep = match rule.trigger {
+            Trigger::OnCancel => meeting.is_cancelled(),
+            Trigger::OnChange => !meeting.is_cancelled(),
             _ => false,
         };
-        if keep {
-            wanted.insert(&row.key);
+        if !keep {
+            continue;
+        }
+        wanted.insert(&row.key);
+        // A notice still to go out follows its meeting's start (moved after the notice was
+        // queued, without a newer one: the meeting had started by then), so none goes out
+        // after the meeting. Its due instant stays; its deadline is its grace, as when queued.
+        let starts = meeting.starts_at(tz);
+        let unsent = matches!(
+            row.state,
+            MailState::Pending | MailState::Held | MailState::Sending
+        );
+        if unsent && row.starts != starts {
+            out.notes.push(format!(
+                "{}: follows the meeting, now starting {starts}",
+                row.key
+            ));
+            out.replan.reschedules.push(Reschedule {
+                key: row.key.clone(),
+                due: row.due,
+                deadline: schedule::deadline(row.due, rule.grace, starts),
+                starts,
+                created: if row.state == MailState::Held {
+                    row.created
+                } else {
+                    now
+                },
+            });
         }
     }
 

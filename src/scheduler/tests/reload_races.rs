@@ -456,3 +456,41 @@ fn the_notice_after_one_superseded_shows_the_time_before_that_one() {
         .expect("Now line");
     assert!(now.contains("Thursday 6 June 2030"), "{now}");
 }
+
+/// A notice still to go out when its meeting moves without a newer notice (the meeting had
+/// started, so none was queued) takes the new start: it is never sent after the meeting.
+#[test]
+fn a_notice_still_to_go_out_follows_a_move_that_queues_no_newer_one() {
+    let later = moved_to("2030-06-10");
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.load(&later, t("2030-06-05T00:00:00Z"));
+    let down = |_: &LedgerRow| Err(transient());
+    sim.step(&later.scheduler, t("2030-06-05T00:00:00Z"), down);
+    let notice = key("m1", "change", 1);
+    assert_eq!(sim.row(&notice).starts, t("2030-06-10T09:00:00Z"));
+    // Moved back to the day before: it has started by the reload, so no newer notice.
+    let now = t("2030-06-06T09:30:00Z");
+    let earlier = moved_to("2030-06-06");
+    sim.load(&earlier, now);
+    let row = sim.row(&notice);
+    assert_eq!(
+        (row.state, row.starts),
+        (MailState::Pending, t("2030-06-06T09:00:00Z")),
+        "{row:?}"
+    );
+    assert!(
+        sim.store
+            .rows()
+            .expect("rows")
+            .iter()
+            .all(|r| r.key.occurrence <= 1)
+    );
+    reconciles_to_nothing(&sim, &earlier, now);
+    let actions = sim.step(&earlier.scheduler, t("2030-06-06T12:00:00Z"), ok);
+    assert!(
+        !actions.contains(&Action::Send(notice.clone())),
+        "{:?}",
+        kinds(&actions)
+    );
+}
