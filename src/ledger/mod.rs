@@ -162,7 +162,9 @@ pub struct LedgerRow {
     /// Why the config stopped wanting the mail while it was being sent (`sending`): a
     /// reconciliation cannot take a mail back from the server, so it marks the row, and an
     /// attempt that does not send it (a retry, a failure, a crash) leaves it `skipped` with
-    /// this reason instead of trying again. Cleared when the config wants the mail again.
+    /// this reason instead of trying again. Cleared when the config wants the mail again, and
+    /// whenever the row stops being sent (settle, recovery) or is claimed: a mark exists on a
+    /// `sending` row only.
     pub withdrawn: Option<String>,
 }
 
@@ -203,6 +205,11 @@ pub struct Replan {
     /// being sent is marked ([`LedgerRow::withdrawn`]) and becomes `skipped` unless the attempt
     /// in flight sends it.
     pub withdrawals: Vec<(MailKey, String)>,
+    /// Notices still to go out whose meeting moved without a newer notice being queued: only
+    /// their deadline and meeting start change (`due` and `created` of each are ignored); state,
+    /// attempts and next attempt stay, so a notice being retried goes on being retried until
+    /// the new start.
+    pub follows: Vec<Reschedule>,
     /// The digest of the config these writes reconcile the ledger with
     /// ([`crate::digest::config_digest`]), stored with them as the ledger's plan stamp. `None`
     /// clears the stamp: writes not made by reconciling a whole config may leave the ledger out
@@ -221,6 +228,7 @@ impl Replan {
             && self.inserts.is_empty()
             && self.reschedules.is_empty()
             && self.withdrawals.is_empty()
+            && self.follows.is_empty()
             && self.history_zone.is_none()
     }
 }

@@ -407,7 +407,10 @@ impl SqliteStore {
                 row.next_attempt.map(ms).into(),
             ]);
         }
-        let statement = format!("UPDATE mails SET {set} WHERE {condition} RETURNING state");
+        // The mark lives only while the row is `sending` (the SET's other expressions still
+        // read the value it had).
+        let statement =
+            format!("UPDATE mails SET {set}, withdrawn = NULL WHERE {condition} RETURNING state");
         let state: Option<String> = self.write(|tx| {
             tx.query_row(&statement, rusqlite::params_from_iter(values), |r| r.get(0))
                 .optional()
@@ -603,6 +606,10 @@ impl Store for SqliteStore {
         );
         let withdraw_in_flight =
             format!("UPDATE mails SET withdrawn = ?5 WHERE {KEY_WHERE} AND state = 'sending'");
+        let follow = format!(
+            "UPDATE mails SET deadline_ms = ?5, starts_ms = ?6 \
+             WHERE {KEY_WHERE} AND state IN ('pending', 'held', 'sending')"
+        );
         let write = |tx: &rusqlite::Transaction<'_>| {
             if !revisions.is_empty() {
                 // SEQUENCE never goes down, whatever the caller computed.
@@ -688,6 +695,19 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            if !replan.follows.is_empty() {
+                let mut stmt = tx.prepare_cached(&follow)?;
+                for f in &replan.follows {
+                    stmt.execute(params![
+                        f.key.meeting,
+                        f.key.email,
+                        f.key.audience,
+                        f.key.occurrence,
+                        ms(f.deadline),
+                        ms(f.starts)
+                    ])?;
+                }
+            }
             match &replan.stamp {
                 Some(digest) => tx
                     .prepare_cached(
@@ -755,7 +775,8 @@ impl Store for SqliteStore {
             // Withdrawn while it was being sent: not sent again (see `LedgerRow::withdrawn`).
             tx.execute(
                 "UPDATE mails SET state = 'skipped', last_error = withdrawn, \
-                 next_attempt_ms = NULL WHERE state = 'sending' AND withdrawn IS NOT NULL",
+                 next_attempt_ms = NULL, withdrawn = NULL \
+                 WHERE state = 'sending' AND withdrawn IS NOT NULL",
                 [],
             )?;
             let keys = {
@@ -786,7 +807,7 @@ impl Store for SqliteStore {
         let changed = self.write(|tx| {
             tx.execute(
                 &format!(
-                    "UPDATE mails SET state = 'sending', attempts = attempts + 1 \
+                    "UPDATE mails SET state = 'sending', attempts = attempts + 1, withdrawn = NULL \
                      WHERE {KEY_WHERE} AND state = 'pending' AND due_ms <= ?5 \
                      AND (next_attempt_ms IS NULL OR next_attempt_ms <= ?5) \
                      AND ?5 < starts_ms AND (attempts > 0 OR ?5 <= deadline_ms)"

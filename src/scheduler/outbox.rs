@@ -105,9 +105,15 @@ impl<S: Store> MailOutbox<S> {
         };
         let store = lock(&self.store);
         // A reload that withdrew the mail after it was claimed (its meeting cancelled): not sent,
-        // and the settle leaves the row skipped with this reason.
+        // and the settle leaves the row skipped with this reason. A transient failure, not a
+        // permanent one: should a reload want the mail again before the settle (the mark
+        // cleared), the row is retried instead of failed for good.
         if let Some(reason) = store.withdrawn(key).map_err(ledger)? {
-            return Err(permanent(reason));
+            return Err(SendFailure {
+                transient: true,
+                message: reason,
+                done: Vec::new(),
+            });
         }
         // Under the store lock: the config and parts published with the plan this row is in.
         let config = config.borrow().clone();

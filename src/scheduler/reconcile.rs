@@ -275,8 +275,9 @@ pub fn reconcile(
         }
         wanted.insert(&row.key);
         // A notice still to go out follows its meeting's start (moved after the notice was
-        // queued, without a newer one: the meeting had started by then), so none goes out
-        // after the meeting. Its due instant stays; its deadline is its grace, as when queued.
+        // queued, without a newer one: the meeting had started by then, or is cancelled), so
+        // none goes out after the meeting. Its due instant, attempts and retry stay; its
+        // deadline is its grace, as when queued (`Replan::follows`).
         let starts = meeting.starts_at(tz);
         let unsent = matches!(
             row.state,
@@ -287,16 +288,12 @@ pub fn reconcile(
                 "{}: follows the meeting, now starting {starts}",
                 row.key
             ));
-            out.replan.reschedules.push(Reschedule {
+            out.replan.follows.push(Reschedule {
                 key: row.key.clone(),
                 due: row.due,
                 deadline: schedule::deadline(row.due, rule.grace, starts),
                 starts,
-                created: if row.state == MailState::Held {
-                    row.created
-                } else {
-                    now
-                },
+                created: row.created,
             });
         }
     }

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::model::MeetingId;
 use crate::scheduler::{
     MailOutbox,
     reconcile::{SUPERSEDED, WITHDRAWN, announced_from},
@@ -45,6 +46,14 @@ fn in_flight(during: &Config, ending: &str) -> (Sim, LedgerRow) {
         .expect("claim")
         .expect("claimed");
     sim.load(during, t("2030-06-06T08:00:10Z"));
+    let marked = sim.row(&day).withdrawn;
+    assert_eq!(
+        marked.is_some(),
+        during
+            .meeting(&MeetingId::parse("m1").expect("id"))
+            .is_some_and(|m| m.is_cancelled()),
+        "marked while in flight only when withdrawn: {marked:?}"
+    );
     let at = t("2030-06-06T08:00:20Z");
     let settled = match ending {
         "retry" => sim.store.settle(
@@ -111,7 +120,10 @@ fn a_mail_withdrawn_while_it_is_being_sent_is_not_tried_again() {
     ] {
         let (mut sim, row) = in_flight(&cancelled(), ending);
         assert_eq!(row.state, state, "{ending}: {row:?}");
-        assert_eq!(row.withdrawn.as_deref(), Some(reason.as_str()), "{ending}");
+        assert_eq!(
+            row.withdrawn, None,
+            "{ending}: the mark ends with the attempt"
+        );
         if state == MailState::Skipped {
             assert_eq!(row.last_error.as_deref(), Some(reason.as_str()), "{ending}");
             assert_eq!(row.next_attempt, None, "{ending}");
@@ -422,8 +434,13 @@ fn the_outbox_composes_no_mail_withdrawn_after_its_claim() {
     let Err(failure) = outbox.compose(&row, &rx, t("2030-06-06T08:00:02Z")) else {
         panic!("a mail withdrawn after its claim was composed");
     };
-    assert!(!failure.transient, "{failure:?}");
     assert_eq!(failure.message, format!("{WITHDRAWN}meeting cancelled"));
+    // Settled as the loop does: the withdrawal decides, skipped.
+    let outcome = after_failure(&row, &failure, t("2030-06-06T08:00:03Z"), &c.scheduler, 0.5);
+    let state = super::super::run::lock(&store)
+        .settle(&day, MailState::Sending, &outcome)
+        .expect("settle");
+    assert_eq!(state, Some(MailState::Skipped));
 }
 
 /// The notice that superseded one never sent tells recipients the change since what they last
@@ -491,6 +508,180 @@ fn a_notice_still_to_go_out_follows_a_move_that_queues_no_newer_one() {
     assert!(
         !actions.contains(&Action::Send(notice.clone())),
         "{:?}",
+        kinds(&actions)
+    );
+}
+
+/// A withdrawal mark lives only while its attempt does: the row the attempt left skipped is
+/// unmarked, so a binary from before the mark (a rollback) that brings it back to `pending`
+/// with its own statement leaves no mark behind for this one to refuse the wanted mail on.
+#[test]
+fn a_withdrawal_mark_does_not_outlive_its_attempt_even_across_a_rollback() {
+    let c = config(MEETINGS);
+    let (sim, _) = in_flight(&cancelled(), "retry");
+    let day = key("m1", "day", 0);
+    let old = sim.row(&day);
+    assert_eq!(old.state, MailState::Skipped);
+    assert_eq!(old.withdrawn, None, "the attempt is over: no mark");
+    // The binary before the mark reconciles the reinstated config: its reschedule statement.
+    {
+        let conn =
+            rusqlite::Connection::open(sim._dir.path().join("ledger.sqlite3")).expect("open");
+        let n = conn
+            .execute(
+                "UPDATE mails SET due_ms = ?5, deadline_ms = ?6, starts_ms = ?7, created_ms = ?8, \
+                 state = 'pending', attempts = 0, next_attempt_ms = NULL, \
+                 last_error = NULL, released = 0 \
+                 WHERE meeting = ?1 AND email = ?2 AND audience = ?3 AND occurrence = ?4 \
+                 AND state IN ('pending', 'held', 'skipped', 'failed')",
+                rusqlite::params![
+                    "m1",
+                    "day",
+                    "list",
+                    0,
+                    old.due.as_millisecond(),
+                    old.deadline.as_millisecond(),
+                    old.starts.as_millisecond(),
+                    t("2030-06-06T08:01:00Z").as_millisecond()
+                ],
+            )
+            .expect("old reschedule");
+        assert_eq!(n, 1);
+        // Worse still, a mark left on the pending row (by any older state of the file): the
+        // claim clears it, as it starts a new attempt.
+        conn.execute(
+            "UPDATE mails SET withdrawn = 'withdrawn: stale' WHERE meeting = 'm1' AND email = 'day'",
+            [],
+        )
+        .expect("stale mark");
+    }
+    // Upgraded again: the wanted mail is pending and goes out.
+    let mut sim = sim;
+    sim.load(&c, t("2030-06-06T08:02:00Z"));
+    assert_eq!(sim.row(&day).state, MailState::Pending);
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let row = super::super::run::lock(&store)
+        .claim(&day, t("2030-06-06T08:03:00Z"))
+        .expect("claim")
+        .expect("claimed");
+    let outbox = outbox(&store, &c);
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(c.clone()));
+    let composed = outbox.compose(&row, &rx, t("2030-06-06T08:03:01Z"));
+    let withdrawn = super::super::run::lock(&store)
+        .withdrawn(&day)
+        .expect("read");
+    assert!(
+        composed.is_ok(),
+        "a wanted, pending mail was refused: {:?} (stale mark {withdrawn:?})",
+        composed.err()
+    );
+}
+
+/// The outbox refuses a marked row; a reload that wants the mail again (the meeting
+/// reinstated, the mark cleared) lands before the attempt is settled. The refusal is a transient
+/// failure, so the mail is retried, not failed for good (nothing would bring a failed row back
+/// while its meeting stays put).
+#[test]
+fn a_withdrawal_undone_between_compose_and_settle_leaves_the_mail_to_be_sent() {
+    let c = config(MEETINGS);
+    let mut sim = Sim::new();
+    sim.load(&c, t("2030-05-01T00:00:00Z"));
+    let day = key("m1", "day", 0);
+    let row = sim
+        .store
+        .claim(&day, t("2030-06-06T08:00:00Z"))
+        .expect("claim")
+        .expect("claimed");
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let outbox = outbox(&store, &c);
+    replan(
+        &mut *super::super::run::lock(&store),
+        &cancelled(),
+        t("2030-06-06T08:00:01Z"),
+    )
+    .expect("cancel");
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(cancelled()));
+    let Err(failure) = outbox.compose(&row, &rx, t("2030-06-06T08:00:02Z")) else {
+        panic!("composed")
+    };
+    // Reinstated before the loop takes the store lock again to settle.
+    replan(
+        &mut *super::super::run::lock(&store),
+        &c,
+        t("2030-06-06T08:00:03Z"),
+    )
+    .expect("reinstate");
+    let outcome = after_failure(&row, &failure, t("2030-06-06T08:00:04Z"), &c.scheduler, 0.5);
+    let state = super::super::run::lock(&store)
+        .settle(&day, MailState::Sending, &outcome)
+        .expect("settle");
+    drop(outbox);
+    let mut sim = Sim {
+        _dir,
+        store: Arc::try_unwrap(store)
+            .ok()
+            .expect("one owner")
+            .into_inner()
+            .expect("lock"),
+    };
+    reconciles_to_nothing(&sim, &c, t("2030-06-06T08:00:05Z"));
+    let actions = sim.step(&c.scheduler, t("2030-06-06T08:05:00Z"), ok);
+    assert!(
+        actions.contains(&Action::Send(day.clone())),
+        "settled {state:?}, row {:?}; actions {:?}",
+        sim.row(&day).state,
+        kinds(&actions)
+    );
+}
+
+/// A cancellation notice with a grace of an hour is being retried (relay down) past that grace,
+/// as retries may until the start. The cancelled meeting's date is edited: no newer notice (a
+/// cancelled meeting gets none), so the notice follows the start, keeping its attempts and
+/// retry: it is still retried, not skipped as a first attempt past its grace.
+#[test]
+fn a_retried_notice_that_follows_its_meeting_keeps_its_attempts() {
+    let graced = |m: &str| {
+        parse_config(&config_text(m).replace(
+            "on = \"cancellation\"\naudience = \"list\"\n",
+            "on = \"cancellation\"\naudience = \"list\"\ngrace = \"1h\"\n",
+        ))
+    };
+    let cancel_text = |date: &str| {
+        MEETINGS
+            .replace(
+                "title = \"Meeting one\"",
+                "title = \"Meeting one\"\nstatus = \"cancelled\"",
+            )
+            .replace("2030-06-07", date)
+    };
+    let mut sim = Sim::new();
+    sim.load(&graced(MEETINGS), t("2030-05-01T00:00:00Z"));
+    let cancelled = graced(&cancel_text("2030-06-07"));
+    sim.load(&cancelled, t("2030-06-05T00:00:00Z"));
+    let notice = key("m1", "cancel", 1);
+    let down = |_: &LedgerRow| Err(transient());
+    sim.step(&cancelled.scheduler, t("2030-06-05T00:00:00Z"), down);
+    assert_eq!(sim.row(&notice).attempts, 1);
+    // Control: past its grace (01:00), before the start, a retry is still a send.
+    let rows = sim.store.rows().expect("rows");
+    let control = decide(&rows, t("2030-06-05T02:00:00Z"), &cancelled.scheduler);
+    assert!(
+        control.contains(&Action::Send(notice.clone())),
+        "{:?}",
+        kinds(&control)
+    );
+    // The operator edits the cancelled meeting's date.
+    let edited = graced(&cancel_text("2030-06-08"));
+    sim.load(&edited, t("2030-06-05T01:59:00Z"));
+    let row = sim.row(&notice);
+    let actions = sim.step(&edited.scheduler, t("2030-06-05T02:00:00Z"), ok);
+    assert!(
+        actions.contains(&Action::Send(notice.clone())),
+        "row after the edit: attempts {} deadline {}; actions {:?}",
+        row.attempts,
+        row.deadline,
         kinds(&actions)
     );
 }
