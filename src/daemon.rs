@@ -404,6 +404,15 @@ pub async fn run(
 
     let mut servers = Vec::new();
     let background = BackgroundWrites::default();
+    // The mail to a lead uses the config in force with its checked templates and transport,
+    // read under the store lock where a reload publishes them together.
+    let notifier = {
+        let (store, outbox, config) = (store.clone(), outbox.clone(), config_tx.clone());
+        crate::agenda::notify::Notifier::new(move || {
+            let _published = crate::scheduler::run::lock(&store);
+            (config.borrow().clone(), outbox.parts())
+        })
+    };
     let live = Arc::new(Live {
         store: store.clone(),
         config: config_tx.clone(),
@@ -411,6 +420,7 @@ pub async fn run(
         outbox: outbox.clone(),
         wake: wake.clone(),
         agenda: agenda.clone(),
+        notifier: notifier.clone(),
         background: background.clone(),
         changes: reload::ChangeLock::default(),
     });
@@ -420,15 +430,6 @@ pub async fn run(
             // An agenda change may wait for a reload under way (they are serialised): on the
             // multi-thread runtime the worker hands its other tasks on while it waits.
             crate::sqlite_file::off_the_async_workers(|| agenda_changed(&live));
-        })
-    };
-    // The mail to a lead uses the config in force with its checked templates and transport,
-    // read under the store lock where a reload publishes them together.
-    let notifier = {
-        let (store, outbox, config) = (store.clone(), outbox.clone(), config_tx.clone());
-        crate::agenda::notify::Notifier::new(move || {
-            let _published = crate::scheduler::run::lock(&store);
-            (config.borrow().clone(), outbox.parts())
         })
     };
     let pages = crate::http::agenda_pages::AgendaPages::new(

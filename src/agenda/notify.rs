@@ -14,14 +14,20 @@
 //! capped exponential backoff ([`after_failure`]: `[scheduler] retry_base`, doubling, at most an
 //! hour) until it is sent, the server refuses it for good, or the meeting has started. Whether it
 //! went out is recorded on the proposal (`notified_ms`, `notify_error`). A mail still owed when
-//! the daemon stops goes out at its next start ([`resend_pending`]). A mail given up (the meeting
+//! the daemon stops goes out at its next start ([`resend_pending`]). A mail owed again (an
+//! undecided proposal moved to another meeting with `convenor agenda move`:
+//! [`AgendaStore::move_to`]) goes out after the next reload ([`send_owed`]). One run at a time
+//! mails a proposal's lead, whoever starts it. A mail given up (the meeting
 //! started first, or the server refused it for good) is recorded as no longer owed
 //! ([`AgendaStore::give_up_notify`]), so it is given up and logged once, not at every start
 //! ([`settle_owed`] decides which owed mails a start sends, given `now`). The mail shows until
 //! when its link works (`proposal.link_expires`, local time in the network's zone). The
 //! proposal itself never depends on the mail.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use jiff::{SignedDuration, Timestamp};
 use lettre::{
@@ -241,6 +247,24 @@ pub fn after_failure(
 #[derive(Clone)]
 pub struct Notifier {
     current: Arc<dyn Fn() -> (Arc<Config>, Arc<MailParts>) + Send + Sync>,
+    /// The proposals a [`send_with_retries`] of this notifier is mailing now: one run per
+    /// proposal, whoever starts it (a new proposal, a start, a reload).
+    sending: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// A proposal's place in [`Notifier::sending`], given back when its run ends.
+struct Sending {
+    set: Arc<Mutex<HashSet<i64>>>,
+    id: i64,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Notifier {
@@ -256,11 +280,21 @@ impl Notifier {
     ) -> Self {
         Self {
             current: Arc::new(current),
+            sending: Arc::default(),
         }
     }
 
     fn current(&self) -> (Arc<Config>, Arc<MailParts>) {
         (self.current)()
+    }
+
+    /// Takes proposal `id`'s place among those being mailed; `None` when a run has it.
+    fn start_sending(&self, id: i64) -> Option<Sending> {
+        let mut set = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        set.insert(id).then(|| Sending {
+            set: self.sending.clone(),
+            id,
+        })
     }
 }
 
@@ -268,8 +302,12 @@ impl Notifier {
 /// is sent, refused for good, or the meeting has started, waiting as [`after_failure`] says
 /// between attempts; records each attempt on the proposal and logs the outcome.
 pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>>, id: i64) {
+    let Some(_sending) = notifier.start_sending(id) else {
+        tracing::debug!(proposal = id, "the mail to the lead is being sent already");
+        return;
+    };
     let (config, _) = notifier.current();
-    let (proposal, mut link) = match prepare(&config, &store, id, Timestamp::now()) {
+    let (mut proposal, mut link) = match prepare(&config, &store, id, Timestamp::now()) {
         Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!(proposal = id, "cannot mail the lead: {e}");
@@ -288,6 +326,19 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
     };
     loop {
         let (config, parts) = notifier.current();
+        // Read again: `convenor agenda move` may have moved it to another meeting since. The
+        // mail is then about that meeting (another Message-ID), and whom it reached is what
+        // the store says now (the move forgot it).
+        match with_store(&store, |s| s.proposal(id)) {
+            Ok(stored) if stored.meeting != proposal.meeting => {
+                tracing::info!(proposal = id, meeting = %stored.meeting, "the proposal moved; \
+                    the mail to the lead is about its new meeting");
+                done = with_store(&store, |s| s.notify_done(id)).unwrap_or_default();
+                proposal = stored;
+            }
+            Ok(stored) => proposal = stored,
+            Err(e) => tracing::error!(proposal = id, "cannot read the proposal again: {e}"),
+        }
         let Some(start) = meeting_start(&config, &proposal) else {
             tracing::error!(proposal = id, "{}", NotifyError::Unknown(id));
             return;
@@ -458,34 +509,58 @@ fn give_up(store: &Mutex<AgendaStore>, id: i64, reason: &str) {
     }
 }
 
-/// Sends every mail to a lead still owed (see the module docs), each in a task of its own, and
-/// gives up (once, recorded) those whose meeting has started; run once at start.
-pub async fn resend_pending(notifier: Notifier, store: Arc<Mutex<AgendaStore>>) {
+/// When [`send_owed`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Occasion {
+    /// At start: mails owed from before it.
+    Start,
+    /// After a reload: mails owed again since (a proposal moved with `convenor agenda move`).
+    Reload,
+}
+
+/// Sends every mail to a lead still owed (see the module docs), each in a task of its own,
+/// except those a run is sending already, and gives up (once, recorded) those whose meeting has
+/// started; run at start and after each reload.
+pub async fn send_owed(notifier: Notifier, store: Arc<Mutex<AgendaStore>>, occasion: Occasion) {
     let (config, _) = notifier.current();
     let owed = with_store(&store, |s| settle_owed(&config, s, Timestamp::now()));
+    let since = match occasion {
+        Occasion::Start => "from before this start",
+        Occasion::Reload => "at this reload",
+    };
     match owed {
         Ok(Owed { send, given_up }) => {
             for id in given_up {
                 tracing::warn!(
                     proposal = id,
                     "the meeting has started; the lead was not mailed about this proposal \
-                     (owed from before the restart), given up"
+                     (owed {since}), given up"
                 );
             }
-            tracing::info!(
-                owed = send.len(),
-                "mails to leads owed from before this start"
-            );
+            let running = notifier
+                .sending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let send: Vec<i64> = send
+                .into_iter()
+                .filter(|id| !running.contains(id))
+                .collect();
+            if occasion == Occasion::Start || !send.is_empty() {
+                tracing::info!(owed = send.len(), "mails to leads owed {since}");
+            }
             for id in send {
-                tracing::info!(
-                    proposal = id,
-                    "mailing the lead, owed from before the restart"
-                );
+                tracing::info!(proposal = id, "mailing the lead, owed {since}");
                 tokio::spawn(send_with_retries(notifier.clone(), store.clone(), id));
             }
         }
         Err(e) => tracing::error!("cannot read the proposals owed a mail: {e}"),
     }
+}
+
+/// [`send_owed`] at start.
+pub async fn resend_pending(notifier: Notifier, store: Arc<Mutex<AgendaStore>>) {
+    send_owed(notifier, store, Occasion::Start).await;
 }
 
 /// Renders the proposal-received mail for every priority of each of `meetings` with a made-up
@@ -640,6 +715,43 @@ mod tests {
 
     fn at(text: &str) -> Timestamp {
         text.parse().expect("an instant")
+    }
+
+    /// One run at a time mails a proposal's lead, whoever starts it (a new proposal, a start,
+    /// a reload): a run started while another has the proposal returns at once and sends
+    /// nothing; once that run is over, the next one sends.
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_run_at_a_time_mails_a_proposals_lead() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path)
+            .expect("example config")
+            .replace("date = 2023-02-24", "date = 2099-02-24")
+            + &format!("\n[state]\ndir = \"{}\"\n", dir.path().display());
+        let config = parse(path, &text, &Environment::default())
+            .expect("valid")
+            .config;
+        let parts = Arc::new(crate::daemon::mail_parts(&config).expect("templates, transport"));
+        let config = Arc::new(config);
+        let notifier = Notifier::new(move || (config.clone(), parts.clone()));
+        let mut agenda = AgendaStore::open_in(dir.path()).expect("agenda store");
+        let id = agenda
+            .add(&new("2023-02-24"), "web", true, Timestamp::now())
+            .expect("add");
+        let store = Arc::new(Mutex::new(agenda));
+        let outbox = dir.path().join("outbox");
+        let sent = || std::fs::read_dir(&outbox).map_or(0, Iterator::count);
+        let owed =
+            |store: &Mutex<AgendaStore>| store.lock().expect("lock").unnotified().expect("owed");
+
+        let running = notifier.start_sending(id).expect("no run has it");
+        send_with_retries(notifier.clone(), store.clone(), id).await;
+        assert_eq!(sent(), 0, "a second run sent");
+        assert_eq!(owed(&store), [id]);
+        drop(running);
+        send_with_retries(notifier.clone(), store.clone(), id).await;
+        assert_eq!(sent(), 1);
+        assert!(owed(&store).is_empty());
     }
 
     /// A link is mailed while more than half its lifetime is left; retries past that carry a

@@ -14,7 +14,9 @@
 //!
 //! A proposal is owed a mail to its lead while `notify_wanted` is set and `notified_ms` is not:
 //! a sent mail sets `notified_ms`; giving the mail up for good (the meeting started, or the
-//! server refused it) clears `notify_wanted` and keeps the reason in `notify_error`. Both are
+//! server refused it) clears `notify_wanted` and keeps the reason in `notify_error`; moving an
+//! undecided proposal whose mail was owed and never sent makes it owed again
+//! ([`AgendaStore::move_to`]). Both are
 //! columns every file has (see below), so giving up needs no migration.
 //!
 //! Upgrades: [`AgendaStore::open`] brings a file written by an earlier version up to date. A
@@ -461,6 +463,9 @@ impl AgendaStore {
     }
 
     /// Moves proposal `id` to another meeting (its decision stands; its position is cleared).
+    /// A proposal still undecided whose lead was never mailed about it, though a mail was owed
+    /// (given up: its meeting started first, or the server refused it), is owed the mail again,
+    /// for its new meeting: whom an attempt reached is forgotten, as the mail is a new one.
     pub fn move_to(
         &mut self,
         id: i64,
@@ -470,7 +475,14 @@ impl AgendaStore {
     ) -> Result<(), AgendaError> {
         self.change(
             id,
-            "UPDATE proposals SET meeting = ?1, position = NULL WHERE id = ?2",
+            "UPDATE proposals SET meeting = ?1, position = NULL, \
+             notify_wanted = CASE WHEN status = 'proposed' AND notified_ms IS NULL \
+                 AND (notify_wanted = 1 OR notify_error IS NOT NULL) THEN 1 ELSE notify_wanted END, \
+             notify_done = CASE WHEN status = 'proposed' AND notified_ms IS NULL \
+                 AND (notify_wanted = 1 OR notify_error IS NOT NULL) THEN NULL ELSE notify_done END, \
+             notify_error = CASE WHEN status = 'proposed' AND notified_ms IS NULL \
+                 THEN NULL ELSE notify_error END \
+             WHERE id = ?2",
             &[&meeting, &id],
             ("moved", Some(&format!("to {meeting}"))),
             by,
@@ -730,6 +742,99 @@ mod tests {
             summary: "S".into(),
             presents: true,
             minutes: 10,
+        }
+    }
+
+    /// Moving a proposal makes its lead mail owed again only when it is undecided, the mail was
+    /// owed once and never sent: given up (meeting started, or refused) or still being tried.
+    /// The recipients an attempt reached are forgotten then: the mail is about another meeting.
+    #[test]
+    fn a_moved_proposal_is_owed_its_lead_mail_again_only_when_it_never_went_out() {
+        let t0: Timestamp = "2023-01-10T10:00:00Z".parse().expect("ts");
+        let team = ["team@example.org".to_owned()];
+        // (case, from the web, what happened to the mail, decided, owed after the move)
+        type Setup = fn(&mut AgendaStore, i64, Timestamp);
+        let cases: [(&str, bool, Setup, bool, bool); 7] = [
+            (
+                "given up: started",
+                true,
+                |s, id, _| {
+                    s.give_up_notify(id, "not sent: the meeting started first")
+                        .expect("give up")
+                },
+                false,
+                true,
+            ),
+            (
+                "given up: refused",
+                true,
+                |s, id, _| s.give_up_notify(id, "550 no such user").expect("give up"),
+                false,
+                true,
+            ),
+            (
+                "being tried",
+                true,
+                |s, id, t| {
+                    s.mark_notified(id, t, Some("421 later"), &["team@example.org".to_owned()])
+                        .expect("attempt")
+                },
+                false,
+                true,
+            ),
+            (
+                "sent",
+                true,
+                |s, id, t| s.mark_notified(id, t, None, &[]).expect("sent"),
+                false,
+                false,
+            ),
+            ("added from the CLI", false, |_, _, _| {}, false, false),
+            (
+                "given up, then accepted",
+                true,
+                |s, id, _| {
+                    s.give_up_notify(id, "not sent: the meeting started first")
+                        .expect("give up")
+                },
+                true,
+                false,
+            ),
+            (
+                "team reached, then given up",
+                true,
+                |s, id, t| {
+                    s.mark_notified(id, t, Some("421 later"), &["team@example.org".to_owned()])
+                        .expect("attempt");
+                    s.give_up_notify(id, "not sent: the meeting started first")
+                        .expect("give up");
+                },
+                false,
+                true,
+            ),
+        ];
+        for (case, web, setup, decided, owed) in cases {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut s = AgendaStore::open_in(dir.path()).expect("open");
+            let id = s.add(&new("a@example.org"), "web", web, t0).expect("add");
+            setup(&mut s, id, t0);
+            if decided {
+                s.decide(id, Status::Accepted, "team", t0).expect("decide");
+            }
+            let done_before = s.notify_done(id).expect("done");
+            s.move_to(id, "2023-04-21", "team", t0).expect("move");
+            let p = s.proposal(id).expect("proposal");
+            assert_eq!(p.meeting, "2023-04-21", "{case}");
+            assert_eq!(s.unnotified().expect("owed").contains(&id), owed, "{case}");
+            let done_after = s.notify_done(id).expect("done");
+            if owed {
+                assert!(done_after.is_empty(), "{case}: {done_after:?}");
+            } else {
+                assert_eq!(done_after, done_before, "{case}");
+            }
+            if case.starts_with("team reached") {
+                assert_eq!(done_before, team, "{case}");
+            }
         }
     }
 

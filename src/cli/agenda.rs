@@ -233,6 +233,12 @@ pub fn run(loaded: &Loaded, command: AgendaCommand) -> anyhow::Result<ExitCode> 
                 "moved proposal #{} to meeting {to}; {RELOAD_HINT}",
                 pick.proposal
             );
+            if store.unnotified()?.contains(&pick.proposal) {
+                println!(
+                    "its lead was never mailed about it: they are mailed about meeting {to} \
+                     after that reload"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         AgendaCommand::Order {

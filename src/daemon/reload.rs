@@ -69,6 +69,9 @@ pub(super) struct Live {
     pub(super) outbox: Arc<MailOutbox<SqliteStore>>,
     pub(super) wake: Arc<Notify>,
     pub(super) agenda: Arc<Mutex<crate::agenda::AgendaStore>>,
+    /// Mails leads about proposals; after a reload, those owed again (see
+    /// [`crate::agenda::notify::send_owed`]).
+    pub(super) notifier: crate::agenda::notify::Notifier,
     pub(super) background: BackgroundWrites,
     /// Held by a reload or an agenda change from reading the config in force to publishing
     /// the new config and feeds.
@@ -224,6 +227,12 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
     }
     live.wake.notify_one();
     tracing::info!("config reloaded");
+    // A proposal moved from the CLI may be owed its lead mail again.
+    tokio::spawn(crate::agenda::notify::send_owed(
+        live.notifier.clone(),
+        live.agenda.clone(),
+        crate::agenda::notify::Occasion::Reload,
+    ));
     Ok(())
 }
 
@@ -315,13 +324,19 @@ grace = \"1d\"
         let config = Arc::new(config);
         let parts = mail_parts(&config).expect("templates and transport");
         let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
+        let outbox = Arc::new(MailOutbox::new(store.clone(), parts));
+        let notifier = {
+            let (outbox, config) = (outbox.clone(), config.clone());
+            crate::agenda::notify::Notifier::new(move || (config.clone(), outbox.parts()))
+        };
         let live = Live {
-            store: store.clone(),
+            store,
             config: watch::channel(config.clone()).0,
             feeds: FeedState::new(&config, &revisions),
-            outbox: Arc::new(MailOutbox::new(store, parts)),
+            outbox,
             wake: Arc::new(Notify::new()),
             agenda: Arc::new(Mutex::new(agenda)),
+            notifier,
             background: BackgroundWrites::default(),
             changes: ChangeLock::default(),
         };

@@ -1491,3 +1491,98 @@ async fn in_a_browser_a_proposal_is_accepted_and_reaches_the_agenda_pack_and_the
     let ics = feed().await;
     assert!(ics.contains("Street trees for shade"));
 }
+
+/// A proposal whose lead mail was given up (its meeting started first) is moved to a later
+/// meeting from the CLI while the service runs: after the reload the lead gets the mail, about
+/// the new meeting, once; a second reload sends nothing more (the mail is recorded as sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_moved_after_its_lead_mail_was_given_up_is_mailed_after_the_reload() {
+    use convenor::{
+        agenda::{AgendaStore, NewProposal, notify::STARTED},
+        config::{Environment, load},
+        model::MeetingId,
+    };
+
+    use crate::{daemon::harness::wait_for, mail::SmtpServer};
+    use web::*;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = SmtpServer::start(&dir.path().join("inbox"), &[]);
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let later = "[[meeting]]\nid = \"m3\"\ndate = 2099-05-05\nstart = \"10:00\"\nend = \"11:00\"\n\
+                 title = \"Later meeting\"\n";
+    let config = write_config(
+        dir.path(),
+        &web::text(zone, port, relay.port, (&d, &s, &e), later),
+    );
+    let state = load(&config, &Environment::default())
+        .expect("config")
+        .config
+        .state_dir;
+    std::fs::create_dir_all(&state).expect("state dir");
+    let id = {
+        let mut agenda = AgendaStore::open_in(&state).expect("agenda store");
+        let proposal = NewProposal {
+            meeting: MeetingId::parse("m1").expect("id"),
+            priority: "p1".into(),
+            name: "Ada".into(),
+            organisation: "Camden".into(),
+            email: "ada@example.org".into(),
+            title: "Kerbside charging".into(),
+            summary: "S".into(),
+            presents: true,
+            minutes: 10,
+        };
+        let id = agenda
+            .add(&proposal, "web", true, jiff::Timestamp::now())
+            .expect("add");
+        agenda.give_up_notify(id, STARTED).expect("give up");
+        id
+    };
+    let daemon = spawn(&config, &dir.path().join("serve.log"));
+    wait_for(
+        "the start's count of owed mails",
+        || daemon.log_text().contains("mails to leads owed"),
+        || daemon.log_text(),
+    );
+    assert!(relay.received().is_empty(), "given up: not sent at start");
+    let moved = ok(&cli(
+        &config,
+        &[
+            "agenda",
+            "move",
+            "--meeting",
+            "m1",
+            &id.to_string(),
+            "--to",
+            "m3",
+        ],
+    ));
+    assert!(moved.contains("mailed"), "{moved}");
+    daemon.signal("HUP");
+    wait_for(
+        "the lead mailed after the reload",
+        || daemon.log_text().contains("the lead was mailed"),
+        || daemon.log_text(),
+    );
+    let got = relay.received();
+    assert_eq!(got.len(), 1, "one mail");
+    let text = String::from_utf8_lossy(&got[0]).to_string();
+    // About the new meeting: its Message-ID names it (the body is encoded).
+    assert!(text.contains(&format!("<proposal.{id}.m3.")), "{text}");
+    let owed = AgendaStore::open_in(&state)
+        .expect("agenda store")
+        .unnotified()
+        .expect("owed");
+    assert!(owed.is_empty(), "{owed:?}");
+    // Another reload: nothing is owed, nothing more is sent.
+    daemon.signal("HUP");
+    wait_for(
+        "the second reload",
+        || daemon.log_text().matches("config reloaded").count() == 2,
+        || daemon.log_text(),
+    );
+    assert_eq!(relay.received().len(), 1);
+}
