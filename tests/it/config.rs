@@ -383,6 +383,30 @@ fn warnings_for_weekend_and_clock_change_days_do_not_fail() {
     );
 }
 
+/// `convenor check` on a meeting whose start the clocks skip over says, in its clock-change
+/// warning, the time the start is taken as (the feed's event and the schedule agree on it),
+/// and still exits 0.
+#[test]
+fn check_says_what_a_start_in_the_spring_forward_gap_is_taken_as() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = edited(
+        "date = 2023-04-19\nstart = \"10:00\"",
+        "date = 2023-03-26\nstart = \"01:30\"",
+    );
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the clocks change on 2023-03-26 (to BST): check the meeting's time with members; \
+             its start 01:30 does not exist that day and is taken as 02:30 BST"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("its end"), "{stderr}");
+}
+
 #[test]
 fn the_shipped_meeting_ids_are_their_dates_and_state_dir_follows_systemd() {
     let loaded = parse(&example_config_text()).expect("valid");
