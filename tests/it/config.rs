@@ -5,7 +5,7 @@ use std::path::Path;
 
 use convenor::config::{self, ConfigError, Environment, Severity};
 
-use crate::support::{convenor, example_config_text, repo, write_config};
+use crate::support::{config_with_meetings, convenor, example_config_text, repo, write_config};
 
 /// Parses config text as if it were `config/lednet.toml` in the repository.
 fn parse(text: &str) -> Result<config::Loaded, ConfigError> {
@@ -613,6 +613,45 @@ fn check_accepts_the_shipped_config() {
     assert!(stdout.contains("meetings:   5 (0 cancelled)"), "{stdout}");
     assert!(stdout.contains("priorities: 5"), "{stdout}");
     assert!(stdout.contains("emails:     7 in the schedule"), "{stdout}");
+    // Five meetings are far below the size a feed is warned about.
+    assert!(stdout.contains("feeds:      6, the largest"), "{stdout}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("the feed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `convenor check` warns of a feed that nears Google's 1 MB limit, naming it by its path and
+/// size, and still exits 0 ([`config_with_meetings`]: every feed about 900 KiB).
+#[test]
+fn check_warns_of_a_feed_near_googles_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_with_meetings(700);
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("warning: the feed /"))
+        .collect();
+    assert_eq!(warned.len(), 6, "{stderr}");
+    assert!(
+        warned[0].contains("the feed /calendar.ics is ") && warned[0].contains("over 800 KiB"),
+        "{stderr}"
+    );
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("the feed /priorities/future-places.ics is ")),
+        "{stderr}"
+    );
+    assert!(stdout.contains("6 warning(s), see above"), "{stdout}");
+    assert!(stdout.contains("feeds:      6, the largest"), "{stdout}");
 }
 
 #[test]
