@@ -176,6 +176,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Renders every feed (without the ledger: SEQUENCE 0, a few bytes from what is served), prints
+/// their count and the largest, and warns of each that nears Google's limit
+/// ([`crate::feed::size_warning`], the rule the daemon logs too). Returns the warnings printed.
+fn check_feed_sizes(config: &crate::model::Config) -> usize {
+    let selections = crate::feed::selections(config);
+    let calendars =
+        crate::feed::Calendars::render(config, &std::collections::BTreeMap::new(), &selections);
+    let mut warnings = 0;
+    let mut largest = (0, String::new());
+    for (i, &selection) in selections.iter().enumerate() {
+        let path = crate::feed::urls::relative_path(selection);
+        let bytes = calendars.text_len(i);
+        if let Some(w) = crate::feed::size_warning(&path, bytes) {
+            crate::logging::to_stderr(tracing::Level::WARN, &format!("warning: {w}"));
+            warnings += 1;
+        }
+        largest = largest.max((bytes, path));
+    }
+    println!(
+        "feeds:      {}, the largest {} at {} KiB",
+        selections.len(),
+        largest.1,
+        largest.0.div_ceil(1024)
+    );
+    warnings
+}
+
 /// Prints a config error (at error priority under journald) and returns exit code 78
 /// (EX_CONFIG).
 pub fn report_config_error(err: &ConfigError) -> ExitCode {
@@ -206,6 +233,7 @@ fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         Ok(r) => println!("templates:  {} sets, {} renders fine", r.sets, r.renders),
         Err(e) => errors.extend(e.iter().map(ToString::to_string)),
     }
+    warnings += check_feed_sizes(config);
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").is_some();
     match check_transport(&config.mail, &config.state_dir, credentials) {
         Ok(checked) => {

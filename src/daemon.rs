@@ -231,6 +231,14 @@ pub fn run_checkpoint(
     }
 }
 
+/// Logs a warning for each feed being served that nears Google's limit
+/// ([`crate::feed::size_warning`], the rule `convenor check` prints too).
+pub fn warn_of_big_feeds(feeds: &FeedState) {
+    for warning in feeds.current().size_warnings() {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// Stores the feeds being served in the feed cache of `state_dir`, as a background write; a
 /// failure is logged (it costs a rendering at the next start, and that start's Last-Modified
 /// is worked out without the stamps it would have kept).
@@ -353,6 +361,7 @@ pub async fn run(
     phases.lap("templates");
     crate::http::feed_cache::remove_unfinished(&dir);
     let (mut store, (feeds, feeds_cached)) = plan_and_feeds(store, &config, &mut phases).await?;
+    warn_of_big_feeds(&feeds);
     // A first plan's pages go from the WAL into the database file after READY.
     let checkpoint = store.take_checkpoint();
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));

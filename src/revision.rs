@@ -2,8 +2,10 @@
 //!
 //! Pure. The ledger stores one [`StoredRevision`] per meeting; at every config load
 //! [`next_revision`] compares it with the meeting as configured now. RFC 5545 3.8.7.4: SEQUENCE
-//! rises when the time, place or status changes; any other visible change (title, notes, focus)
-//! only moves LAST-MODIFIED and DTSTAMP. A change of the compiled agenda (an item accepted,
+//! rises when the time, place or status changes; any other change to what the feed's event or a
+//! mail shows of the meeting (title, notes, focus, the network's names, a lead's organisation, the
+//! page URL: everything [`content_digest`] covers) only moves LAST-MODIFIED and DTSTAMP (RFC 5545
+//! 3.8.7.3). A change of the compiled agenda (an item accepted,
 //! declined, moved or retimed) also raises SEQUENCE, so calendars take the new DESCRIPTION,
 //! but queues no change notice. SEQUENCE never goes down.
 //!
@@ -16,7 +18,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Config, Meeting, MeetingStatus};
+use crate::model::{Config, Meeting, MeetingStatus, Network, Person, Priority};
 
 /// The part of a meeting whose change raises SEQUENCE (and may send a change notice).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -149,35 +151,90 @@ pub enum Change {
     },
 }
 
-/// A digest of every field of a meeting that the feed or a mail shows, with the names of the
-/// priorities in focus and their leads (a new lead changes the DESCRIPTION).
+/// A digest of every field of a meeting that the feed or a mail shows: the meeting's own fields,
+/// the priorities in focus (each with its summary, lead and deputy), and what the network lends
+/// every event and mail (its names, zone name, contact, UID domain, and the page URL made of
+/// `base_url` and the feed token). The structs are taken apart field by field, so a field added
+/// to any of them is a compile error here until it is put in or left out with a reason.
+///
+/// Digests stored before this covered the network's names, the leads' names and organisations,
+/// the deputies, the URLs and the UID domain do not match: each meeting's LAST-MODIFIED moves
+/// once after that upgrade (its SEQUENCE stays).
 pub fn content_digest(config: &Config, meeting: &Meeting) -> String {
     let mut h = Sha256::new();
     let mut put = |s: &str| {
         h.update((s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
-    // The zone is left out: digests stored before it was recorded still match, and a change
-    // of zone is judged by `compare`.
+    let Meeting {
+        id,
+        // Date, times, place, link and status: through `Significant`, as stored.
+        date: _,
+        start: _,
+        end: _,
+        title,
+        location: _,
+        join_url: _,
+        status: _,
+        focus,
+        notes,
+    } = meeting;
     let sig = Significant::of(config, meeting);
     for s in [&sig.date, &sig.start, &sig.end, &sig.status] {
         put(s);
     }
     put(sig.location.as_deref().unwrap_or(""));
     put(sig.join_url.as_deref().unwrap_or(""));
-    put(meeting.title.as_str());
-    put(meeting.notes.as_deref().unwrap_or(""));
+    put(sig.zone.as_deref().unwrap_or(""));
+    put(id.as_str());
+    put(title.as_str());
+    put(notes.as_deref().unwrap_or(""));
+    // "Priorities (all in focus)" or "Priorities in focus" in the DESCRIPTION.
+    put(if focus.is_empty() { "all" } else { "focus" });
+    let Network {
+        short_name,
+        name,
+        // By its name (`sig.zone`); new rules under the same name are not a change (`compare`).
+        time_zone: _,
+        time_zone_name: _,
+        base_url,
+        contact,
+        uid_domain,
+    } = &config.network;
+    for s in [short_name.as_str(), name.as_str(), base_url.as_str()] {
+        put(s);
+    }
+    put(&contact.to_string());
+    put(uid_domain);
+    put(config.http.feed_token.as_ref().map_or("", |t| t.as_str()));
     for p in config.priorities_of(meeting) {
-        put(p.id.as_str());
-        put(p.name.as_str());
-        put(&p.lead.email.to_string());
+        let Priority {
+            id,
+            name,
+            summary,
+            lead,
+            deputy,
+        } = p;
+        for s in [id.as_str(), name.as_str(), summary.as_str()] {
+            put(s);
+        }
+        put(if deputy.is_some() {
+            "lead, deputy"
+        } else {
+            "lead"
+        });
+        for Person {
+            name,
+            email,
+            organisation,
+        } in std::iter::once(lead).chain(deputy)
+        {
+            put(name.as_str());
+            put(&email.to_string());
+            put(organisation.as_ref().map_or("", |o| o.as_str()));
+        }
     }
-    put(config.network.contact.to_string().as_str());
-    // Only a non-empty agenda counts, so digests stored before agendas existed still match.
-    let agenda = config.agenda.get(&meeting.id).digest();
-    if !agenda.is_empty() {
-        put(&agenda);
-    }
+    put(&config.agenda.get(&meeting.id).digest());
     hex::encode(h.finalize())
 }
 
@@ -465,5 +522,283 @@ mod tests {
         };
         assert_eq!(before.zone.as_deref(), Some("Europe/London"));
         assert_eq!(before.start, "09:00");
+    }
+    /// What a mutated config shows of meeting `i`: its VEVENT as the feed renders it (at a
+    /// fixed revision, so only the config speaks) and a mail's whole template context.
+    fn shown(c: &Config, i: usize, rev: &StoredRevision) -> (String, String) {
+        let m = &c.meetings[i];
+        let invite = crate::feed::render_meeting_invite(c, m, Some(rev));
+        let from = invite.find("BEGIN:VEVENT").expect("event");
+        let to = invite.find("END:VEVENT").expect("event end");
+        let context = crate::mail::context::build(crate::mail::context::ContextInput {
+            config: c,
+            meeting: m,
+            rule: &c.emails[0],
+            recipient: &crate::schedule::Recipient::List,
+            revision: rev,
+            change: None,
+        })
+        .expect("context");
+        (
+            invite[from..to].to_owned(),
+            serde_json::to_string(&context).expect("json"),
+        )
+    }
+
+    /// One field of the config changed, for meeting `i`.
+    type Mutation = Box<dyn Fn(&mut Config, usize)>;
+
+    fn m(f: impl Fn(&mut Config, usize) + 'static) -> Mutation {
+        Box::new(f)
+    }
+
+    fn text(s: &str) -> crate::model::HeaderText {
+        crate::model::HeaderText::parse(s).expect("header text")
+    }
+
+    fn mailbox(s: &str) -> lettre::message::Mailbox {
+        s.parse().expect("mailbox")
+    }
+
+    fn person(name: &str) -> Person {
+        Person {
+            name: text(name),
+            email: mailbox(&format!("{name}@example.org")),
+            organisation: Some(text("Deputy borough")),
+        }
+    }
+
+    /// Every field the feed's VEVENT or a mail shows, mutated one at a time: whenever the
+    /// rendered event or the mail's context differs, so does the content digest (else a
+    /// subscriber's calendar would get new bytes with the old LAST-MODIFIED, against RFC 5545
+    /// 3.8.7.3). Each mutation must change what one of the two meetings shows, so none of them
+    /// silently tests nothing. A field added to the event or the mail needs a mutation here.
+    #[test]
+    fn whatever_the_event_or_a_mail_shows_is_in_the_content_digest() {
+        use crate::model::{FeedToken, MeetingStatus, PriorityId, WebUrl};
+        let mut base = config("");
+        // Meeting 0 concerns every priority; meeting 1 two of them, with notes and a link; the
+        // priorities have deputies.
+        let focus = ["future-places", "future-transport"];
+        base.meetings[1].focus = focus.map(|p| PriorityId::parse(p).expect("id")).to_vec();
+        base.meetings[1].notes = Some("Bring papers".into());
+        base.meetings[1].join_url = Some(WebUrl::parse("https://meet.example.org/a").expect("url"));
+        for p in &mut base.priorities {
+            p.deputy = Some(person("Dee"));
+        }
+        let mut mutations: Vec<(String, Mutation)> = vec![
+            (
+                "title".into(),
+                m(|c, i| c.meetings[i].title = text("Renamed")),
+            ),
+            (
+                "notes".into(),
+                m(|c, i| c.meetings[i].notes = Some("Other notes".into())),
+            ),
+            ("no notes".into(), m(|c, i| c.meetings[i].notes = None)),
+            (
+                "location".into(),
+                m(|c, i| c.meetings[i].location = Some(text("Room 2"))),
+            ),
+            (
+                "no location".into(),
+                m(|c, i| c.meetings[i].location = None),
+            ),
+            (
+                "join url".into(),
+                m(|c, i| {
+                    c.meetings[i].join_url =
+                        Some(WebUrl::parse("https://meet.example.org/b").expect("url"));
+                }),
+            ),
+            (
+                "no join url".into(),
+                m(|c, i| c.meetings[i].join_url = None),
+            ),
+            (
+                "date".into(),
+                m(|c, i| c.meetings[i].date = jiff::civil::date(2023, 3, 1)),
+            ),
+            (
+                "start".into(),
+                m(|c, i| c.meetings[i].start = jiff::civil::time(9, 30, 0, 0)),
+            ),
+            (
+                "end".into(),
+                m(|c, i| c.meetings[i].end = jiff::civil::time(13, 0, 0, 0)),
+            ),
+            (
+                "status".into(),
+                m(|c, i| c.meetings[i].status = MeetingStatus::Cancelled),
+            ),
+            ("no focus".into(), m(|c, i| c.meetings[i].focus.clear())),
+            (
+                "focus on all five, named".into(),
+                m(|c, i| {
+                    c.meetings[i].focus = c.priorities.iter().map(|p| p.id.clone()).collect();
+                }),
+            ),
+            (
+                "focus on one".into(),
+                m(|c, i| {
+                    c.meetings[i].focus = vec![PriorityId::parse("future-places").expect("id")];
+                }),
+            ),
+            (
+                "network name".into(),
+                m(|c, _| c.network.name = text("Another Network")),
+            ),
+            (
+                "network short name".into(),
+                m(|c, _| c.network.short_name = text("AnNet")),
+            ),
+            (
+                "time zone (same instants)".into(),
+                m(|c, _| {
+                    c.network.time_zone = jiff::tz::TimeZone::get("Europe/Lisbon").expect("tz");
+                    c.network.time_zone_name = "Europe/Lisbon".into();
+                }),
+            ),
+            (
+                "contact name".into(),
+                m(|c, _| c.network.contact = mailbox("Other team <lednet-team@example.org>")),
+            ),
+            (
+                "contact address".into(),
+                m(|c, _| c.network.contact = mailbox("LEDNet team <other@example.org>")),
+            ),
+            (
+                "contact without a name".into(),
+                m(|c, _| c.network.contact = mailbox("lednet-team@example.org")),
+            ),
+            (
+                "base url".into(),
+                m(|c, _| {
+                    c.network.base_url = WebUrl::parse("https://cal.example.org").expect("url");
+                }),
+            ),
+            (
+                "base url with a path".into(),
+                m(|c, _| {
+                    c.network.base_url =
+                        WebUrl::parse("http://127.0.0.1:8080/lednet").expect("url");
+                }),
+            ),
+            (
+                "feed token".into(),
+                m(|c, _| {
+                    c.http.feed_token =
+                        Some(FeedToken::parse("a-long-random-token-1").expect("token"));
+                }),
+            ),
+            (
+                "uid domain".into(),
+                m(|c, _| c.network.uid_domain = "other.convenor".into()),
+            ),
+            (
+                "agenda".into(),
+                m(|c, i| {
+                    use crate::agenda::model::{Proposal, Status, compile};
+                    let p = Proposal {
+                        id: 1,
+                        meeting: c.meetings[i].id.to_string(),
+                        priority: "future-places".into(),
+                        name: "N".into(),
+                        organisation: "O".into(),
+                        email: "n@example.org".into(),
+                        title: "Item".into(),
+                        summary: "S".into(),
+                        presents: true,
+                        minutes: 10,
+                        status: Status::Accepted,
+                        position: None,
+                        created: Timestamp::UNIX_EPOCH,
+                        decided_by: None,
+                        decided_at: None,
+                    };
+                    c.agenda = compile(c, &[p]);
+                }),
+            ),
+        ];
+        for p in 0..base.priorities.len() {
+            let each: [(&str, Mutation); 9] = [
+                (
+                    "name",
+                    m(move |c, _| c.priorities[p].name = text("Renamed")),
+                ),
+                (
+                    "summary",
+                    m(move |c, _| c.priorities[p].summary = "Another summary".into()),
+                ),
+                (
+                    "lead name",
+                    m(move |c, _| c.priorities[p].lead.name = text("Someone Else")),
+                ),
+                (
+                    "lead address",
+                    m(move |c, _| {
+                        c.priorities[p].lead.email = mailbox("someone@example.org");
+                    }),
+                ),
+                (
+                    "lead organisation",
+                    m(move |c, _| {
+                        c.priorities[p].lead.organisation = Some(text("Another borough"));
+                    }),
+                ),
+                (
+                    "no lead organisation",
+                    m(move |c, _| c.priorities[p].lead.organisation = None),
+                ),
+                (
+                    "a deputy",
+                    m(move |c, _| c.priorities[p].deputy = Some(person("Dana"))),
+                ),
+                (
+                    "deputy organisation",
+                    m(move |c, _| {
+                        let mut d = person("Dee");
+                        d.organisation = None;
+                        c.priorities[p].deputy = Some(d);
+                    }),
+                ),
+                ("no deputy", m(move |c, _| c.priorities[p].deputy = None)),
+            ];
+            for (what, mutation) in each {
+                mutations.push((format!("priority {p} {what}"), mutation));
+            }
+        }
+        let meetings = [0, 1];
+        let revs = meetings
+            .map(|i| next_revision(None, &base, &base.meetings[i], Timestamp::UNIX_EPOCH).0);
+        let (mut missed, mut idle) = (Vec::new(), Vec::new());
+        for (what, mutate) in &mutations {
+            let mut seen = false;
+            for (i, rev) in meetings.into_iter().zip(&revs) {
+                let mut c = base.clone();
+                mutate(&mut c, i);
+                let (event, mail) = shown(&c, i, rev);
+                let (base_event, base_mail) = shown(&base, i, rev);
+                if (&event, &mail) == (&base_event, &base_mail) {
+                    continue;
+                }
+                seen = true;
+                if content_digest(&c, &c.meetings[i]) == content_digest(&base, &base.meetings[i]) {
+                    let part = if event == base_event { "mail" } else { "event" };
+                    missed.push(format!("{what} (meeting {i}: its {part} changed)"));
+                }
+            }
+            if !seen {
+                idle.push(what.clone());
+            }
+        }
+        assert!(
+            missed.is_empty(),
+            "shown but not in the digest: {missed:#?}"
+        );
+        assert!(
+            idle.is_empty(),
+            "mutations that change nothing shown: {idle:?}"
+        );
     }
 }

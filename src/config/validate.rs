@@ -810,7 +810,7 @@ fn meetings(
             }
         }
         if let (Some(date), Some(tz)) = (date, tz) {
-            day_warnings(c, m.date.span(), date, tz);
+            day_warnings(c, m.date.span(), date, [("start", start), ("end", end)], tz);
         }
         let notes = m
             .notes
@@ -863,8 +863,16 @@ fn missing_meeting_id(date: Option<Date>) -> String {
     }
 }
 
-/// Warns about a meeting on a weekend or on a day the clocks change.
-fn day_warnings(c: &mut Checker, span: std::ops::Range<usize>, date: Date, tz: &TimeZone) {
+/// Warns about a meeting on a weekend or on a day the clocks change. On that day, a start or end
+/// the clocks skip over, or one that happens twice, is named with the time it is taken as
+/// (RFC 5545, as the schedule and every calendar take it: [`crate::schedule::local_instant`]).
+fn day_warnings(
+    c: &mut Checker,
+    span: std::ops::Range<usize>,
+    date: Date,
+    times: [(&str, Option<Time>); 2],
+    tz: &TimeZone,
+) {
     if matches!(date.weekday(), Weekday::Saturday | Weekday::Sunday) {
         c.warning(
             span.clone(),
@@ -878,13 +886,39 @@ fn day_warnings(c: &mut Checker, span: std::ops::Range<usize>, date: Date, tz: &
     if let (Some(t), Ok(next)) = (tz.following(day_start).next(), next)
         && t.timestamp() < next
     {
-        c.warning(
-            span,
-            format!(
-                "the clocks change on {date} (to {}): check the meeting's time with members",
-                t.abbreviation()
-            ),
+        let mut message = format!(
+            "the clocks change on {date} (to {}): check the meeting's time with members",
+            t.abbreviation()
         );
+        for (what, time) in times {
+            if let Some(time) = time
+                && let Some(taken) = taken_as(tz, date.to_datetime(time))
+            {
+                message.push_str(&format!("; its {what} {taken}"));
+            }
+        }
+        c.warning(span, message);
+    }
+}
+
+/// For a local time that does not exist in `tz` or happens twice, what it is taken as: "01:30
+/// does not exist that day and is taken as 02:30 BST" (the clocks spring forward over it), or
+/// "01:30 happens twice that day and is taken as the first, 01:30 BST" (they fall back over it).
+/// `None` for a time that happens once.
+fn taken_as(tz: &TimeZone, local: jiff::civil::DateTime) -> Option<String> {
+    use jiff::tz::AmbiguousOffset;
+    let taken = crate::schedule::local_instant(tz, local).to_zoned_datetime(tz.clone());
+    let taken = jiff::fmt::strtime::format("%H:%M %Z", &taken)
+        .unwrap_or_else(|_| format!("{} ({})", taken.time(), taken.offset()));
+    let time = local.strftime("%H:%M");
+    match tz.to_ambiguous_zoned_datetime(local).offset() {
+        AmbiguousOffset::Unambiguous { .. } => None,
+        AmbiguousOffset::Gap { .. } => Some(format!(
+            "{time} does not exist that day and is taken as {taken}"
+        )),
+        AmbiguousOffset::Fold { .. } => Some(format!(
+            "{time} happens twice that day and is taken as the first, {taken}"
+        )),
     }
 }
 
@@ -1088,6 +1122,43 @@ fn trigger(c: &mut Checker, raw: &S<RawEmail>) -> Option<Trigger> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a day the clocks change, a start or end the clocks skip over is named with the time
+    /// the schedule and calendars take it for, a repeated one with its first pass; other times
+    /// and other days say nothing.
+    #[test]
+    fn a_time_the_clocks_skip_or_repeat_says_what_it_is_taken_as() {
+        let tz = TimeZone::get("Europe/London").expect("zone");
+        let (t, d) = (jiff::civil::time, jiff::civil::date);
+        let cases = [
+            (
+                d(2023, 3, 26),
+                t(1, 30, 0, 0),
+                Some("01:30 does not exist that day and is taken as 02:30 BST"),
+            ),
+            (
+                d(2023, 3, 26),
+                t(1, 0, 0, 0),
+                Some("01:00 does not exist that day and is taken as 02:00 BST"),
+            ),
+            (d(2023, 3, 26), t(2, 0, 0, 0), None),
+            (d(2023, 3, 26), t(0, 59, 0, 0), None),
+            (
+                d(2023, 10, 29),
+                t(1, 30, 0, 0),
+                Some("01:30 happens twice that day and is taken as the first, 01:30 BST"),
+            ),
+            (d(2023, 10, 29), t(2, 0, 0, 0), None),
+            (d(2023, 6, 7), t(1, 30, 0, 0), None),
+        ];
+        for (date, time, expected) in cases {
+            assert_eq!(
+                taken_as(&tz, date.to_datetime(time)).as_deref(),
+                expected,
+                "{date} {time}"
+            );
+        }
+    }
 
     #[test]
     fn the_installed_config_is_told_by_its_absolute_directory() {

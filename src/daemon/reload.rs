@@ -52,6 +52,7 @@ pub(super) fn agenda_changed(live: &Live) {
         Ok((config_now, revisions)) => {
             if live.feeds.replace(&config_now, &revisions) {
                 super::save_feed_cache(&live.feeds, &config_now.state_dir, &live.background);
+                super::warn_of_big_feeds(&live.feeds);
             }
             live.wake.notify_one();
             tracing::info!("agenda changed: feeds re-rendered");
@@ -225,6 +226,8 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
     if live.feeds.replace(&config, &revisions) {
         super::save_feed_cache(&live.feeds, &config.state_dir, &live.background);
     }
+    // Also when the feeds did not change: the operator reloading sees what is served.
+    super::warn_of_big_feeds(&live.feeds);
     live.wake.notify_one();
     tracing::info!("config reloaded");
     // A proposal moved from the CLI may be owed its lead mail again.

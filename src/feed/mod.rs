@@ -33,6 +33,35 @@ const NO_MEETING_REFERENCE: i64 = 1_767_225_600;
 
 const CALENDAR_END: &str = "END:VCALENDAR\r\n";
 
+/// The size from which a rendered feed is warned about: 800 KiB. Google Calendar does not read
+/// a subscribed feed of more than 1 MB (Google's limit: keep a feed well under it); a warning
+/// here leaves room to act before members' calendars stop updating. About 600 meetings of the
+/// shipped config's shape reach it.
+pub const FEED_SIZE_WARNING: usize = 800 * 1024;
+
+/// The warning for a rendered feed of `bytes` at `path` when it is [`FEED_SIZE_WARNING`] or
+/// more; `None` below it. `path` is below the token prefix ([`urls::relative_path`]), so the
+/// warning never shows the token. The one rule `convenor check` prints and the daemon logs (at
+/// start, at every reload and after an agenda change).
+pub fn size_warning(path: &str, bytes: usize) -> Option<String> {
+    (bytes >= FEED_SIZE_WARNING).then(|| {
+        format!(
+            "the feed {path} is {} KiB ({bytes} bytes), over {} KiB: Google Calendar stops \
+             reading a subscribed feed of more than 1 MB; remove past meetings from the config",
+            bytes.div_ceil(1024),
+            FEED_SIZE_WARNING / 1024
+        )
+    })
+}
+
+/// Every feed a config has, in the order the daemon serves and caches them: the whole calendar,
+/// then each priority's feed in config order.
+pub fn selections(config: &Config) -> Vec<Selection<'_>> {
+    std::iter::once(Selection::All)
+        .chain(config.priorities.iter().map(Selection::Priority))
+        .collect()
+}
+
 /// What follows the meeting id in every UID: a meeting's UID is
 /// `<meeting id>@<network uid_domain>` (`2023-02-24@lednet.convenor`). It depends only on the
 /// meeting's stable id and the network's UID domain, which the ledger pins at the first start
@@ -527,5 +556,24 @@ mod tests {
             let ts = Timestamp::from_second(ts.as_second()).expect("whole second");
             assert_eq!(utc(ts), ts.strftime("%Y%m%dT%H%M%SZ").to_string(), "{ts}");
         }
+    }
+    /// A feed is warned about from [`FEED_SIZE_WARNING`] bytes on, by its path, with its size.
+    #[test]
+    fn a_feed_of_800_kib_or_more_is_warned_about() {
+        assert_eq!(FEED_SIZE_WARNING, 819_200);
+        for bytes in [0, 1024, FEED_SIZE_WARNING - 1] {
+            assert_eq!(size_warning("/calendar.ics", bytes), None, "{bytes}");
+        }
+        let at = size_warning("/calendar.ics", FEED_SIZE_WARNING).expect("at the threshold");
+        assert!(
+            at.starts_with("the feed /calendar.ics is 800 KiB (819200 bytes), over 800 KiB"),
+            "{at}"
+        );
+        let over = size_warning("/priorities/p.ics", 1_048_577).expect("over 1 MiB");
+        assert!(
+            over.starts_with("the feed /priorities/p.ics is 1025 KiB (1048577 bytes)"),
+            "{over}"
+        );
+        assert!(over.contains("1 MB"), "{over}");
     }
 }

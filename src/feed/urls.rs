@@ -23,12 +23,18 @@ pub fn prefix(config: &Config) -> String {
     }
 }
 
+/// The path of a feed below the prefix: `/calendar.ics`, `/priorities/<id>.ics` (what logs and
+/// warnings name a feed by: never the token).
+pub fn relative_path(selection: Selection<'_>) -> String {
+    match selection {
+        Selection::All => "/calendar.ics".to_owned(),
+        Selection::Priority(p) => format!("/priorities/{}.ics", p.id),
+    }
+}
+
 /// The path of a feed, prefix included: `/calendar.ics`, `/<token>/priorities/<id>.ics`.
 pub fn feed_path(config: &Config, selection: Selection<'_>) -> String {
-    match selection {
-        Selection::All => format!("{}/calendar.ics", prefix(config)),
-        Selection::Priority(p) => format!("{}/priorities/{}.ics", prefix(config), p.id),
-    }
+    format!("{}{}", prefix(config), relative_path(selection))
 }
 
 /// The absolute URL of a feed (on `network.base_url`).

@@ -22,7 +22,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     digest::Digest,
-    feed::{self, Selection},
+    feed,
     http::feed_cache::{self, FeedStamp, FeedStamps},
     model::{Config, MeetingId},
     revision::StoredRevision,
@@ -218,6 +218,14 @@ impl Feeds {
         }
     }
 
+    /// The warnings of [`feed::size_warning`] for these feeds, each named by its path below the
+    /// token prefix.
+    pub fn size_warnings(&self) -> Vec<String> {
+        self.by_path()
+            .filter_map(|(path, f)| feed::size_warning(&path, f.body.len()))
+            .collect()
+    }
+
     /// The feed at a path relative to the token prefix (`/calendar.ics`,
     /// `/priorities/<id>.ics`), if there is one.
     pub fn feed(&self, path: &str) -> Option<&Feed> {
@@ -273,9 +281,7 @@ pub fn render_bodies(
     config: &Config,
     revisions: &BTreeMap<MeetingId, StoredRevision>,
 ) -> Vec<HashedBody> {
-    let selections: Vec<Selection<'_>> = std::iter::once(Selection::All)
-        .chain(config.priorities.iter().map(Selection::Priority))
-        .collect();
+    let selections = feed::selections(config);
     let calendars = feed::Calendars::render(config, revisions, &selections);
     (0..calendars.len())
         .map(|i| {

@@ -1,7 +1,11 @@
 //! The template context: what every mail template may use, built from the config (pure).
 //!
 //! Local dates and times are written in the network's zone with the zone's abbreviation, such
-//! as "Friday 24 February 2023, 10:00–12:30 GMT", so no reader has to convert anything.
+//! as "Friday 24 February 2023, 10:00–12:30 GMT", so no reader has to convert anything. The
+//! times shown are the instants the schedule and every calendar take the configured times for
+//! (RFC 5545, [`schedule::local_instant`]): a start of 01:30 on the day the clocks spring forward
+//! over it is shown as 02:30 BST, the time the feed's event is at, never as a time that does not
+//! exist; 01:30 on the day they fall back is the first 01:30 (BST).
 //!
 //! # Deadlines
 //!
@@ -15,7 +19,7 @@
 //!   but never before the day after the nudge and never on or after the meeting's day.
 
 use jiff::{
-    Span, Timestamp,
+    Span,
     civil::{Date, DateTime, Time},
     tz::TimeZone,
 };
@@ -122,9 +126,10 @@ pub struct MeetingCtx {
     pub date: String,
     /// "2023-02-24".
     pub date_iso: String,
-    /// "10:00".
+    /// "10:00": the start as the instant it stands for reads in the zone (a start the clocks
+    /// spring forward over, 01:30, reads 02:30, as in every calendar).
     pub start: String,
-    /// "12:30".
+    /// "12:30", read as [`MeetingCtx::start`] is.
     pub end: String,
     /// The zone abbreviation in force at the start, "GMT" or "BST".
     pub zone: String,
@@ -306,8 +311,8 @@ pub fn build(input: ContextInput<'_>) -> Result<Context, ContextError> {
         .map(|before| change_ctx(config, meeting, before, now_slot.clone()))
         .transpose()?;
     let (deadline, lead_deadline) = deadlines(config, meeting);
-    let start = meeting.start.strftime("%H:%M").to_string();
-    let end = meeting.end.strftime("%H:%M").to_string();
+    let start = hh_mm(&resolved(tz, meeting.local_start()));
+    let end = hh_mm(&resolved(tz, meeting.local_end()));
     Ok(Context {
         network: NetworkCtx {
             short_name: config.network.short_name.as_str().to_owned(),
@@ -430,11 +435,28 @@ fn priority(p: &Priority) -> PriorityCtx {
 /// The abbreviation of the zone in force at a local date-time ("GMT", "BST"), or the numeric
 /// offset when the zone has none.
 fn zone_abbreviation(tz: &TimeZone, local: DateTime) -> String {
-    let instant: Timestamp = schedule::local_instant(tz, local);
-    let zdt = instant.to_zoned_datetime(tz.clone());
-    jiff::fmt::strtime::format("%Z", &zdt).unwrap_or_else(|_| zdt.offset().to_string())
+    abbreviation(&resolved(tz, local))
 }
 
+/// A local date-time as the instant the schedule and every calendar take it for (RFC 5545:
+/// [`schedule::local_instant`]), back in the zone: 01:30 on the day the clocks spring forward
+/// over it is 02:30, and 01:30 on the day they fall back is the first one.
+fn resolved(tz: &TimeZone, local: DateTime) -> jiff::ZonedDateTime {
+    schedule::local_instant(tz, local).to_zoned_datetime(tz.clone())
+}
+
+fn abbreviation(zdt: &jiff::ZonedDateTime) -> String {
+    jiff::fmt::strtime::format("%Z", zdt).unwrap_or_else(|_| zdt.offset().to_string())
+}
+
+/// `HH:MM` of a resolved local time.
+fn hh_mm(zdt: &jiff::ZonedDateTime) -> String {
+    format!("{:02}:{:02}", zdt.hour(), zdt.minute())
+}
+
+/// The date, the times as the instants they stand for (see [`resolved`]) and the place of a
+/// meeting. The zone is written once when start and end share it ("10:00–12:30 GMT"), at each
+/// time when they do not ("00:30 GMT–03:00 BST", across the change of clocks).
 fn slot(
     tz: &TimeZone,
     date: Date,
@@ -444,12 +466,20 @@ fn slot(
     join_url: Option<String>,
 ) -> SlotCtx {
     let day = date.strftime("%A %-d %B %Y").to_string();
-    let zone = zone_abbreviation(tz, date.to_datetime(start));
-    let time = format!(
-        "{}\u{2013}{} {zone}",
-        start.strftime("%H:%M"),
-        end.strftime("%H:%M")
+    let (start, end) = (
+        resolved(tz, date.to_datetime(start)),
+        resolved(tz, date.to_datetime(end)),
     );
+    let (start_zone, end_zone) = (abbreviation(&start), abbreviation(&end));
+    let time = if start_zone == end_zone {
+        format!("{}\u{2013}{} {start_zone}", hh_mm(&start), hh_mm(&end))
+    } else {
+        format!(
+            "{} {start_zone}\u{2013}{} {end_zone}",
+            hh_mm(&start),
+            hh_mm(&end)
+        )
+    };
     SlotCtx {
         when: format!("{day}, {time}"),
         date: day,
@@ -513,6 +543,8 @@ fn change_ctx(
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
+
     use super::*;
     use crate::config::{Environment, parse};
 
@@ -644,6 +676,104 @@ mod tests {
             assert_eq!(ch.before.time, time, "{zone}");
             assert_eq!(ch.after.time, "10:00–12:30 BST", "{zone}");
             assert_eq!(ch.time_changed, changed, "{zone}");
+        }
+    }
+    /// Mail shows a meeting's times as the instants the feed's event and the schedule take them
+    /// for: a start or end the clocks spring forward over moves on by the gap, the repeated
+    /// hour of autumn is its first (BST) pass, and a slot across a change names both zones.
+    #[test]
+    fn times_are_shown_as_the_instants_calendars_take_them_for() {
+        let cases = [
+            // (date, start, end, time, start, end, zone)
+            (
+                "2023-06-07",
+                "10:00",
+                "12:30",
+                "10:00–12:30 BST",
+                "10:00",
+                "12:30",
+                "BST",
+            ),
+            (
+                "2023-02-24",
+                "10:00",
+                "12:30",
+                "10:00–12:30 GMT",
+                "10:00",
+                "12:30",
+                "GMT",
+            ),
+            // Spring forward on 2023-03-26: 01:00 GMT is 02:00 BST, 01:00-01:59 do not exist.
+            (
+                "2023-03-26",
+                "01:30",
+                "12:30",
+                "02:30–12:30 BST",
+                "02:30",
+                "12:30",
+                "BST",
+            ),
+            (
+                "2023-03-26",
+                "00:30",
+                "01:30",
+                "00:30 GMT–02:30 BST",
+                "00:30",
+                "02:30",
+                "GMT",
+            ),
+            (
+                "2023-03-26",
+                "01:00",
+                "01:59",
+                "02:00–02:59 BST",
+                "02:00",
+                "02:59",
+                "BST",
+            ),
+            // Fall back on 2023-10-29: 01:00-01:59 happen twice, first in BST.
+            (
+                "2023-10-29",
+                "01:30",
+                "12:30",
+                "01:30 BST–12:30 GMT",
+                "01:30",
+                "12:30",
+                "BST",
+            ),
+            (
+                "2023-10-29",
+                "01:15",
+                "01:45",
+                "01:15–01:45 BST",
+                "01:15",
+                "01:45",
+                "BST",
+            ),
+        ];
+        for (date, start, end, time, start_shown, end_shown, zone) in cases {
+            let c = config(&format!(
+                "[[meeting]]\nid = \"x\"\ndate = {date}\nstart = \"{start}\"\nend = \"{end}\"\n\
+                 title = \"T\"\n"
+            ));
+            let m = ctx(&c, "x", "agenda-call", None).meeting;
+            assert_eq!(m.time, time, "{date} {start}-{end}");
+            assert_eq!(
+                (m.start.as_str(), m.end.as_str(), m.zone.as_str()),
+                (start_shown, end_shown, zone),
+                "{date} {start}-{end}"
+            );
+            assert!(m.when.ends_with(&format!(", {time}")), "{}", m.when);
+            // The feed's event says the same local times, which calendars read by the same rule.
+            let x = c.meetings.iter().find(|m| m.id.as_str() == "x").expect("x");
+            let tz = &c.network.time_zone;
+            let shown = |s: &str| {
+                let t = jiff::civil::Time::strptime("%H:%M", s).expect("time");
+                let local = x.date.to_datetime(t);
+                crate::schedule::local_instant(tz, local)
+            };
+            assert_eq!(shown(start_shown), x.starts_at(tz), "{date} {start}");
+            assert_eq!(shown(end_shown), x.ends_at(tz), "{date} {end}");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use convenor::config::{self, ConfigError, Environment, Severity};
 
-use crate::support::{convenor, example_config_text, repo, write_config};
+use crate::support::{config_with_meetings, convenor, example_config_text, repo, write_config};
 
 /// Parses config text as if it were `config/lednet.toml` in the repository.
 fn parse(text: &str) -> Result<config::Loaded, ConfigError> {
@@ -383,6 +383,30 @@ fn warnings_for_weekend_and_clock_change_days_do_not_fail() {
     );
 }
 
+/// `convenor check` on a meeting whose start the clocks skip over says, in its clock-change
+/// warning, the time the start is taken as (the feed's event and the schedule agree on it),
+/// and still exits 0.
+#[test]
+fn check_says_what_a_start_in_the_spring_forward_gap_is_taken_as() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = edited(
+        "date = 2023-04-19\nstart = \"10:00\"",
+        "date = 2023-03-26\nstart = \"01:30\"",
+    );
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the clocks change on 2023-03-26 (to BST): check the meeting's time with members; \
+             its start 01:30 does not exist that day and is taken as 02:30 BST"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("its end"), "{stderr}");
+}
+
 #[test]
 fn the_shipped_meeting_ids_are_their_dates_and_state_dir_follows_systemd() {
     let loaded = parse(&example_config_text()).expect("valid");
@@ -589,6 +613,45 @@ fn check_accepts_the_shipped_config() {
     assert!(stdout.contains("meetings:   5 (0 cancelled)"), "{stdout}");
     assert!(stdout.contains("priorities: 5"), "{stdout}");
     assert!(stdout.contains("emails:     7 in the schedule"), "{stdout}");
+    // Five meetings are far below the size a feed is warned about.
+    assert!(stdout.contains("feeds:      6, the largest"), "{stdout}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("the feed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `convenor check` warns of a feed that nears Google's 1 MB limit, naming it by its path and
+/// size, and still exits 0 ([`config_with_meetings`]: every feed about 900 KiB).
+#[test]
+fn check_warns_of_a_feed_near_googles_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_with_meetings(700);
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("warning: the feed /"))
+        .collect();
+    assert_eq!(warned.len(), 6, "{stderr}");
+    assert!(
+        warned[0].contains("the feed /calendar.ics is ") && warned[0].contains("over 800 KiB"),
+        "{stderr}"
+    );
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("the feed /priorities/future-places.ics is ")),
+        "{stderr}"
+    );
+    assert!(stdout.contains("6 warning(s), see above"), "{stdout}");
+    assert!(stdout.contains("feeds:      6, the largest"), "{stdout}");
 }
 
 #[test]

@@ -468,6 +468,38 @@ async fn sighup_with_a_broken_config_keeps_serving_and_sending_and_a_valid_one_r
     );
 }
 
+/// The daemon logs a warning for each feed that nears Google's 1 MB limit when it builds the
+/// feeds at start, and again at a reload (the rule `convenor check` prints), naming each by its
+/// path below the token prefix.
+#[test]
+fn serve_warns_of_feeds_near_googles_limit_at_start_and_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config =
+        crate::support::write_config(dir.path(), &crate::support::config_with_meetings(700));
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    daemon.wait_ready();
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("WARN") && l.contains("the feed /") && l.contains("over 800 KiB")
+            })
+            .count()
+    };
+    assert_eq!(warned(&daemon.log_text()), 6, "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("the feed /calendar.ics is "),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.signal("HUP");
+    wait_for(
+        "the reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    assert_eq!(warned(&daemon.log_text()), 12, "{}", daemon.log_text());
+}
+
 /// A reload whose plan the ledger cannot take (another process holds its write lock past the
 /// busy timeout) changes nothing: the feed served stays byte for byte the same and no revision
 /// is written, half or whole. The next reload, with the ledger free, applies the change once:

@@ -340,6 +340,64 @@ fn a_time_change_raises_sequence_and_moves_the_stamps() {
     assert_eq!(invite["events"][0]["start_utc"], e1["start_utc"]);
 }
 
+/// A change to what every event shows beyond time, place and status (the network's name, a
+/// lead's organisation, the page URL) moves each event's DTSTAMP and LAST-MODIFIED, read back
+/// by Python's icalendar, without raising SEQUENCE: the event's bytes changed, so RFC 5545
+/// 3.8.7.3 wants LAST-MODIFIED to move.
+#[test]
+fn a_new_network_name_organisation_or_base_url_moves_last_modified() {
+    let t0: Timestamp = "2023-01-05T08:00:00Z".parse().expect("t0");
+    let t1: Timestamp = "2023-02-01T12:30:00Z".parse().expect("t1");
+    let before = config_from(&example_config_text());
+    let revisions: BTreeMap<_, _> = before
+        .meetings
+        .iter()
+        .map(|m| (m.id.clone(), next_revision(None, &before, m, t0).0))
+        .collect();
+    let old_feed = feed::render_calendar(&before, &revisions, Selection::All);
+    let cases = [
+        (
+            "name = \"London Environment Directors' Network\"",
+            "name = \"London Environment Network\"",
+        ),
+        (
+            "organisation = \"LEDNet Director, to be named\"",
+            "organisation = \"London Borough of Camden\"",
+        ),
+        (
+            "base_url = \"http://127.0.0.1:8080\"",
+            "base_url = \"https://calendar.example.org\"",
+        ),
+    ];
+    for (from, to) in cases {
+        let after = config_from(&example_config_text().replacen(from, to, 1));
+        // The events' bytes change even at the stored revisions.
+        assert_ne!(
+            feed::render_calendar(&after, &revisions, Selection::All),
+            old_feed,
+            "{to}"
+        );
+        let next: BTreeMap<_, _> = after
+            .meetings
+            .iter()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    next_revision(revisions.get(&m.id), &after, m, t1).0,
+                )
+            })
+            .collect();
+        let v = parse_ics(&feed::render_calendar(&after, &next, Selection::All));
+        let events = v["events"].as_array().expect("events");
+        assert_eq!(events.len(), 5, "{to}");
+        for e in events {
+            assert_eq!(e["last_modified"], "2023-02-01T12:30:00Z", "{to}: {e}");
+            assert_eq!(e["dtstamp"], "2023-02-01T12:30:00Z", "{to}: {e}");
+            assert_eq!(e["sequence"], 0, "{to}: {e}");
+        }
+    }
+}
+
 /// Moving a meeting to another date is an edit of its `date` under the same `id`: the ledger
 /// keeps it as the same meeting, so the feed keeps its UID and raises its SEQUENCE, its pending
 /// mail moves with it under the same Message-ID, and a change notice is queued; no event appears

@@ -97,6 +97,24 @@ pub fn convenor(args: &[&str]) -> Output {
         .expect("run convenor")
 }
 
+/// The shipped config with `n` more meetings of its shape (ids `m0`, `m1`...), on the weekdays
+/// of 2027 from its first Monday, so no weekend or clock-change warning joins in. 700 of them
+/// make each feed about 900 KiB (every meeting concerns every priority).
+pub fn config_with_meetings(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = example_config_text();
+    let days = std::iter::successors(Some(jiff::civil::date(2027, 1, 4)), |d| d.tomorrow().ok())
+        .filter(|d| d.weekday().to_monday_one_offset() <= 5);
+    for (i, day) in days.take(n).enumerate() {
+        let _ = write!(
+            text,
+            "\n[[meeting]]\nid = \"m{i}\"\ndate = {day}\nstart = \"10:00\"\nend = \"12:30\"\n\
+             title = \"LEDNet meeting {i}\"\nlocation = \"Room {i}, City Hall, London\"\n"
+        );
+    }
+    text
+}
+
 /// Copies the shipped templates into `dir/templates`, applies `edit` to one file (which must
 /// change it), and returns the copy's directory.
 pub fn templates_with(dir: &Path, file: &str, edit: impl Fn(&str) -> String) -> PathBuf {
