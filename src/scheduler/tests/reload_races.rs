@@ -412,16 +412,47 @@ fn outbox(store: &Arc<Mutex<SqliteStore>>, config: &Config) -> MailOutbox<Sqlite
 /// nothing and the attempt ends as the withdrawal says, skipped.
 #[test]
 fn the_outbox_composes_no_mail_withdrawn_after_its_claim() {
+    let Refused {
+        store,
+        row,
+        failure,
+        ..
+    } = refused_after_cancel();
+    assert_eq!(failure.message, format!("{WITHDRAWN}meeting cancelled"));
+    // Settled as the loop does: the withdrawal decides, skipped.
+    let outcome = after_failure(
+        &row,
+        &failure,
+        t("2030-06-06T08:00:03Z"),
+        &config(MEETINGS).scheduler,
+        0.5,
+    );
+    let state = super::super::run::lock(&store)
+        .settle(&row.key, MailState::Sending, &outcome)
+        .expect("settle");
+    assert_eq!(state, Some(MailState::Skipped));
+}
+
+/// What [`refused_after_cancel`] leaves: the ledger (shared as the daemon shares it, in its
+/// temporary directory), the claimed row and the outbox's refusal.
+struct Refused {
+    dir: tempfile::TempDir,
+    store: Arc<Mutex<SqliteStore>>,
+    row: LedgerRow,
+    failure: SendFailure,
+}
+
+/// m1's day mail claimed at 08:00 on its day; a reload cancels m1 before the outbox composes it.
+fn refused_after_cancel() -> Refused {
     let c = config(MEETINGS);
     let mut sim = Sim::new();
     sim.load(&c, t("2030-05-01T00:00:00Z"));
-    let day = key("m1", "day", 0);
     let row = sim
         .store
-        .claim(&day, t("2030-06-06T08:00:00Z"))
+        .claim(&key("m1", "day", 0), t("2030-06-06T08:00:00Z"))
         .expect("claim")
         .expect("claimed");
-    let Sim { _dir, store } = sim;
+    let Sim { _dir: dir, store } = sim;
     let store = Arc::new(Mutex::new(store));
     let outbox = outbox(&store, &c);
     replan(
@@ -434,13 +465,12 @@ fn the_outbox_composes_no_mail_withdrawn_after_its_claim() {
     let Err(failure) = outbox.compose(&row, &rx, t("2030-06-06T08:00:02Z")) else {
         panic!("a mail withdrawn after its claim was composed");
     };
-    assert_eq!(failure.message, format!("{WITHDRAWN}meeting cancelled"));
-    // Settled as the loop does: the withdrawal decides, skipped.
-    let outcome = after_failure(&row, &failure, t("2030-06-06T08:00:03Z"), &c.scheduler, 0.5);
-    let state = super::super::run::lock(&store)
-        .settle(&day, MailState::Sending, &outcome)
-        .expect("settle");
-    assert_eq!(state, Some(MailState::Skipped));
+    Refused {
+        dir,
+        store,
+        row,
+        failure,
+    }
 }
 
 /// The notice that superseded one never sent tells recipients the change since what they last
@@ -585,27 +615,13 @@ fn a_withdrawal_mark_does_not_outlive_its_attempt_even_across_a_rollback() {
 #[test]
 fn a_withdrawal_undone_between_compose_and_settle_leaves_the_mail_to_be_sent() {
     let c = config(MEETINGS);
-    let mut sim = Sim::new();
-    sim.load(&c, t("2030-05-01T00:00:00Z"));
     let day = key("m1", "day", 0);
-    let row = sim
-        .store
-        .claim(&day, t("2030-06-06T08:00:00Z"))
-        .expect("claim")
-        .expect("claimed");
-    let Sim { _dir, store } = sim;
-    let store = Arc::new(Mutex::new(store));
-    let outbox = outbox(&store, &c);
-    replan(
-        &mut *super::super::run::lock(&store),
-        &cancelled(),
-        t("2030-06-06T08:00:01Z"),
-    )
-    .expect("cancel");
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(cancelled()));
-    let Err(failure) = outbox.compose(&row, &rx, t("2030-06-06T08:00:02Z")) else {
-        panic!("composed")
-    };
+    let Refused {
+        dir: _dir,
+        store,
+        row,
+        failure,
+    } = refused_after_cancel();
     // Reinstated before the loop takes the store lock again to settle.
     replan(
         &mut *super::super::run::lock(&store),
@@ -617,7 +633,6 @@ fn a_withdrawal_undone_between_compose_and_settle_leaves_the_mail_to_be_sent() {
     let state = super::super::run::lock(&store)
         .settle(&day, MailState::Sending, &outcome)
         .expect("settle");
-    drop(outbox);
     let mut sim = Sim {
         _dir,
         store: Arc::try_unwrap(store)
