@@ -306,6 +306,11 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
         tracing::debug!(proposal = id, "the mail to the lead is being sent already");
         return;
     };
+    // Checked once the place is taken: a run that ended between the caller's reading of the
+    // owed mails and now may have sent it.
+    if !still_owed(&store, id) {
+        return;
+    }
     let (config, _) = notifier.current();
     let (mut proposal, mut link) = match prepare(&config, &store, id, Timestamp::now()) {
         Ok(prepared) => prepared,
@@ -325,6 +330,11 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
         }
     };
     loop {
+        // And before every attempt: nothing but this run settles it, but nothing is sent twice
+        // on that word alone.
+        if !still_owed(&store, id) {
+            return;
+        }
         let (config, parts) = notifier.current();
         // Read again: `convenor agenda move` may have moved it to another meeting since. The
         // mail is then about that meeting (another Message-ID), and whom it reached is what
@@ -345,7 +355,9 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
         };
         let now = Timestamp::now();
         if now >= start {
-            give_up(&store, id, STARTED);
+            if !give_up(&store, id, &proposal.meeting, STARTED) {
+                continue;
+            }
             tracing::warn!(
                 proposal = id,
                 "the meeting has started; the lead was not mailed about this proposal"
@@ -372,14 +384,24 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
             Err(NotifyError::Send { done, .. }) => done,
             _ => &[],
         };
-        if let Err(e) = with_store(&store, |s| {
-            s.mark_notified(id, now, error.as_deref(), reached)
+        match with_store(&store, |s| {
+            s.mark_notified_for(id, &proposal.meeting, now, error.as_deref(), reached)
         }) {
-            tracing::error!(
+            Ok(true) => {}
+            Ok(false) => {
+                // Moved during the attempt: the mail owed now is about the new meeting.
+                tracing::info!(
+                    proposal = id,
+                    "the proposal moved during this attempt; mailing the lead about its new \
+                     meeting"
+                );
+                continue;
+            }
+            Err(e) => tracing::error!(
                 proposal = id,
                 "cannot record the mail to the lead (a restart sends it again, also to whom \
                  it reached): {e}"
-            );
+            ),
         }
         let e = match result {
             Ok(()) => {
@@ -401,7 +423,14 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 return;
             }
             Err(e @ NotifyError::Send { .. }) => {
-                give_up(&store, id, &format!("{e}{}", reached_note(&done)));
+                if !give_up(
+                    &store,
+                    id,
+                    &proposal.meeting,
+                    &format!("{e}{}", reached_note(&done)),
+                ) {
+                    continue;
+                }
                 tracing::error!(proposal = id, "the mail to the lead failed for good: {e}");
                 return;
             }
@@ -425,14 +454,13 @@ pub async fn send_with_retries(notifier: Notifier, store: Arc<Mutex<AgendaStore>
                 tokio::time::sleep(wait).await;
             }
             Retry::GiveUp => {
-                give_up(
-                    &store,
-                    id,
-                    &format!(
-                        "not sent: the meeting starts before another attempt; last: {e}{}",
-                        reached_note(&done)
-                    ),
+                let reason = format!(
+                    "not sent: the meeting starts before another attempt; last: {e}{}",
+                    reached_note(&done)
                 );
+                if !give_up(&store, id, &proposal.meeting, &reason) {
+                    continue;
+                }
                 tracing::warn!(
                     proposal = id,
                     attempt = failures,
@@ -500,12 +528,36 @@ fn with_store<T>(store: &Mutex<AgendaStore>, f: impl FnOnce(&mut AgendaStore) ->
 }
 
 /// Records in `store` that proposal `id`'s mail is given up for `reason`; logs a failure.
-fn give_up(store: &Mutex<AgendaStore>, id: i64, reason: &str) {
-    if let Err(e) = with_store(store, |s| s.give_up_notify(id, reason)) {
-        tracing::error!(
-            proposal = id,
-            "cannot record that the mail to the lead is given up: {e}"
-        );
+/// Whether proposal `id` is still owed its lead mail; logs why not.
+fn still_owed(store: &Mutex<AgendaStore>, id: i64) -> bool {
+    match with_store(store, |s| s.is_owed(id)) {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!(proposal = id, "the mail to the lead is no longer owed");
+            false
+        }
+        Err(e) => {
+            tracing::error!(
+                proposal = id,
+                "cannot read whether the lead is owed a mail: {e}"
+            );
+            false
+        }
+    }
+}
+
+/// False when the proposal was moved to another meeting meanwhile: the mail owed now is about
+/// that one, and the run goes on with it.
+fn give_up(store: &Mutex<AgendaStore>, id: i64, meeting: &str, reason: &str) -> bool {
+    match with_store(store, |s| s.give_up_notify_for(id, meeting, reason)) {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            tracing::error!(
+                proposal = id,
+                "cannot record that the mail to the lead is given up: {e}"
+            );
+            true
+        }
     }
 }
 
@@ -752,6 +804,22 @@ mod tests {
         send_with_retries(notifier.clone(), store.clone(), id).await;
         assert_eq!(sent(), 1);
         assert!(owed(&store).is_empty());
+        // A run started from a list of owed mails read before that one ended (a reload's):
+        // the mail is no longer owed, and nothing is sent again. (The outbox names a file by
+        // its Message-ID, so a second mail would replace the first: with another lead link.)
+        let mail = || {
+            let file = std::fs::read_dir(&outbox)
+                .expect("outbox")
+                .next()
+                .expect("a mail")
+                .expect("entry")
+                .path();
+            std::fs::read_to_string(file).expect("read the mail")
+        };
+        let first = mail();
+        send_with_retries(notifier.clone(), store.clone(), id).await;
+        assert_eq!(sent(), 1);
+        assert!(mail() == first, "the lead was mailed again");
     }
 
     /// A link is mailed while more than half its lifetime is left; retries past that carry a

@@ -546,17 +546,59 @@ impl AgendaStore {
         error: Option<&str>,
         reached: &[String],
     ) -> Result<(), AgendaError> {
+        self.mark_notified_where(id, None, now, error, reached)
+            .map(drop)
+    }
+
+    /// [`AgendaStore::mark_notified`] for an attempt whose mail was about `meeting`: recorded
+    /// only while the proposal is still for that meeting. False when it was moved meanwhile
+    /// (`convenor agenda move`): the mail owed now is about the new meeting, and this attempt
+    /// neither settles it nor adds to whom it reached.
+    pub fn mark_notified_for(
+        &mut self,
+        id: i64,
+        meeting: &str,
+        now: Timestamp,
+        error: Option<&str>,
+        reached: &[String],
+    ) -> Result<bool, AgendaError> {
+        self.mark_notified_where(id, Some(meeting), now, error, reached)
+    }
+
+    fn mark_notified_where(
+        &mut self,
+        id: i64,
+        meeting: Option<&str>,
+        now: Timestamp,
+        error: Option<&str>,
+        reached: &[String],
+    ) -> Result<bool, AgendaError> {
         let ms = error.is_none().then(|| now.as_millisecond());
         let reached = (!reached.is_empty()).then(|| reached.join("\n"));
-        self.conn
+        let changed = self
+            .conn
             .execute(
                 "UPDATE proposals SET notified_ms = ?1, notify_error = ?2, notify_done = CASE \
                  WHEN ?4 IS NULL THEN notify_done WHEN notify_done IS NULL THEN ?4 \
-                 ELSE notify_done || char(10) || ?4 END WHERE id = ?3",
-                params![ms, error, id, reached],
+                 ELSE notify_done || char(10) || ?4 END \
+                 WHERE id = ?3 AND (?5 IS NULL OR meeting = ?5)",
+                params![ms, error, id, reached, meeting],
             )
             .map_err(|e| self.err(e))?;
-        Ok(())
+        Ok(changed > 0)
+    }
+
+    /// True while proposal `id` is owed a mail to its lead (see the module docs).
+    pub fn is_owed(&self, id: i64) -> Result<bool, AgendaError> {
+        self.conn
+            .query_row(
+                "SELECT notify_wanted = 1 AND notified_ms IS NULL FROM proposals WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|owed| owed.unwrap_or(false))
+            .map_err(|e| self.err(e))
     }
 
     /// The recipients the mail to the lead of proposal `id` already got to (see
@@ -582,14 +624,35 @@ impl AgendaStore {
     /// mail for good. From then on [`AgendaStore::unnotified`] leaves it out, so a start gives
     /// it up once, not again at every start. A mail already recorded sent stays so.
     pub fn give_up_notify(&mut self, id: i64, reason: &str) -> Result<(), AgendaError> {
-        self.conn
+        self.give_up_notify_where(id, None, reason).map(drop)
+    }
+
+    /// [`AgendaStore::give_up_notify`] for a mail about `meeting`, only while the proposal is
+    /// still for it; false when it was moved meanwhile (the mail owed now is another one).
+    pub fn give_up_notify_for(
+        &mut self,
+        id: i64,
+        meeting: &str,
+        reason: &str,
+    ) -> Result<bool, AgendaError> {
+        self.give_up_notify_where(id, Some(meeting), reason)
+    }
+
+    fn give_up_notify_where(
+        &mut self,
+        id: i64,
+        meeting: Option<&str>,
+        reason: &str,
+    ) -> Result<bool, AgendaError> {
+        let changed = self
+            .conn
             .execute(
                 "UPDATE proposals SET notify_wanted = 0, notify_error = ?1 \
-                 WHERE id = ?2 AND notified_ms IS NULL",
-                params![reason, id],
+                 WHERE id = ?2 AND notified_ms IS NULL AND (?3 IS NULL OR meeting = ?3)",
+                params![reason, id, meeting],
             )
             .map_err(|e| self.err(e))?;
-        Ok(())
+        Ok(changed > 0)
     }
 
     /// Proposals still owed a mail to their lead (the mail failed, or the daemon stopped first),
@@ -836,6 +899,35 @@ mod tests {
                 assert_eq!(done_before, team, "{case}");
             }
         }
+    }
+
+    /// An attempt about the meeting a proposal was for is not recorded once the proposal has
+    /// moved (`convenor agenda move` during the attempt): the mail about the new meeting stays
+    /// owed, and whom the old attempt reached does not count for it. Giving up likewise.
+    #[test]
+    fn an_attempt_about_the_meeting_a_proposal_moved_from_settles_nothing() {
+        let t0: Timestamp = "2023-01-10T10:00:00Z".parse().expect("ts");
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = AgendaStore::open_in(dir.path()).expect("open");
+        let id = s.add(&new("a@example.org"), "web", true, t0).expect("add");
+        let old = s.proposal(id).expect("proposal").meeting;
+        s.move_to(id, "2023-04-21", "team", t0).expect("move");
+        let team = ["team@example.org".to_owned()];
+        for error in [None, Some("451 put off")] {
+            assert!(
+                !s.mark_notified_for(id, &old, t0, error, &team)
+                    .expect("record")
+            );
+        }
+        assert!(!s.give_up_notify_for(id, &old, "refused").expect("give up"));
+        assert!(s.is_owed(id).expect("owed"));
+        assert!(s.notify_done(id).expect("done").is_empty());
+        // About the meeting it is for now: recorded.
+        assert!(
+            s.mark_notified_for(id, "2023-04-21", t0, None, &[])
+                .expect("record")
+        );
+        assert!(!s.is_owed(id).expect("owed"));
     }
 
     #[test]

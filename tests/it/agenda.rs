@@ -1586,3 +1586,68 @@ async fn a_proposal_moved_after_its_lead_mail_was_given_up_is_mailed_after_the_r
     );
     assert_eq!(relay.received().len(), 1);
 }
+
+/// A proposal moved from the CLI while its lead mail is being retried (the relay answers 451),
+/// and the service reloaded: the run under way carries on alone (the reload starts no second
+/// one) and its next attempt is about the new meeting. The lead gets exactly one mail once the
+/// relay takes it, with the new meeting's Message-ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_moved_while_its_lead_mail_is_retried_is_mailed_once_about_its_new_meeting() {
+    use crate::{
+        daemon::harness::{Sink, wait_for},
+        mail::SmtpServer,
+    };
+    use web::*;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let (refused, inbox) = (dir.path().join("refused"), dir.path().join("inbox"));
+    let failing = SmtpServer::start(
+        &refused,
+        &["--fail-at", "data", "--code", "451", "--keep-refused"],
+    );
+    let smtp = failing.port;
+    let port = free_port();
+    let zone = zone();
+    let (d, s, e) = far(zone);
+    let later = "[[meeting]]\nid = \"m3\"\ndate = 2099-05-05\nstart = \"10:00\"\nend = \"11:00\"\n\
+                 title = \"Later meeting\"\n";
+    let config = write_config(
+        dir.path(),
+        &web::text(zone, port, smtp, (&d, &s, &e), later),
+    );
+    let daemon = spawn(&config, &dir.path().join("serve.log"));
+    let res = propose_in_m1(port, "Moved while retried").await;
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    wait_for(
+        "a refused attempt",
+        || !mails(&refused).is_empty() && daemon.log_text().contains("will retry"),
+        || daemon.log_text(),
+    );
+    ok(&cli(
+        &config,
+        &["agenda", "move", "--meeting", "m1", "1", "--to", "m3"],
+    ));
+    daemon.signal("HUP");
+    wait_for(
+        "the reload",
+        || daemon.log_text().contains("config reloaded"),
+        || daemon.log_text(),
+    );
+    drop(failing);
+    let _sink = Sink::start(&inbox, Some(smtp));
+    wait_for(
+        "the retried mail",
+        || daemon.log_text().contains("the lead was mailed"),
+        || daemon.log_text(),
+    );
+    let got = mails(&inbox);
+    assert_eq!(got.len(), 1, "exactly one mail: {got:?}");
+    let id = hdr(&got[0], "Message-ID");
+    assert!(id.starts_with("<proposal.1.m3."), "{id}");
+    assert_eq!(
+        daemon.log_text().matches("the lead was mailed").count(),
+        1,
+        "{}",
+        daemon.log_text()
+    );
+}
