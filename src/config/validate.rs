@@ -763,6 +763,24 @@ fn meetings(
                 m.end.span(),
                 format!("the meeting ends ({e}) before or when it starts ({s})"),
             );
+        } else if let (Some(tz), Some(d), Some(s), Some(e)) = (tz, date, start, end) {
+            // As the clocks go: a start in the spring gap is taken as an hour later
+            // (`schedule::local_instant`), which can be at or after an end written later.
+            let at = |t: Time| crate::schedule::local_instant(tz, d.to_datetime(t));
+            if at(e) <= at(s) {
+                let why: Vec<String> = [s, e]
+                    .into_iter()
+                    .filter_map(|t| taken_as(tz, d.to_datetime(t)))
+                    .collect();
+                c.error(
+                    m.end.span(),
+                    format!(
+                        "the meeting ends ({e}) before or when it starts ({s}) as the clocks go \
+                         on {d}: {}",
+                        why.join("; ")
+                    ),
+                );
+            }
         }
         // Required: an id that defaulted to the date changed when the date did, so moving a
         // meeting made a new one (a new calendar UID, its mail planned and sent again).

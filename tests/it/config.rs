@@ -86,6 +86,14 @@ fn every_validation_error_names_its_place() {
             "ends (09:00:00) before or when it starts",
             "\"09:00\"",
         ),
+        // end not after start as the clocks go: the start is in the spring-forward gap
+        (
+            "date = 2023-09-29\nstart = \"10:00\"\nend = \"12:30\"",
+            "date = 2024-03-31\nstart = \"01:30\"\nend = \"02:15\"",
+            "ends (02:15:00) before or when it starts (01:30:00) as the clocks go on 2024-03-31: \
+             01:30 does not exist that day and is taken as 02:30 BST",
+            "\"02:15\"",
+        ),
         // duplicate ids
         (
             "id = \"2023-11-30\"",
