@@ -84,8 +84,10 @@ impl Significant {
 enum Comparison {
     /// Same fields, same zone (or a stored revision without one).
     Same,
-    /// Another zone name, at the same instants, with the same place, link and status.
-    ZoneRenamed,
+    /// Other local times or another zone name, at the same instants, with the same place, link
+    /// and status: a zone renamed, or a time written in the spring-forward gap corrected to the
+    /// one it was taken as.
+    SameInstants,
     /// Another time, place, link or status; or another zone that puts the meeting at another
     /// instant (or whose name no longer resolves).
     Moved,
@@ -102,11 +104,20 @@ fn compare(before: &Significant, now: &Significant, config: &Config) -> Comparis
         (&before.date, &before.start, &before.end) == (&now.date, &now.start, &now.end);
     match before.other_zone(now) {
         None if same_local => Comparison::Same,
-        None | Some(None) => Comparison::Moved,
+        // The same zone, other local times: a move only if the clocks take them to other
+        // instants (under today's rules for both, so new tzdata is never a move by itself).
+        None => {
+            let tz = &config.network.time_zone;
+            match (before.instants_in(tz), now.instants_in(tz)) {
+                (Some(a), Some(b)) if a == b => Comparison::SameInstants,
+                _ => Comparison::Moved,
+            }
+        }
+        Some(None) => Comparison::Moved,
         Some(Some(old)) => {
             let tz = &config.network.time_zone;
             match (before.instants_in(&old), now.instants_in(tz)) {
-                (Some(a), Some(b)) if a == b => Comparison::ZoneRenamed,
+                (Some(a), Some(b)) if a == b => Comparison::SameInstants,
                 _ => Comparison::Moved,
             }
         }
@@ -286,7 +297,7 @@ pub fn next_revision(
             agenda_digest,
         };
         (rev, Change::Agenda)
-    } else if prev.content_digest != content || comparison == Comparison::ZoneRenamed {
+    } else if prev.content_digest != content || comparison == Comparison::SameInstants {
         let rev = StoredRevision {
             last_modified: modified,
             significant,
@@ -481,6 +492,40 @@ mod tests {
         let (r1, ch) = next_revision(Some(&gone), &london, &london.meetings[0], t1);
         assert_eq!(r1.sequence, 1);
         assert!(matches!(ch, Change::Significant { .. }), "{ch:?}");
+    }
+
+    /// A start written in the spring-forward gap (01:30 on 2023-03-26, taken as 02:30 BST)
+    /// corrected to the time it was taken as moves no instant: LAST-MODIFIED moves (the
+    /// feed's DTSTART text changes), SEQUENCE stays and no notice is queued. An hour later is a
+    /// move.
+    #[test]
+    fn correcting_a_start_in_the_spring_gap_to_the_time_it_was_taken_as_is_no_move() {
+        let t0: Timestamp = "2023-01-01T00:00:00Z".parse().expect("ts");
+        let t1: Timestamp = "2023-01-02T00:00:00Z".parse().expect("ts");
+        let starting = |start: &str| {
+            edited_config(|text| {
+                text.replacen(
+                    "date = 2023-02-24\nstart = \"10:00\"",
+                    &format!("date = 2023-03-26\nstart = \"{start}\""),
+                    1,
+                )
+            })
+        };
+        let gap = starting("01:30");
+        assert_eq!(gap.meetings[0].date.to_string(), "2023-03-26");
+        let (r0, _) = next_revision(None, &gap, &gap.meetings[0], t0);
+        for (start, moved) in [("02:30", false), ("03:30", true)] {
+            let c = starting(start);
+            let (r1, ch) = next_revision(Some(&r0), &c, &c.meetings[0], t1);
+            if moved {
+                assert_eq!(r1.sequence, 1, "{start}");
+                assert!(matches!(ch, Change::Significant { .. }), "{start}: {ch:?}");
+            } else {
+                assert_eq!((r1.sequence, ch), (0, Change::Content), "{start}");
+                assert_eq!(r1.significant.start, "02:30");
+                assert_eq!(r1.last_modified, t1);
+            }
+        }
     }
 
     /// A revision stored before zones were recorded is read as in the zone configured now: it
