@@ -339,6 +339,10 @@ mod web {
         )
     }
 
+    /// A meeting `m3` long after `m1`, to move proposals to (appended to [`text`]).
+    pub const LATER_MEETING: &str = "[[meeting]]\nid = \"m3\"\ndate = 2099-05-05\n\
+        start = \"10:00\"\nend = \"11:00\"\ntitle = \"Later meeting\"\n";
+
     /// `m1` two months ahead, 10:00 to 12:00: the call for items is open.
     pub fn far(zone: &str) -> (String, String, String) {
         let d = Timestamp::now()
@@ -1511,11 +1515,9 @@ async fn a_proposal_moved_after_its_lead_mail_was_given_up_is_mailed_after_the_r
     let port = free_port();
     let zone = zone();
     let (d, s, e) = far(zone);
-    let later = "[[meeting]]\nid = \"m3\"\ndate = 2099-05-05\nstart = \"10:00\"\nend = \"11:00\"\n\
-                 title = \"Later meeting\"\n";
     let config = write_config(
         dir.path(),
-        &web::text(zone, port, relay.port, (&d, &s, &e), later),
+        &web::text(zone, port, relay.port, (&d, &s, &e), LATER_MEETING),
     );
     let state = load(&config, &Environment::default())
         .expect("config")
@@ -1609,11 +1611,9 @@ async fn a_proposal_moved_while_its_lead_mail_is_retried_is_mailed_once_about_it
     let port = free_port();
     let zone = zone();
     let (d, s, e) = far(zone);
-    let later = "[[meeting]]\nid = \"m3\"\ndate = 2099-05-05\nstart = \"10:00\"\nend = \"11:00\"\n\
-                 title = \"Later meeting\"\n";
     let config = write_config(
         dir.path(),
-        &web::text(zone, port, smtp, (&d, &s, &e), later),
+        &web::text(zone, port, smtp, (&d, &s, &e), LATER_MEETING),
     );
     let daemon = spawn(&config, &dir.path().join("serve.log"));
     let res = propose_in_m1(port, "Moved while retried").await;

@@ -33,18 +33,25 @@ fn transient() -> SendFailure {
     }
 }
 
+/// The ledger of [`MEETINGS`], planned on 1 May, with m1's day mail claimed at 08:00 on its
+/// day: the SMTP conversation is about to start.
+fn day_mail_claimed() -> (Sim, LedgerRow) {
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    let row = sim
+        .store
+        .claim(&key("m1", "day", 0), t("2030-06-06T08:00:00Z"))
+        .expect("claim")
+        .expect("claimed");
+    (sim, row)
+}
+
 /// What becomes of m1's day mail when a reload brings `during` while it is being sent and the
 /// attempt then ends as `ending` says: the row's state and last error.
 fn in_flight(during: &Config, ending: &str) -> (Sim, LedgerRow) {
     let c = config(MEETINGS);
-    let mut sim = Sim::new();
-    sim.load(&c, t("2030-05-01T00:00:00Z"));
-    let day = key("m1", "day", 0);
-    let row = sim
-        .store
-        .claim(&day, t("2030-06-06T08:00:00Z"))
-        .expect("claim")
-        .expect("claimed");
+    let (mut sim, row) = day_mail_claimed();
+    let day = row.key.clone();
     sim.load(during, t("2030-06-06T08:00:10Z"));
     let marked = sim.row(&day).withdrawn;
     assert_eq!(
@@ -179,14 +186,8 @@ fn a_mail_being_sent_when_its_meeting_moves_takes_the_new_times() {
 #[test]
 fn a_mail_withdrawn_in_flight_and_wanted_again_before_the_attempt_ends_is_retried() {
     let c = config(MEETINGS);
-    let mut sim = Sim::new();
-    sim.load(&c, t("2030-05-01T00:00:00Z"));
-    let day = key("m1", "day", 0);
-    let row = sim
-        .store
-        .claim(&day, t("2030-06-06T08:00:00Z"))
-        .expect("claim")
-        .expect("claimed");
+    let (mut sim, row) = day_mail_claimed();
+    let day = row.key.clone();
     sim.load(&cancelled(), t("2030-06-06T08:00:05Z"));
     assert!(sim.row(&day).withdrawn.is_some());
     sim.load(&c, t("2030-06-06T08:00:10Z"));
@@ -445,13 +446,7 @@ struct Refused {
 /// m1's day mail claimed at 08:00 on its day; a reload cancels m1 before the outbox composes it.
 fn refused_after_cancel() -> Refused {
     let c = config(MEETINGS);
-    let mut sim = Sim::new();
-    sim.load(&c, t("2030-05-01T00:00:00Z"));
-    let row = sim
-        .store
-        .claim(&key("m1", "day", 0), t("2030-06-06T08:00:00Z"))
-        .expect("claim")
-        .expect("claimed");
+    let (sim, row) = day_mail_claimed();
     let Sim { _dir: dir, store } = sim;
     let store = Arc::new(Mutex::new(store));
     let outbox = outbox(&store, &c);
