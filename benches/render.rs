@@ -74,7 +74,15 @@ fn schedule_benches(c: &mut Criterion) {
         let revisions = std::collections::BTreeMap::new();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| scheduler::reconcile(black_box(&config), &[], &revisions, now()));
+            b.iter(|| {
+                scheduler::reconcile(
+                    black_box(&config),
+                    &[],
+                    &revisions,
+                    &Default::default(),
+                    now(),
+                )
+            });
         });
     }
     g.finish();
@@ -89,7 +97,14 @@ fn ledger_benches(c: &mut Criterion) {
     g.sample_size(10);
     for n in [500, 5_000] {
         let config = support::config(n, &support::Overrides::default());
-        let replan = scheduler::reconcile(&config, &[], &Default::default(), now()).replan;
+        let replan = scheduler::reconcile(
+            &config,
+            &[],
+            &Default::default(),
+            &Default::default(),
+            now(),
+        )
+        .replan;
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_batched(

@@ -49,6 +49,7 @@ use crate::{
     revision::StoredRevision,
     scheduler::{
         MailOutbox, MailParts, Scheduler, SharedStore, SystemClock, reconcile,
+        reconcile::{Announced, announced_wanted},
         run::{LoopEvent, MAX_SLICE},
     },
 };
@@ -158,7 +159,17 @@ impl PendingPlan {
         }
         let rows = store.rows()?;
         let mut revisions = store.revisions()?;
-        let mut result = reconcile(config, &rows, &revisions, now);
+        // What recipients of notices still to go out last heard: a few history rows at most.
+        let mut announced = Announced::new();
+        for (meeting, sequence) in announced_wanted(&rows) {
+            let Ok(id) = MeetingId::parse(&meeting) else {
+                continue;
+            };
+            if let Some(heard) = store.revision_at(&id, sequence)? {
+                announced.insert((meeting, sequence), heard.significant);
+            }
+        }
+        let mut result = reconcile(config, &rows, &revisions, &announced, now);
         for note in &result.notes {
             tracing::info!("plan: {note}");
         }

@@ -124,6 +124,13 @@ fn compare(before: &Significant, now: &Significant, config: &Config) -> Comparis
     }
 }
 
+/// True when a meeting with the fields `now` (under `config`) is elsewhere, at another time or in
+/// another state than one with the fields `before`: what a change notice announces. Other local
+/// times that the clocks take to the same instants are no move.
+pub fn is_move(before: &Significant, now: &Significant, config: &Config) -> bool {
+    compare(before, now, config) == Comparison::Moved
+}
+
 /// What the ledger keeps per meeting.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StoredRevision {

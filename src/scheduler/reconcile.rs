@@ -5,16 +5,17 @@
 //! it produced yields nothing to write. Rows already `sent` are never touched; a row being sent
 //! takes new times, or a withdrawal mark, that the attempt in flight ends in (see
 //! [`crate::ledger::Replan`]). A notice not yet sent is withdrawn when a newer one for the same
-//! meeting, schedule entry and recipient is queued ([`SUPERSEDED`]).
+//! meeting, schedule entry and recipient is queued ([`SUPERSEDED`]), and with no newer one when
+//! the meeting is changed back to what its recipients last heard ([`BACK_AS_ANNOUNCED`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use jiff::Timestamp;
 
 use crate::{
     ledger::{LedgerRow, MailKey, MailState, Replan, Reschedule},
     model::{Config, EmailId, EmailRule, Meeting, MeetingId, Trigger},
-    revision::{self, Change, StoredRevision},
+    revision::{self, Change, Significant, StoredRevision},
     schedule::{self, Recipient},
 };
 
@@ -33,8 +34,16 @@ pub const SUPERSEDED: &str = "withdrawn: superseded by notice #";
 /// that the notice superseded without any of them going out. Recipients last heard of the
 /// meeting as it was then, not as the notices that never reached them would have said.
 pub fn announced_from(notices: &[LedgerRow], occurrence: u32) -> u32 {
+    announced_from_rows(notices.iter(), occurrence)
+}
+
+/// [`announced_from`] over borrowed rows.
+fn announced_from_rows<'a>(
+    notices: impl Iterator<Item = &'a LedgerRow> + Clone,
+    occurrence: u32,
+) -> u32 {
     let superseded = |o: u32| {
-        notices.iter().any(|r| {
+        notices.clone().any(|r| {
             r.key.occurrence == o
                 && r.state == MailState::Skipped
                 && r.last_error
@@ -47,6 +56,47 @@ pub fn announced_from(notices: &[LedgerRow], occurrence: u32) -> u32 {
         from -= 1;
     }
     from - 1
+}
+
+/// The reason a notice not yet sent is withdrawn for when its meeting is changed back to what
+/// its recipients last heard ([`announced_from`]) before it went out: no newer notice is queued,
+/// since it would say "Was" and "Now" alike.
+pub const BACK_AS_ANNOUNCED: &str = "withdrawn: the meeting is back as its recipients last heard";
+
+/// The significant fields of meetings at the SEQUENCEs that recipients of unsent notices last
+/// heard, keyed by meeting id and SEQUENCE: read from the ledger's history for the keys
+/// [`announced_wanted`] names, so [`reconcile`] can tell a change back from a move.
+pub type Announced = HashMap<(String, u32), Significant>;
+
+/// For each meeting, schedule entry and recipient whose newest notice has not gone out (pending
+/// or held), that notice and the SEQUENCE its recipients last heard ([`announced_from`]).
+fn unsent_notices(rows: &[LedgerRow]) -> HashMap<Audience, (&LedgerRow, u32)> {
+    let mut by_audience: HashMap<Audience, Vec<&LedgerRow>> = HashMap::new();
+    for row in rows.iter().filter(|r| r.key.occurrence > 0) {
+        by_audience
+            .entry(audience_of(&row.key))
+            .or_default()
+            .push(row);
+    }
+    by_audience
+        .into_iter()
+        .filter_map(|(audience, notices)| {
+            let newest = *notices.iter().max_by_key(|r| r.key.occurrence)?;
+            matches!(newest.state, MailState::Pending | MailState::Held).then(|| {
+                let from = announced_from_rows(notices.iter().copied(), newest.key.occurrence);
+                (audience, (newest, from))
+            })
+        })
+        .collect()
+}
+
+/// The (meeting, SEQUENCE) revisions [`reconcile`] needs in its [`Announced`]: what the
+/// recipients of each notice still to go out last heard of its meeting.
+pub fn announced_wanted(rows: &[LedgerRow]) -> BTreeSet<(String, u32)> {
+    unsent_notices(rows)
+        .into_values()
+        .map(|(row, from)| (row.key.meeting.clone(), from))
+        .collect()
 }
 
 /// What a reconciliation asks the ledger to write, and what to log about it.
@@ -184,11 +234,14 @@ fn withdrawal_reason(config: &Config, meetings: &MeetingIndex<'_>, key: &MailKey
     format!("{WITHDRAWN}{why}")
 }
 
-/// Compares the config (as of `now`) with the ledger's rows and revisions.
+/// Compares the config (as of `now`) with the ledger's rows and revisions; `announced` holds
+/// what recipients of unsent notices last heard ([`announced_wanted`]; a revision missing from
+/// it only means a change back to it is announced like any other).
 pub fn reconcile(
     config: &Config,
     rows: &[LedgerRow],
     revisions: &BTreeMap<MeetingId, StoredRevision>,
+    announced: &Announced,
     now: Timestamp,
 ) -> Reconciled {
     let tz = &config.network.time_zone;
@@ -197,6 +250,10 @@ pub fn reconcile(
     let mut out = Reconciled::default();
     // The keys of existing rows the config still wants (only rows can be withdrawn).
     let mut wanted: HashSet<&MailKey> = HashSet::new();
+    // Unsent notices whose meeting is back as their recipients last heard: withdrawn, with no
+    // newer notice.
+    let unsent = unsent_notices(rows);
+    let mut back: HashSet<&MailKey> = HashSet::new();
     // Revisions from before zones were recorded were in the zone configured now (see
     // `revision::Significant::zone`); their older history rows get it too.
     if revisions.values().any(|r| r.significant.zone.is_none()) {
@@ -213,13 +270,30 @@ pub fn reconcile(
             // A meeting that has started gets no notice: it could only be skipped (its deadline
             // is the start), and a change of zone would queue one for every past meeting.
             let started = meeting.starts_at(tz) <= now;
-            let queued = if started {
+            let mut queued = if started {
                 Vec::new()
             } else {
                 notices(config, meeting, before, rev.sequence, now)
             };
+            let before_back = back.len();
+            queued.retain(|row| {
+                let Some(&(unsent, from)) = unsent.get(&audience_of(&row.key)) else {
+                    return true;
+                };
+                let heard = announced.get(&(meeting.id.to_string(), from));
+                if heard.is_some_and(|h| !revision::is_move(h, &rev.significant, config)) {
+                    back.insert(&unsent.key);
+                    return false;
+                }
+                true
+            });
+            let back_note = if back.len() > before_back {
+                "; back as last announced to some recipients, their unsent notices withdrawn"
+            } else {
+                ""
+            };
             out.notes.push(format!(
-                "meeting {} changed (SEQUENCE {} -> {}): {}",
+                "meeting {} changed (SEQUENCE {} -> {}): {}{back_note}",
                 meeting.id,
                 revisions.get(&meeting.id).map_or(0, |r| r.sequence),
                 rev.sequence,
@@ -256,6 +330,9 @@ pub fn reconcile(
     // Notices already queued stay wanted while their meeting and rule still call for them and
     // no newer one is queued (that one tells what changed since the last that went out).
     for row in rows.iter().filter(|r| r.key.occurrence > 0) {
+        if back.contains(&row.key) {
+            continue;
+        }
         if newest_notice
             .get(&audience_of(&row.key))
             .is_some_and(|&newest| row.key.occurrence < newest)
@@ -368,6 +445,7 @@ pub fn reconcile(
             continue;
         }
         let reason = match newest_notice.get(&audience_of(&row.key)) {
+            _ if back.contains(&row.key) => BACK_AS_ANNOUNCED.to_owned(),
             Some(&newest) if row.key.occurrence > 0 && row.key.occurrence < newest => {
                 format!("{SUPERSEDED}{newest}")
             }

@@ -228,6 +228,7 @@ fn first_start_on_past_meetings_sends_nothing() {
         &c,
         &sim.store.rows().expect("rows"),
         &sim.store.revisions().expect("revs"),
+        &Default::default(),
         now,
     );
     assert!(again.replan.is_empty(), "{again:?}");
@@ -909,7 +910,7 @@ fn after_any_scheduler_activity_reconciling_the_same_config_again_changes_nothin
     let unchanged = |sim: &Sim, config: &Config, now: Timestamp, what: &str| {
         let rows = sim.store.rows().expect("rows");
         let revisions = sim.store.revisions().expect("revisions");
-        let again = reconcile(config, &rows, &revisions, now);
+        let again = reconcile(config, &rows, &revisions, &Default::default(), now);
         assert_eq!(again, super::Reconciled::default(), "{what} at {now}");
     };
     // "day" mails fail for good, "week" mails fail once for a while, notices go through.
@@ -1015,6 +1016,7 @@ fn planned_rows_carry_the_message_id_of_their_key() {
     let rows = reconcile(
         &shipped,
         &[],
+        &Default::default(),
         &Default::default(),
         t("2023-01-01T00:00:00Z"),
     )

@@ -472,9 +472,10 @@ fn rows_inserted_in_batches_read_back_whole_and_never_overwrite() {
     let mut store = SqliteStore::open_in(dir.path()).expect("open");
     // Whole milliseconds, as the ledger stores instants.
     let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).expect("now");
-    let mut inserts = convenor::scheduler::reconcile(&config, &[], &Default::default(), now)
-        .replan
-        .inserts;
+    let mut inserts =
+        convenor::scheduler::reconcile(&config, &[], &Default::default(), &Default::default(), now)
+            .replan
+            .inserts;
     assert!(
         inserts.len() > 4 * 64 && !inserts.len().is_multiple_of(64),
         "{}",

@@ -9,7 +9,7 @@ use super::*;
 use crate::model::MeetingId;
 use crate::scheduler::{
     MailOutbox,
-    reconcile::{SUPERSEDED, WITHDRAWN, announced_from},
+    reconcile::{BACK_AS_ANNOUNCED, SUPERSEDED, WITHDRAWN, announced_from},
 };
 
 /// The config of [`MEETINGS`] with m1 cancelled.
@@ -108,7 +108,7 @@ fn in_flight(during: &Config, ending: &str) -> (Sim, LedgerRow) {
 fn reconciles_to_nothing(sim: &Sim, config: &Config, now: Timestamp) {
     let rows = sim.store.rows().expect("rows");
     let revisions = sim.store.revisions().expect("revisions");
-    let again = reconcile(config, &rows, &revisions, now);
+    let again = reconcile(config, &rows, &revisions, &Default::default(), now);
     assert!(again.replan.is_empty(), "{:?}", again.replan);
 }
 
@@ -694,4 +694,109 @@ fn a_retried_notice_that_follows_its_meeting_keeps_its_attempts() {
         row.deadline,
         kinds(&actions)
     );
+}
+
+/// The change notices of m1 in the ledger, by SEQUENCE: (state, last error).
+fn m1_notices(sim: &Sim) -> Vec<(u32, MailState, Option<String>)> {
+    let mut notices: Vec<_> = (sim.store.rows().expect("rows").into_iter())
+        .filter(|r| r.key.meeting == "m1" && r.key.occurrence > 0)
+        .map(|r| (r.key.occurrence, r.state, r.last_error))
+        .collect();
+    notices.sort_by_key(|n| n.0);
+    notices
+}
+
+/// m1 moved, maybe moved again, and moved back to 7 June before any notice went out: recipients
+/// last heard 7 June, so no notice is queued, and the unsent one is withdrawn. A later move is
+/// announced from 7 June.
+#[test]
+fn a_meeting_moved_back_before_its_notice_went_out_gets_no_notice() {
+    for moves in [&["2030-06-10"][..], &["2030-06-10", "2030-06-12"]] {
+        let mut sim = Sim::new();
+        sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+        let mut at = t("2030-06-01T00:00:00Z");
+        for date in moves {
+            sim.load(&moved_to(date), at);
+            at += jiff::SignedDuration::from_mins(10);
+        }
+        sim.load(&config(MEETINGS), at);
+        let back = u32::try_from(moves.len()).expect("few");
+        let notices = m1_notices(&sim);
+        assert!(
+            notices
+                .iter()
+                .all(|(_, state, _)| *state == MailState::Skipped),
+            "{moves:?}: no notice left to go out: {notices:?}"
+        );
+        assert_eq!(
+            notices.last().map(|n| (n.0, n.2.as_deref())),
+            Some((back, Some(BACK_AS_ANNOUNCED))),
+            "{moves:?}: {notices:?}"
+        );
+        // Restarting with the same config changes nothing.
+        reconciles_to_nothing(&sim, &config(MEETINGS), at);
+
+        // A later move says what changed since 7 June.
+        let later = moved_to("2030-06-14");
+        sim.load(&later, at + jiff::SignedDuration::from_mins(10));
+        let sequence = back + 2;
+        assert_eq!(
+            m1_notices(&sim).last().map(|n| (n.0, n.1)),
+            Some((sequence, MailState::Pending)),
+            "{moves:?}"
+        );
+        let (was, now) = was_and_now(sim, &later, sequence);
+        assert!(was.contains("Friday 7 June 2030"), "{moves:?}: {was}");
+        assert!(now.contains("Friday 14 June 2030"), "{moves:?}: {now}");
+    }
+}
+
+/// A notice being sent when its meeting is moved back may reach its recipients: a newer one is
+/// queued, and says what changed since the day it announced.
+#[test]
+fn a_meeting_moved_back_while_its_notice_is_being_sent_gets_a_newer_one() {
+    let moved = moved_to("2030-06-10");
+    let mut sim = Sim::new();
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.load(&moved, t("2030-06-01T00:00:00Z"));
+    let first = key("m1", "change", 1);
+    let claimed = sim.store.claim(&first, t("2030-06-01T00:00:01Z"));
+    assert!(claimed.expect("claim").is_some(), "claimed");
+    sim.load(&config(MEETINGS), t("2030-06-01T00:00:02Z"));
+    let sent = sim.store.settle(
+        &first,
+        MailState::Sending,
+        &Outcome::Sent {
+            at: t("2030-06-01T00:00:03Z"),
+            reply: "250 2.0.0 queued".into(),
+        },
+    );
+    assert_eq!(sent.expect("settle"), Some(MailState::Sent));
+    assert_eq!(
+        m1_notices(&sim).last().map(|n| (n.0, n.1)),
+        Some((2, MailState::Pending))
+    );
+    let (was, now) = was_and_now(sim, &config(MEETINGS), 2);
+    assert!(was.contains("Monday 10 June 2030"), "{was}");
+    assert!(now.contains("Friday 7 June 2030"), "{now}");
+}
+
+/// The "Was:" and "Now:" lines of m1's change notice of `sequence`, composed under `config`.
+fn was_and_now(sim: Sim, config: &Config, sequence: u32) -> (String, String) {
+    let notice = sim.row(&key("m1", "change", sequence));
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let outbox = outbox(&store, config);
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    let (message, _) = outbox
+        .compose(&notice, &rx, t("2030-06-02T00:00:00Z"))
+        .expect("composed");
+    let text = String::from_utf8_lossy(&message.formatted()).to_string();
+    let line = |label: &str| {
+        (text.lines())
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in {text}"))
+            .to_owned()
+    };
+    (line("Was:"), line("Now:"))
 }
