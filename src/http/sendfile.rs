@@ -17,10 +17,12 @@
 //!   write are sent with `MSG_MORE` first, so they leave in the same segment as the body's start
 //!   (what nginx does with `TCP_CORK`); headers alone (HEAD, 304) are never corked.
 //! - Every write through a [`SendfileStream`] (either path, flush and shutdown too) that waits
-//!   on a full socket arms a deadline, which any progress disarms; a write still waiting at the
-//!   deadline fails with `TimedOut`, so hyper drops a connection whose client reads nothing
-//!   and its slot frees (the server passes `[http] request_timeout`). No crate in the tree
-//!   does this (hyper and hyper-util have no write timeout); it is a few lines here.
+//!   on a full socket arms a deadline; a write that takes all it is offered, or writes that
+//!   together take [`MIN_PROGRESS`] bytes, disarm it. A write still waiting at the deadline
+//!   fails with `TimedOut`, so hyper drops the connection of a client that reads nothing, or
+//!   next to nothing (a few bytes now and then would otherwise hold a slot for days on a big
+//!   feed), and its slot frees (the server passes `[http] request_timeout`). No crate in the
+//!   tree does this (hyper and hyper-util have no write timeout); it is a few lines here.
 //!
 //! Where memfd or mmap is refused (a seccomp filter, no memory), [`seal`] logs one warning and
 //! returns the bytes on the heap: the feed is always served. [`sendfile_bytes`] counts what went
@@ -56,6 +58,12 @@ use tokio::{
 /// `writev` of headers and body is as cheap (the shipped 7 KB feed measured no better with
 /// `sendfile`; BENCHMARKS.md).
 pub const SEAL_MIN_BYTES: usize = 64 * 1024;
+
+/// The least a client reading a response must take within each stall timeout while the socket
+/// is full: 16 KiB, about 550 bytes a second under the default 30 s `request_timeout` (a 517 KB
+/// feed then takes at most 16 minutes, where a client reading a byte now and then held its
+/// slot for days).
+pub const MIN_PROGRESS: usize = 16 * 1024;
 
 /// Bytes sent with `sendfile` since start.
 static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -286,9 +294,43 @@ pub struct SendfileStream {
     /// The deadline of the wait in progress, made at the first wait and reset for each later
     /// one (boxed, as `Sleep` is `!Unpin`).
     stall_deadline: Option<Pin<Box<Sleep>>>,
-    /// Whether `stall_deadline` is set for the wait in progress (false once a write made
-    /// progress).
-    stall_armed: bool,
+    /// Whether `stall_deadline` is set for the wait in progress.
+    stall: StallRule,
+}
+
+/// When a connection's writes arm and disarm their stall deadline, apart from the clock: a
+/// write that must wait arms it (unless it is armed); a ready outcome disarms it, but for a
+/// write that took only part of what it was offered while it was armed, which counts towards
+/// [`MIN_PROGRESS`] and disarms it once the writes since it was armed reach that.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct StallRule {
+    /// Whether the deadline is set for the wait in progress.
+    armed: bool,
+    /// What writes took while it was armed, short of all they were offered.
+    progress: usize,
+}
+
+impl StallRule {
+    /// A write, flush or shutdown came back ready; `partial` is what a write took when that was
+    /// less than it was offered.
+    fn ready(&mut self, partial: Option<usize>) {
+        match partial {
+            Some(n) if self.armed && self.progress.saturating_add(n) < MIN_PROGRESS => {
+                self.progress += n;
+            }
+            _ => *self = Self::default(),
+        }
+    }
+
+    /// A write must wait: true when that arms the deadline (a new one is to be set).
+    fn waiting(&mut self) -> bool {
+        !std::mem::replace(&mut self.armed, true)
+    }
+
+    /// The deadline passed with a write waiting: disarms, returning what the writes took.
+    fn expired(&mut self) -> usize {
+        std::mem::take(self).progress
+    }
 }
 
 impl SendfileStream {
@@ -299,25 +341,27 @@ impl SendfileStream {
             inner,
             stall_timeout,
             stall_deadline: None,
-            stall_armed: false,
+            stall: StallRule::default(),
         }
     }
 
     /// Passes on a write attempt's outcome, watching the time it waits: a pending attempt
-    /// arms the stall deadline (unless one is armed already), any ready outcome disarms it,
-    /// and a pending attempt past the deadline becomes [`io::ErrorKind::TimedOut`], which
-    /// ends the connection and frees its slot.
+    /// arms the stall deadline (unless one is armed already), a ready outcome disarms it, and
+    /// a pending attempt past the deadline becomes [`io::ErrorKind::TimedOut`], which ends the
+    /// connection and frees its slot. A write that took only `partial` bytes of what it was
+    /// offered counts towards [`MIN_PROGRESS`] instead, and disarms the deadline once the
+    /// writes since it was armed reach it.
     fn watch_stall<T>(
         &mut self,
         cx: &mut Context<'_>,
+        partial: Option<usize>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.stall_armed = false;
+            self.stall.ready(partial);
             return polled;
         }
-        if !self.stall_armed {
-            self.stall_armed = true;
+        if self.stall.waiting() {
             let now = Instant::now();
             // A timeout too long for the clock (from a config that asks for it) never fires.
             let deadline = now
@@ -333,11 +377,11 @@ impl SendfileStream {
         };
         match stall.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                self.stall_armed = false;
+                let read = self.stall.expired();
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "the client read nothing of the response for {:?}",
+                        "the client read {read} bytes of the response in {:?} (at least {MIN_PROGRESS} wanted)",
                         self.stall_timeout
                     ),
                 )))
@@ -430,8 +474,13 @@ impl AsyncWrite for SendfileStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let offered: usize = bufs.iter().map(|b| b.len()).sum();
         let polled = this.poll_send(cx, bufs);
-        this.watch_stall(cx, polled)
+        let partial = match polled {
+            Poll::Ready(Ok(n)) if n < offered => Some(n),
+            _ => None,
+        };
+        this.watch_stall(cx, partial, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -441,13 +490,13 @@ impl AsyncWrite for SendfileStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_flush(cx);
-        this.watch_stall(cx, polled)
+        this.watch_stall(cx, None, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.watch_stall(cx, polled)
+        this.watch_stall(cx, None, polled)
     }
 }
 
@@ -717,6 +766,107 @@ mod tests {
             let got = reader.await.expect("reader");
             assert!(got == input, "the body differs");
             assert!(waits > 0);
+        }
+    }
+
+    /// The stall rule over sequences of write outcomes: `W` a write that waits, `F` one that
+    /// took all it was offered, `P(n)` one that took only `n` bytes.
+    #[test]
+    fn only_enough_progress_disarms_the_stall_deadline() {
+        #[derive(Clone, Copy, Debug)]
+        enum Event {
+            W,
+            F,
+            P(usize),
+        }
+        use Event::{F, P, W};
+        let k = 1024;
+        let table: &[(&str, &[Event], bool)] = &[
+            ("a write that waits arms it", &[W], true),
+            ("one that took all disarms it", &[W, F], false),
+            (
+                "a trickle keeps it armed",
+                &[W, P(100), W, P(100), W, P(100)],
+                true,
+            ),
+            (
+                "just short of the minimum",
+                &[W, P(8 * k), W, P(8 * k - 1)],
+                true,
+            ),
+            (
+                "the minimum, in two writes",
+                &[W, P(8 * k), W, P(8 * k)],
+                false,
+            ),
+            ("the minimum, in one", &[W, P(16 * k)], false),
+            (
+                "a partial write before any wait arms nothing",
+                &[P(100)],
+                false,
+            ),
+            ("nor counts", &[P(10 * k), W, P(8 * k)], true),
+            (
+                "progress is counted afresh",
+                &[W, P(16 * k), W, P(8 * k)],
+                true,
+            ),
+            (
+                "a full write resets the count",
+                &[W, P(12 * k), F, W, P(8 * k)],
+                true,
+            ),
+        ];
+        for (name, events, armed) in table {
+            let mut rule = StallRule::default();
+            let mut arms = 0;
+            for event in *events {
+                match *event {
+                    W => arms += usize::from(rule.waiting()),
+                    F => rule.ready(None),
+                    P(n) => rule.ready(Some(n)),
+                }
+            }
+            assert_eq!(rule.armed, *armed, "{name}: {events:?}");
+            let waits = events.iter().filter(|e| matches!(e, W)).count();
+            assert!(arms >= 1 || waits == 0, "{name}: a wait armed nothing");
+        }
+        // A deadline that passed disarms, and says what the writes took meanwhile.
+        let mut rule = StallRule::default();
+        rule.waiting();
+        rule.ready(Some(300));
+        assert_eq!(rule.expired(), 300);
+        assert_eq!(rule, StallRule::default());
+    }
+
+    /// Reads a few bytes at a time with pauses until the sender gives up (a client that reads
+    /// next to nothing, for ever).
+    async fn read_trickling(mut stream: TcpStream, pause: Duration) {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_to_a_client_that_reads_next_to_nothing_times_out_on_either_path() {
+        let input = pattern(4 * 1024 * 1024);
+        for (path, body) in [
+            ("sendfile", seal(input.clone())),
+            ("writev", Bytes::from(input)),
+        ] {
+            let (mut tx, rx) = pair_stalling_after(Duration::from_millis(500)).await;
+            let reader = tokio::spawn(read_trickling(rx, Duration::from_millis(20)));
+            let sent =
+                tokio::time::timeout(Duration::from_secs(60), try_send_all(&mut tx, &[body])).await;
+            let err = sent
+                .unwrap_or_else(|_| panic!("{path}: the write still goes on after 60 s"))
+                .expect_err("4 MiB went to a client that reads 64 bytes at a time");
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{path}: {err}");
+            reader.abort();
         }
     }
 

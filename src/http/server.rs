@@ -7,8 +7,9 @@
 //!   requests on a kept-alive connection, or the connection is closed;
 //! - request headers are capped at [`MAX_HEADER_BYTES`] (hyper answers 431 beyond);
 //! - a request must be answered within `[http] request_timeout` (else 503);
-//! - writing a response must make progress at least once every `[http] request_timeout` (and
-//!   never less than [`MIN_WRITE_STALL`]), or the connection is closed: a client that stops reading (its receive window full, the
+//! - writing a response must take at least [`super::sendfile::MIN_PROGRESS`] bytes every
+//!   `[http] request_timeout` (and never less than [`MIN_WRITE_STALL`]) while the socket is
+//!   full, or the connection is closed: a client that stops reading (its receive window full, the
 //!   server's send buffer full) would otherwise hold its slot for ever, and `max_connections`
 //!   such clients, each pipelining requests it never reads the answers to, would take the
 //!   server down. [`SendfileStream`] fails a write that has waited that long without progress
@@ -22,9 +23,8 @@
 //! - at most `[http] max_connections` connections are served at once: the accept loop takes a
 //!   semaphore permit before accepting, so further clients wait in the kernel's backlog until a
 //!   slot frees. A client that trickles its headers frees its slot at the header timeout, one
-//!   that stops reading its responses at the request timeout after its last read; only a
-//!   client that keeps reading (however slowly) keeps its slot as long as it reads, as with
-//!   nginx's `send_timeout`.
+//!   that stops reading its responses (or reads next to nothing) at the request timeout; a
+//!   client that reads at least that minimum keeps its slot as long as it reads.
 //!
 //! Every request carries its connection's TCP peer address as a [`Peer`] extension (see
 //! [`super::client`]).
