@@ -182,25 +182,39 @@ fn feed_response(feed: &Feed, cache_control: &HeaderValue, request: &HeaderMap) 
     h.insert(header::CACHE_CONTROL, cache_control.clone());
     if status == StatusCode::OK {
         h.insert(header::CONTENT_TYPE, CALENDAR);
+    } else {
+        // A 304 may carry only the Content-Length a 200 would (RFC 9110 8.6). Left alone,
+        // axum gives a HEAD's 304 that of its empty body, 0, which hyper passes on for HEAD
+        // (it drops it from a GET's 304), and a cache updating its headers from the 304 would
+        // take the feed for empty.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(feed.body.len()));
     }
     res
 }
 
-/// RFC 9110 13.1.2 and 13.1.3: If-None-Match (weak comparison, `*` matches) decides when
-/// present; otherwise If-Modified-Since with whole seconds. Written out because it is a few lines
-/// over borrowed header bytes, with no allocation per request.
+/// RFC 9110 13.1.2 and 13.1.3: If-None-Match (weak comparison, `*` matches; its field lines
+/// taken together, as one comma-joined list, RFC 9110 5.3) decides when present; otherwise
+/// If-Modified-Since with whole seconds, when sent once (a repeated one is ignored). Written out
+/// because it is a few lines over borrowed header bytes, with no allocation per request.
 fn not_modified(feed: &Feed, request: &HeaderMap) -> bool {
-    if let Some(value) = request.get(header::IF_NONE_MATCH) {
+    let mut lines = request.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if lines.peek().is_some() {
         let ours = feed.etag.as_bytes();
         let ours = &ours[1..ours.len() - 1];
-        return value.as_bytes().split(|b| *b == b',').any(|tag| {
-            let tag = tag.trim_ascii();
-            let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
-            tag == b"*" || tag.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) == Some(ours)
-        });
+        return lines
+            .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+            .any(|tag| {
+                let tag = tag.trim_ascii();
+                let tag = tag.strip_prefix(b"W/").unwrap_or(tag);
+                tag == b"*"
+                    || tag.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) == Some(ours)
+            });
     }
-    let Some(since) = request
-        .get(header::IF_MODIFIED_SINCE)
+    let mut since = request.get_all(header::IF_MODIFIED_SINCE).iter();
+    let (Some(since), None) = (since.next(), since.next()) else {
+        return false;
+    };
+    let Some(since) = Some(since)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok())
     else {

@@ -128,6 +128,35 @@ async fn feeds_answer_with_validators_and_conditional_get() {
             .await
             .expect("ims");
         assert_eq!(ims.status(), StatusCode::NOT_MODIFIED);
+        // If-None-Match on several field lines is one list (RFC 9110 5.3).
+        let lines = c
+            .get(server.url(path))
+            .header(header::IF_NONE_MATCH, "\"x\"")
+            .header(header::IF_NONE_MATCH, etag.as_str())
+            .send()
+            .await
+            .expect("two lines");
+        assert_eq!(lines.status(), StatusCode::NOT_MODIFIED, "{path}");
+        // A repeated If-Modified-Since is ignored (RFC 9110 13.1.3).
+        let twice = c
+            .get(server.url(path))
+            .header(header::IF_MODIFIED_SINCE, &last_modified)
+            .header(header::IF_MODIFIED_SINCE, &last_modified)
+            .send()
+            .await
+            .expect("twice");
+        assert_eq!(twice.status(), StatusCode::OK, "{path}");
+        // A HEAD's 304 says the length a 200 would, never 0 (RFC 9110 8.6).
+        let head_304 = c
+            .head(server.url(path))
+            .header(header::IF_NONE_MATCH, etag.as_str())
+            .send()
+            .await
+            .expect("head 304");
+        assert_eq!(head_304.status(), StatusCode::NOT_MODIFIED);
+        if let Some(length) = head_304.headers().get(header::CONTENT_LENGTH) {
+            assert_eq!(length, body.len().to_string().as_str(), "{path}");
+        }
         let stale = c
             .get(server.url(path))
             .header(header::IF_NONE_MATCH, "\"other\"")
