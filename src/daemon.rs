@@ -420,6 +420,7 @@ pub async fn run(
         )),
         counters: Arc::new(Counters::default()),
         feeds: feeds.clone(),
+        counts: Arc::default(),
     };
 
     let mut servers = Vec::new();

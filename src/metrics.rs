@@ -1,7 +1,9 @@
 //! `GET /metrics` in the Prometheus text exposition format (version 0.0.4).
 //!
-//! Mail counts come from the ledger at scrape time, so they survive restarts and always agree
-//! with `convenor plan`: a mail counted `sent` is a ledger row in state `sent`. Feed requests
+//! Mail counts come from the ledger ([`LedgerCounts`], counted by one aggregate query and
+//! kept for [`LEDGER_COUNTS_MAX_AGE`], so scrapes in a loop cannot keep the ledger, and the
+//! scheduler that shares its lock, busy), so they survive restarts and agree with `convenor
+//! plan`: a mail counted `sent` is a ledger row in state `sent`. Feed requests
 //! come from the per-feed atomics of [`crate::http::FeedHits`]; reloads from [`Counters`]; bytes
 //! sent with `sendfile` and the sealed bodies from the process-wide counters of
 //! [`crate::http::sendfile`]. [`render`] is pure over those inputs.
@@ -14,13 +16,59 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
+
+use jiff::Timestamp;
 
 use crate::{
     http::Feeds,
-    ledger::{LedgerRow, MailState},
-    scheduler::next_wake,
+    ledger::{LedgerError, MailCount, MailState, Store},
 };
+
+/// How long ledger counts are served from [`LedgerCounts`] before they are counted again.
+pub const LEDGER_COUNTS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// What `/metrics` shows of the ledger: rows per email id and state, and the next due instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerCounts {
+    /// [`Store::mail_counts`].
+    pub mails: Vec<MailCount>,
+    /// [`Store::next_wake`].
+    pub next_due: Option<Timestamp>,
+}
+
+impl LedgerCounts {
+    /// Counts `store`'s rows (one aggregate query and the next-wake lookup).
+    pub fn read(store: &impl Store) -> Result<Self, LedgerError> {
+        Ok(Self {
+            mails: store.mail_counts()?,
+            next_due: store.next_wake()?,
+        })
+    }
+}
+
+/// The last [`LedgerCounts`] and when they were read: scrapes within [`LEDGER_COUNTS_MAX_AGE`]
+/// of it share it.
+#[derive(Debug, Default)]
+pub struct CountsCache {
+    last: Option<(Instant, std::sync::Arc<LedgerCounts>)>,
+}
+
+impl CountsCache {
+    /// The counts read at most [`LEDGER_COUNTS_MAX_AGE`] before `now`, if any.
+    pub fn fresh(&self, now: Instant) -> Option<std::sync::Arc<LedgerCounts>> {
+        self.last
+            .as_ref()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < LEDGER_COUNTS_MAX_AGE)
+            .map(|(_, counts)| counts.clone())
+    }
+
+    /// Keeps `counts`, read at `at`.
+    pub fn keep(&mut self, at: Instant, counts: std::sync::Arc<LedgerCounts>) {
+        self.last = Some((at, counts));
+    }
+}
 
 /// Counters the daemon keeps in memory (since start).
 #[derive(Debug, Default)]
@@ -56,23 +104,24 @@ struct MailCounts {
 }
 
 /// Renders every metric.
-pub fn render(rows: &[LedgerRow], feeds: &Feeds, counters: &Counters) -> String {
+pub fn render(ledger: &LedgerCounts, feeds: &Feeds, counters: &Counters) -> String {
     let mut mails: BTreeMap<&str, MailCounts> = feeds
         .config
         .emails
         .iter()
         .map(|e| (e.id.as_str(), MailCounts::default()))
         .collect();
-    for row in rows {
-        let c = mails.entry(row.key.email.as_str()).or_default();
-        match row.state {
-            MailState::Sent => c.sent += 1,
-            MailState::Failed => c.failed += 1,
-            MailState::Skipped => c.skipped += 1,
-            MailState::Pending | MailState::Sending => c.pending += 1,
-            MailState::Held => c.held += 1,
+    for count in &ledger.mails {
+        let c = mails.entry(count.email.as_str()).or_default();
+        let n = count.rows;
+        match count.state {
+            MailState::Sent => c.sent += n,
+            MailState::Failed => c.failed += n,
+            MailState::Skipped => c.skipped += n,
+            MailState::Pending | MailState::Sending => c.pending += n,
+            MailState::Held => c.held += n,
         }
-        c.retries += u64::from(row.attempts.saturating_sub(1));
+        c.retries += count.retries;
     }
 
     let mut out = String::new();
@@ -131,7 +180,7 @@ pub fn render(rows: &[LedgerRow], feeds: &Feeds, counters: &Counters) -> String 
         "Mails held by the clock-jump guard, by email id.",
         per_email(|c| c.held),
     );
-    let next = next_wake(rows).map(|t| ("", t.as_second()));
+    let next = ledger.next_due.map(|t| ("", t.as_second()));
     family(
         &mut out,
         "convenor_next_due_timestamp_seconds",
@@ -228,6 +277,28 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scrapes within [`LEDGER_COUNTS_MAX_AGE`] of a count share it; a later one counts again.
+    #[test]
+    fn ledger_counts_are_shared_for_a_second() {
+        let mut cache = CountsCache::default();
+        let t0 = Instant::now();
+        assert!(cache.fresh(t0).is_none(), "nothing counted yet");
+        let counts = std::sync::Arc::new(LedgerCounts::default());
+        cache.keep(t0, counts.clone());
+        for (after, fresh) in [
+            (Duration::ZERO, true),
+            (Duration::from_millis(999), true),
+            (LEDGER_COUNTS_MAX_AGE, false),
+            (Duration::from_secs(60), false),
+        ] {
+            let got = cache.fresh(t0 + after);
+            assert_eq!(got.is_some(), fresh, "{after:?}");
+            if let Some(got) = got {
+                assert!(std::sync::Arc::ptr_eq(&got, &counts));
+            }
+        }
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -13,7 +13,7 @@ use crate::{
     health::Health,
     http::FeedState,
     ledger::{SqliteStore, Store as _},
-    metrics::Counters,
+    metrics::{Counters, CountsCache, LedgerCounts},
     scheduler::{SharedStore, run::lock},
 };
 
@@ -28,14 +28,26 @@ pub struct Ops {
     pub counters: Arc<Counters>,
     /// The feeds (their request counters).
     pub feeds: FeedState,
+    /// The ledger counts `/metrics` served last: scrapes at once wait for one count, and
+    /// scrapes within a second share it.
+    pub counts: Arc<tokio::sync::Mutex<CountsCache>>,
 }
 
-/// The ledger's rows, read off the async threads.
-async fn ledger_rows(ops: &Ops) -> Result<Vec<crate::ledger::LedgerRow>, String> {
+/// The ledger's counts, from the cache when fresh, else counted off the async threads.
+async fn ledger_counts(ops: &Ops) -> Result<Arc<LedgerCounts>, String> {
+    let mut cache = ops.counts.lock().await;
+    if let Some(counts) = cache.fresh(Instant::now()) {
+        return Ok(counts);
+    }
     let store = ops.store.clone();
-    tokio::task::spawn_blocking(move || lock(&store).rows().map_err(|e| e.to_string()))
-        .await
-        .unwrap_or_else(|e| Err(format!("ledger probe panicked: {e}")))
+    let counts = tokio::task::spawn_blocking(move || {
+        LedgerCounts::read(&*lock(&store)).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("ledger probe panicked: {e}")))?;
+    let counts = Arc::new(counts);
+    cache.keep(Instant::now(), counts.clone());
+    Ok(counts)
 }
 
 /// Whether the ledger answers, asked off the async threads.
@@ -64,9 +76,9 @@ async fn healthz(ops: Ops) -> Response {
 }
 
 async fn metrics(ops: Ops) -> Response {
-    match ledger_rows(&ops).await {
-        Ok(rows) => {
-            let text = crate::metrics::render(&rows, &ops.feeds.current(), &ops.counters);
+    match ledger_counts(&ops).await {
+        Ok(counts) => {
+            let text = crate::metrics::render(&counts, &ops.feeds.current(), &ops.counters);
             let mut res = text.into_response();
             res.headers_mut().insert(
                 header::CONTENT_TYPE,

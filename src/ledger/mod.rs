@@ -316,6 +316,19 @@ pub enum LedgerError {
     },
 }
 
+/// The rows of one email id in one state ([`Store::mail_counts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailCount {
+    /// The email id (the schedule entry) of the rows.
+    pub email: String,
+    /// Their state.
+    pub state: MailState,
+    /// How many rows.
+    pub rows: u64,
+    /// Their attempts after the first, together.
+    pub retries: u64,
+}
+
 /// The persistent store of mail rows and meeting revisions.
 ///
 /// Every write is one transaction. State changes are conditional on the state the caller
@@ -384,6 +397,27 @@ pub trait Store: Send {
             .collect();
         out.sort_by_key(|r| r.key.occurrence);
         Ok(out)
+    }
+
+    /// How many rows each email id has in each state, with their attempts after the first
+    /// (`/metrics`), in no particular order. The default counts every row; a store with a
+    /// query of its own counts without reading them out.
+    fn mail_counts(&self) -> Result<Vec<MailCount>, LedgerError> {
+        let mut counts: std::collections::HashMap<(String, MailState), MailCount> =
+            std::collections::HashMap::new();
+        for row in self.rows()? {
+            let count = counts
+                .entry((row.key.email.clone(), row.state))
+                .or_insert_with(|| MailCount {
+                    email: row.key.email,
+                    state: row.state,
+                    rows: 0,
+                    retries: 0,
+                });
+            count.rows += 1;
+            count.retries += u64::from(row.attempts.saturating_sub(1));
+        }
+        Ok(counts.into_values().collect())
     }
 
     /// A cheap probe that the store answers (`/healthz`). The default reads every row; a store

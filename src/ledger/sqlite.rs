@@ -14,7 +14,9 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params, types::Value};
 
 use crate::sqlite_file::OpenError;
 
-use super::{LedgerError, LedgerRow, MailKey, MailState, Outcome, ReleaseFilter, Replan, Store};
+use super::{
+    LedgerError, LedgerRow, MailCount, MailKey, MailState, Outcome, ReleaseFilter, Replan, Store,
+};
 use crate::{model::MeetingId, revision::StoredRevision};
 
 const SCHEMA: &str = "
@@ -548,6 +550,43 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    fn mail_counts(&self) -> Result<Vec<MailCount>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT email, state, COUNT(*), SUM(MAX(attempts - 1, 0)) \
+                 FROM mails GROUP BY email, state",
+            )
+            .map_err(|e| self.err(e))?;
+        let counts = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        counts
+            .into_iter()
+            .map(|(email, state, rows, retries)| {
+                let state = MailState::parse(&state).ok_or_else(|| LedgerError::Corrupt {
+                    path: self.path.display().to_string(),
+                    detail: format!("mails: unknown state `{state}` of `{email}`"),
+                })?;
+                let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                Ok(MailCount {
+                    email,
+                    state,
+                    rows: count(rows),
+                    retries: count(retries),
+                })
+            })
+            .collect()
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         self.conn
             .query_row("SELECT count(*) FROM mails", [], |r| r.get::<_, i64>(0))
@@ -984,6 +1023,73 @@ mod tests {
         )
         .expect("the ledger still takes writes");
         assert_eq!(store.rows().expect("rows").len(), 1);
+    }
+
+    /// `/metrics`' aggregate query counts what reading every row counts.
+    #[test]
+    fn mail_counts_agree_with_the_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SqliteStore::open_in(dir.path()).expect("open");
+        let rows = [
+            ("m1", "agenda-call", "sent", 1),
+            ("m2", "agenda-call", "sent", 3),
+            ("m3", "agenda-call", "pending", 0),
+            ("m1", "reminder", "pending", 2),
+            ("m2", "reminder", "failed", 5),
+            ("m3", "reminder", "skipped", 0),
+            ("m4", "reminder", "held", 0),
+            ("m5", "reminder", "sending", 1),
+        ];
+        for (meeting, email, state, attempts) in rows {
+            let text = |s: &str| Value::Text(s.to_owned());
+            let values = vec![
+                text(meeting),
+                text(email),
+                text("list"),
+                Value::Integer(0),
+                Value::Integer(1_000),
+                Value::Integer(2_000),
+                Value::Integer(3_000),
+                text(state),
+                Value::Integer(attempts),
+                Value::Null,
+                Value::Null,
+                text(&format!("<{meeting}.{email}@x>")),
+                if state == "sent" {
+                    Value::Integer(1_500)
+                } else {
+                    Value::Null
+                },
+                Value::Null,
+                Value::Integer(500),
+                Value::Integer(0),
+            ];
+            crate::sqlite_file::write_immediate(
+                &mut store.conn,
+                |e| e,
+                |tx| tx.execute(&insert_sql(1), params_from_iter(values)),
+            )
+            .expect("insert");
+        }
+        let mut expected: Vec<(String, &str, u64, u64)> = Vec::new();
+        for row in store.rows().expect("rows") {
+            let retries = u64::from(row.attempts.saturating_sub(1));
+            match (expected.iter_mut())
+                .find(|e| (e.0.as_str(), e.1) == (row.key.email.as_str(), row.state.as_str()))
+            {
+                Some(e) => (e.2, e.3) = (e.2 + 1, e.3 + retries),
+                None => expected.push((row.key.email.clone(), row.state.as_str(), 1, retries)),
+            }
+        }
+        let mut counted: Vec<(String, &str, u64, u64)> = (store.mail_counts().expect("counts"))
+            .into_iter()
+            .map(|c| (c.email, c.state.as_str(), c.rows, c.retries))
+            .collect();
+        expected.sort();
+        counted.sort();
+        assert_eq!(counted, expected);
+        assert!(counted.contains(&("agenda-call".into(), "sent", 2, 2)));
+        assert!(counted.contains(&("reminder".into(), "failed", 1, 4)));
     }
 
     #[test]
