@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, PoisonError, RwLock,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::SystemTime,
@@ -380,6 +380,9 @@ fn whole_seconds(t: Timestamp) -> Timestamp {
 #[derive(Clone, Debug)]
 pub struct FeedState {
     inner: Arc<RwLock<Arc<Feeds>>>,
+    /// Held by a feed cache write from taking the feeds to its rename, so the cache ends up
+    /// holding the feeds of the last write to start, never an older snapshot renamed last.
+    saving: Arc<Mutex<()>>,
 }
 
 impl FeedState {
@@ -402,13 +405,17 @@ impl FeedState {
     fn of(feeds: Feeds) -> Self {
         Self {
             inner: Arc::new(RwLock::new(Arc::new(feeds))),
+            saving: Arc::default(),
         }
     }
 
     /// Stores the feeds now being served, with their stamps (Last-Modified and BLAKE3, which the
     /// next start continues from), in the feed cache in `state_dir` (blocking file I/O: call it
-    /// off the runtime's threads).
+    /// off the runtime's threads). Writes run one at a time, each taking the feeds being served
+    /// when its turn comes: two started close together (a reload right after start) cannot
+    /// leave the older feeds in the cache by renaming last.
     pub fn save_cache(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        let _turn = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         let feeds = self.current();
         feed_cache::store(state_dir, &feeds.key, &feeds.stamps(), &feeds.bodies())
     }
@@ -444,5 +451,51 @@ impl FeedState {
     /// The feeds now being served.
     pub fn current(&self) -> Arc<Feeds> {
         Arc::clone(&self.inner.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(title: &str) -> Arc<Config> {
+        let text = include_str!("../../config/lednet.toml").replacen(
+            "title = \"LEDNet meeting\"",
+            &format!("title = \"{title}\""),
+            1,
+        );
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lednet.toml");
+        let loaded = crate::config::parse(&path, &text, &crate::config::Environment::default());
+        Arc::new(loaded.expect("the shipped config").config)
+    }
+
+    /// A cache write waiting for its turn while the feeds are replaced writes the feeds being
+    /// served when its turn comes, not those of when it was started.
+    #[test]
+    fn a_cache_write_takes_the_feeds_served_when_its_turn_comes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let revisions = BTreeMap::new();
+        let state = FeedState::new(&shipped("First"), &revisions);
+        let turn = state.saving.lock().expect("the turn");
+        let (started, waiting) = std::sync::mpsc::channel();
+        let writer = {
+            let (state, dir) = (state.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                started.send(()).expect("started");
+                state.save_cache(&dir)
+            })
+        };
+        waiting.recv().expect("the writer started");
+        let second = shipped("Second");
+        assert!(state.replace(&second, &revisions), "the feeds changed");
+        drop(turn);
+        writer.join().expect("writer").expect("saved");
+        let key = feed_cache::cache_key(&second, &revisions);
+        let count = state.current().bodies().len();
+        let cached = feed_cache::load(dir.path(), &key, count);
+        assert!(
+            cached.bodies.is_some(),
+            "the cache holds the feeds of the first config"
+        );
     }
 }
