@@ -229,12 +229,12 @@ pub fn compose(input: &ComposeInput<'_>) -> Result<Message, ComposeError> {
 }
 
 /// A one-part test message for `convenor send-test`: From, Reply-To, To, Date and a Message-ID
-/// made from the instant.
+/// made from the instant (at the ASCII form of the sender's domain, as every Message-ID).
 pub fn test_message(config: &Config, to: Mailbox, now: Timestamp) -> Result<Message, ComposeError> {
     let id = format!(
         "<send-test.{}@{}>",
         now.as_nanosecond(),
-        config.mail.from.email.domain()
+        ascii_domain(config.mail.from.email.domain())
     );
     let text = format!(
         "This is a test message from convenor for {}.\n\nIf you can read it, mail from convenor reaches {}.\n",
@@ -372,6 +372,15 @@ mod tests {
         );
         check_message_id("Message-ID", &message_id).expect("a valid Message-ID");
         assert_eq!(ascii_domain("example.org"), "example.org");
+        // `convenor send-test`'s message too.
+        let to: Mailbox = "someone@example.org".parse().expect("mailbox");
+        let test =
+            test_message(&c, to, "2026-11-29T12:00:00Z".parse().expect("now")).expect("composed");
+        let text = String::from_utf8_lossy(&test.formatted()).to_string();
+        let header = (text.lines())
+            .find(|l| l.starts_with("Message-ID: "))
+            .unwrap_or_else(|| panic!("no Message-ID in {text}"));
+        assert!(header.ends_with("@xn--brger-kva.example>"), "{header}");
     }
 
     #[test]

@@ -150,6 +150,18 @@ pub struct Accepted {
     pub deferred: Vec<(Address, SmtpError)>,
 }
 
+/// The most a connection attempt to one of the relay's addresses may take.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bound on each connection attempt to one address of a relay whose sends are bounded by
+/// `send_timeout`: a third of it, at most [`MAX_CONNECT_TIMEOUT`]. With the whole send's bound
+/// on each attempt, an address that drops connection attempts without an answer (a firewalled
+/// IPv6 route sorted first, a dead node of a round-robin name) used up the send's time, and the
+/// next address was never tried.
+pub fn connect_timeout(send_timeout: Duration) -> Duration {
+    (send_timeout / 3).min(MAX_CONNECT_TIMEOUT)
+}
+
 /// One relay: where it is, how to talk to it, and the connections kept for reuse.
 pub struct Relay {
     host: String,
@@ -183,18 +195,19 @@ impl fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// A relay at `host:port`; opens nothing yet.
+    /// A relay at `host:port` whose sends are bounded by `send_timeout` (each connection
+    /// attempt to one of its addresses by [`connect_timeout`] of it); opens nothing yet.
     pub fn new(
         host: String,
         port: u16,
-        connect_timeout: Duration,
+        send_timeout: Duration,
         security: Security,
         credentials: Option<Credentials>,
     ) -> Self {
         Self {
             host,
             port,
-            connect_timeout,
+            connect_timeout: connect_timeout(send_timeout),
             security,
             credentials,
             // The host name, as lettre's transport sends it (looked up once, not per connection).
@@ -316,27 +329,36 @@ impl Relay {
 
     /// A TCP connection to the first address of the relay that answers, with `TCP_NODELAY`.
     async fn tcp(&self) -> io::Result<TcpStream> {
-        let mut last = None;
-        for addr in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    // The point of this module: see the module documentation.
-                    stream.set_nodelay(true)?;
-                    return Ok(stream);
-                }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => {
-                    last = Some(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connecting to {addr} timed out"),
-                    ))
-                }
+        let addrs = tokio::net::lookup_host((self.host.as_str(), self.port)).await?;
+        connect_first(addrs, self.connect_timeout).await
+    }
+}
+
+/// A connection to the first of `addrs` that answers within `per_address`, tried in order,
+/// with `TCP_NODELAY`; the last error when none does.
+pub async fn connect_first(
+    addrs: impl IntoIterator<Item = std::net::SocketAddr>,
+    per_address: Duration,
+) -> io::Result<TcpStream> {
+    let mut last = None;
+    for addr in addrs {
+        match tokio::time::timeout(per_address, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                // The point of this module: see the module documentation.
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out"),
+                ))
             }
         }
-        Err(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
-        }))
     }
+    Err(last
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the host name has no address")))
 }
 
 impl Drop for Relay {
@@ -358,7 +380,7 @@ impl Drop for Relay {
 /// recipient refused for good (5xx) is left out and reported in [`Accepted::refused`], and the
 /// message goes to the others; only when every recipient is refused does the send fail
 /// ([`Failure::Refused`]). A recipient put off (4xx: a full mailbox, greylisting, 452 "too many
-/// recipients") is left out the same way and reported in [`Accepted::deferred`], so the
+/// recipients", and a 552, which older servers send for that) is left out the same way and reported in [`Accepted::deferred`], so the
 /// caller can try it again later without doubling the message for the others (RFC 5321
 /// 3.3: a client retries such recipients in a later transaction); when no recipient is
 /// accepted, nobody got it ([`Failure::Deferred`]). A 421 (the server is closing the
@@ -404,6 +426,7 @@ async fn transact(
     for to in envelope.to() {
         match conn.command(Rcpt::new(to.clone(), Vec::new())).await {
             Ok(_) => accepted.push(to.clone()),
+            Err(e) if too_many_recipients(&e) => deferred.push((to.clone(), e)),
             Err(e) if e.is_permanent() => refused.push((to.clone(), e)),
             Err(e) if e.is_transient() && !gone(&e) => deferred.push((to.clone(), e)),
             Err(e) => {
@@ -440,6 +463,13 @@ async fn transact(
 
 /// Whether an error on a kept connection means the server no longer holds it: no reply at all
 /// (closed, reset, garbled), or 421 (the server is closing the channel).
+/// A 552 to RCPT TO: "too many recipients" from servers that follow RFC 821's mistake, which
+/// RFC 5321 (4.5.3.1.10) says clients SHOULD take as the 452 it should have been: the recipient
+/// is put off, not refused for good. (A 552 for a full mailbox is worth a retry too.)
+fn too_many_recipients(e: &SmtpError) -> bool {
+    e.status().is_some_and(|code| code.to_string() == "552")
+}
+
 fn gone(e: &SmtpError) -> bool {
     match e.status() {
         Some(code) => code.to_string() == "421",
@@ -525,5 +555,66 @@ impl AsyncWrite for TlsStream {
 impl AsyncTokioStream for TlsStream {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.0.peer_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_gets_a_third_of_the_send_at_most_ten_seconds() {
+        let s = Duration::from_secs;
+        for (send, each) in [
+            (s(30), s(10)),
+            (s(300), s(10)),
+            (s(9), s(3)),
+            (Duration::from_millis(300), Duration::from_millis(100)),
+        ] {
+            assert_eq!(connect_timeout(send), each, "{send:?}");
+            assert!(
+                connect_timeout(send) * 2 < send,
+                "{send:?}: two addresses fit"
+            );
+        }
+        let relay = Relay::new("relay".into(), 25, s(30), Security::Plaintext, None);
+        assert_eq!(
+            relay.connect_timeout,
+            s(10),
+            "a relay's attempts use the rule"
+        );
+    }
+
+    /// An address that drops connection attempts (a listener whose accept queue is full: the
+    /// kernel drops the SYN, and the client waits) is given up at its bound, and the next one
+    /// is tried.
+    #[tokio::test]
+    async fn an_address_that_never_answers_is_left_for_the_next() {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        // Backlog 0: one connection fills the accept queue, and it is never accepted.
+        let full = socket.listen(0).expect("listen");
+        let dead = full.local_addr().expect("addr");
+        let _filler = TcpStream::connect(dead).await.expect("the one queued");
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let good_addr = good.local_addr().expect("addr");
+        let connected = tokio::time::timeout(
+            Duration::from_secs(60),
+            connect_first([dead, good_addr], Duration::from_millis(200)),
+        )
+        .await
+        .expect("the next address was tried within a minute");
+        let stream = connected.expect("connected to the next address");
+        assert_eq!(stream.peer_addr().expect("peer"), good_addr);
+        assert!(stream.nodelay().expect("nodelay"));
+        // The dead address alone times out with TimedOut.
+        let alone = connect_first([dead], Duration::from_millis(200))
+            .await
+            .expect_err("no answer");
+        assert_eq!(alone.kind(), io::ErrorKind::TimedOut, "{alone}");
     }
 }

@@ -407,8 +407,15 @@ async fn a_recipient_refused_or_put_off_does_not_stop_the_others() {
         Option<SendClass>,
         &'a [&'a str],
     );
-    let table: [Case; 6] = [
+    let table: [Case; 7] = [
         (&[], &LISTS, None, &[]),
+        // 552 to RCPT TO is RFC 821's "too many recipients": put off (RFC 5321 4.5.3.1.10).
+        (
+            &[("gone@example.org", "552")],
+            &["members@example.org", "observers@example.org"],
+            Some(SendClass::Transient),
+            &["members@example.org", "observers@example.org"],
+        ),
         (
             &[("gone@example.org", "550")],
             &["members@example.org", "observers@example.org"],
