@@ -365,7 +365,8 @@ fn preview(
         thread_root,
         before,
     } = from_ledger;
-    let change = (rule.trigger == Trigger::OnChange).then(|| {
+    // Change and cancellation notices carry `change`, as the outbox sends them.
+    let change = mail::check::carries_change(rule).then(|| {
         before.unwrap_or_else(|| {
             eprintln!(
                 "preview: no previous time and place is in the ledger; showing the current ones \
@@ -409,13 +410,14 @@ struct PreviewLedger {
     message_id: String,
     /// The first mail sent about the meeting, which the mail is threaded under.
     thread_root: Option<String>,
-    /// For a change notice: the time and place before the change it announces.
+    /// For a change or cancellation notice: the time and place before the change it
+    /// announces, as the outbox reads it (what the recipients last heard).
     before: Option<Significant>,
 }
 
 /// Reads the ledger `store`, when there is one, for `preview`: the meeting's revision, the
-/// mail's Message-ID, its thread root and (for a change notice) the state before. A notice
-/// previewed is the one for the meeting's current SEQUENCE.
+/// mail's Message-ID, its thread root and (for a change or cancellation notice) the state
+/// before. A notice previewed is the one for the meeting's current SEQUENCE.
 fn preview_ledger(
     config: &Config,
     store: Option<&ledger::SqliteStore>,
@@ -461,8 +463,10 @@ fn preview_ledger(
         .map_or(planned, |r| r.message_id);
     let thread_root = store.thread_root(meeting.id.as_str(), &message_id)?;
     let before = match (rule.trigger, revision.sequence) {
-        (Trigger::OnChange, sequence) if sequence > 0 => {
-            match store.revision_at(&meeting.id, sequence - 1)? {
+        (Trigger::OnChange | Trigger::OnCancel, sequence) if sequence > 0 => {
+            // As the outbox: before the notices this one superseded unsent.
+            let from = crate::scheduler::reconcile::announced_from(&store.notices(&key)?, sequence);
+            match store.revision_at(&meeting.id, from)? {
                 Some(r) => Some(r.significant),
                 // Raised by this config, not yet by the ledger: the stored one is the before.
                 None => stored.map(|r| r.significant),

@@ -113,7 +113,7 @@ pub fn compose(
     link: &LeadLink,
     now: Timestamp,
 ) -> Result<Message, NotifyError> {
-    let (rendered, lead) = render_for(config, templates, proposal, link, now)?;
+    let (rendered, lead) = render_for(config, templates, proposal, link, now, None)?;
     let render = |e: String| NotifyError::Render(e);
     let date = std::time::SystemTime::try_from(now).map_err(|e| render(e.to_string()))?;
     let message_id = message_id(config, proposal);
@@ -147,16 +147,18 @@ pub fn render(
     link: &LeadLink,
     now: Timestamp,
 ) -> Result<Rendered, NotifyError> {
-    render_for(config, templates, proposal, link, now).map(|(rendered, _)| rendered)
+    render_for(config, templates, proposal, link, now, None).map(|(rendered, _)| rendered)
 }
 
-/// [`render`], with the lead's mailbox.
+/// [`render`], with the lead's mailbox; with `agenda` in place of the meeting's own when given
+/// ([`check`] renders a made-up one).
 fn render_for(
     config: &Config,
     templates: &Templates,
     proposal: &Proposal,
     link: &LeadLink,
     now: Timestamp,
+    agenda: Option<&super::Agenda>,
 ) -> Result<(Rendered, lettre::message::Mailbox), NotifyError> {
     let unknown = || NotifyError::Unknown(proposal.id);
     let meeting = MeetingId::parse(&proposal.meeting)
@@ -186,6 +188,9 @@ fn render_for(
         change: None,
     })
     .map_err(|e| render(e.to_string()))?;
+    if let Some(agenda) = agenda {
+        ctx.agenda = agenda.clone();
+    }
     ctx.proposal = Some(ProposalCtx {
         proposal: proposal.clone(),
         priority_name: priority.name.to_string(),
@@ -618,12 +623,16 @@ pub async fn resend_pending(notifier: Notifier, store: Arc<Mutex<AgendaStore>>) 
 /// Renders the proposal-received mail for every priority of each of `meetings` with a made-up
 /// proposal, so a broken or missing template fails at check, start and reload, not on a
 /// member's proposal. `convenor check` passes every meeting; start and reload pass the bounded
-/// sample of [`crate::mail::check::sample`] (every shape of meeting, every lead).
+/// sample of [`crate::mail::check::sample`] (every shape of meeting, every lead). Once more, for
+/// the first meeting and priority, with a made-up agenda holding items
+/// ([`crate::mail::check::made_up_agenda`]) and with an empty one, so an item's fault fails
+/// before a lead accepts an item.
 pub fn check(
     config: &Config,
     templates: &Templates,
     meetings: &[&Meeting],
 ) -> Result<(), NotifyError> {
+    let mut agenda_checked = false;
     for meeting in meetings.iter().copied() {
         for p in config.priorities_of(meeting) {
             let sample = Proposal {
@@ -651,6 +660,23 @@ pub fn check(
                     .expiry(Timestamp::UNIX_EPOCH),
             };
             compose(config, templates, &sample, &link, Timestamp::UNIX_EPOCH)?;
+            if !agenda_checked {
+                agenda_checked = true;
+                let empty = super::Agenda {
+                    empty: true,
+                    ..super::Agenda::default()
+                };
+                for agenda in [crate::mail::check::made_up_agenda(config, meeting), empty] {
+                    render_for(
+                        config,
+                        templates,
+                        &sample,
+                        &link,
+                        Timestamp::UNIX_EPOCH,
+                        Some(&agenda),
+                    )?;
+                }
+            }
         }
     }
     Ok(())

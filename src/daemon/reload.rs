@@ -30,7 +30,8 @@ use crate::{
 /// the agenda into the running config, reconciles (the meeting's SEQUENCE rises), re-renders the
 /// feeds, hands the scheduler the new config and wakes it. Waits for a reload under way and
 /// starts from the config it leaves. A failure is logged; the change stays stored and shows at
-/// the next change or reload.
+/// the next change or reload. No template is checked here: start and reload rendered every
+/// template with a made-up agenda holding items ([`crate::mail::check::made_up_agenda`]).
 pub(super) fn agenda_changed(live: &Live) {
     let _changing = live.lock_changes();
     // Read inside the lock: a reload that finished meanwhile is the base of this change.

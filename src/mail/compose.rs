@@ -26,7 +26,7 @@ use super::{
     templates::{Rendered, TemplateError, Templates},
 };
 use crate::{
-    model::{Config, EmailId, EmailRule, Meeting, MeetingId, Trigger},
+    model::{Config, EmailId, EmailRule, Meeting, MeetingId},
     revision::{Significant, StoredRevision},
     schedule::Recipient,
 };
@@ -46,8 +46,11 @@ pub enum ComposeError {
     /// The template context could not be built.
     #[error(transparent)]
     Context(#[from] ContextError),
-    /// A change notice was asked for without the previous values.
-    #[error("email `{0}` is a change notice and needs the meeting's previous time and place")]
+    /// A change or cancellation notice was asked for without the previous values.
+    #[error(
+        "email `{0}` is a change or cancellation notice and needs the meeting's previous time \
+         and place"
+    )]
     MissingChange(String),
     /// A Message-ID (ours or the thread root) is malformed.
     #[error("{what} `{value}` is not a Message-ID of the form <left@right>")]
@@ -164,7 +167,7 @@ pub fn render(input: &ComposeInput<'_>) -> Result<Rendered, ComposeError> {
         recipient,
         ..
     } = *input;
-    if rule.trigger == Trigger::OnChange && input.change.is_none() {
+    if super::check::carries_change(rule) && input.change.is_none() {
         return Err(ComposeError::MissingChange(rule.id.to_string()));
     }
     let ctx = context::build(ContextInput {
@@ -477,7 +480,13 @@ mod tests {
         let report = t.check_all(&c).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(report.sets, 6);
         // 5 meetings x (agenda-call, reminder x2, agenda-pack, change, cancellation: 1 each;
-        // nudge: 5 leads).
-        assert_eq!(report.renders, 5 * (6 + 5));
+        // nudge: 5 leads); then, once, each rule for each recipient with a made-up agenda and
+        // an empty one (2 x (6 + 5)), and the two notices on four shapes of the first meeting
+        // (no place or link, either, both) with the kinds of "before" a template can tell
+        // apart on each (5, 6, 6 and 7).
+        assert_eq!(
+            report.renders,
+            5 * (6 + 5) + 2 * (6 + 5) + 2 * (5 + 6 + 6 + 7)
+        );
     }
 }

@@ -72,7 +72,9 @@ pub struct Context {
     pub deadline: DayCtx,
     /// The lead nudge's deadline (see the module docs).
     pub lead_deadline: DayCtx,
-    /// For change notices: the old and new time and place; `none` otherwise.
+    /// For change and cancellation notices: the time and place before (what the recipients
+    /// last heard) and now; `none` in every other mail. A cancellation notice's `before` is
+    /// the meeting as it was planned before it was called off.
     pub change: Option<ChangeCtx>,
     /// The schedule entry being sent.
     pub email: EmailCtx,
@@ -260,7 +262,7 @@ pub struct ContextInput<'a> {
     pub recipient: &'a Recipient,
     /// The meeting's revision (for SEQUENCE).
     pub revision: &'a StoredRevision,
-    /// The previous time and place, for change notices.
+    /// The previous time and place, for change and cancellation notices.
     pub change: Option<&'a Significant>,
 }
 

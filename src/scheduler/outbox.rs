@@ -152,12 +152,19 @@ impl<S: Store> MailOutbox<S> {
             .thread_root(&key.meeting, &row.message_id)
             .map_err(ledger)?;
         drop(store);
-        if rule.trigger == Trigger::OnChange && before.is_none() {
-            return Err(permanent(format!(
-                "the revision before SEQUENCE {} of `{}` is not in the ledger",
-                key.occurrence, meeting.id
-            )));
-        }
+        // A change notice without its "before" cannot say what changed; a cancellation notice
+        // still goes, showing the meeting as it is as what was planned (its templates always
+        // see `change`, as `convenor check` renders them).
+        let before = match (rule.trigger, before) {
+            (Trigger::OnChange, None) => {
+                return Err(permanent(format!(
+                    "the revision before SEQUENCE {} of `{}` is not in the ledger",
+                    key.occurrence, meeting.id
+                )));
+            }
+            (Trigger::OnCancel, None) => Some(crate::revision::Significant::of(&config, meeting)),
+            (_, before) => before,
+        };
         let invite = feed::render_meeting_invite(&config, meeting, Some(&revision));
         let input = ComposeInput {
             config: &config,

@@ -996,6 +996,57 @@ fn check_reports_an_undefined_variable_with_file_and_line_and_exits_78() {
     );
 }
 
+/// A fault in a branch only real mail takes (a change of place or join link, a cancellation's
+/// `change`, an accepted agenda item) fails `check` with the file and line: the made-up cases
+/// render each branch, so it is not first met when a real mail fails for good.
+#[test]
+fn check_renders_the_branches_of_changes_cancellations_and_agenda_items() {
+    /// A template file, its edit, and the line of the fault.
+    type Case<'a> = (&'a str, &'a dyn Fn(&str) -> String, usize);
+    let cases: [Case<'_>; 4] = [
+        (
+            "change-notice/body.txt",
+            &|t| {
+                t.replace(
+                    "{{ change.before.location or \"not set\" }}",
+                    "{{ change.before.locaton }}",
+                )
+            },
+            11,
+        ),
+        (
+            "change-notice/body.html",
+            &|t| {
+                t.replace(
+                    "{{ change.before.join_url or \"none\" }}",
+                    "{{ change.before.joinurl }}",
+                )
+            },
+            22,
+        ),
+        (
+            "cancellation-notice/body.txt",
+            &|t| format!("{t}{{% if change %}}{{{{ change.before.whenn }}}}{{% endif %}}"),
+            24,
+        ),
+        (
+            "agenda-pack/body.txt",
+            &|t| t.replace("{{ i.title }}", "{{ i.titel }}"),
+            23,
+        ),
+    ];
+    for (file, edit, line) in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        let t = crate::support::templates_with(dir.path(), file, edit);
+        let path = config_with_templates(dir.path(), &t);
+        let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{file}: {stderr}");
+        let want = format!("{}:{line}: undefined value", t.join(file).display());
+        assert!(stderr.contains(&want), "{want} in {stderr}");
+    }
+}
+
 #[test]
 fn check_reports_a_syntax_error_with_file_and_line() {
     let dir = tempfile::tempdir().expect("tmp");

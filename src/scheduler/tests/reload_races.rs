@@ -800,3 +800,55 @@ fn was_and_now(sim: Sim, config: &Config, sequence: u32) -> (String, String) {
     };
     (line("Was:"), line("Now:"))
 }
+
+/// A cancellation notice carries `change` as `convenor check` renders it: the meeting as its
+/// recipients last heard of it (here 7 June, moved to 10 June as it was called off), and the
+/// meeting as it is now.
+#[test]
+fn the_outbox_gives_a_cancellation_notice_the_meeting_as_last_heard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    for set in std::fs::read_dir("templates").expect("templates") {
+        let set = set.expect("entry").path();
+        let to = templates.join(set.file_name().expect("name"));
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for f in std::fs::read_dir(&set).expect("set") {
+            let f = f.expect("entry").path();
+            std::fs::copy(&f, to.join(f.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let body = templates.join("cancellation-notice/body.txt");
+    let text = std::fs::read_to_string(&body).expect("read");
+    let shown = "Planned: {{ change.before.when }}; now: {{ change.after.when }}\n";
+    std::fs::write(&body, format!("{text}{shown}")).expect("write");
+    let with_templates = |meetings: &str| {
+        parse_config(&config_text(meetings).replace(
+            "templates_dir = \"../templates\"",
+            &format!("templates_dir = {:?}", templates.display().to_string()),
+        ))
+    };
+    let planned = with_templates(MEETINGS);
+    let called_off = with_templates(&MEETINGS.replace("2030-06-07", "2030-06-10").replace(
+        "title = \"Meeting one\"",
+        "title = \"Meeting one\"\nstatus = \"cancelled\"",
+    ));
+    let mut sim = Sim::new();
+    sim.load(&planned, t("2030-05-01T00:00:00Z"));
+    sim.load(&called_off, t("2030-06-01T00:00:00Z"));
+    let notice = sim.row(&key("m1", "cancel", 1));
+    let Sim { _dir, store } = sim;
+    let store = Arc::new(Mutex::new(store));
+    let outbox = outbox(&store, &called_off);
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(called_off.clone()));
+    let (message, _) = outbox
+        .compose(&notice, &rx, t("2030-06-01T00:00:01Z"))
+        .expect("composed");
+    // The text part is quoted-printable: its soft line breaks joined, the en dash encoded.
+    let text = String::from_utf8_lossy(&message.formatted()).replace("=\r\n", "");
+    assert!(
+        text.contains(
+            "Planned: Friday 7 June 2030, 10:00=E2=80=9312:00 BST; now: Monday 10 June 2030"
+        ),
+        "{text}"
+    );
+}
