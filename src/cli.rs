@@ -50,6 +50,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// True for `convenor serve`, the daemon.
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -320,6 +320,21 @@ pub fn terminate_signal() -> impl Future<Output = ()> + Send + 'static {
                     _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                     _ = int.recv() => tracing::info!("SIGINT: shutting down"),
                 }
+                // A second one while stopping (Ctrl-C twice in a terminal) ends the process at
+                // once; a send cut off stays `sending` and goes again at the next start.
+                tokio::spawn(async move {
+                    tokio::select! {
+                        Some(()) = term.recv() => {}
+                        Some(()) = int.recv() => {}
+                        // Both streams closed (the runtime going away): no second signal.
+                        else => return,
+                    }
+                    tracing::warn!(
+                        "a second stop signal: exiting now (a send cut off goes again at the \
+                         next start, with the same Message-ID)"
+                    );
+                    std::process::exit(EXIT_STOPPED_AGAIN);
+                });
             }
             _ => {
                 // Without handlers, Ctrl-C is the only way to ask; tokio reports failure there
@@ -329,6 +344,10 @@ pub fn terminate_signal() -> impl Future<Output = ()> + Send + 'static {
         }
     }
 }
+
+/// The exit status after a second SIGTERM or SIGINT cut a stop short (as a shell reports a
+/// process ended by SIGINT).
+pub const EXIT_STOPPED_AGAIN: i32 = 130;
 
 /// Runs the service until `shutdown` completes.
 pub async fn run(
@@ -342,6 +361,8 @@ pub async fn run(
     // before READY is kept, and reloads the config as soon as the service is running.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(DaemonError::Signals)?;
+    // One that came before the handler was held (`main`): it is delivered now, and kept.
+    crate::hangup::release();
     let mut phases = Phases::default();
     let dir = config.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|source| DaemonError::StateDir {
@@ -499,7 +520,11 @@ pub async fn run(
             }
             LoopEvent::PassEnded(pass) => {
                 health.pass(pass.map_err(ToString::to_string), now);
-                if let (Ok(_), Some(every)) = (pass, watchdog) {
+                // A failed pass is a loop at work too (the ledger refusing writes: an outcome
+                // it could not record is kept in memory and recorded at the next passes, which
+                // a watchdog kill would lose, sending the mail again after the restart);
+                // `/healthz` reports the error. Only a loop that stops passing is hung.
+                if let Some(every) = watchdog {
                     // Passes can come every 100 ms; about two WATCHDOG=1 per interval is plenty.
                     // With passes at most `every` apart, two pets are then at most 1.5 `every`
                     // (three quarters of WatchdogSec) apart when no mail is sent.
@@ -539,12 +564,17 @@ pub async fn run(
     notify::stopping();
     tracing::info!("stopping: HTTP drains, a send in flight finishes");
     let _ = stop_tx.send(true);
-    for task in servers {
-        if let Err(e) = task.await {
-            tracing::error!("HTTP server task ended abnormally: {e}");
+    // The HTTP drain and the send in flight run side by side: the stop takes the longer of
+    // the two (at most `STOP_GRACE`), inside the unit's TimeoutStopSec.
+    let http = async {
+        for task in servers {
+            if let Err(e) = task.await {
+                tracing::error!("HTTP server task ended abnormally: {e}");
+            }
         }
-    }
-    if let Err(e) = sched.await {
+    };
+    let (_, scheduled) = tokio::join!(http, sched);
+    if let Err(e) = scheduled {
         tracing::error!("scheduler task ended abnormally: {e}");
     }
     background.finish().await;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod digest;
 pub mod feed;
+pub mod hangup;
 pub mod health;
 pub mod http;
 pub mod ledger;

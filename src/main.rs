@@ -7,6 +7,10 @@ use convenor::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.serves() {
+        // Before any thread exists: see `convenor::hangup`.
+        convenor::hangup::hold();
+    }
     convenor::logging::init(cli.log_json);
     match cli::run(cli) {
         Ok(code) => code,

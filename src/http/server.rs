@@ -33,7 +33,8 @@
 //! `sendfile` (see [`super::sendfile`]).
 //!
 //! Shutdown: the listener closes, idle connections close, requests in flight finish (bounded by
-//! the request timeout plus a second, after which the remaining connections are dropped).
+//! the request timeout and by [`MAX_DRAIN`], after which the remaining connections are
+//! dropped).
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -62,6 +63,11 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// advance, but a healthy client on a lossy link can leave a write waiting for a second or two
 /// of retransmissions.
 pub const MIN_WRITE_STALL: Duration = Duration::from_secs(5);
+
+/// The longest the HTTP server waits at shutdown for the responses in flight: the stop,
+/// drain and a send finishing side by side (at most `scheduler::run::STOP_GRACE`, 20 s), must
+/// fit the unit's `TimeoutStopSec=30s` with room for the background writes.
+pub const MAX_DRAIN: Duration = Duration::from_secs(10);
 
 /// The limits one listener enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +157,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let drain = limits.request_timeout + Duration::from_secs(1);
+    let drain = limits.request_timeout.min(MAX_DRAIN);
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

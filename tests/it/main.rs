@@ -13,4 +13,5 @@ mod restart;
 mod scheduler;
 mod sendfile;
 mod service;
+mod stop;
 mod support;

@@ -19,13 +19,13 @@ use crate::{
 };
 
 /// The notify socket: every datagram the daemon sent, in order.
-struct Notifications {
+pub(crate) struct Notifications {
     sock: UnixDatagram,
-    got: Vec<String>,
+    pub(crate) got: Vec<String>,
 }
 
 impl Notifications {
-    fn bind(path: &Path) -> Self {
+    pub(crate) fn bind(path: &Path) -> Self {
         let sock = UnixDatagram::bind(path).expect("bind the notify socket");
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("read timeout");
@@ -35,7 +35,7 @@ impl Notifications {
         }
     }
 
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.sock.recv(&mut buf) {
             // Each message is `KEY=VALUE` lines; the final newline is not part of it.
@@ -45,7 +45,7 @@ impl Notifications {
     }
 
     /// Waits for a message at index `from` or later that `pred` accepts; returns its index.
-    fn wait(&mut self, what: &str, from: usize, pred: impl Fn(&str) -> bool) -> usize {
+    pub(crate) fn wait(&mut self, what: &str, from: usize, pred: impl Fn(&str) -> bool) -> usize {
         let mut found = None;
         let start = Instant::now();
         while found.is_none() {
@@ -61,7 +61,7 @@ impl Notifications {
     }
 }
 
-fn spawn(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+pub(crate) fn spawn(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
     let mut cmd = serve_command(config);
     for (k, v) in env {
         cmd.env(k, v);
