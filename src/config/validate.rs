@@ -112,11 +112,23 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
     Ok(d)
 }
 
-/// Parses a date written as a TOML date (`2023-02-24`) or a string (`"2023-02-24"`).
+/// Parses a date written as a TOML date (`2023-02-24`) or a string (`"2023-02-24"`), strictly:
+/// `YYYY-MM-DD` and nothing else (no time, offset or zone annotation to drop unseen).
 fn parse_date(value: &toml::Value) -> Result<Date, String> {
-    let text = match value {
-        toml::Value::Datetime(dt) if dt.date.is_some() && dt.time.is_none() => dt.to_string(),
-        toml::Value::String(s) => s.clone(),
+    let date = match value {
+        toml::Value::Datetime(toml::value::Datetime {
+            date: Some(d),
+            time: None,
+            offset: None,
+        }) => Date::new(
+            i16::try_from(d.year).map_err(|_| format!("year {} is out of range", d.year))?,
+            i8::try_from(d.month).map_err(|_| format!("{value} is not a valid date"))?,
+            i8::try_from(d.day).map_err(|_| format!("{value} is not a valid date"))?,
+        )
+        .map_err(|_| {
+            format!("{value} is not a valid date (write YYYY-MM-DD, such as 2023-02-24)")
+        })?,
+        toml::Value::String(s) => parse_date_text(s)?,
         other => {
             return Err(format!(
                 "expected a date such as 2023-02-24, found {}",
@@ -124,30 +136,100 @@ fn parse_date(value: &toml::Value) -> Result<Date, String> {
             ));
         }
     };
-    let date = Date::from_str(&text).map_err(|_| {
-        format!("`{text}` is not a valid date (write YYYY-MM-DD, such as 2023-02-24)")
-    })?;
     if !(1000..=9999).contains(&date.year()) {
         return Err(format!("year {} is out of range", date.year()));
     }
     Ok(date)
 }
 
-/// Parses a local time written as a TOML time (`10:00:00`) or a string (`"10:00"`).
-fn parse_time(value: &toml::Value) -> Result<Time, String> {
-    let text = match value {
-        toml::Value::Datetime(dt) if dt.date.is_none() && dt.time.is_some() => dt.to_string(),
-        toml::Value::String(s) => s.clone(),
-        other => {
+/// `YYYY-MM-DD`, exactly: four, two and two ASCII digits joined by `-`, a real day.
+fn parse_date_text(text: &str) -> Result<Date, String> {
+    let bad = || format!("`{text}` is not a valid date (write YYYY-MM-DD, such as 2023-02-24)");
+    let b = text.as_bytes();
+    let shaped = |b: &[u8]| {
+        b.len() >= 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[..10]
+                .iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+    };
+    if !(b.len() == 10 && shaped(b)) {
+        if shaped(b) {
             return Err(format!(
-                "expected a local time such as \"10:00\", found {}",
-                describe(other)
+                "`{text}` is not a valid date: a date carries no time, offset or zone (write \
+                 YYYY-MM-DD, such as 2023-02-24; the times are `start` and `end`)"
             ));
         }
+        return Err(bad());
+    }
+    let number = |range: std::ops::Range<usize>| text[range].parse::<i16>().map_err(|_| bad());
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let month = i8::try_from(month).map_err(|_| bad())?;
+    let day = i8::try_from(day).map_err(|_| bad())?;
+    Date::new(year, month, day).map_err(|_| bad())
+}
+
+/// Parses a local time written as a string (`"10:00"`) or a TOML time (`10:00`, or `10:00:00`
+/// with no seconds or fraction to drop), strictly: the minute is what mail and
+/// `revision::Significant` show, so a time with seconds, an offset, a date or a zone is refused.
+fn parse_time(value: &toml::Value) -> Result<Time, String> {
+    match value {
+        toml::Value::Datetime(toml::value::Datetime {
+            date: None,
+            time: Some(t),
+            offset: None,
+        }) => {
+            if t.second.is_some_and(|s| s != 0) || t.nanosecond.is_some_and(|n| n != 0) {
+                return Err(format!(
+                    "the time {value} has seconds: times are to the minute; write HH:MM, such as \
+                     \"{:02}:{:02}\"",
+                    t.hour, t.minute
+                ));
+            }
+            let hour = i8::try_from(t.hour).map_err(|_| format!("{value} is not a valid time"))?;
+            let minute =
+                i8::try_from(t.minute).map_err(|_| format!("{value} is not a valid time"))?;
+            Time::new(hour, minute, 0, 0).map_err(|_| {
+                format!("{value} is not a valid time of day (write HH:MM, such as \"10:00\")")
+            })
+        }
+        toml::Value::String(s) => parse_time_text(s),
+        other => Err(format!(
+            "expected a local time such as \"10:00\", found {}",
+            describe(other)
+        )),
+    }
+}
+
+/// `HH:MM`, exactly: two and two ASCII digits joined by `:`, 00:00 to 23:59. Anything more (seconds,
+/// an offset, a date, a zone) is refused rather than dropped, with a message saying why.
+fn parse_time_text(text: &str) -> Result<Time, String> {
+    let bad = |why: &str| {
+        format!(
+            "`{text}` is not a valid time of day{why} (write HH:MM, a local time in the network's \
+             time zone, such as \"10:00\")"
+        )
     };
-    Time::from_str(&text).map_err(|_| {
-        format!("`{text}` is not a valid time of day (write HH:MM, such as \"10:00\")")
-    })
+    let b = text.as_bytes();
+    let hh_mm = |b: &[u8]| {
+        b.len() >= 5 && b[2] == b':' && [0, 1, 3, 4].iter().all(|i| b[*i].is_ascii_digit())
+    };
+    if !(b.len() == 5 && hh_mm(b)) {
+        let why = if hh_mm(b) && b.len() > 5 && b[5] == b':' {
+            ": times are to the minute, without seconds"
+        } else if hh_mm(b) && b.len() > 5 && matches!(b[5], b'+' | b'-' | b'Z' | b'z' | b'[') {
+            ": a time carries no offset or zone, it is in the network's time zone"
+        } else if text.contains('T') || text.contains('t') {
+            ": a time carries no date, the meeting's date is its `date`"
+        } else {
+            ""
+        };
+        return Err(bad(why));
+    }
+    let number = |range: std::ops::Range<usize>| text[range].parse::<i8>().map_err(|_| bad(""));
+    Time::new(number(0..2)?, number(3..5)?, 0, 0).map_err(|_| bad(""))
 }
 
 fn describe(v: &toml::Value) -> String {
@@ -1466,6 +1548,89 @@ mod tests {
             errors[1].contains("lednet.toml:41:41") && errors[1].contains("`10.0.0.0/8`"),
             "{errors:?}"
         );
+    }
+
+    /// A value as TOML writes it (`"10:00"`, `10:00:00`, `2023-02-24`...).
+    fn value(toml_text: &str) -> toml::Value {
+        let table: toml::Table = toml::from_str(&format!("v = {toml_text}")).expect("TOML");
+        table.get("v").cloned().expect("v")
+    }
+
+    /// Dates are `YYYY-MM-DD` and times `HH:MM` (or a TOML time with no seconds): anything
+    /// else, an offset, a date, a zone or seconds in particular, is refused, never dropped.
+    #[test]
+    fn dates_and_times_are_parsed_strictly() {
+        let (t, d) = (jiff::civil::time, jiff::civil::date);
+        let times = [
+            ("\"09:00\"", Ok(t(9, 0, 0, 0))),
+            ("\"23:59\"", Ok(t(23, 59, 0, 0))),
+            ("\"00:00\"", Ok(t(0, 0, 0, 0))),
+            ("09:00", Ok(t(9, 0, 0, 0))),
+            ("09:00:00", Ok(t(9, 0, 0, 0))),
+            ("09:00:00.000", Ok(t(9, 0, 0, 0))),
+            ("\"09:00+05:00\"", Err("carries no offset or zone")),
+            ("\"09:00Z\"", Err("carries no offset or zone")),
+            ("\"09:00[Europe/Paris]\"", Err("carries no offset or zone")),
+            ("\"2023-03-05T18:00+01:00\"", Err("carries no date")),
+            ("\"0900\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09\"", Err("not a valid time of day (write HH:MM")),
+            ("\"9:00\"", Err("not a valid time of day (write HH:MM")),
+            ("\" 09:00\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09:0٠\"", Err("not a valid time of day (write HH:MM")),
+            ("\"24:00\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09:60\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09:00:60\"", Err("to the minute, without seconds")),
+            ("\"10:45:50\"", Err("to the minute, without seconds")),
+            ("\"10:45:00\"", Err("to the minute, without seconds")),
+            ("10:45:50", Err("the time 10:45:50 has seconds")),
+            ("10:45:00.25", Err("has seconds")),
+            ("2023-02-24T10:00:00", Err("expected a local time")),
+            ("2023-02-24T10:00:00+01:00", Err("expected a local time")),
+            ("2023-02-24", Err("expected a local time")),
+            ("900", Err("expected a local time")),
+        ];
+        for (text, want) in times {
+            let got = parse_time(&value(text));
+            match want {
+                Ok(time) => assert_eq!(got, Ok(time), "{text}"),
+                Err(part) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(part)),
+                    "{text}: {got:?}"
+                ),
+            }
+        }
+        let dates = [
+            ("2023-02-24", Ok(d(2023, 2, 24))),
+            ("\"2023-02-24\"", Ok(d(2023, 2, 24))),
+            ("\"2024-02-29\"", Ok(d(2024, 2, 29))),
+            ("\"2023-02-29\"", Err("not a valid date (write YYYY-MM-DD")),
+            ("\"2023-2-24\"", Err("not a valid date (write YYYY-MM-DD")),
+            ("\"20230224\"", Err("not a valid date (write YYYY-MM-DD")),
+            ("\"+2023-02-24\"", Err("not a valid date (write YYYY-MM-DD")),
+            (
+                "\"2023-02-24T23:30-05:00\"",
+                Err("carries no time, offset or zone"),
+            ),
+            (
+                "\"2023-02-24[Europe/Paris]\"",
+                Err("carries no time, offset or zone"),
+            ),
+            ("\"2023-02-24 \"", Err("carries no time, offset or zone")),
+            ("\"0999-02-24\"", Err("year 999 is out of range")),
+            ("2023-02-24T23:30:00", Err("expected a date")),
+            ("2023-02-24T23:30:00-05:00", Err("expected a date")),
+            ("10:00:00", Err("expected a date")),
+        ];
+        for (text, want) in dates {
+            let got = parse_date(&value(text));
+            match want {
+                Ok(date) => assert_eq!(got, Ok(date), "{text}"),
+                Err(part) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(part)),
+                    "{text}: {got:?}"
+                ),
+            }
+        }
     }
 
     /// An IPv4-mapped network counts the 96 bits of `::ffff:` in its prefix and is its IPv4

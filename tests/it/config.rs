@@ -72,6 +72,81 @@ fn every_validation_error_names_its_place() {
             "`25:00` is not a valid time",
             "\"25:00\"",
         ),
+        // dates and times parsed strictly: an offset, a date or a zone is refused, never
+        // dropped; times are to the minute (seconds are lost in mail and revisions)
+        (
+            "date = 2023-04-19",
+            "date = \"2023-04-19T23:30-05:00\"",
+            "`2023-04-19T23:30-05:00` is not a valid date: a date carries no time, offset or zone",
+            "\"2023-04-19T23:30-05:00\"",
+        ),
+        (
+            "date = 2023-04-19",
+            "date = \"2023-04-19[Europe/Paris]\"",
+            "`2023-04-19[Europe/Paris]` is not a valid date",
+            "\"2023-04-19[Europe/Paris]\"",
+        ),
+        (
+            "date = 2023-04-19",
+            "date = 2023-04-19T10:00:00",
+            "expected a date such as 2023-02-24, found the date-time 2023-04-19T10:00:00",
+            "2023-04-19T10:00:00",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = \"2023-03-05T18:00+01:00\"",
+            "`2023-03-05T18:00+01:00` is not a valid time of day: a time carries no date",
+            "\"2023-03-05T18:00+01:00\"",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = \"10:45:50\"",
+            "`10:45:50` is not a valid time of day: times are to the minute, without seconds \
+             (write HH:MM",
+            "\"10:45:50\"",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = 10:45:50",
+            "the time 10:45:50 has seconds: times are to the minute; write HH:MM, such as \"10:45\"",
+            "10:45:50",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = 10:45:00.5",
+            "the time 10:45:00.5 has seconds",
+            "10:45:00.5",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = 2023-06-07T10:00:00+01:00",
+            "expected a local time such as \"10:00\", found the date-time",
+            "2023-06-07T10:00:00+01:00",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"09:00+05:00\"",
+            "`09:00+05:00` is not a valid time of day: a time carries no offset or zone",
+            "\"09:00+05:00\"",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"0900\"",
+            "`0900` is not a valid time of day (write HH:MM",
+            "\"0900\"",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"09\"",
+            "`09` is not a valid time of day (write HH:MM",
+            "\"09\"",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"09:00:60\"",
+            "`09:00:60` is not a valid time of day: times are to the minute",
+            "\"09:00:60\"",
+        ),
         // unknown time zone
         (
             "time_zone = \"Europe/London\"",
