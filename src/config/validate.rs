@@ -438,18 +438,19 @@ fn network(c: &mut Checker, raw: &S<RawNetwork>) -> Option<Network> {
 fn mail(c: &mut Checker, raw: &S<RawMail>) -> Option<MailSettings> {
     let m = raw.get_ref();
     let from = c.mailbox(&m.from);
-    let list = match m.list.get_ref() {
-        ListAddresses::One(s) => vec![s.clone()],
-        ListAddresses::Many(v) => v.clone(),
+    // Each address with the span it is reported at: its own, in an array.
+    let list: Vec<(&str, std::ops::Range<usize>)> = match m.list.get_ref() {
+        ListAddresses::One(s) => vec![(s.as_str(), m.list.span())],
+        ListAddresses::Many(v) => v.iter().map(|a| (a.get_ref().as_str(), a.span())).collect(),
     };
     if list.is_empty() {
         c.error(m.list.span(), "the mailing list needs at least one address");
     }
     let mut boxes = Vec::new();
-    for addr in &list {
+    for (addr, span) in list {
         match parse_mailbox(addr) {
             Ok(b) => boxes.push(b),
-            Err(e) => c.error(m.list.span(), e),
+            Err(e) => c.error(span, e),
         }
     }
     let reply_to = match &m.reply_to {

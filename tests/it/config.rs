@@ -147,6 +147,19 @@ fn every_validation_error_names_its_place() {
             "`09:00:60` is not a valid time of day: times are to the minute",
             "\"09:00:60\"",
         ),
+        // each bad address of a list at its own place, on any line of the array
+        (
+            "list = [\"LEDNet members <lednet-members@example.org>\"]",
+            "list = [\n  \"LEDNet members <lednet-members@example.org>\",\n  \"no address\",\n]",
+            "`no address` is not a mail address",
+            "\"no address\"",
+        ),
+        (
+            "list = [\"LEDNet members <lednet-members@example.org>\"]",
+            "list = 5",
+            "invalid type: integer `5`, expected an address or a list of addresses",
+            "5",
+        ),
         // unknown time zone
         (
             "time_zone = \"Europe/London\"",
@@ -803,4 +816,17 @@ fn the_default_config_is_the_repositorys_in_a_checkout_and_the_installed_one_els
         stdout.contains("config config/lednet.toml is valid"),
         "{stdout}"
     );
+}
+
+/// A file saved with a UTF-8 byte order mark (as some Windows editors do) loads, and an error
+/// on its first line is at the column an editor shows: the mark is no character.
+#[test]
+fn a_byte_order_mark_moves_no_column() {
+    let text = format!("\u{FEFF}{}", example_config_text());
+    parse(&text).expect("a config with a byte order mark loads");
+    let bad = format!("\u{FEFF}shortname = \"x\"\n{}", example_config_text());
+    let err = parse(&bad).expect_err("unknown key");
+    let d = &err.diagnostics()[0];
+    assert!(d.message.contains("unknown key `shortname`"), "{d}");
+    assert_eq!((d.line, d.column), (1, 1), "{d}");
 }
