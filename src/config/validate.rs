@@ -660,6 +660,11 @@ fn http(c: &mut Checker, h: &RawHttp, env: &Environment) -> Option<HttpSettings>
             .into_iter()
             .collect::<Option<Vec<_>>>(),
     };
+    // Every value is parsed (and each problem reported) before the first `?` below, so one bad
+    // value does not hide the others.
+    let refresh_interval = c.duration(&h.refresh_interval, SignedDuration::from_hours(4));
+    let published_ttl = c.duration(&h.published_ttl, SignedDuration::from_hours(4));
+    let cache_max_age = c.duration(&h.cache_max_age, SignedDuration::from_hours(1));
     Some(HttpSettings {
         trusted_proxies: trusted_proxies?,
         metrics_listen: metrics_listen?,
@@ -668,9 +673,9 @@ fn http(c: &mut Checker, h: &RawHttp, env: &Environment) -> Option<HttpSettings>
         max_connections: max_connections?,
         listen: listen?,
         feed_token: feed_token?,
-        refresh_interval: c.duration(&h.refresh_interval, SignedDuration::from_hours(4))?,
-        published_ttl: c.duration(&h.published_ttl, SignedDuration::from_hours(4))?,
-        cache_max_age: c.duration(&h.cache_max_age, SignedDuration::from_hours(1))?,
+        refresh_interval: refresh_interval?,
+        published_ttl: published_ttl?,
+        cache_max_age: cache_max_age?,
     })
 }
 
@@ -1631,6 +1636,42 @@ mod tests {
                     "{text}: {got:?}"
                 ),
             }
+        }
+    }
+
+    /// The shipped config with each `(from, to)` replaced once, parsed as in its place.
+    fn shipped_edited(edits: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lednet.toml");
+        let mut text = std::fs::read_to_string(&path).expect("the shipped config");
+        for (from, to) in edits {
+            assert_eq!(text.matches(from).count(), 1, "`{from}` once");
+            text = text.replacen(from, to, 1);
+        }
+        super::super::parse(&path, &text, &Environment::default())
+            .map(|l| l.config)
+            .map_err(|e| e.diagnostics().iter().map(ToString::to_string).collect())
+    }
+
+    /// Every bad `[http]` value is reported, not only the first of them the settings are built
+    /// from.
+    #[test]
+    fn every_bad_http_value_is_reported() {
+        let errors = shipped_edited(&[
+            ("published_ttl = \"4h\"", "published_ttl = \"soon\""),
+            ("cache_max_age = \"1h\"", "cache_max_age = \"later\""),
+            ("# max_connections = 256", "max_connections = 0"),
+        ])
+        .expect_err("bad values");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for (at, what) in [
+            ("lednet.toml:45:17", "`soon` is not a duration"),
+            ("lednet.toml:46:17", "`later` is not a duration"),
+            ("lednet.toml:49:19", "0 must be a whole number"),
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(at) && e.contains(what)),
+                "{at} {what}: {errors:?}"
+            );
         }
     }
 
