@@ -735,6 +735,10 @@ fn timeout(
     }
 }
 
+/// The longest `[scheduler] retry_base`: the longest a retry waits (an hour, README: "at most
+/// an hour"), so the first retry is never later than that.
+pub const MAX_RETRY_BASE: SignedDuration = crate::scheduler::decide::MAX_BACKOFF;
+
 fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {
     let max_catch_up = match &s.max_catch_up {
         None => Some(20),
@@ -751,6 +755,11 @@ fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {
             parse_duration(text).and_then(|d| {
                 if d < SignedDuration::from_secs(1) {
                     Err(format!("retry_base `{text}` must be at least 1s"))
+                } else if d > MAX_RETRY_BASE {
+                    Err(format!(
+                        "retry_base `{text}` is over an hour: a retry waits at most an hour \
+                         (retry_base doubling up to that), so give 1s to 1h"
+                    ))
                 } else {
                     Ok(d)
                 }
@@ -1673,6 +1682,30 @@ mod tests {
                 "{at} {what}: {errors:?}"
             );
         }
+    }
+
+    /// `retry_base` is 1s to 1h: a retry waits at most an hour, the first one too.
+    #[test]
+    fn retry_base_is_at_most_an_hour() {
+        let with = |base: &str| {
+            shipped_edited(&[("retry_base = \"1m\"", &format!("retry_base = \"{base}\""))])
+        };
+        assert_eq!(
+            with("1h").expect("an hour").scheduler.retry_base,
+            SignedDuration::from_hours(1)
+        );
+        assert_eq!(MAX_RETRY_BASE, SignedDuration::from_hours(1));
+        for bad in ["1h 1s", "61m", "1000d"] {
+            let errors = with(bad).expect_err("over an hour");
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].contains("lednet.toml:62:14")
+                    && errors[0].contains(&format!("retry_base `{bad}` is over an hour")),
+                "{errors:?}"
+            );
+        }
+        let errors = with("0s").expect_err("under a second");
+        assert!(errors[0].contains("must be at least 1s"), "{errors:?}");
     }
 
     /// An IPv4-mapped network counts the 96 bits of `::ffff:` in its prefix and is its IPv4

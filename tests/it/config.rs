@@ -160,6 +160,18 @@ fn every_validation_error_names_its_place() {
             "invalid type: integer `5`, expected an address or a list of addresses",
             "5",
         ),
+        (
+            "retry_base = \"1m\"",
+            "retry_base = \"1000d\"",
+            "retry_base `1000d` is over an hour",
+            "\"1000d\"",
+        ),
+        (
+            "retry_base = \"1m\"",
+            "retry_base = \"61m\"",
+            "retry_base `61m` is over an hour",
+            "\"61m\"",
+        ),
         // unknown time zone
         (
             "time_zone = \"Europe/London\"",
