@@ -842,3 +842,26 @@ fn a_byte_order_mark_moves_no_column() {
     assert!(d.message.contains("unknown key `shortname`"), "{d}");
     assert_eq!((d.line, d.column), (1, 1), "{d}");
 }
+
+/// Template sets that are symbolic links to directories (a shared set linked in) pass `check`
+/// as they pass validation: the templates are loaded through the links.
+#[test]
+fn check_accepts_template_sets_linked_to_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).expect("templates dir");
+    for entry in std::fs::read_dir(repo().join("templates")).expect("repository templates") {
+        let entry = entry.expect("entry");
+        std::os::unix::fs::symlink(entry.path(), templates.join(entry.file_name()))
+            .expect("symlink");
+    }
+    let text = edited(
+        "# templates_dir = \"templates\"",
+        &format!("templates_dir = \"{}\"", templates.display()),
+    );
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("no such template set"), "{stderr}");
+}
