@@ -65,7 +65,14 @@ impl<'a> Locator<'a> {
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
+        // A byte order mark opening the file is no character of its first line.
+        let in_line = &before[line_start..];
+        let in_line = if line_start == 0 {
+            in_line.strip_prefix('\u{FEFF}').unwrap_or(in_line)
+        } else {
+            in_line
+        };
+        let column = in_line.chars().count() + 1;
         (line, column)
     }
 
@@ -101,5 +108,19 @@ mod tests {
         let x = text.find(" x").expect("x") + 1;
         assert_eq!(loc.position(x), (2, 14));
         assert_eq!(loc.position(10_000), (3, 1));
+    }
+
+    /// A file opening with a UTF-8 byte order mark (U+FEFF, three bytes) counts columns on its
+    /// first line from after the mark; other lines are unaffected.
+    #[test]
+    fn a_byte_order_mark_is_no_column() {
+        let text = "\u{FEFF}a = x\nb = y\n";
+        let loc = Locator::new(std::path::Path::new("f.toml"), text);
+        assert_eq!(loc.position(0), (1, 1));
+        assert_eq!(loc.position(3), (1, 1));
+        let x = text.find('x').expect("x");
+        assert_eq!(loc.position(x), (1, 5));
+        let y = text.find('y').expect("y");
+        assert_eq!(loc.position(y), (2, 5));
     }
 }

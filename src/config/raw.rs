@@ -52,12 +52,46 @@ pub struct RawMail {
     pub smtp: Option<S<RawSmtp>>,
 }
 
-/// `list = "a@x"` or `list = ["a@x", "b@y"]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `list = "a@x"` or `list = ["a@x", "b@y"]`, each element of the array with its own span.
+///
+/// Deserialized by hand rather than as an untagged enum: serde buffers an untagged enum's
+/// input, which loses the elements' spans and reports any other value as "data did not match
+/// any variant".
+#[derive(Debug)]
 pub enum ListAddresses {
+    /// One address.
     One(String),
-    Many(Vec<String>),
+    /// An array of addresses.
+    Many(Vec<S<String>>),
+}
+
+impl<'de> Deserialize<'de> for ListAddresses {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ListAddresses;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address or a list of addresses")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ListAddresses::One(v.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(addr) = seq.next_element::<S<String>>()? {
+                    out.push(addr);
+                }
+                Ok(ListAddresses::Many(out))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -112,11 +112,23 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
     Ok(d)
 }
 
-/// Parses a date written as a TOML date (`2023-02-24`) or a string (`"2023-02-24"`).
+/// Parses a date written as a TOML date (`2023-02-24`) or a string (`"2023-02-24"`), strictly:
+/// `YYYY-MM-DD` and nothing else (no time, offset or zone annotation to drop unseen).
 fn parse_date(value: &toml::Value) -> Result<Date, String> {
-    let text = match value {
-        toml::Value::Datetime(dt) if dt.date.is_some() && dt.time.is_none() => dt.to_string(),
-        toml::Value::String(s) => s.clone(),
+    let date = match value {
+        toml::Value::Datetime(toml::value::Datetime {
+            date: Some(d),
+            time: None,
+            offset: None,
+        }) => Date::new(
+            i16::try_from(d.year).map_err(|_| format!("year {} is out of range", d.year))?,
+            i8::try_from(d.month).map_err(|_| format!("{value} is not a valid date"))?,
+            i8::try_from(d.day).map_err(|_| format!("{value} is not a valid date"))?,
+        )
+        .map_err(|_| {
+            format!("{value} is not a valid date (write YYYY-MM-DD, such as 2023-02-24)")
+        })?,
+        toml::Value::String(s) => parse_date_text(s)?,
         other => {
             return Err(format!(
                 "expected a date such as 2023-02-24, found {}",
@@ -124,30 +136,100 @@ fn parse_date(value: &toml::Value) -> Result<Date, String> {
             ));
         }
     };
-    let date = Date::from_str(&text).map_err(|_| {
-        format!("`{text}` is not a valid date (write YYYY-MM-DD, such as 2023-02-24)")
-    })?;
     if !(1000..=9999).contains(&date.year()) {
         return Err(format!("year {} is out of range", date.year()));
     }
     Ok(date)
 }
 
-/// Parses a local time written as a TOML time (`10:00:00`) or a string (`"10:00"`).
-fn parse_time(value: &toml::Value) -> Result<Time, String> {
-    let text = match value {
-        toml::Value::Datetime(dt) if dt.date.is_none() && dt.time.is_some() => dt.to_string(),
-        toml::Value::String(s) => s.clone(),
-        other => {
+/// `YYYY-MM-DD`, exactly: four, two and two ASCII digits joined by `-`, a real day.
+fn parse_date_text(text: &str) -> Result<Date, String> {
+    let bad = || format!("`{text}` is not a valid date (write YYYY-MM-DD, such as 2023-02-24)");
+    let b = text.as_bytes();
+    let shaped = |b: &[u8]| {
+        b.len() >= 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[..10]
+                .iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+    };
+    if !(b.len() == 10 && shaped(b)) {
+        if shaped(b) {
             return Err(format!(
-                "expected a local time such as \"10:00\", found {}",
-                describe(other)
+                "`{text}` is not a valid date: a date carries no time, offset or zone (write \
+                 YYYY-MM-DD, such as 2023-02-24; the times are `start` and `end`)"
             ));
         }
+        return Err(bad());
+    }
+    let number = |range: std::ops::Range<usize>| text[range].parse::<i16>().map_err(|_| bad());
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let month = i8::try_from(month).map_err(|_| bad())?;
+    let day = i8::try_from(day).map_err(|_| bad())?;
+    Date::new(year, month, day).map_err(|_| bad())
+}
+
+/// Parses a local time written as a string (`"10:00"`) or a TOML time (`10:00`, or `10:00:00`
+/// with no seconds or fraction to drop), strictly: the minute is what mail and
+/// `revision::Significant` show, so a time with seconds, an offset, a date or a zone is refused.
+fn parse_time(value: &toml::Value) -> Result<Time, String> {
+    match value {
+        toml::Value::Datetime(toml::value::Datetime {
+            date: None,
+            time: Some(t),
+            offset: None,
+        }) => {
+            if t.second.is_some_and(|s| s != 0) || t.nanosecond.is_some_and(|n| n != 0) {
+                return Err(format!(
+                    "the time {value} has seconds: times are to the minute; write HH:MM, such as \
+                     \"{:02}:{:02}\"",
+                    t.hour, t.minute
+                ));
+            }
+            let hour = i8::try_from(t.hour).map_err(|_| format!("{value} is not a valid time"))?;
+            let minute =
+                i8::try_from(t.minute).map_err(|_| format!("{value} is not a valid time"))?;
+            Time::new(hour, minute, 0, 0).map_err(|_| {
+                format!("{value} is not a valid time of day (write HH:MM, such as \"10:00\")")
+            })
+        }
+        toml::Value::String(s) => parse_time_text(s),
+        other => Err(format!(
+            "expected a local time such as \"10:00\", found {}",
+            describe(other)
+        )),
+    }
+}
+
+/// `HH:MM`, exactly: two and two ASCII digits joined by `:`, 00:00 to 23:59. Anything more (seconds,
+/// an offset, a date, a zone) is refused rather than dropped, with a message saying why.
+fn parse_time_text(text: &str) -> Result<Time, String> {
+    let bad = |why: &str| {
+        format!(
+            "`{text}` is not a valid time of day{why} (write HH:MM, a local time in the network's \
+             time zone, such as \"10:00\")"
+        )
     };
-    Time::from_str(&text).map_err(|_| {
-        format!("`{text}` is not a valid time of day (write HH:MM, such as \"10:00\")")
-    })
+    let b = text.as_bytes();
+    let hh_mm = |b: &[u8]| {
+        b.len() >= 5 && b[2] == b':' && [0, 1, 3, 4].iter().all(|i| b[*i].is_ascii_digit())
+    };
+    if !(b.len() == 5 && hh_mm(b)) {
+        let why = if hh_mm(b) && b.len() > 5 && b[5] == b':' {
+            ": times are to the minute, without seconds"
+        } else if hh_mm(b) && b.len() > 5 && matches!(b[5], b'+' | b'-' | b'Z' | b'z' | b'[') {
+            ": a time carries no offset or zone, it is in the network's time zone"
+        } else if text.contains('T') || text.contains('t') {
+            ": a time carries no date, the meeting's date is its `date`"
+        } else {
+            ""
+        };
+        return Err(bad(why));
+    }
+    let number = |range: std::ops::Range<usize>| text[range].parse::<i8>().map_err(|_| bad(""));
+    Time::new(number(0..2)?, number(3..5)?, 0, 0).map_err(|_| bad(""))
 }
 
 fn describe(v: &toml::Value) -> String {
@@ -356,18 +438,19 @@ fn network(c: &mut Checker, raw: &S<RawNetwork>) -> Option<Network> {
 fn mail(c: &mut Checker, raw: &S<RawMail>) -> Option<MailSettings> {
     let m = raw.get_ref();
     let from = c.mailbox(&m.from);
-    let list = match m.list.get_ref() {
-        ListAddresses::One(s) => vec![s.clone()],
-        ListAddresses::Many(v) => v.clone(),
+    // Each address with the span it is reported at: its own, in an array.
+    let list: Vec<(&str, std::ops::Range<usize>)> = match m.list.get_ref() {
+        ListAddresses::One(s) => vec![(s.as_str(), m.list.span())],
+        ListAddresses::Many(v) => v.iter().map(|a| (a.get_ref().as_str(), a.span())).collect(),
     };
     if list.is_empty() {
         c.error(m.list.span(), "the mailing list needs at least one address");
     }
     let mut boxes = Vec::new();
-    for addr in &list {
+    for (addr, span) in list {
         match parse_mailbox(addr) {
             Ok(b) => boxes.push(b),
-            Err(e) => c.error(m.list.span(), e),
+            Err(e) => c.error(span, e),
         }
     }
     let reply_to = match &m.reply_to {
@@ -577,6 +660,11 @@ fn http(c: &mut Checker, h: &RawHttp, env: &Environment) -> Option<HttpSettings>
             .into_iter()
             .collect::<Option<Vec<_>>>(),
     };
+    // Every value is parsed (and each problem reported) before the first `?` below, so one bad
+    // value does not hide the others.
+    let refresh_interval = c.duration(&h.refresh_interval, SignedDuration::from_hours(4));
+    let published_ttl = c.duration(&h.published_ttl, SignedDuration::from_hours(4));
+    let cache_max_age = c.duration(&h.cache_max_age, SignedDuration::from_hours(1));
     Some(HttpSettings {
         trusted_proxies: trusted_proxies?,
         metrics_listen: metrics_listen?,
@@ -585,9 +673,9 @@ fn http(c: &mut Checker, h: &RawHttp, env: &Environment) -> Option<HttpSettings>
         max_connections: max_connections?,
         listen: listen?,
         feed_token: feed_token?,
-        refresh_interval: c.duration(&h.refresh_interval, SignedDuration::from_hours(4))?,
-        published_ttl: c.duration(&h.published_ttl, SignedDuration::from_hours(4))?,
-        cache_max_age: c.duration(&h.cache_max_age, SignedDuration::from_hours(1))?,
+        refresh_interval: refresh_interval?,
+        published_ttl: published_ttl?,
+        cache_max_age: cache_max_age?,
     })
 }
 
@@ -647,6 +735,10 @@ fn timeout(
     }
 }
 
+/// The longest `[scheduler] retry_base`: the longest a retry waits (an hour, README: "at most
+/// an hour"), so the first retry is never later than that.
+pub const MAX_RETRY_BASE: SignedDuration = crate::scheduler::decide::MAX_BACKOFF;
+
 fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {
     let max_catch_up = match &s.max_catch_up {
         None => Some(20),
@@ -663,6 +755,11 @@ fn scheduler(c: &mut Checker, s: &RawScheduler) -> Option<SchedulerSettings> {
             parse_duration(text).and_then(|d| {
                 if d < SignedDuration::from_secs(1) {
                     Err(format!("retry_base `{text}` must be at least 1s"))
+                } else if d > MAX_RETRY_BASE {
+                    Err(format!(
+                        "retry_base `{text}` is over an hour: a retry waits at most an hour \
+                         (retry_base doubling up to that), so give 1s to 1h"
+                    ))
                 } else {
                     Ok(d)
                 }
@@ -1466,6 +1563,149 @@ mod tests {
             errors[1].contains("lednet.toml:41:41") && errors[1].contains("`10.0.0.0/8`"),
             "{errors:?}"
         );
+    }
+
+    /// A value as TOML writes it (`"10:00"`, `10:00:00`, `2023-02-24`...).
+    fn value(toml_text: &str) -> toml::Value {
+        let table: toml::Table = toml::from_str(&format!("v = {toml_text}")).expect("TOML");
+        table.get("v").cloned().expect("v")
+    }
+
+    /// Dates are `YYYY-MM-DD` and times `HH:MM` (or a TOML time with no seconds): anything
+    /// else, an offset, a date, a zone or seconds in particular, is refused, never dropped.
+    #[test]
+    fn dates_and_times_are_parsed_strictly() {
+        let (t, d) = (jiff::civil::time, jiff::civil::date);
+        let times = [
+            ("\"09:00\"", Ok(t(9, 0, 0, 0))),
+            ("\"23:59\"", Ok(t(23, 59, 0, 0))),
+            ("\"00:00\"", Ok(t(0, 0, 0, 0))),
+            ("09:00", Ok(t(9, 0, 0, 0))),
+            ("09:00:00", Ok(t(9, 0, 0, 0))),
+            ("09:00:00.000", Ok(t(9, 0, 0, 0))),
+            ("\"09:00+05:00\"", Err("carries no offset or zone")),
+            ("\"09:00Z\"", Err("carries no offset or zone")),
+            ("\"09:00[Europe/Paris]\"", Err("carries no offset or zone")),
+            ("\"2023-03-05T18:00+01:00\"", Err("carries no date")),
+            ("\"0900\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09\"", Err("not a valid time of day (write HH:MM")),
+            ("\"9:00\"", Err("not a valid time of day (write HH:MM")),
+            ("\" 09:00\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09:0٠\"", Err("not a valid time of day (write HH:MM")),
+            ("\"24:00\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09:60\"", Err("not a valid time of day (write HH:MM")),
+            ("\"09:00:60\"", Err("to the minute, without seconds")),
+            ("\"10:45:50\"", Err("to the minute, without seconds")),
+            ("\"10:45:00\"", Err("to the minute, without seconds")),
+            ("10:45:50", Err("the time 10:45:50 has seconds")),
+            ("10:45:00.25", Err("has seconds")),
+            ("2023-02-24T10:00:00", Err("expected a local time")),
+            ("2023-02-24T10:00:00+01:00", Err("expected a local time")),
+            ("2023-02-24", Err("expected a local time")),
+            ("900", Err("expected a local time")),
+        ];
+        for (text, want) in times {
+            let got = parse_time(&value(text));
+            match want {
+                Ok(time) => assert_eq!(got, Ok(time), "{text}"),
+                Err(part) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(part)),
+                    "{text}: {got:?}"
+                ),
+            }
+        }
+        let dates = [
+            ("2023-02-24", Ok(d(2023, 2, 24))),
+            ("\"2023-02-24\"", Ok(d(2023, 2, 24))),
+            ("\"2024-02-29\"", Ok(d(2024, 2, 29))),
+            ("\"2023-02-29\"", Err("not a valid date (write YYYY-MM-DD")),
+            ("\"2023-2-24\"", Err("not a valid date (write YYYY-MM-DD")),
+            ("\"20230224\"", Err("not a valid date (write YYYY-MM-DD")),
+            ("\"+2023-02-24\"", Err("not a valid date (write YYYY-MM-DD")),
+            (
+                "\"2023-02-24T23:30-05:00\"",
+                Err("carries no time, offset or zone"),
+            ),
+            (
+                "\"2023-02-24[Europe/Paris]\"",
+                Err("carries no time, offset or zone"),
+            ),
+            ("\"2023-02-24 \"", Err("carries no time, offset or zone")),
+            ("\"0999-02-24\"", Err("year 999 is out of range")),
+            ("2023-02-24T23:30:00", Err("expected a date")),
+            ("2023-02-24T23:30:00-05:00", Err("expected a date")),
+            ("10:00:00", Err("expected a date")),
+        ];
+        for (text, want) in dates {
+            let got = parse_date(&value(text));
+            match want {
+                Ok(date) => assert_eq!(got, Ok(date), "{text}"),
+                Err(part) => assert!(
+                    got.as_ref().is_err_and(|e| e.contains(part)),
+                    "{text}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    /// The shipped config with each `(from, to)` replaced once, parsed as in its place.
+    fn shipped_edited(edits: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lednet.toml");
+        let mut text = std::fs::read_to_string(&path).expect("the shipped config");
+        for (from, to) in edits {
+            assert_eq!(text.matches(from).count(), 1, "`{from}` once");
+            text = text.replacen(from, to, 1);
+        }
+        super::super::parse(&path, &text, &Environment::default())
+            .map(|l| l.config)
+            .map_err(|e| e.diagnostics().iter().map(ToString::to_string).collect())
+    }
+
+    /// Every bad `[http]` value is reported, not only the first of them the settings are built
+    /// from.
+    #[test]
+    fn every_bad_http_value_is_reported() {
+        let errors = shipped_edited(&[
+            ("published_ttl = \"4h\"", "published_ttl = \"soon\""),
+            ("cache_max_age = \"1h\"", "cache_max_age = \"later\""),
+            ("# max_connections = 256", "max_connections = 0"),
+        ])
+        .expect_err("bad values");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        for (at, what) in [
+            ("lednet.toml:45:17", "`soon` is not a duration"),
+            ("lednet.toml:46:17", "`later` is not a duration"),
+            ("lednet.toml:49:19", "0 must be a whole number"),
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(at) && e.contains(what)),
+                "{at} {what}: {errors:?}"
+            );
+        }
+    }
+
+    /// `retry_base` is 1s to 1h: a retry waits at most an hour, the first one too.
+    #[test]
+    fn retry_base_is_at_most_an_hour() {
+        let with = |base: &str| {
+            shipped_edited(&[("retry_base = \"1m\"", &format!("retry_base = \"{base}\""))])
+        };
+        assert_eq!(
+            with("1h").expect("an hour").scheduler.retry_base,
+            SignedDuration::from_hours(1)
+        );
+        assert_eq!(MAX_RETRY_BASE, SignedDuration::from_hours(1));
+        for bad in ["1h 1s", "61m", "1000d"] {
+            let errors = with(bad).expect_err("over an hour");
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].contains("lednet.toml:62:14")
+                    && errors[0].contains(&format!("retry_base `{bad}` is over an hour")),
+                "{errors:?}"
+            );
+        }
+        let errors = with("0s").expect_err("under a second");
+        assert!(errors[0].contains("must be at least 1s"), "{errors:?}");
     }
 
     /// An IPv4-mapped network counts the 96 bits of `::ffff:` in its prefix and is its IPv4

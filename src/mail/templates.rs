@@ -112,7 +112,8 @@ impl fmt::Debug for Templates {
 }
 
 impl Templates {
-    /// Reads and parses every template set (every sub-directory) of `dir`.
+    /// Reads and parses every template set (every sub-directory, or symbolic link to one) of
+    /// `dir`.
     pub fn load(dir: &Path) -> Result<Self, TemplateError> {
         let read_err = |path: &Path, e: std::io::Error| TemplateError::Read {
             path: path.to_path_buf(),
@@ -123,11 +124,15 @@ impl Templates {
         let entries = std::fs::read_dir(dir).map_err(|e| read_err(dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| read_err(dir, e))?;
-            if !entry
-                .file_type()
-                .map_err(|e| read_err(&entry.path(), e))?
-                .is_dir()
-            {
+            // Links followed, as `config::validate` follows them when it checks that a set's
+            // files exist: a set may be a symbolic link to a directory. A dangling link is no
+            // set (the config's check names the files it lacks).
+            let is_dir = match std::fs::metadata(entry.path()) {
+                Ok(meta) => meta.is_dir(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(read_err(&entry.path(), e)),
+            };
+            if !is_dir {
                 continue;
             }
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -288,6 +293,33 @@ mod tests {
         let err = inline("ok", "line one\n{{ oops(", "<p></p>").expect_err("syntax error");
         let text = err.to_string();
         assert!(text.starts_with("/tpl/t/body.txt:2: "), "{text}");
+    }
+
+    /// A set that is a symbolic link to a directory is loaded, as the config's check (which
+    /// follows links to the set's files) accepts it; a dangling link is no set.
+    #[test]
+    fn a_set_linked_to_a_directory_is_loaded() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let shared = root.path().join("shared/reminder");
+        std::fs::create_dir_all(&shared).expect("shared set");
+        for file in FILES {
+            std::fs::write(shared.join(file), "{{ meeting.title }}").expect("template");
+        }
+        let dir = root.path().join("templates");
+        std::fs::create_dir(&dir).expect("templates dir");
+        std::os::unix::fs::symlink(&shared, dir.join("linked")).expect("symlink");
+        std::os::unix::fs::symlink(root.path().join("gone"), dir.join("dangling"))
+            .expect("dangling symlink");
+        let linked = TemplateName::parse("linked").expect("slug");
+        assert!(
+            FILES.iter().all(|f| dir.join("linked").join(f).is_file()),
+            "the config's check sees the set's files"
+        );
+        let t = Templates::load(&dir).expect("loads");
+        assert!(t.has(&linked), "{t:?}");
+        assert_eq!(t.sets().collect::<Vec<_>>(), ["linked"]);
+        let rendered = t.render(&linked, &context()).expect("renders");
+        assert!(rendered.subject.starts_with("Budget"), "{rendered:?}");
     }
 
     fn context() -> Context {

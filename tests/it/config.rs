@@ -72,6 +72,106 @@ fn every_validation_error_names_its_place() {
             "`25:00` is not a valid time",
             "\"25:00\"",
         ),
+        // dates and times parsed strictly: an offset, a date or a zone is refused, never
+        // dropped; times are to the minute (seconds are lost in mail and revisions)
+        (
+            "date = 2023-04-19",
+            "date = \"2023-04-19T23:30-05:00\"",
+            "`2023-04-19T23:30-05:00` is not a valid date: a date carries no time, offset or zone",
+            "\"2023-04-19T23:30-05:00\"",
+        ),
+        (
+            "date = 2023-04-19",
+            "date = \"2023-04-19[Europe/Paris]\"",
+            "`2023-04-19[Europe/Paris]` is not a valid date",
+            "\"2023-04-19[Europe/Paris]\"",
+        ),
+        (
+            "date = 2023-04-19",
+            "date = 2023-04-19T10:00:00",
+            "expected a date such as 2023-02-24, found the date-time 2023-04-19T10:00:00",
+            "2023-04-19T10:00:00",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = \"2023-03-05T18:00+01:00\"",
+            "`2023-03-05T18:00+01:00` is not a valid time of day: a time carries no date",
+            "\"2023-03-05T18:00+01:00\"",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = \"10:45:50\"",
+            "`10:45:50` is not a valid time of day: times are to the minute, without seconds \
+             (write HH:MM",
+            "\"10:45:50\"",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = 10:45:50",
+            "the time 10:45:50 has seconds: times are to the minute; write HH:MM, such as \"10:45\"",
+            "10:45:50",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = 10:45:00.5",
+            "the time 10:45:00.5 has seconds",
+            "10:45:00.5",
+        ),
+        (
+            "date = 2023-06-07\nstart = \"10:00\"",
+            "date = 2023-06-07\nstart = 2023-06-07T10:00:00+01:00",
+            "expected a local time such as \"10:00\", found the date-time",
+            "2023-06-07T10:00:00+01:00",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"09:00+05:00\"",
+            "`09:00+05:00` is not a valid time of day: a time carries no offset or zone",
+            "\"09:00+05:00\"",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"0900\"",
+            "`0900` is not a valid time of day (write HH:MM",
+            "\"0900\"",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"09\"",
+            "`09` is not a valid time of day (write HH:MM",
+            "\"09\"",
+        ),
+        (
+            "days_before = 28\nat = \"09:00\"",
+            "days_before = 28\nat = \"09:00:60\"",
+            "`09:00:60` is not a valid time of day: times are to the minute",
+            "\"09:00:60\"",
+        ),
+        // each bad address of a list at its own place, on any line of the array
+        (
+            "list = [\"LEDNet members <lednet-members@example.org>\"]",
+            "list = [\n  \"LEDNet members <lednet-members@example.org>\",\n  \"no address\",\n]",
+            "`no address` is not a mail address",
+            "\"no address\"",
+        ),
+        (
+            "list = [\"LEDNet members <lednet-members@example.org>\"]",
+            "list = 5",
+            "invalid type: integer `5`, expected an address or a list of addresses",
+            "5",
+        ),
+        (
+            "retry_base = \"1m\"",
+            "retry_base = \"1000d\"",
+            "retry_base `1000d` is over an hour",
+            "\"1000d\"",
+        ),
+        (
+            "retry_base = \"1m\"",
+            "retry_base = \"61m\"",
+            "retry_base `61m` is over an hour",
+            "\"61m\"",
+        ),
         // unknown time zone
         (
             "time_zone = \"Europe/London\"",
@@ -728,4 +828,40 @@ fn the_default_config_is_the_repositorys_in_a_checkout_and_the_installed_one_els
         stdout.contains("config config/lednet.toml is valid"),
         "{stdout}"
     );
+}
+
+/// A file saved with a UTF-8 byte order mark (as some Windows editors do) loads, and an error
+/// on its first line is at the column an editor shows: the mark is no character.
+#[test]
+fn a_byte_order_mark_moves_no_column() {
+    let text = format!("\u{FEFF}{}", example_config_text());
+    parse(&text).expect("a config with a byte order mark loads");
+    let bad = format!("\u{FEFF}shortname = \"x\"\n{}", example_config_text());
+    let err = parse(&bad).expect_err("unknown key");
+    let d = &err.diagnostics()[0];
+    assert!(d.message.contains("unknown key `shortname`"), "{d}");
+    assert_eq!((d.line, d.column), (1, 1), "{d}");
+}
+
+/// Template sets that are symbolic links to directories (a shared set linked in) pass `check`
+/// as they pass validation: the templates are loaded through the links.
+#[test]
+fn check_accepts_template_sets_linked_to_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).expect("templates dir");
+    for entry in std::fs::read_dir(repo().join("templates")).expect("repository templates") {
+        let entry = entry.expect("entry");
+        std::os::unix::fs::symlink(entry.path(), templates.join(entry.file_name()))
+            .expect("symlink");
+    }
+    let text = edited(
+        "# templates_dir = \"templates\"",
+        &format!("templates_dir = \"{}\"", templates.display()),
+    );
+    let path = write_config(dir.path(), &text);
+    let out = convenor(&["check", "--config", path.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("no such template set"), "{stderr}");
 }
