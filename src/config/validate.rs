@@ -216,6 +216,12 @@ fn parse_time_text(text: &str) -> Result<Time, String> {
     let hh_mm = |b: &[u8]| {
         b.len() >= 5 && b[2] == b':' && [0, 1, 3, 4].iter().all(|i| b[*i].is_ascii_digit())
     };
+    // `HH:MM:00` drops nothing, as the TOML time `10:00:00` does not: taken as `HH:MM` (configs
+    // written for earlier versions, which took seconds, keep working).
+    let b = match b {
+        [head @ .., b':', b'0', b'0'] if head.len() == 5 && hh_mm(head) => head,
+        _ => b,
+    };
     if !(b.len() == 5 && hh_mm(b)) {
         let why = if hh_mm(b) && b.len() > 5 && b[5] == b':' {
             ": times are to the minute, without seconds"
@@ -1596,7 +1602,8 @@ mod tests {
             ("\"09:60\"", Err("not a valid time of day (write HH:MM")),
             ("\"09:00:60\"", Err("to the minute, without seconds")),
             ("\"10:45:50\"", Err("to the minute, without seconds")),
-            ("\"10:45:00\"", Err("to the minute, without seconds")),
+            ("\"10:45:00\"", Ok(t(10, 45, 0, 0))),
+            ("\"10:45:01\"", Err("to the minute, without seconds")),
             ("10:45:50", Err("the time 10:45:50 has seconds")),
             ("10:45:00.25", Err("has seconds")),
             ("2023-02-24T10:00:00", Err("expected a local time")),

@@ -125,11 +125,19 @@ impl Templates {
         for entry in entries {
             let entry = entry.map_err(|e| read_err(dir, e))?;
             // Links followed, as `config::validate` follows them when it checks that a set's
-            // files exist: a set may be a symbolic link to a directory. A dangling link is no
-            // set (the config's check names the files it lacks).
+            // files exist: a set may be a symbolic link to a directory. A link that cannot be
+            // followed (dangling, looping, or to a place this user may not read) is no set, as
+            // links were none before (the config's check names the files a set it uses lacks).
             let is_dir = match std::fs::metadata(entry.path()) {
                 Ok(meta) => meta.is_dir(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) if entry.file_type().is_ok_and(|t| t.is_symlink()) => {
+                    tracing::warn!(
+                        "{}: a link that cannot be followed ({e}); not a template set",
+                        entry.path().display()
+                    );
+                    false
+                }
                 Err(e) => return Err(read_err(&entry.path(), e)),
             };
             if !is_dir {
@@ -296,7 +304,7 @@ mod tests {
     }
 
     /// A set that is a symbolic link to a directory is loaded, as the config's check (which
-    /// follows links to the set's files) accepts it; a dangling link is no set.
+    /// follows links to the set's files) accepts it; a dangling or looping link is no set.
     #[test]
     fn a_set_linked_to_a_directory_is_loaded() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -310,6 +318,8 @@ mod tests {
         std::os::unix::fs::symlink(&shared, dir.join("linked")).expect("symlink");
         std::os::unix::fs::symlink(root.path().join("gone"), dir.join("dangling"))
             .expect("dangling symlink");
+        std::os::unix::fs::symlink(dir.join("looping"), dir.join("looping"))
+            .expect("looping symlink");
         let linked = TemplateName::parse("linked").expect("slug");
         assert!(
             FILES.iter().all(|f| dir.join("linked").join(f).is_file()),

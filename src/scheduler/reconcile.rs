@@ -68,8 +68,11 @@ pub const BACK_AS_ANNOUNCED: &str = "withdrawn: the meeting is back as its recip
 /// [`announced_wanted`] names, so [`reconcile`] can tell a change back from a move.
 pub type Announced = HashMap<(String, u32), Significant>;
 
-/// For each meeting, schedule entry and recipient whose newest notice has not gone out (pending
-/// or held), that notice and the SEQUENCE its recipients last heard ([`announced_from`]).
+/// For each meeting, schedule entry and recipient whose newest notice has reached nobody (pending
+/// or held, never attempted: an attempt that timed out after DATA, or reached some addresses of
+/// the list while others were put off, may have told someone of the change, who must then hear
+/// that it was undone), that notice and the SEQUENCE its recipients last heard
+/// ([`announced_from`]).
 fn unsent_notices(rows: &[LedgerRow]) -> HashMap<Audience, (&LedgerRow, u32)> {
     let mut by_audience: HashMap<Audience, Vec<&LedgerRow>> = HashMap::new();
     for row in rows.iter().filter(|r| r.key.occurrence > 0) {
@@ -82,7 +85,9 @@ fn unsent_notices(rows: &[LedgerRow]) -> HashMap<Audience, (&LedgerRow, u32)> {
         .into_iter()
         .filter_map(|(audience, notices)| {
             let newest = *notices.iter().max_by_key(|r| r.key.occurrence)?;
-            matches!(newest.state, MailState::Pending | MailState::Held).then(|| {
+            let unheard = matches!(newest.state, MailState::Pending | MailState::Held)
+                && newest.attempts == 0;
+            unheard.then(|| {
                 let from = announced_from_rows(notices.iter().copied(), newest.key.occurrence);
                 (audience, (newest, from))
             })

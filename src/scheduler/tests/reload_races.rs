@@ -852,3 +852,45 @@ fn the_outbox_gives_a_cancellation_notice_the_meeting_as_last_heard() {
         "{text}"
     );
 }
+
+/// A notice already attempted may have reached someone (a timeout after DATA; some addresses
+/// of the list got it while others were put off): when its meeting is moved back, a newer
+/// notice tells them, rather than the attempted one being withdrawn with none after it.
+#[test]
+fn a_meeting_moved_back_after_its_notice_was_attempted_gets_a_newer_one() {
+    for done in [vec![], vec!["members@example.org".to_owned()]] {
+        let moved = moved_to("2030-06-10");
+        let mut sim = Sim::new();
+        sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+        sim.load(&moved, t("2030-06-01T00:00:00Z"));
+        let first = key("m1", "change", 1);
+        let claimed = sim.store.claim(&first, t("2030-06-01T00:00:01Z"));
+        let row = claimed.expect("claim").expect("claimed");
+        let failure = SendFailure {
+            done: done.clone(),
+            ..transient()
+        };
+        let retry = after_failure(
+            &row,
+            &failure,
+            t("2030-06-01T00:00:02Z"),
+            &moved.scheduler,
+            0.5,
+        );
+        let settled = sim.store.settle(&first, MailState::Sending, &retry);
+        assert_eq!(
+            settled.expect("settle"),
+            Some(MailState::Pending),
+            "{done:?}"
+        );
+        sim.load(&config(MEETINGS), t("2030-06-01T00:00:03Z"));
+        assert_eq!(
+            m1_notices(&sim)
+                .iter()
+                .map(|n| (n.0, n.1))
+                .collect::<Vec<_>>(),
+            [(1, MailState::Skipped), (2, MailState::Pending)],
+            "{done:?}: the attempted notice is superseded by a newer one"
+        );
+    }
+}
