@@ -81,6 +81,13 @@ pub mod harness {
             Self::spawn(dir, None, &["--gate"])
         }
 
+        /// Like [`Sink::start`], but storing each message and then never answering its DATA
+        /// (`--hold-reply`): once a message is in `dir`, its sender certainly waits for a 250
+        /// that will not come.
+        pub fn start_holding(dir: &Path) -> Self {
+            Self::spawn(dir, None, &["--hold-reply"])
+        }
+
         /// Waits until the gated sink holds its `k`-th DATA (`diag` explains a time-out).
         pub fn wait_held(dir: &Path, k: usize, diag: impl Fn() -> String) {
             let held = dir.join(format!(".held-{k}"));
@@ -308,7 +315,58 @@ pub mod harness {
         )
     }
 
-    /// One received message: its ledger key (from the body) and its Message-ID header.
+    /// A copy of the shipped templates in `dir/templates` whose every subject is
+    /// `key <meeting id>/<email id>` (ASCII, so the raw header holds it as written): a test
+    /// reading mails with [`subject_keys`] tells them apart by what the templates were given,
+    /// not by the Message-ID under test. Returns the directory, for `[mail] templates_dir`.
+    pub fn keyed_templates(dir: &Path) -> PathBuf {
+        let to = dir.join("templates");
+        for set in std::fs::read_dir(repo().join("templates"))
+            .expect("templates")
+            .flatten()
+        {
+            let set_dir = to.join(set.file_name());
+            std::fs::create_dir_all(&set_dir).expect("template set directory");
+            for file in std::fs::read_dir(set.path())
+                .expect("template set")
+                .flatten()
+            {
+                std::fs::copy(file.path(), set_dir.join(file.file_name())).expect("copy");
+            }
+            std::fs::write(
+                set_dir.join("subject.txt"),
+                "key {{ meeting.id }}/{{ email.id }}\n",
+            )
+            .expect("subject.txt");
+        }
+        to
+    }
+
+    /// Every complete message in `dir` (`*.eml`) sent with [`keyed_templates`]: each one's
+    /// Message-ID, keyed `meeting/email` from its Subject (a message without such a subject
+    /// fails the test).
+    pub fn subject_keys(dir: &Path) -> BTreeMap<String, Vec<String>> {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for path in std::fs::read_dir(dir).expect("mail directory").flatten() {
+            let path = path.path();
+            if path.extension().is_none_or(|x| x != "eml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read eml");
+            let header = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                    .unwrap_or_else(|| panic!("{} has no {name}\n{text}", path.display()))
+            };
+            let key = header("Subject: key ");
+            map.entry(key).or_default().push(header("Message-ID:"));
+        }
+        map
+    }
+
+    /// One received message: its ledger key (taken from its Message-ID, so two mails sharing a
+    /// Message-ID by mistake share a key too: see [`subject_keys`] to tell them apart) and its
+    /// Message-ID header.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub struct Received {
         /// `meeting/email/audience`.
@@ -359,25 +417,33 @@ pub mod harness {
         map
     }
 
-    /// (state, attempts, last_error) of each ledger row, keyed `meeting/email/audience`.
+    /// (state, attempts, last_error) of each ledger row, keyed `meeting/email/audience`. No
+    /// ledger file yet is no rows; a ledger that cannot be read fails the test (a caller
+    /// polling a daemon that may still be creating it waits for [`Daemon::wait_ready`] first).
     pub fn ledger_rows(state_dir: &Path) -> BTreeMap<String, (String, u32, Option<String>)> {
         let path = state_dir.join("ledger.sqlite3");
-        let Ok(conn) = rusqlite::Connection::open_with_flags(
+        if !path.exists() {
+            return BTreeMap::new();
+        }
+        fn fail<T>(path: &Path, e: rusqlite::Error) -> T {
+            panic!("read the ledger {}: {e}", path.display())
+        }
+        let conn = rusqlite::Connection::open_with_flags(
             &path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        ) else {
-            return BTreeMap::new();
-        };
-        let _ = conn.busy_timeout(Duration::from_secs(5));
-        let Ok(mut stmt) = conn.prepare(
-            "SELECT meeting || '/' || email || '/' || audience, state, attempts, last_error \
-             FROM mails",
-        ) else {
-            return BTreeMap::new();
-        };
+        )
+        .unwrap_or_else(|e| fail(&path, e));
+        conn.busy_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| fail(&path, e));
+        let mut stmt = conn
+            .prepare(
+                "SELECT meeting || '/' || email || '/' || audience, state, attempts, last_error \
+                 FROM mails",
+            )
+            .unwrap_or_else(|e| fail(&path, e));
         stmt.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?))))
-            .map(|rows| rows.flatten().collect())
-            .unwrap_or_default()
+            .and_then(|rows| rows.collect())
+            .unwrap_or_else(|e| fail(&path, e))
     }
 }
 
@@ -606,6 +672,7 @@ fn sigterm_lets_a_send_in_flight_finish_then_exits_0() {
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
     assert_eq!(by_key(&mails).len(), 1, "{}", daemon.log_text());
     let rows = ledger_rows(&state);
+    assert_eq!(rows.len(), 1, "the one mail's row: {rows:?}");
     assert!(rows.values().all(|r| r.0 == "sent"), "{rows:?}");
 }
 
@@ -842,6 +909,23 @@ fn a_new_time_zone_is_a_move_with_a_higher_sequence_and_one_change_notice() {
         "the restart reconciled:\n{log}"
     );
     drop(daemon);
+    // The restart's reconciliation is committed before READY: a second notice would be a
+    // second change-notice row in the ledger now, whether or not the scheduler got to send it
+    // before the kill.
+    let ledger = rusqlite::Connection::open(dir.path().join("state/ledger.sqlite3")).expect("open");
+    let notice_rows: Vec<(i64, String)> = ledger
+        .prepare("SELECT occurrence, state FROM mails WHERE email = 'change-notice'")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        notice_rows.len(),
+        1,
+        "one change notice, queued before the restart: {notice_rows:?}"
+    );
+    assert_eq!(notice_rows[0].1, "sent", "{notice_rows:?}");
     assert_eq!(
         by_key(&mails).get("soon/change-notice/list").map(Vec::len),
         Some(1)

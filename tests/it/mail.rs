@@ -386,6 +386,56 @@ fn smtp_config_text(port: u16, list: &str) -> String {
         )
 }
 
+/// A mail to an address that is not ASCII needs SMTPUTF8 (RFC 6531): a relay that does not offer
+/// it gets no transaction (nothing stored) and the send is a transient failure naming SMTPUTF8
+/// (the relay's settings are at fault, and ops can fix them before the meeting); a relay that
+/// offers it gets the mail, with SMTPUTF8 among the MAIL FROM parameters.
+#[tokio::test]
+async fn a_non_ascii_address_needs_a_relay_offering_smtputf8() {
+    const ADDRESS: &str = "jörg@example.org";
+    let list = format!("\"{ADDRESS}\"");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let without = SmtpServer::start(&dir.path().join("received"), &["--no-smtputf8"]);
+    let config = load(dir.path(), &smtp_config_text(without.port, &list));
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    assert!(
+        msg.envelope()
+            .to()
+            .iter()
+            .any(|a| AsRef::<str>::as_ref(a) == ADDRESS),
+        "the envelope holds the address as written: {:?}",
+        msg.envelope()
+    );
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let e = transport
+        .send(&msg)
+        .await
+        .expect_err("a relay without SMTPUTF8 cannot take it");
+    assert_eq!(e.class, SendClass::Transient, "{e}");
+    assert!(e.message.contains("SMTPUTF8"), "names SMTPUTF8: {e}");
+    assert!(e.done.is_empty(), "nobody got it: {e}");
+    assert!(without.received().is_empty(), "no message stored");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let with = SmtpServer::start(&dir.path().join("received"), &[]);
+    let config = load(dir.path(), &smtp_config_text(with.port, &list));
+    let msg = compose(&config, "agenda-call", &Recipient::List, None);
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let delivery = transport.send(&msg).await.expect("delivered");
+    assert!(delivery.to_string().starts_with("250 "), "{delivery}");
+    assert_eq!(with.received().len(), 1);
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("received/1.json")).expect("meta"))
+            .expect("json");
+    assert_eq!(meta["rcpt_tos"], serde_json::json!([ADDRESS]), "{meta}");
+    let options = meta["mail_options"].as_array().expect("mail_options");
+    assert!(
+        options.iter().any(|o| o == "SMTPUTF8"),
+        "MAIL FROM carried SMTPUTF8: {meta}"
+    );
+}
+
 /// A list of several addresses where the server refuses some recipients: one refused for good
 /// (5xx) or put off (4xx) is left out and the others get the message (once, in one
 /// transaction). A put-off recipient makes the send a transient failure that names the

@@ -1,13 +1,16 @@
 """A real SMTP server on loopback for the scheduler tests: stores each message it accepts.
 
-Usage: ledger_smtp_sink.py DIR [--port N] [--delay SECONDS] [--gate]
+Usage: ledger_smtp_sink.py DIR [--port N] [--delay SECONDS] [--gate] [--hold-reply]
 
 Listens on 127.0.0.1 (a free port, or N to come back on the same port after a stop), prints
 the port on its first line of stdout, and writes each accepted message to DIR/<n>.eml
 atomically (temporary file, then rename) before answering 250, after waiting --delay seconds
 (a slow server, to catch a client in mid-send). With --gate, the k-th DATA (from 0) is held
 until the test allows it: the sink creates DIR/.held-k when it arrives and answers it once
-DIR/.release-k exists, so a test knows for certain that a send is in flight. Runs until killed.
+DIR/.release-k exists, so a test knows for certain that a send is in flight. With --hold-reply,
+each message is stored (as above) and its 250 is never sent: once DIR/<n>.eml exists, the client
+certainly has a mail the server took and has not heard so, the window a crash can double a mail
+in. Runs until killed.
 """
 
 import argparse
@@ -23,8 +26,9 @@ from aiosmtpd.controller import Controller
 
 
 class Store:
-    def __init__(self, directory, delay, gate):
+    def __init__(self, directory, delay, gate, hold_reply=False):
         self.directory = directory
+        self.hold_reply = hold_reply
         self.delay = delay
         self.gate = gate
         self.count = 0
@@ -50,6 +54,8 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, os.path.join(self.directory, name + ".eml"))
+        if self.hold_reply:
+            await asyncio.Event().wait()  # for ever: the test kills the client, then this sink
         return "250 2.0.0 stored as " + name
 
 
@@ -65,10 +71,11 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0)
     parser.add_argument("--gate", action="store_true")
+    parser.add_argument("--hold-reply", action="store_true")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     port = args.port or free_port()
-    controller = Controller(Store(args.dir, args.delay, args.gate), hostname="127.0.0.1", port=port)
+    controller = Controller(Store(args.dir, args.delay, args.gate, args.hold_reply), hostname="127.0.0.1", port=port)
     # A restart on the same port can race the old socket's TIME_WAIT: try for a while.
     deadline = time.monotonic() + 30
     while True:

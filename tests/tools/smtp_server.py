@@ -21,9 +21,13 @@ Options:
   --implicit-tls         with --tls-cert/--tls-key: TLS from the first byte (port 465 style)
   --keep-refused         with --fail-at data: still store each refused message (as above), so a
                          test can compare it with what a retry delivers elsewhere
+  --no-smtputf8          do not offer SMTPUTF8 (RFC 6531) in the EHLO reply: a relay that cannot
+                         take an address that is not ASCII (offered by default, as Postfix does;
+                         8BITMIME is always offered)
 The .json also records the client's address ("peer", [host, port]): one peer port per
-connection, so a test can tell reused connections from new ones; and "authenticated", whether
-the client passed AUTH.
+connection, so a test can tell reused connections from new ones; "authenticated", whether
+the client passed AUTH; and "mail_options", the MAIL FROM parameters the client sent (e.g.
+"SMTPUTF8", "BODY=8BITMIME").
 Runs until killed.
 """
 import argparse
@@ -97,6 +101,7 @@ class Handler:
             or server.transport.get_extra_info("ssl_object") is not None,
             "peer": list(session.peer),
             "authenticated": bool(session.authenticated),
+            "mail_options": envelope.mail_options,
         }
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
@@ -179,6 +184,7 @@ async def main():
     p.add_argument("--one-per-connection", action="store_true")
     p.add_argument("--refuse-rcpt", action="append", default=[])
     p.add_argument("--refuse-rcpt-times", type=int)
+    p.add_argument("--no-smtputf8", action="store_true")
     a = p.parse_args()
     os.makedirs(a.store, exist_ok=True)
     refuse_rcpt = dict(item.rsplit("=", 1) for item in a.refuse_rcpt)
@@ -213,6 +219,7 @@ async def main():
             tls_context=None if a.implicit_tls else tls,
             require_starttls=tls is not None and not a.implicit_tls,
             data_size_limit=10 * 1024 * 1024,
+            enable_SMTPUTF8=not a.no_smtputf8,
             **auth,
         )
 
