@@ -241,6 +241,10 @@ fn check(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         Err(e) => errors.extend(e.iter().map(ToString::to_string)),
     }
     warnings += check_feed_sizes(config);
+    if let Some(w) = crate::feed::zone_rule_warning(config) {
+        crate::logging::to_stderr(tracing::Level::WARN, &format!("warning: {w}"));
+        warnings += 1;
+    }
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").is_some();
     match check_transport(&config.mail, &config.state_dir, credentials) {
         Ok(checked) => {

@@ -250,6 +250,14 @@ pub fn warn_of_big_feeds(feeds: &FeedState) {
     }
 }
 
+/// Logs [`crate::feed::zone_rule_warning`] for `config` (at start and reload; `convenor check`
+/// prints it too).
+pub fn warn_of_zone_rules(config: &Config) {
+    if let Some(warning) = crate::feed::zone_rule_warning(config) {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// Stores the feeds being served in the feed cache of `state_dir`, as a background write; a
 /// failure is logged (it costs a rendering at the next start, and that start's Last-Modified
 /// is worked out without the stamps it would have kept).
@@ -394,6 +402,7 @@ pub async fn run(
     crate::http::feed_cache::remove_unfinished(&dir);
     let (mut store, (feeds, feeds_cached)) = plan_and_feeds(store, &config, &mut phases).await?;
     warn_of_big_feeds(&feeds);
+    warn_of_zone_rules(&config);
     // A first plan's pages go from the WAL into the database file after READY.
     let checkpoint = store.take_checkpoint();
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));

@@ -238,6 +238,23 @@ fn parse_time_text(text: &str) -> Result<Time, String> {
     Time::new(number(0..2)?, number(3..5)?, 0, 0).map_err(|_| bad(""))
 }
 
+/// An `http://` URL whose host is not a loopback name or address.
+fn is_public_http(url: &WebUrl) -> bool {
+    let Ok(parsed) = url::Url::parse(url.as_str()) else {
+        return false;
+    };
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => true,
+    };
+    parsed.scheme() == "http" && !loopback
+}
+
 fn describe(v: &toml::Value) -> String {
     match v {
         toml::Value::Datetime(dt) => format!("the date-time {dt}"),
@@ -428,6 +445,15 @@ fn network(c: &mut Checker, raw: &S<RawNetwork>) -> Option<Network> {
         }
     };
     let base_url = c.parse(&n.base_url, |s| WebUrl::parse(s));
+    if base_url.as_ref().is_some_and(is_public_http) {
+        c.warning(
+            n.base_url.span(),
+            "base_url is plain http on a host that is not this machine: Outlook.com and \
+             Microsoft 365 subscribe only to https feeds (the subscribe page's buttons for them \
+             would fail), and a feed token would cross the network in clear; put a TLS proxy in \
+             front and give its https URL",
+        );
+    }
     let contact = c.mailbox(&n.contact);
     let short_name = short_name?;
     Some(Network {
@@ -1496,6 +1522,32 @@ mod tests {
         let errors = shipped_with_http("feed_token_credential = \"../feed-token\"", &env)
             .expect_err("a path");
         at(&errors, "is not a credential name");
+    }
+
+    /// A plain-http `base_url` is warned about at its place unless its host is this machine.
+    #[test]
+    fn a_public_http_base_url_is_warned_about() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lednet.toml");
+        let shipped = std::fs::read_to_string(&path).expect("the shipped config");
+        for (url, warned) in [
+            ("http://calendar.example.org", true),
+            ("http://192.0.2.7:8080/lednet", true),
+            ("https://calendar.example.org", false),
+            ("http://127.0.0.1:8080", false),
+            ("http://localhost:8080", false),
+            ("http://[::1]:8080", false),
+        ] {
+            let text = shipped.replace(
+                "base_url = \"http://127.0.0.1:8080\"",
+                &format!("base_url = \"{url}\""),
+            );
+            let loaded = super::super::parse(&path, &text, &Environment::default()).expect("valid");
+            let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+            let found = warnings
+                .iter()
+                .any(|w| w.contains("lednet.toml:14:12") && w.contains("plain http"));
+            assert_eq!(found, warned, "{url}: {warnings:?}");
+        }
     }
 
     /// A command that does not serve (`check`, `plan`, `release`...), run from a shell

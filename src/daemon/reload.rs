@@ -229,6 +229,7 @@ fn try_reload(opts: &ServeOptions, live: &Live) -> Result<(), String> {
     }
     // Also when the feeds did not change: the operator reloading sees what is served.
     super::warn_of_big_feeds(&live.feeds);
+    super::warn_of_zone_rules(&live.feeds.current().config);
     live.wake.notify_one();
     tracing::info!("config reloaded");
     // A proposal moved from the CLI may be owed its lead mail again.

@@ -239,14 +239,15 @@ impl Calendars {
     }
 }
 
-/// Renders the calendar part of a mail about one meeting: METHOD:PUBLISH, the VTIMEZONE and the
+/// Renders the calendar part of a mail about one meeting: METHOD:PUBLISH (without the feed's
+/// calendar name, refresh interval and URL: see `invite_header`), the VTIMEZONE and the
 /// meeting's VEVENT with the same UID and SEQUENCE as in the feed.
 pub fn render_meeting_invite(
     config: &Config,
     meeting: &Meeting,
     revision: Option<&StoredRevision>,
 ) -> String {
-    let mut text = fold::refold(&header(config, Selection::All));
+    let mut text = fold::refold(&invite_header(config));
     text.push_str(&fold::refold(&timezone(config)));
     EventRenderer::new(config).render_into(meeting, revision, &mut text);
     text.push_str(CALENDAR_END);
@@ -279,19 +280,66 @@ fn header(config: &Config, selection: Selection<'_>) -> String {
     out
 }
 
+/// The calendar properties of a mailed invite: only what one event needs. The feed's
+/// subscription properties stay out: MS-OXCICAL 2.1.3.1.1.17 says X-WR-CALNAME "MUST be
+/// omitted" for a single appointment, and Outlook opens an .ics that has it as a new calendar
+/// named after it, rather than adding the event to the reader's own.
+fn invite_header(config: &Config) -> String {
+    let mut out = String::from("BEGIN:VCALENDAR\r\n");
+    let properties = [
+        Property::new("VERSION", "2.0"),
+        Property::new(
+            "PRODID",
+            format!("-//{}//convenor//EN", config.network.short_name),
+        ),
+        Property::new("CALSCALE", "GREGORIAN"),
+        Property::new("METHOD", "PUBLISH"),
+    ];
+    for p in properties {
+        vtimezone::push_property(&mut out, p);
+    }
+    out
+}
+
 fn timezone(config: &Config) -> String {
+    vtimezone::render(
+        &config.network.time_zone_name,
+        &vtimezone::observances(&config.network.time_zone, zone_reference(config)),
+    )
+}
+
+/// The instant whose year's clock changes the VTIMEZONE carries: the last meeting's start.
+fn zone_reference(config: &Config) -> Timestamp {
     let tz = &config.network.time_zone;
-    let reference = config
+    config
         .meetings
         .iter()
         .map(|m| m.starts_at(tz))
         .max()
         .or_else(|| Timestamp::from_second(NO_MEETING_REFERENCE).ok())
-        .unwrap_or(Timestamp::UNIX_EPOCH);
-    vtimezone::render(
-        &config.network.time_zone_name,
-        &vtimezone::observances(tz, reference),
-    )
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A warning when the network's zone changes its clocks on other days in some meeting's year
+/// than in the year the VTIMEZONE's one yearly rule comes from (`convenor check` prints it, the
+/// daemon logs it at start and reload): Outlook reads that one rule for every year.
+pub fn zone_rule_warning(config: &Config) -> Option<String> {
+    let tz = &config.network.time_zone;
+    let reference = zone_reference(config);
+    let years = (config.meetings.iter()).map(|m| tz.to_datetime(m.starts_at(tz)).year());
+    let off = vtimezone::years_off_rule(tz, reference, years);
+    (!off.is_empty()).then(|| {
+        let years: Vec<String> = off.iter().map(ToString::to_string).collect();
+        format!(
+            "the clocks of {} change on other days in {} than in {}, whose rule the feed's \
+             VTIMEZONE carries: Outlook reads that one yearly rule for every year, so meetings \
+             near a change in those years may show an hour off there (Google and Apple use \
+             their own zone data)",
+            config.network.time_zone_name,
+            years.join(", "),
+            tz.to_datetime(reference).year()
+        )
+    })
 }
 
 /// A positive duration as RFC 5545 DURATION (`PT4H`, `PT1H30M`); days are written as hours.
@@ -557,6 +605,69 @@ mod tests {
             assert_eq!(utc(ts), ts.strftime("%Y%m%dT%H%M%SZ").to_string(), "{ts}");
         }
     }
+    /// The mailed invite holds one event and none of the feed's subscription properties (with
+    /// X-WR-CALNAME, Outlook opens it as a new calendar); the feed keeps them.
+    #[test]
+    fn a_mailed_invite_has_no_calendar_name_refresh_or_url() {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let config = crate::config::parse(path, &text, &Default::default())
+            .expect("valid")
+            .config;
+        let invite = render_meeting_invite(&config, &config.meetings[0], None);
+        let feed = render_calendar(&config, &BTreeMap::new(), Selection::All);
+        // Calendar-level lines: those before the first component inside the calendar.
+        let calendar_lines = |text: &str| -> Vec<String> {
+            (text.split("\r\n").skip(1))
+                .take_while(|l| !l.starts_with("BEGIN:"))
+                .map(|l| l.split([':', ';']).next().unwrap_or_default().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            calendar_lines(&invite),
+            ["VERSION", "PRODID", "CALSCALE", "METHOD"],
+            "{invite}"
+        );
+        for name in [
+            "NAME",
+            "X-WR-CALNAME",
+            "REFRESH-INTERVAL",
+            "X-PUBLISHED-TTL",
+            "URL",
+        ] {
+            assert!(calendar_lines(&feed).iter().any(|l| l == name), "{name}");
+        }
+        assert_eq!(invite.matches("BEGIN:VEVENT").count(), 1);
+        assert!(invite.contains("METHOD:PUBLISH\r\n"));
+    }
+
+    /// A zone whose clock changes fall on other days in another meeting year than in the
+    /// VTIMEZONE's year is warned about, naming the years; London's (last Sunday rules) is not.
+    #[test]
+    fn a_zone_whose_rule_differs_between_meeting_years_is_warned_about() {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path)
+            .expect("example config")
+            .replace("date = 2023-11-30", "date = 2024-11-29");
+        let load = |text: &str| {
+            crate::config::parse(path, text, &Default::default())
+                .expect("valid")
+                .config
+        };
+        assert_eq!(zone_rule_warning(&load(&text)), None, "Europe/London");
+        // Israel: the Friday on or after 23 March, the 4th Friday in 2023 (24 March), the last
+        // in 2024 (29 March).
+        let jerusalem = load(&text.replace(
+            "time_zone = \"Europe/London\"",
+            "time_zone = \"Asia/Jerusalem\"",
+        ));
+        let warning = zone_rule_warning(&jerusalem).expect("warned");
+        assert!(
+            warning.contains("Asia/Jerusalem change on other days in 2023 than in 2024"),
+            "{warning}"
+        );
+    }
+
     /// A feed is warned about from [`FEED_SIZE_WARNING`] bytes on, by its path, with its size.
     #[test]
     fn a_feed_of_800_kib_or_more_is_warned_about() {

@@ -99,6 +99,35 @@ pub fn observances(tz: &TimeZone, reference: Timestamp) -> Vec<Observance> {
     out
 }
 
+/// The years of `years` in which `tz`'s clock changes are not the ones [`observances`] writes for
+/// `reference`'s year: Outlook keeps one yearly rule, so it shows times near the changes of those
+/// years at the wrong offset (a zone whose rule is not "nth or last weekday", such as Israel's
+/// "Friday on or after the 23rd"; a zone whose rules changed between the years).
+pub fn years_off_rule(
+    tz: &TimeZone,
+    reference: Timestamp,
+    years: impl IntoIterator<Item = i16>,
+) -> Vec<i16> {
+    let rule = |at: Timestamp| -> Vec<(bool, Option<String>, Offset, Offset)> {
+        (observances(tz, at).into_iter())
+            .map(|o| (o.daylight, o.rrule, o.offset_from, o.offset_to))
+            .collect()
+    };
+    let written = rule(reference);
+    // Mid-year: the offset a year without changes reports is the one it keeps.
+    let mid_year = |year: i16| {
+        local_start_of_year(tz, year)
+            .checked_add(jiff::SignedDuration::from_hours(182 * 24))
+            .unwrap_or(Timestamp::MAX)
+    };
+    let mut off: Vec<i16> = (years.into_iter())
+        .filter(|&year| rule(mid_year(year)) != written)
+        .collect();
+    off.sort_unstable();
+    off.dedup();
+    off
+}
+
 /// The instant local midnight of 1 January starts in `tz` (saturating at jiff's range).
 fn local_start_of_year(tz: &TimeZone, year: i16) -> Timestamp {
     Date::new(year, 1, 1)

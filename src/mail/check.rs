@@ -372,7 +372,7 @@ pub fn made_up_cases<'a>(config: &Config, meeting: &'a Meeting, rule: &EmailRule
     cases
 }
 
-/// A made-up agenda with items for `meeting`, in the shape [`crate::agenda::compile`] gives
+/// A made-up agenda with items for `meeting`, in the shape [`crate::agenda::model::compile`] gives
 /// one: two groups (the config's first two priorities, or made-up ones), an item with a
 /// presenter and a summary on two lines, one without a presenter.
 pub fn made_up_agenda(config: &Config, meeting: &Meeting) -> Agenda {
