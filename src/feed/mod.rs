@@ -256,17 +256,10 @@ pub fn render_meeting_invite(
 
 fn header(config: &Config, selection: Selection<'_>) -> String {
     let name = calendar_name(config, selection);
-    let mut out = String::from("BEGIN:VCALENDAR\r\n");
+    let mut out = invite_header(config);
     let mut refresh = Property::new("REFRESH-INTERVAL", duration(config.http.refresh_interval));
     refresh.add_parameter("VALUE", "DURATION");
     let properties = [
-        Property::new("VERSION", "2.0"),
-        Property::new(
-            "PRODID",
-            format!("-//{}//convenor//EN", config.network.short_name),
-        ),
-        Property::new("CALSCALE", "GREGORIAN"),
-        Property::new("METHOD", "PUBLISH"),
         Property::new("NAME", name.as_str()),
         Property::new("X-WR-CALNAME", name.as_str()),
         Property::new("X-WR-TIMEZONE", config.network.time_zone_name.as_str()),
@@ -280,8 +273,8 @@ fn header(config: &Config, selection: Selection<'_>) -> String {
     out
 }
 
-/// The calendar properties of a mailed invite: only what one event needs. The feed's
-/// subscription properties stay out: MS-OXCICAL 2.1.3.1.1.17 says X-WR-CALNAME "MUST be
+/// The calendar properties of a mailed invite, which begin every feed's too: only what one
+/// event needs. The feed's subscription properties ([`header`]) stay out: MS-OXCICAL 2.1.3.1.1.17 says X-WR-CALNAME "MUST be
 /// omitted" for a single appointment, and Outlook opens an .ics that has it as a new calendar
 /// named after it, rather than adding the event to the reader's own.
 fn invite_header(config: &Config) -> String {

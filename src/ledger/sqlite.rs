@@ -968,31 +968,39 @@ mod tests {
     /// A bad row in a multi-row INSERT ends the whole transaction there and then (`OR
     /// ROLLBACK`: no statement journal), with an error; nothing of the transaction stays, and no
     /// row is dropped silently (as `OR IGNORE` would).
+    /// The values of one mail row as [`insert_sql`] takes them, due at 1 s, its deadline at 2 s,
+    /// starting at 3 s (a row `sent` at 1.5 s).
+    fn raw_row(meeting: &str, email: &str, state: &str, attempts: i64) -> Vec<Value> {
+        let text = |s: &str| Value::Text(s.to_owned());
+        vec![
+            text(meeting),
+            text(email),
+            text("list"),
+            Value::Integer(0),
+            Value::Integer(1_000),
+            Value::Integer(2_000),
+            Value::Integer(3_000),
+            text(state),
+            Value::Integer(attempts),
+            Value::Null,
+            Value::Null,
+            text(&format!("<{meeting}.{email}@x>")),
+            if state == "sent" {
+                Value::Integer(1_500)
+            } else {
+                Value::Null
+            },
+            Value::Null,
+            Value::Integer(500),
+            Value::Integer(0),
+        ]
+    }
+
     #[test]
     fn a_bad_row_in_a_bulk_insert_ends_the_whole_transaction_with_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = SqliteStore::open_in(dir.path()).expect("open");
-        let row = |meeting: &str, state: &str| -> Vec<Value> {
-            let text = |s: &str| Value::Text(s.to_owned());
-            vec![
-                text(meeting),
-                text("agenda-call"),
-                text("list"),
-                Value::Integer(0),
-                Value::Integer(1_000),
-                Value::Integer(2_000),
-                Value::Integer(3_000),
-                text(state),
-                Value::Integer(0),
-                Value::Null,
-                Value::Null,
-                text("<id@x>"),
-                Value::Null,
-                Value::Null,
-                Value::Integer(500),
-                Value::Integer(0),
-            ]
-        };
+        let row = |meeting: &str, state: &str| raw_row(meeting, "agenda-call", state, 0);
         let outcome = crate::sqlite_file::write_immediate(
             &mut store.conn,
             |e| e,
@@ -1041,29 +1049,7 @@ mod tests {
             ("m5", "reminder", "sending", 1),
         ];
         for (meeting, email, state, attempts) in rows {
-            let text = |s: &str| Value::Text(s.to_owned());
-            let values = vec![
-                text(meeting),
-                text(email),
-                text("list"),
-                Value::Integer(0),
-                Value::Integer(1_000),
-                Value::Integer(2_000),
-                Value::Integer(3_000),
-                text(state),
-                Value::Integer(attempts),
-                Value::Null,
-                Value::Null,
-                text(&format!("<{meeting}.{email}@x>")),
-                if state == "sent" {
-                    Value::Integer(1_500)
-                } else {
-                    Value::Null
-                },
-                Value::Null,
-                Value::Integer(500),
-                Value::Integer(0),
-            ];
+            let values = raw_row(meeting, email, state, attempts);
             crate::sqlite_file::write_immediate(
                 &mut store.conn,
                 |e| e,
