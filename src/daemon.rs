@@ -173,6 +173,9 @@ impl PendingPlan {
         for note in &result.notes {
             tracing::info!("plan: {note}");
         }
+        for warning in &result.warnings {
+            tracing::warn!("plan: {warning}");
+        }
         result.replan.stamp = Some(stamp);
         for (id, revision) in &result.replan.revisions {
             revisions.insert(id.clone(), revision.clone());

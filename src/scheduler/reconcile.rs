@@ -111,6 +111,9 @@ pub struct Reconciled {
     pub replan: Replan,
     /// One line per noteworthy change, for the log.
     pub notes: Vec<String>,
+    /// What the operator should hear of (logged as warnings): meetings still to come that left
+    /// the config without being cancelled.
+    pub warnings: Vec<String>,
 }
 
 /// A new pending row for `key`, made from `meeting`'s `rule` for `recipient`. Its Message-ID is
@@ -318,6 +321,27 @@ pub fn reconcile(
             }
         }
         out.replan.revisions.push((meeting.id.clone(), rev));
+    }
+
+    // A meeting still to come that left the config uncancelled: its mail is withdrawn and the
+    // feed drops it, but no cancellation goes out, and a calendar that took the event from a
+    // mailed invite keeps it.
+    let in_config: HashSet<&str> = config.meetings.iter().map(|m| m.id.as_str()).collect();
+    for (id, rev) in revisions {
+        let to_come = (rev.significant.zone.as_deref())
+            .and_then(|z| jiff::tz::TimeZone::get(z).ok())
+            .or_else(|| Some(tz.clone()))
+            .and_then(|zone| rev.significant.instants_in(&zone))
+            .is_some_and(|(start, _)| start > now);
+        if !in_config.contains(id.as_str()) && rev.significant.status != "cancelled" && to_come {
+            out.warnings.push(format!(
+                "meeting {id} ({}) is no longer in the config but was not cancelled: its mail is \
+                 withdrawn and the feed drops it, but no cancellation notice goes out, and \
+                 calendars that took it from a mailed invite keep it; to tell its invitees, put \
+                 it back with status = \"cancelled\"",
+                rev.significant.date
+            ));
+        }
     }
 
     // The newest notice of each meeting, schedule entry and recipient, queued now or before.

@@ -894,3 +894,42 @@ fn a_meeting_moved_back_after_its_notice_was_attempted_gets_a_newer_one() {
         );
     }
 }
+
+/// A meeting still to come that leaves the config without being cancelled is warned about (no
+/// cancellation goes out); one cancelled first, or one already past, is not.
+#[test]
+fn a_meeting_removed_uncancelled_before_it_happens_is_warned_about() {
+    let other = "[[meeting]]\nid = \"m2\"\ndate = 2030-07-01\nstart = \"10:00\"\nend = \"11:00\"\ntitle = \"Two\"\n";
+    let both = config(&format!("{MEETINGS}{other}"));
+    let without_m1 = config(other);
+    let warnings = |first: &Config, now: &str| {
+        let mut sim = Sim::new();
+        sim.load(first, t("2030-05-01T00:00:00Z"));
+        let rows = sim.store.rows().expect("rows");
+        let revisions = sim.store.revisions().expect("revisions");
+        reconcile(&without_m1, &rows, &revisions, &Default::default(), t(now)).warnings
+    };
+    let removed = warnings(&both, "2030-06-01T00:00:00Z");
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(
+        removed[0]
+            .contains("meeting m1 (2030-06-07) is no longer in the config but was not cancelled"),
+        "{removed:?}"
+    );
+    let cancelled_first = config(&format!(
+        "{}{other}",
+        MEETINGS.replace(
+            "title = \"Meeting one\"",
+            "title = \"Meeting one\"\nstatus = \"cancelled\""
+        )
+    ));
+    assert_eq!(
+        warnings(&cancelled_first, "2030-06-01T00:00:00Z"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        warnings(&both, "2030-06-08T00:00:00Z"),
+        Vec::<String>::new(),
+        "past"
+    );
+}
