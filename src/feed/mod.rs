@@ -319,18 +319,18 @@ fn zone_reference(config: &Config) -> Timestamp {
 pub fn zone_rule_warning(config: &Config) -> Option<String> {
     let tz = &config.network.time_zone;
     let reference = zone_reference(config);
-    let years = (config.meetings.iter()).map(|m| tz.to_datetime(m.starts_at(tz)).year());
-    let off = vtimezone::years_off_rule(tz, reference, years);
+    let starts = config.meetings.iter().map(|m| m.starts_at(tz));
+    let off = vtimezone::years_off_rule(tz, reference, starts);
     (!off.is_empty()).then(|| {
         let years: Vec<String> = off.iter().map(ToString::to_string).collect();
         format!(
-            "the clocks of {} change on other days in {} than in {}, whose rule the feed's \
-             VTIMEZONE carries: Outlook reads that one yearly rule for every year, so meetings \
-             near a change in those years may show an hour off there (Google and Apple use \
-             their own zone data)",
+            "the clocks of {} do not change the same way every year of the meetings: the feed's \
+             VTIMEZONE carries {}'s changes as one yearly rule, which Outlook reads for every \
+             year, so meetings in {} may show an hour off there (Google and Apple use their own \
+             zone data)",
             config.network.time_zone_name,
-            years.join(", "),
-            tz.to_datetime(reference).year()
+            tz.to_datetime(reference).year(),
+            years.join(", ")
         )
     })
 }
@@ -656,9 +656,29 @@ mod tests {
         ));
         let warning = zone_rule_warning(&jerusalem).expect("warned");
         assert!(
-            warning.contains("Asia/Jerusalem change on other days in 2023 than in 2024"),
+            warning.contains("Asia/Jerusalem do not change the same way")
+                && warning.contains("carries 2024's changes")
+                && warning.contains("meetings in 2023 may"),
             "{warning}"
         );
+        // Kazakhstan: one change in 2024 (UTC+6 to +5 on 1 March), so the VTIMEZONE is the one
+        // offset of the last meeting's day; a meeting before the change is off, and none is when
+        // every meeting falls before it.
+        let almaty = |text: &str| {
+            load(&text.replace(
+                "time_zone = \"Europe/London\"",
+                "time_zone = \"Asia/Almaty\"",
+            ))
+        };
+        let across = text
+            .replace("date = 2023-02-24", "date = 2024-01-15")
+            .replace("date = 2023-04-19", "date = 2024-01-16")
+            .replace("date = 2023-06-07", "date = 2024-01-17")
+            .replace("date = 2023-09-29", "date = 2024-01-18");
+        let warning = zone_rule_warning(&almaty(&across)).expect("warned");
+        assert!(warning.contains("meetings in 2024 may"), "{warning}");
+        let before = across.replace("date = 2024-11-29", "date = 2024-02-20");
+        assert_eq!(zone_rule_warning(&almaty(&before)), None);
     }
 
     /// A feed is warned about from [`FEED_SIZE_WARNING`] bytes on, by its path, with its size.

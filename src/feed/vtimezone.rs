@@ -99,29 +99,26 @@ pub fn observances(tz: &TimeZone, reference: Timestamp) -> Vec<Observance> {
     out
 }
 
-/// The years of `years` in which `tz`'s clock changes are not the ones [`observances`] writes for
-/// `reference`'s year: Outlook keeps one yearly rule, so it shows times near the changes of those
-/// years at the wrong offset (a zone whose rule is not "nth or last weekday", such as Israel's
-/// "Friday on or after the 23rd"; a zone whose rules changed between the years).
+/// The years of the instants `starts` whose year's observances (as [`observances`] makes them
+/// for each instant) are not the ones it writes for `reference`: Outlook keeps one yearly rule,
+/// so it may show times of those years at the wrong offset (a zone whose rule is not "nth or
+/// last weekday", such as Israel's "Friday on or after the 23rd"; a zone whose rules changed
+/// between the years; a year with one change, whose single offset is the one at the instant).
 pub fn years_off_rule(
     tz: &TimeZone,
     reference: Timestamp,
-    years: impl IntoIterator<Item = i16>,
+    starts: impl IntoIterator<Item = Timestamp>,
 ) -> Vec<i16> {
-    let rule = |at: Timestamp| -> Vec<(bool, Option<String>, Offset, Offset)> {
+    type Rule = Vec<(bool, String, Option<String>, Offset, Offset)>;
+    let rule = |at: Timestamp| -> Rule {
         (observances(tz, at).into_iter())
-            .map(|o| (o.daylight, o.rrule, o.offset_from, o.offset_to))
+            .map(|o| (o.daylight, o.dtstart, o.rrule, o.offset_from, o.offset_to))
             .collect()
     };
     let written = rule(reference);
-    // Mid-year: the offset a year without changes reports is the one it keeps.
-    let mid_year = |year: i16| {
-        local_start_of_year(tz, year)
-            .checked_add(jiff::SignedDuration::from_hours(182 * 24))
-            .unwrap_or(Timestamp::MAX)
-    };
-    let mut off: Vec<i16> = (years.into_iter())
-        .filter(|&year| rule(mid_year(year)) != written)
+    let mut off: Vec<i16> = (starts.into_iter())
+        .filter(|&at| rule(at) != written)
+        .map(|at| tz.to_datetime(at).year())
         .collect();
     off.sort_unstable();
     off.dedup();

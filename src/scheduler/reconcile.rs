@@ -31,8 +31,11 @@ pub const SUPERSEDED: &str = "withdrawn: superseded by notice #";
 
 /// The SEQUENCE whose revision a notice of `occurrence` shows as "before": the one before the
 /// oldest of the notices (of one meeting, schedule entry and recipient: `notices`, any order)
-/// that the notice superseded without any of them going out. Recipients last heard of the
-/// meeting as it was then, not as the notices that never reached them would have said.
+/// that the notice superseded without any of them being tried. Recipients last heard of the
+/// meeting as it was then, not as the notices that never reached them would have said. A
+/// superseded notice that was tried may have reached them (a timeout after DATA, some addresses
+/// of the list), so the walk stops there: "before" is what that notice said, never the meeting
+/// as it is again (which would read as a change that changed nothing).
 pub fn announced_from(notices: &[LedgerRow], occurrence: u32) -> u32 {
     announced_from_rows(notices.iter(), occurrence)
 }
@@ -46,6 +49,7 @@ fn announced_from_rows<'a>(
         notices.clone().any(|r| {
             r.key.occurrence == o
                 && r.state == MailState::Skipped
+                && r.attempts == 0
                 && r.last_error
                     .as_deref()
                     .is_some_and(|e| e.starts_with(SUPERSEDED))
@@ -327,13 +331,16 @@ pub fn reconcile(
     // feed drops it, but no cancellation goes out, and a calendar that took the event from a
     // mailed invite keeps it.
     let in_config: HashSet<&str> = config.meetings.iter().map(|m| m.id.as_str()).collect();
-    for (id, rev) in revisions {
+    let removed = (revisions.iter()).filter(|(id, rev)| {
+        !in_config.contains(id.as_str()) && rev.significant.status != "cancelled"
+    });
+    for (id, rev) in removed {
         let to_come = (rev.significant.zone.as_deref())
             .and_then(|z| jiff::tz::TimeZone::get(z).ok())
             .or_else(|| Some(tz.clone()))
             .and_then(|zone| rev.significant.instants_in(&zone))
             .is_some_and(|(start, _)| start > now);
-        if !in_config.contains(id.as_str()) && rev.significant.status != "cancelled" && to_come {
+        if to_come {
             out.warnings.push(format!(
                 "meeting {id} ({}) is no longer in the config but was not cancelled: its mail is \
                  withdrawn and the feed drops it, but no cancellation notice goes out, and \

@@ -887,6 +887,17 @@ fn a_new_time_zone_is_a_move_with_a_higher_sequence_and_one_change_notice() {
         new_abbr.iter().any(|a| now.ends_with(&format!(" {a}"))),
         "{now}"
     );
+    // The notice's `sent` committed before the stop (the sink has it from before the commit).
+    let state = dir.path().join("state");
+    wait_for(
+        "the notice recorded as sent",
+        || {
+            ledger_rows(&state)
+                .iter()
+                .any(|(k, r)| k.contains("change-notice") && r.0 == "sent")
+        },
+        || format!("{:?}\n{}", ledger_rows(&state), daemon.log_text()),
+    );
     drop(daemon);
 
     // A restart on the same config, made to reconcile in full (its plan stamp removed, as a

@@ -855,7 +855,8 @@ fn the_outbox_gives_a_cancellation_notice_the_meeting_as_last_heard() {
 
 /// A notice already attempted may have reached someone (a timeout after DATA; some addresses
 /// of the list got it while others were put off): when its meeting is moved back, a newer
-/// notice tells them, rather than the attempted one being withdrawn with none after it.
+/// notice tells them, rather than the attempted one being withdrawn with none after it; its
+/// "Was" is what the attempted one said.
 #[test]
 fn a_meeting_moved_back_after_its_notice_was_attempted_gets_a_newer_one() {
     for done in [vec![], vec!["members@example.org".to_owned()]] {
@@ -892,6 +893,10 @@ fn a_meeting_moved_back_after_its_notice_was_attempted_gets_a_newer_one() {
             [(1, MailState::Skipped), (2, MailState::Pending)],
             "{done:?}: the attempted notice is superseded by a newer one"
         );
+        // Which says what changed since the attempted one, never "as before".
+        let (was, now) = was_and_now(sim, &config(MEETINGS), 2);
+        assert!(was.contains("Monday 10 June 2030"), "{done:?}: {was}");
+        assert!(now.contains("Friday 7 June 2030"), "{done:?}: {now}");
     }
 }
 
