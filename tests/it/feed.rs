@@ -53,6 +53,22 @@ fn rule_parts(rule: &Value) -> Vec<&str> {
     parts
 }
 
+/// Every meeting of `config` revised at `at` from `revisions`, as a reconciliation would.
+fn revised(
+    config: &convenor::model::Config,
+    revisions: &BTreeMap<MeetingId, StoredRevision>,
+    at: Timestamp,
+) -> BTreeMap<MeetingId, StoredRevision> {
+    (config.meetings.iter())
+        .map(|m| {
+            (
+                m.id.clone(),
+                next_revision(revisions.get(&m.id), config, m, at).0,
+            )
+        })
+        .collect()
+}
+
 fn no_revisions() -> BTreeMap<MeetingId, StoredRevision> {
     BTreeMap::new()
 }
@@ -299,16 +315,7 @@ fn a_time_change_raises_sequence_and_moves_the_stamps() {
         "date = 2023-02-24\nstart = \"10:30\"",
         1,
     ));
-    let moved: BTreeMap<_, _> = after
-        .meetings
-        .iter()
-        .map(|m| {
-            (
-                m.id.clone(),
-                next_revision(revisions.get(&m.id), &after, m, t1).0,
-            )
-        })
-        .collect();
+    let moved = revised(&after, &revisions, t1);
     let v0 = parse_ics(&feed::render_calendar(&before, &revisions, Selection::All));
     let v1 = parse_ics(&feed::render_calendar(&after, &moved, Selection::All));
     let (e0, e1) = (event(&v0, "2023-02-24@"), event(&v1, "2023-02-24@"));
@@ -377,16 +384,7 @@ fn a_new_network_name_organisation_or_base_url_moves_last_modified() {
             old_feed,
             "{to}"
         );
-        let next: BTreeMap<_, _> = after
-            .meetings
-            .iter()
-            .map(|m| {
-                (
-                    m.id.clone(),
-                    next_revision(revisions.get(&m.id), &after, m, t1).0,
-                )
-            })
-            .collect();
+        let next = revised(&after, &revisions, t1);
         let v = parse_ics(&feed::render_calendar(&after, &next, Selection::All));
         let events = v["events"].as_array().expect("events");
         assert_eq!(events.len(), 5, "{to}");

@@ -61,7 +61,7 @@ impl Notifications {
     }
 }
 
-pub(crate) fn spawn(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
+fn spawn(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
     let mut cmd = serve_command(config);
     for (k, v) in env {
         cmd.env(k, v);
@@ -74,6 +74,28 @@ pub(crate) fn spawn(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)])
         child,
         log: log.to_path_buf(),
     }
+}
+
+/// `convenor serve` on `text` (written into `dir`) with a notify socket of its own and the
+/// systemd watchdog at `watchdog_usec`, once READY; with what it notified so far.
+pub(crate) fn spawn_watched(
+    dir: &Path,
+    text: &str,
+    watchdog_usec: &str,
+) -> (Daemon, Notifications) {
+    let config = write_config(dir, text);
+    let sock_path = dir.join("notify.sock");
+    let notes = Notifications::bind(&sock_path);
+    let mut daemon = spawn(
+        &config,
+        &dir.join("serve.log"),
+        &[
+            ("NOTIFY_SOCKET", sock_path.as_os_str()),
+            ("WATCHDOG_USEC", watchdog_usec.as_ref()),
+        ],
+    );
+    daemon.wait_ready();
+    (daemon, notes)
 }
 
 async fn get(url: &str) -> (u16, String) {
@@ -286,19 +308,8 @@ fn the_watchdog_hears_from_the_loop_between_consecutive_sends_of_one_pass() {
     let sink = Sink::start_gated(&mails);
     let text = soon_text(&[1, 1, 1, 1], Some(sink.port), "")
         .replace("timeout = \"5s\"", "timeout = \"60s\"");
-    let config = write_config(dir.path(), &text);
-    let sock_path = dir.path().join("notify.sock");
-    let mut notes = Notifications::bind(&sock_path);
     // WatchdogSec=100s: a pass pets at most every 37.5 s, far longer than this test's passes.
-    let mut daemon = spawn(
-        &config,
-        &dir.path().join("serve.log"),
-        &[
-            ("NOTIFY_SOCKET", sock_path.as_os_str()),
-            ("WATCHDOG_USEC", "100000000".as_ref()),
-        ],
-    );
-    daemon.wait_ready();
+    let (daemon, mut notes) = spawn_watched(dir.path(), &text, "100000000");
     let state = dir.path().join("state");
     let diag = || format!("{:?}\n{}", ledger_rows(&state), daemon.log_text());
     // WATCHDOG=1 received by the time the sink held each DATA.

@@ -4,11 +4,7 @@
 
 use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path};
 
-use crate::{
-    daemon::harness::*,
-    service::{Notifications, spawn},
-    support::write_config,
-};
+use crate::{daemon::harness::*, service::spawn_watched, support::write_config};
 
 /// Opens the FIFO at `path` for writing once a reader has it open (`ENXIO` until then: the
 /// daemon is not yet reading its config).
@@ -108,19 +104,9 @@ fn the_watchdog_hears_from_a_loop_whose_ledger_refuses_its_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mails = dir.path().join("mails");
     let sink = Sink::start_gated(&mails);
-    let config = write_config(dir.path(), &soon_text(&[1], Some(sink.port), ""));
-    let sock_path = dir.path().join("notify.sock");
-    let mut notes = Notifications::bind(&sock_path);
     // WatchdogSec=2s: a WATCHDOG=1 at most every second.
-    let mut daemon = spawn(
-        &config,
-        &dir.path().join("serve.log"),
-        &[
-            ("NOTIFY_SOCKET", sock_path.as_os_str()),
-            ("WATCHDOG_USEC", "2000000".as_ref()),
-        ],
-    );
-    daemon.wait_ready();
+    let text = soon_text(&[1], Some(sink.port), "");
+    let (daemon, mut notes) = spawn_watched(dir.path(), &text, "2000000");
     let state = dir.path().join("state");
     Sink::wait_held(&mails, 0, || daemon.log_text());
     let lock = LedgerWriteLock::hold(&state);

@@ -478,24 +478,8 @@ fn the_notice_after_one_superseded_shows_the_time_before_that_one() {
     sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
     sim.load(&later, t("2030-06-05T00:00:00Z"));
     sim.load(&earlier, t("2030-06-05T00:10:00Z"));
-    let second = sim.row(&key("m1", "change", 2));
-    let Sim { _dir, store } = sim;
-    let store = Arc::new(Mutex::new(store));
-    let outbox = outbox(&store, &earlier);
-    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(earlier));
-    let (message, _) = outbox
-        .compose(&second, &rx, t("2030-06-05T00:11:00Z"))
-        .expect("composed");
-    let text = String::from_utf8_lossy(&message.formatted()).to_string();
-    let was = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("Was:"))
-        .unwrap_or_else(|| panic!("no Was line in {text}"));
+    let (was, now) = was_and_now(sim, &earlier, 2);
     assert!(was.contains("Friday 7 June 2030"), "{was}");
-    let now = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("Now:"))
-        .expect("Now line");
     assert!(now.contains("Thursday 6 June 2030"), "{now}");
 }
 
@@ -781,16 +765,15 @@ fn a_meeting_moved_back_while_its_notice_is_being_sent_gets_a_newer_one() {
     assert!(now.contains("Friday 7 June 2030"), "{now}");
 }
 
-/// The "Was:" and "Now:" lines of m1's change notice of `sequence`, composed under `config`.
+/// The "Was:" and "Now:" lines of m1's change notice of `sequence`, composed under `config` when
+/// it fell due.
 fn was_and_now(sim: Sim, config: &Config, sequence: u32) -> (String, String) {
     let notice = sim.row(&key("m1", "change", sequence));
     let Sim { _dir, store } = sim;
     let store = Arc::new(Mutex::new(store));
     let outbox = outbox(&store, config);
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
-    let (message, _) = outbox
-        .compose(&notice, &rx, t("2030-06-02T00:00:00Z"))
-        .expect("composed");
+    let (message, _) = outbox.compose(&notice, &rx, notice.due).expect("composed");
     let text = String::from_utf8_lossy(&message.formatted()).to_string();
     let line = |label: &str| {
         (text.lines())
