@@ -305,11 +305,7 @@ fn a_time_change_raises_sequence_and_moves_the_stamps() {
     let t0: Timestamp = "2023-01-05T08:00:00Z".parse().expect("t0");
     let t1: Timestamp = "2023-02-01T12:30:00Z".parse().expect("t1");
     let before = config_from(&example_config_text());
-    let revisions: BTreeMap<_, _> = before
-        .meetings
-        .iter()
-        .map(|m| (m.id.clone(), next_revision(None, &before, m, t0).0))
-        .collect();
+    let revisions = revised(&before, &no_revisions(), t0);
     let after = config_from(&example_config_text().replacen(
         "date = 2023-02-24\nstart = \"10:00\"",
         "date = 2023-02-24\nstart = \"10:30\"",
@@ -356,11 +352,7 @@ fn a_new_network_name_organisation_or_base_url_moves_last_modified() {
     let t0: Timestamp = "2023-01-05T08:00:00Z".parse().expect("t0");
     let t1: Timestamp = "2023-02-01T12:30:00Z".parse().expect("t1");
     let before = config_from(&example_config_text());
-    let revisions: BTreeMap<_, _> = before
-        .meetings
-        .iter()
-        .map(|m| (m.id.clone(), next_revision(None, &before, m, t0).0))
-        .collect();
+    let revisions = revised(&before, &no_revisions(), t0);
     let old_feed = feed::render_calendar(&before, &revisions, Selection::All);
     let cases = [
         (
