@@ -14,11 +14,13 @@
 //! (SEQUENCE rises, a change notice is queued); a new name for the same instants (an alias, or a
 //! zone whose rules agree on that day) only moves LAST-MODIFIED, since the feed's TZID changes.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Config, Meeting, MeetingStatus, Network, Person, Priority};
+use crate::model::{Config, Meeting, MeetingId, MeetingStatus, Network, Person, Priority};
 
 /// The part of a meeting whose change raises SEQUENCE (and may send a change notice).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -321,6 +323,35 @@ pub fn next_revision(
     } else {
         (prev.clone(), Change::Unchanged)
     }
+}
+
+/// Each meeting's [`next_revision`] at `now`, in the config's order: the first half of a
+/// reconciliation, and all that the feeds need of it
+/// ([`crate::scheduler::reconcile::reconcile_revised`] takes them as they are).
+pub fn next_revisions(
+    config: &Config,
+    stored: &BTreeMap<MeetingId, StoredRevision>,
+    now: Timestamp,
+) -> Vec<(StoredRevision, Change)> {
+    (config.meetings.iter())
+        .map(|m| next_revision(stored.get(&m.id), config, m, now))
+        .collect()
+}
+
+/// `stored` with those of `next` ([`next_revisions`] of `config`) that are not
+/// [`Change::Unchanged`] over it: what the ledger holds once their reconciliation is written.
+pub fn revised(
+    config: &Config,
+    stored: &BTreeMap<MeetingId, StoredRevision>,
+    next: &[(StoredRevision, Change)],
+) -> BTreeMap<MeetingId, StoredRevision> {
+    let mut revisions = stored.clone();
+    for (meeting, (rev, change)) in config.meetings.iter().zip(next) {
+        if *change != Change::Unchanged {
+            revisions.insert(meeting.id.clone(), rev.clone());
+        }
+    }
+    revisions
 }
 
 /// True when a meeting's status went from confirmed to cancelled in this change.

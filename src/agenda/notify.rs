@@ -289,8 +289,12 @@ impl Notifier {
         }
     }
 
+    /// The config in force and its mail parts. Read off the async workers: the daemon's
+    /// `current` waits for the ledger's lock, which a reload or the start's plan holds for a
+    /// while (at 5,000 meetings, a tenth of a second and more), and a worker blocked on it
+    /// would stall the HTTP requests queued on it.
     fn current(&self) -> (Arc<Config>, Arc<MailParts>) {
-        (self.current)()
+        crate::sqlite_file::off_the_async_workers(|| (self.current)())
     }
 
     /// Takes proposal `id`'s place among those being mailed; `None` when a run has it.

@@ -810,6 +810,19 @@ impl Store for SqliteStore {
     }
 
     fn recover_sending(&mut self) -> Result<Vec<MailKey>, LedgerError> {
+        // Read first, like `pin_uid_domain`: after a clean stop there is nothing to recover, and
+        // a start takes no write lock before its plan (written after READY).
+        let interrupted: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM mails WHERE state = 'sending')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if !interrupted {
+            return Ok(Vec::new());
+        }
         self.write(|tx| {
             // Withdrawn while it was being sent: not sent again (see `LedgerRow::withdrawn`).
             tx.execute(

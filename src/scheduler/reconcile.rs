@@ -256,6 +256,29 @@ pub fn reconcile(
     announced: &Announced,
     now: Timestamp,
 ) -> Reconciled {
+    let next = revision::next_revisions(config, revisions, now);
+    reconcile_revised(config, rows, revisions, next, announced, now)
+}
+
+/// [`reconcile`], given each meeting's next revision (`next`: [`revision::next_revisions`] of
+/// `config`, `revisions` and `now`), computed before the rows were read: the start renders the
+/// feeds from them and reconciles the rest once they are served.
+///
+/// # Panics
+/// When `next` does not have one revision per meeting of `config` (a caller's bug).
+pub fn reconcile_revised(
+    config: &Config,
+    rows: &[LedgerRow],
+    revisions: &BTreeMap<MeetingId, StoredRevision>,
+    next: Vec<(StoredRevision, Change)>,
+    announced: &Announced,
+    now: Timestamp,
+) -> Reconciled {
+    assert_eq!(
+        next.len(),
+        config.meetings.len(),
+        "one next revision per meeting"
+    );
     let tz = &config.network.time_zone;
     let by_key: HashMap<&MailKey, &LedgerRow> = rows.iter().map(|r| (&r.key, r)).collect();
     let index = meeting_index(config);
@@ -272,9 +295,7 @@ pub fn reconcile(
         out.replan.history_zone = Some(config.network.time_zone_name.clone());
     }
 
-    for meeting in &config.meetings {
-        let (rev, change) =
-            revision::next_revision(revisions.get(&meeting.id), config, meeting, now);
+    for (meeting, (rev, change)) in config.meetings.iter().zip(next) {
         if change == Change::Unchanged {
             continue;
         }

@@ -34,10 +34,11 @@ pub mod harness {
     }
 
     /// The ledger's write lock in a state directory, held by this test process until dropped.
-    /// A `convenor serve` started meanwhile stops in start-up, before READY, with its signal
-    /// handlers installed: its first write (recovering interrupted sends) waits under the
-    /// ledger's busy timeout (10 s). A signal sent to it while this is held certainly comes
-    /// during start-up, however fast the start would otherwise be.
+    /// A first `convenor serve` started meanwhile stops in start-up, before READY, with its
+    /// signal handlers installed: its first write (pinning the calendar's UID domain) waits
+    /// under the ledger's busy timeout (10 s). A signal sent to it while this is held certainly
+    /// comes during start-up, however fast the start would otherwise be. A later start on a
+    /// changed config gets to READY and waits to write its plan.
     pub struct LedgerWriteLock {
         _conn: rusqlite::Connection,
     }
@@ -165,6 +166,17 @@ pub mod harness {
 
         /// Waits until the log says it is running, and returns its HTTP address.
         pub fn wait_ready(&mut self) -> String {
+            self.wait_until_log_says("convenor is running")
+        }
+
+        /// Waits until the log says it is ready (READY=1 sent, the feeds served), though not
+        /// yet running (a plan still to write), and returns its HTTP address.
+        pub fn wait_serving(&mut self) -> String {
+            self.wait_until_log_says("\"message\":\"ready ")
+        }
+
+        /// Waits until the log says where it listens and holds `text`; returns the address.
+        fn wait_until_log_says(&mut self, text_wanted: &str) -> String {
             let mut addr = String::new();
             let log = self.log.clone();
             let child = &mut self.child;
@@ -185,7 +197,7 @@ pub mod harness {
                             .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                             .collect();
                     }
-                    !addr.is_empty() && text.contains("convenor is running")
+                    !addr.is_empty() && text.contains(text_wanted)
                 },
                 || std::fs::read_to_string(&log).unwrap_or_default(),
             );

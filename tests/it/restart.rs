@@ -219,6 +219,105 @@ fn a_restart_after_a_reload_starts_from_what_the_reload_rendered() {
     assert_eq!((after, after_etag), (reloaded, reloaded_etag));
 }
 
+/// The June meeting's SEQUENCE in the ledger, read beside a running daemon.
+fn june_sequence_in_ledger(state: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(state.join(convenor::ledger::LEDGER_FILE))
+        .expect("open the ledger");
+    conn.query_row(
+        "SELECT sequence FROM meeting_revisions WHERE meeting = '2023-06-07'",
+        [],
+        |r| r.get(0),
+    )
+    .expect("the June meeting's revision")
+}
+
+/// The June meeting's SEQUENCE in a feed, as the independent parser reads it.
+fn june_sequence_in_feed(addr: &str) -> i64 {
+    let body = reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
+        .expect("GET /calendar.ics");
+    let v = parse_ics(&body);
+    let event = (v["events"].as_array().expect("events").iter())
+        .find(|e| (e["uid"].as_str()).is_some_and(|u| u.starts_with("2023-06-07@")))
+        .expect("the June meeting")
+        .clone();
+    assert_eq!(event["start_utc"], "2023-06-07T07:45:00Z", "moved: {event}");
+    event["sequence"].as_i64().expect("sequence")
+}
+
+/// A restart on a changed config serves the feeds (READY) before it writes its plan: the
+/// ledger's write lock, held by the test, keeps the plan from being written, and the feed
+/// already shows the moved meeting with the SEQUENCE the plan then stores. The scheduler starts
+/// (the log says "running") only once the plan is written. With one async worker (as on a
+/// machine with one CPU), nothing blocks that worker on the ledger the plan holds.
+#[test]
+fn a_restart_serves_the_changed_feed_before_its_plan_is_written() {
+    use crate::daemon::harness::{LedgerWriteLock, serve_command};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
+    assert_ne!(moved, original);
+    let config = write_config(dir.path(), &original);
+    let state = dir.path().join("state");
+    serve_once(&config, &dir.path().join("first.log"));
+    assert_eq!(june_sequence_in_ledger(&state), 0);
+
+    write_config(dir.path(), &moved);
+    let held = LedgerWriteLock::hold(&state);
+    let mut one_worker = serve_command(&config);
+    one_worker.env("TOKIO_WORKER_THREADS", "1");
+    let mut daemon = Daemon::spawn_command(one_worker, &dir.path().join("second.log"));
+    let addr = daemon.wait_serving();
+    assert_eq!(june_sequence_in_feed(&addr), 1);
+    let text = daemon.log_text();
+    assert!(!text.contains("plan written"), "{text}");
+    assert!(!text.contains("convenor is running"), "{text}");
+    assert_eq!(june_sequence_in_ledger(&state), 0, "not written yet");
+
+    drop(held);
+    daemon.wait_ready();
+    assert!(daemon.log_text().contains("plan written"));
+    assert_eq!(june_sequence_in_ledger(&state), 1);
+    assert_eq!(june_sequence_in_feed(&addr), 1);
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
+}
+
+/// A plan that cannot be written after READY (the ledger refuses writes past its busy
+/// timeout) ends the service with an error naming the ledger, a non-zero exit that systemd
+/// restarts it on, and nothing sent; the next start writes it.
+#[test]
+fn a_plan_the_ledger_refuses_after_ready_ends_the_service_with_an_error() {
+    use crate::daemon::harness::LedgerWriteLock;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
+    let config = write_config(dir.path(), &original);
+    let state = dir.path().join("state");
+    serve_once(&config, &dir.path().join("first.log"));
+
+    write_config(dir.path(), &moved);
+    let held = LedgerWriteLock::hold(&state);
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
+    let addr = daemon.wait_serving();
+    assert_eq!(june_sequence_in_feed(&addr), 1);
+    let status = daemon.wait_exit();
+    drop(held);
+    let text = daemon.log_text();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("database is locked"), "{text}");
+    assert!(!text.contains("convenor is running"), "{text}");
+    assert_eq!(june_sequence_in_ledger(&state), 0);
+
+    let (body, _, log) = serve_once(&config, &dir.path().join("third.log"));
+    assert!(log.contains("plan written"), "{log}");
+    assert!(body.contains("20230607T084500"), "{body}");
+    assert_eq!(june_sequence_in_ledger(&state), 1);
+}
+
 /// A SIGTERM while `convenor serve` is still starting (systemd stopping a unit that is being
 /// started) is handled, not fatal: the start completes, the service stops gracefully with exit
 /// 0, and the background writes it started (the feed cache) are finished first, so the next
