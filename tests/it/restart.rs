@@ -219,68 +219,94 @@ fn a_restart_after_a_reload_starts_from_what_the_reload_rendered() {
     assert_eq!((after, after_etag), (reloaded, reloaded_etag));
 }
 
-/// The June meeting's SEQUENCE in the ledger, read beside a running daemon.
-fn june_sequence_in_ledger(state: &Path) -> i64 {
+/// A meeting added to the example config (after its last one), for restarts that change the
+/// config without raising any SEQUENCE.
+const ADDED_MEETING: &str = "\n[[meeting]]\nid = \"2031-02-05\"\ndate = 2031-02-05\n\
+    start = \"10:00\"\nend = \"12:00\"\ntitle = \"LEDNet meeting\"\n";
+
+/// The example config with the June meeting moved from 10:00 to 08:45 (SEQUENCE rises).
+fn june_moved() -> String {
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
+    assert_ne!(
+        moved, original,
+        "the example config has the June meeting at 10:00"
+    );
+    moved
+}
+
+/// A meeting's SEQUENCE in the ledger (`None`: no revision stored), read beside a running
+/// daemon.
+fn sequence_in_ledger(state: &Path, meeting: &str) -> Option<i64> {
+    use rusqlite::OptionalExtension as _;
     let conn = rusqlite::Connection::open(state.join(convenor::ledger::LEDGER_FILE))
         .expect("open the ledger");
     conn.query_row(
-        "SELECT sequence FROM meeting_revisions WHERE meeting = '2023-06-07'",
-        [],
+        "SELECT sequence FROM meeting_revisions WHERE meeting = ?1",
+        [meeting],
         |r| r.get(0),
     )
-    .expect("the June meeting's revision")
+    .optional()
+    .expect("read the ledger")
 }
 
-/// The June meeting's SEQUENCE in a feed, as the independent parser reads it.
-fn june_sequence_in_feed(addr: &str) -> i64 {
+/// A meeting's (start in UTC, SEQUENCE) in the feed at `addr`, as the independent parser
+/// reads it; `None` when the feed does not have it.
+fn event_in_feed(addr: &str, meeting: &str) -> Option<(String, i64)> {
     let body = reqwest::blocking::get(format!("http://{addr}/calendar.ics"))
         .and_then(|r| r.error_for_status())
         .and_then(|r| r.text())
         .expect("GET /calendar.ics");
     let v = parse_ics(&body);
+    let prefix = format!("{meeting}@");
     let event = (v["events"].as_array().expect("events").iter())
-        .find(|e| (e["uid"].as_str()).is_some_and(|u| u.starts_with("2023-06-07@")))
-        .expect("the June meeting")
+        .find(|e| (e["uid"].as_str()).is_some_and(|u| u.starts_with(&prefix)))?
         .clone();
-    assert_eq!(event["start_utc"], "2023-06-07T07:45:00Z", "moved: {event}");
-    event["sequence"].as_i64().expect("sequence")
+    Some((
+        event["start_utc"].as_str().expect("start").to_owned(),
+        event["sequence"].as_i64().expect("sequence"),
+    ))
 }
 
-/// A restart on a changed config serves the feeds (READY) before it writes its plan: the
-/// ledger's write lock, held by the test, keeps the plan from being written, and the feed
-/// already shows the moved meeting with the SEQUENCE the plan then stores. The scheduler starts
-/// (the log says "running") only once the plan is written. With one async worker (as on a
-/// machine with one CPU), nothing blocks that worker on the ledger the plan holds.
+/// A restart on a config that raises no SEQUENCE (a meeting added) serves the feeds (READY)
+/// before it writes its plan: the ledger's write lock, held by the test, keeps the plan from
+/// being written, and the feed already has the new meeting, at the SEQUENCE the plan then
+/// stores. The scheduler starts (the log says "running") only once the plan is written. With
+/// one async worker (as on a machine with one CPU), nothing blocks that worker on the ledger
+/// the plan holds.
 #[test]
 fn a_restart_serves_the_changed_feed_before_its_plan_is_written() {
     use crate::daemon::harness::{LedgerWriteLock, serve_command};
     let dir = tempfile::tempdir().expect("tempdir");
     let original = example_config_text();
-    let june = "date = 2023-06-07\nstart = \"10:00\"";
-    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
-    assert_ne!(moved, original);
     let config = write_config(dir.path(), &original);
     let state = dir.path().join("state");
     serve_once(&config, &dir.path().join("first.log"));
-    assert_eq!(june_sequence_in_ledger(&state), 0);
+    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), None);
 
-    write_config(dir.path(), &moved);
+    write_config(dir.path(), &(original + ADDED_MEETING));
     let held = LedgerWriteLock::hold(&state);
     let mut one_worker = serve_command(&config);
     one_worker.env("TOKIO_WORKER_THREADS", "1");
     let mut daemon = Daemon::spawn_command(one_worker, &dir.path().join("second.log"));
     let addr = daemon.wait_serving();
-    assert_eq!(june_sequence_in_feed(&addr), 1);
+    let added = Some(("2031-02-05T10:00:00Z".to_owned(), 0));
+    assert_eq!(event_in_feed(&addr, "2031-02-05"), added);
     let text = daemon.log_text();
     assert!(!text.contains("plan written"), "{text}");
     assert!(!text.contains("convenor is running"), "{text}");
-    assert_eq!(june_sequence_in_ledger(&state), 0, "not written yet");
+    assert_eq!(
+        sequence_in_ledger(&state, "2031-02-05"),
+        None,
+        "not written yet"
+    );
 
     drop(held);
     daemon.wait_ready();
     assert!(daemon.log_text().contains("plan written"));
-    assert_eq!(june_sequence_in_ledger(&state), 1);
-    assert_eq!(june_sequence_in_feed(&addr), 1);
+    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
+    assert_eq!(event_in_feed(&addr, "2031-02-05"), added);
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
@@ -293,29 +319,62 @@ fn a_plan_the_ledger_refuses_after_ready_ends_the_service_with_an_error() {
     use crate::daemon::harness::LedgerWriteLock;
     let dir = tempfile::tempdir().expect("tempdir");
     let original = example_config_text();
-    let june = "date = 2023-06-07\nstart = \"10:00\"";
-    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
     let config = write_config(dir.path(), &original);
     let state = dir.path().join("state");
     serve_once(&config, &dir.path().join("first.log"));
 
-    write_config(dir.path(), &moved);
+    write_config(dir.path(), &(original + ADDED_MEETING));
     let held = LedgerWriteLock::hold(&state);
     let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
     let addr = daemon.wait_serving();
-    assert_eq!(june_sequence_in_feed(&addr), 1);
+    assert!(event_in_feed(&addr, "2031-02-05").is_some());
     let status = daemon.wait_exit();
     drop(held);
     let text = daemon.log_text();
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("database is locked"), "{text}");
     assert!(!text.contains("convenor is running"), "{text}");
-    assert_eq!(june_sequence_in_ledger(&state), 0);
+    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), None);
 
     let (body, _, log) = serve_once(&config, &dir.path().join("third.log"));
     assert!(log.contains("plan written"), "{log}");
-    assert!(body.contains("20230607T084500"), "{body}");
-    assert_eq!(june_sequence_in_ledger(&state), 1);
+    assert!(body.contains("2031-02-05@"), "{body}");
+    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
+}
+
+/// A restart on a config that raises a SEQUENCE (a meeting moved) commits its plan before
+/// READY: no SEQUENCE is served before it is stored (after a crash in between, an edited
+/// config could serve the same SEQUENCE for other times). With the ledger refusing writes past
+/// its busy timeout, the start fails without ever being ready; the next one serves the move.
+#[test]
+fn a_plan_that_raises_a_sequence_is_written_before_ready() {
+    use crate::daemon::harness::LedgerWriteLock;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &example_config_text());
+    let state = dir.path().join("state");
+    serve_once(&config, &dir.path().join("first.log"));
+
+    write_config(dir.path(), &june_moved());
+    let held = LedgerWriteLock::hold(&state);
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
+    let status = daemon.wait_exit();
+    drop(held);
+    let text = daemon.log_text();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("database is locked"), "{text}");
+    assert!(!text.contains("\"message\":\"ready "), "{text}");
+    assert!(!text.contains("listening on"), "{text}");
+    assert_eq!(sequence_in_ledger(&state, "2023-06-07"), Some(0));
+
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("third.log"));
+    let addr = daemon.wait_ready();
+    let text = daemon.log_text();
+    assert!(text.contains("plan, as it raises a SEQUENCE"), "{text}");
+    assert_eq!(sequence_in_ledger(&state, "2023-06-07"), Some(1));
+    let moved = Some(("2023-06-07T07:45:00Z".to_owned(), 1));
+    assert_eq!(event_in_feed(&addr, "2023-06-07"), moved);
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
 
 /// A SIGTERM while `convenor serve` is still starting (systemd stopping a unit that is being
