@@ -171,8 +171,8 @@ pub struct Revised {
     now: Timestamp,
     /// The revisions the ledger held.
     stored: BTreeMap<MeetingId, StoredRevision>,
-    /// Each meeting's next revision, in the config's order.
-    next: Vec<(StoredRevision, Change)>,
+    /// Each meeting's change, in the config's order (its next revision is in `revisions`).
+    changes: Vec<Change>,
     /// The revisions the ledger holds once the plan is written ([`PendingPlan::revisions`]).
     pub revisions: BTreeMap<MeetingId, StoredRevision>,
 }
@@ -192,12 +192,12 @@ impl Revised {
         }
         let stored = store.revisions()?;
         let next = crate::revision::next_revisions(config, &stored, now);
-        let revisions = crate::revision::revised(config, &stored, &next);
+        let (revisions, changes) = crate::revision::revised(config, &stored, next);
         Ok(Some(Self {
             stamp,
             now,
             stored,
-            next,
+            changes,
             revisions,
         }))
     }
@@ -225,8 +225,8 @@ impl Revised {
                 announced.insert((meeting, sequence), heard.significant);
             }
         }
-        let mut result =
-            reconcile_revised(config, &rows, &self.stored, self.next, &announced, self.now);
+        let next = crate::revision::next_of(config, &self.revisions, self.changes);
+        let mut result = reconcile_revised(config, &rows, &self.stored, next, &announced, self.now);
         for note in &result.notes {
             tracing::info!("plan: {note}");
         }
@@ -624,9 +624,6 @@ pub async fn run(
         opts.config_load.as_secs_f64() * 1000.0,
         phases.laps.join(", ")
     );
-    if !feeds_cached {
-        save_feed_cache(&feeds, &dir, &background);
-    }
     if let Some(plan) = first_plan {
         match plan.go_and_wait().await {
             Ok(written) => tracing::info!(
@@ -656,7 +653,10 @@ pub async fn run(
     warn_of_zone_rules(&config_tx.borrow());
     // Start-up's transient memory (rendering, reconciling, the plan written on a second
     // thread) goes back to the kernel rather than staying in RSS for the daemon's life.
-    crate::memory::release_free_heap();
+    crate::memory::end_bulk_work();
+    if !feeds_cached {
+        save_feed_cache(&feeds, &dir, &background);
+    }
     // A first plan's pages go from the WAL into the database file now, off the request path.
     let checkpoint = crate::scheduler::run::lock(&store).take_checkpoint();
     run_checkpoint(checkpoint, &background);
@@ -776,6 +776,9 @@ impl FirstPlan {
             if go_rx.blocking_recv().is_err() {
                 return Ok(None);
             }
+            // The feeds are rendered: the bulk work before READY is done. Kept on, the plan's
+            // memory, freed on this thread, would stay at the top of its arena.
+            crate::memory::end_bulk_work();
             let started = Instant::now();
             let plan = revised.replan(&*ledger, &config)?;
             let reconciled = started.elapsed();

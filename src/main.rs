@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     if cli.serves() {
         // Before any thread exists: see `convenor::hangup`.
         convenor::hangup::hold();
+        convenor::memory::keep_freed_memory_for_bulk_work();
     }
     convenor::logging::init(cli.log_json);
     match cli::run(cli) {

@@ -314,6 +314,11 @@ pub struct Meeting {
 }
 
 impl Meeting {
+    /// True when `priority` is in this meeting's focus (every priority is when none is named).
+    pub fn has_in_focus(&self, priority: &PriorityId) -> bool {
+        self.focus.is_empty() || self.focus.contains(priority)
+    }
+
     /// The local start as a civil date-time.
     pub fn local_start(&self) -> DateTime {
         self.date.to_datetime(self.start)
@@ -746,7 +751,7 @@ impl Config {
     pub fn priorities_of<'a>(&'a self, meeting: &'a Meeting) -> impl Iterator<Item = &'a Priority> {
         self.priorities
             .iter()
-            .filter(move |p| meeting.focus.is_empty() || meeting.focus.contains(&p.id))
+            .filter(move |p| meeting.has_in_focus(&p.id))
     }
 }
 
