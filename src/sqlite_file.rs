@@ -20,7 +20,7 @@ pub enum OpenError {
 /// Opens (creating if needed) the SQLite file at `path`, sets it up, and runs `schema` (which
 /// must be idempotent: `CREATE ... IF NOT EXISTS`).
 pub fn open(path: &Path, schema: &str) -> Result<Connection, OpenError> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // journal_mode answers with a row, so it is queried rather than executed.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -28,7 +28,17 @@ pub fn open(path: &Path, schema: &str) -> Result<Connection, OpenError> {
         return Err(OpenError::NotWal(mode));
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-    conn.execute_batch(schema)?;
+    let empty: bool = conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
+    if empty {
+        // A new file: its schema in one transaction, one synced commit rather than one per
+        // statement (a first start creates two stores before READY).
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(schema)?;
+        tx.commit()?;
+    } else {
+        // Statements that find their table or index there write nothing, and take no lock.
+        conn.execute_batch(schema)?;
+    }
     Ok(conn)
 }
 
