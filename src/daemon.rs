@@ -452,12 +452,26 @@ pub async fn run(
         );
     }
     phases.lap("ledger");
-    // Templates and transport are checked before anything is planned: a broken template stops
-    // the start with no mail planned.
-    let parts = mail_parts(&config)?;
-    phases.lap("templates");
+    // Templates and transport are checked before anything is planned (a broken template stops
+    // the start with no mail planned), on a thread of their own beside the revisions and feeds.
+    let checking = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            (mail_parts(&config), started.elapsed())
+        })
+    };
     crate::http::feed_cache::remove_unfinished(&dir);
     let (feeds, feeds_cached, revised) = revise_and_render(&store, &config, &mut phases)?;
+    let (parts, checked_in) = match checking.await {
+        Ok(checked) => checked,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    let parts = parts?;
+    phases.note(format!(
+        "templates checked beside them in {:.1} ms",
+        checked_in.as_secs_f64() * 1000.0
+    ));
     warn_of_big_feeds(&feeds);
     let store: SharedStore<SqliteStore> = Arc::new(Mutex::new(store));
     // The plan holds the ledger from now until it is committed. One that raises a SEQUENCE is
@@ -821,6 +835,11 @@ impl Default for Phases {
 }
 
 impl Phases {
+    /// Adds `text` as it is (work timed on another thread).
+    fn note(&mut self, text: String) {
+        self.laps.push(text);
+    }
+
     fn lap(&mut self, name: &str) {
         let now = Instant::now();
         let ms = now.duration_since(self.last).as_secs_f64() * 1000.0;

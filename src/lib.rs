@@ -24,6 +24,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod parallel;
 pub mod plan;
 pub mod revision;
 pub mod schedule;

@@ -397,10 +397,14 @@ pub fn next_revisions(
     stored: &BTreeMap<MeetingId, StoredRevision>,
     now: Timestamp,
 ) -> Vec<(StoredRevision, Change)> {
-    let mut digester = ContentDigester::new(config);
-    (config.meetings.iter())
-        .map(|m| next_revision_with(&mut digester, stored.get(&m.id), m, now))
-        .collect()
+    let threads = crate::parallel::worker_threads(config.meetings.len());
+    let runs = crate::parallel::in_runs(&config.meetings, threads, |meetings| {
+        let mut digester = ContentDigester::new(config);
+        (meetings.iter())
+            .map(|m| next_revision_with(&mut digester, stored.get(&m.id), m, now))
+            .collect::<Vec<_>>()
+    });
+    runs.into_iter().flatten().collect()
 }
 
 /// `stored` with those of `next` ([`next_revisions`] of `config`) that are not

@@ -167,21 +167,37 @@ pub struct Calendars {
 }
 
 impl Calendars {
-    /// Renders every meeting once and each selection's header (see [`render_calendars`]).
+    /// Renders every meeting once and each selection's header (see [`render_calendars`]), the
+    /// meetings on as many threads as [`crate::parallel::worker_threads`] gives for their
+    /// number.
     pub fn render(
         config: &Config,
         revisions: &BTreeMap<MeetingId, StoredRevision>,
         selections: &[Selection<'_>],
     ) -> Self {
-        let mut renderer = EventRenderer::new(config);
-        // About 1 KiB an event: one growth or two at most.
-        let mut events = String::with_capacity(config.meetings.len() * 1024);
-        let ends = (config.meetings.iter())
-            .map(|m| {
-                renderer.render_into(m, revisions.get(&m.id), &mut events);
-                events.len()
-            })
-            .collect();
+        let threads = crate::parallel::worker_threads(config.meetings.len());
+        Self::render_on(config, revisions, selections, threads)
+    }
+
+    /// [`Calendars::render`] with the meetings split into `threads` runs of consecutive
+    /// meetings, each rendered on a thread of its own (the first on the caller's): the bytes
+    /// are the same for any number of threads.
+    pub fn render_on(
+        config: &Config,
+        revisions: &BTreeMap<MeetingId, StoredRevision>,
+        selections: &[Selection<'_>],
+        threads: usize,
+    ) -> Self {
+        let mut parts = crate::parallel::in_runs(&config.meetings, threads, |meetings| {
+            render_events(config, revisions, meetings)
+        })
+        .into_iter();
+        let (mut events, mut ends) = parts.next().unwrap_or_default();
+        for (text, part_ends) in parts {
+            let base = events.len();
+            events.push_str(&text);
+            ends.extend(part_ends.into_iter().map(|end| base + end));
+        }
         Self {
             headers: selections
                 .iter()
@@ -375,6 +391,24 @@ fn utc(ts: Timestamp) -> String {
     let mut text = local(jiff::tz::Offset::UTC.to_datetime(ts));
     text.push('Z');
     text
+}
+
+/// The VEVENTs of `meetings`, one after the other, and where each ends.
+fn render_events(
+    config: &Config,
+    revisions: &BTreeMap<MeetingId, StoredRevision>,
+    meetings: &[Meeting],
+) -> (String, Vec<usize>) {
+    let mut renderer = EventRenderer::new(config);
+    // About 1 KiB an event: one growth or two at most.
+    let mut events = String::with_capacity(meetings.len() * 1024);
+    let ends = (meetings.iter())
+        .map(|m| {
+            renderer.render_into(m, revisions.get(&m.id), &mut events);
+            events.len()
+        })
+        .collect();
+    (events, ends)
 }
 
 /// Renders VEVENTs. What every event of a rendering shares (the UID's domain, the page URL,

@@ -282,18 +282,46 @@ pub fn render_bodies(
     revisions: &BTreeMap<MeetingId, StoredRevision>,
 ) -> Vec<HashedBody> {
     let selections = feed::selections(config);
-    let calendars = feed::Calendars::render(config, revisions, &selections);
-    (0..calendars.len())
-        .map(|i| {
-            let len = calendars.text_len(i);
-            let sealed = (len >= super::sendfile::SEAL_MIN_BYTES)
-                .then(|| super::sendfile::seal_pieces(calendars.pieces(i).map(str::as_bytes), len))
-                .flatten();
-            // Hashed after sealing, in one call: BLAKE3 is several times faster on one long
-            // slice than fed piece by piece.
-            HashedBody::new(sealed.unwrap_or_else(|| Bytes::from(calendars.text(i))))
-        })
-        .collect()
+    let threads = crate::parallel::worker_threads(config.meetings.len());
+    let calendars = feed::Calendars::render_on(config, revisions, &selections, threads);
+    let body = |i: usize| {
+        let len = calendars.text_len(i);
+        let sealed = (len >= super::sendfile::SEAL_MIN_BYTES)
+            .then(|| super::sendfile::seal_pieces(calendars.pieces(i).map(str::as_bytes), len))
+            .flatten();
+        // Hashed after sealing, in one call: BLAKE3 is several times faster on one long slice
+        // than fed piece by piece.
+        HashedBody::new(sealed.unwrap_or_else(|| Bytes::from(calendars.text(i))))
+    };
+    if threads < 2 {
+        return (0..calendars.len()).map(body).collect();
+    }
+    // Feed `i` on thread `i % threads` (the first on the caller's), back in order.
+    let count = calendars.len();
+    let mut bodies: Vec<Option<HashedBody>> = vec![None; count];
+    let body = &body;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mine = (t..count).step_by(threads);
+                    mine.map(|i| (i, body(i))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for i in (0..count).step_by(threads) {
+            bodies[i] = Some(body(i));
+        }
+        for other in others {
+            let done = other
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            for (i, b) in done {
+                bodies[i] = Some(b);
+            }
+        }
+    });
+    bodies.into_iter().flatten().collect()
 }
 
 /// A feed's bytes with their BLAKE3, computed once: it makes the ETag and checks the cache.

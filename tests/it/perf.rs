@@ -20,9 +20,33 @@ fn generated_config(n: usize) -> convenor::model::Config {
     generated::config(n, &generated::Overrides::default())
 }
 
+/// The events rendered in runs on several threads are the events rendered on one, byte for
+/// byte, however many threads (a start renders on every CPU it has).
+#[test]
+fn feeds_rendered_on_several_threads_are_the_feeds_rendered_on_one() {
+    for n in [300, 1001] {
+        let config = generated_config(n);
+        let revisions =
+            generated::revisions(&config, Timestamp::from_second(1_800_000_000).expect("ts"));
+        let selections = feed::selections(&config);
+        let text = |threads| {
+            let calendars = feed::Calendars::render_on(&config, &revisions, &selections, threads);
+            (0..calendars.len())
+                .map(|i| calendars.text(i))
+                .collect::<Vec<_>>()
+        };
+        let one = text(1);
+        assert_eq!(one.len(), 6);
+        for threads in [2, 3, 8] {
+            assert!(text(threads) == one, "{n} meetings on {threads} threads");
+        }
+    }
+}
+
 #[test]
 fn feeds_rendered_together_are_the_feeds_rendered_one_by_one() {
-    for n in [0, 1, 120] {
+    // 600: over the size rendered and sealed on several threads where there are CPUs for it.
+    for n in [0, 1, 120, 600] {
         let config = generated_config(n);
         let revisions =
             generated::revisions(&config, Timestamp::from_second(1_800_000_000).expect("ts"));
