@@ -311,6 +311,33 @@ fn a_restart_serves_the_changed_feed_before_its_plan_is_written() {
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
 
+/// A SIGTERM that comes after READY while the plan waits for the ledger stops the service
+/// only once the plan is written (the stop is logged when it is taken, after the plan): nothing
+/// of it is lost, and the exit is clean.
+#[test]
+fn a_sigterm_while_the_plan_is_written_after_ready_waits_for_it() {
+    use crate::daemon::harness::LedgerWriteLock;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_text();
+    let config = write_config(dir.path(), &original);
+    let state = dir.path().join("state");
+    serve_once(&config, &dir.path().join("first.log"));
+
+    write_config(dir.path(), &(original + ADDED_MEETING));
+    let held = LedgerWriteLock::hold(&state);
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
+    daemon.wait_serving();
+    // Delivered when kill(1) returns; the plan waits for the lock until it is dropped.
+    daemon.signal("TERM");
+    drop(held);
+    let status = daemon.wait_exit();
+    let text = daemon.log_text();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("plan written"), "{text}");
+    assert!(text.contains("SIGTERM: shutting down"), "{text}");
+    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
+}
+
 /// A plan that cannot be written after READY (the ledger refuses writes past its busy
 /// timeout) ends the service with an error naming the ledger, a non-zero exit that systemd
 /// restarts it on, and nothing sent; the next start writes it.
