@@ -638,8 +638,20 @@ pub async fn run(
         opts.config_load.as_secs_f64() * 1000.0,
         phases.laps.join(", ")
     );
+    tokio::pin!(shutdown);
+    // A SIGTERM while the plan is written is taken (and logged, and a second one armed) at
+    // once, and the stop comes once the plan is committed: no mail is started then.
+    let mut stop_taken = false;
     if let Some(plan) = first_plan {
-        match plan.go_and_wait().await {
+        let written = plan.go_and_wait();
+        tokio::pin!(written);
+        let written = loop {
+            tokio::select! {
+                written = &mut written => break written,
+                () = &mut shutdown, if !stop_taken => stop_taken = true,
+            }
+        };
+        match written {
             Ok(written) => tracing::info!(
                 "plan written {} ms after start (reconciled in {:.1} ms, written in {:.1} ms)",
                 (opts.config_load + started.elapsed()).as_millis(),
@@ -660,10 +672,12 @@ pub async fn run(
         }
     }
     // Mails to leads owed from before this start read the config under the ledger's lock.
-    tokio::spawn(crate::agenda::notify::resend_pending(
-        notifier,
-        agenda.clone(),
-    ));
+    if !stop_taken {
+        tokio::spawn(crate::agenda::notify::resend_pending(
+            notifier,
+            agenda.clone(),
+        ));
+    }
     warn_of_zone_rules(&config_tx.borrow());
     // Start-up's transient memory (rendering, reconciling, the plan written on a second
     // thread) goes back to the kernel rather than staying in RSS for the daemon's life.
@@ -674,11 +688,12 @@ pub async fn run(
     // A first plan's pages go from the WAL into the database file now, off the request path.
     let checkpoint = crate::scheduler::run::lock(&store).take_checkpoint();
     run_checkpoint(checkpoint, &background);
-    let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_event));
-
-    tracing::info!("convenor is running");
-    tokio::pin!(shutdown);
-    loop {
+    let sched = (!stop_taken).then(|| {
+        let sched = tokio::spawn(scheduler.run_observed(stopped(), slice, on_event));
+        tracing::info!("convenor is running");
+        sched
+    });
+    while !stop_taken {
         tokio::select! {
             () = &mut shutdown => break,
             _ = hangup.recv() => reload(&opts, &live, &ops),
@@ -694,6 +709,12 @@ pub async fn run(
             if let Err(e) = task.await {
                 tracing::error!("HTTP server task ended abnormally: {e}");
             }
+        }
+    };
+    let sched = async {
+        match sched {
+            Some(task) => task.await,
+            None => Ok(()),
         }
     };
     let (_, scheduled) = tokio::join!(http, sched);

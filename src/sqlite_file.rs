@@ -79,8 +79,8 @@ pub const AUTOCHECKPOINT_PAGES: u32 = 1000;
 
 /// Runs `write` with the automatic checkpoint off, then turns it back on (also when `write`
 /// failed). Its commit is as durable as any (the WAL is synced); only the copy of its pages into
-/// the database file is left for [`checkpoint`]. For a bulk write on the start-up path: at 5,000
-/// meetings the first plan's commit spent about 50 ms copying 11 MB, before READY.
+/// the database file is left for [`checkpoint`]. For a bulk write at start: at 5,000 meetings
+/// the first plan's commit spent about 50 ms copying 11 MB.
 pub fn without_autocheckpoint<T, E>(
     conn: &mut Connection,
     sqlite: impl Fn(rusqlite::Error) -> E,

@@ -311,9 +311,9 @@ fn a_restart_serves_the_changed_feed_before_its_plan_is_written() {
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
 
-/// A SIGTERM that comes after READY while the plan waits for the ledger stops the service
-/// only once the plan is written (the stop is logged when it is taken, after the plan): nothing
-/// of it is lost, and the exit is clean.
+/// A SIGTERM that comes after READY while the plan waits for the ledger is taken at once and
+/// stops the service once the plan is written, without starting the scheduler or any mail:
+/// nothing of the plan is lost, and the exit is clean.
 #[test]
 fn a_sigterm_while_the_plan_is_written_after_ready_waits_for_it() {
     use crate::daemon::harness::LedgerWriteLock;
@@ -327,14 +327,20 @@ fn a_sigterm_while_the_plan_is_written_after_ready_waits_for_it() {
     let held = LedgerWriteLock::hold(&state);
     let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
     daemon.wait_serving();
-    // Delivered when kill(1) returns; the plan waits for the lock until it is dropped.
     daemon.signal("TERM");
+    wait_for(
+        "the SIGTERM to be taken while the plan waits",
+        || daemon.log_text().contains("SIGTERM: shutting down"),
+        || daemon.log_text(),
+    );
     drop(held);
     let status = daemon.wait_exit();
     let text = daemon.log_text();
     assert_eq!(status.code(), Some(0), "{text}");
     assert!(text.contains("plan written"), "{text}");
-    assert!(text.contains("SIGTERM: shutting down"), "{text}");
+    // Neither the scheduler nor the owed mails to leads started.
+    assert!(!text.contains("convenor is running"), "{text}");
+    assert!(!text.contains("mails to leads owed"), "{text}");
     assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
 }
 
