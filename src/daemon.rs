@@ -693,10 +693,12 @@ pub async fn run(
         tracing::info!("convenor is running");
         sched
     });
-    while !stop_taken {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = hangup.recv() => reload(&opts, &live, &ops),
+    if !stop_taken {
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = hangup.recv() => reload(&opts, &live, &ops),
+            }
         }
     }
     notify::stopping();
