@@ -19,7 +19,7 @@
 //! `[http] metrics_listen`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     future::Future,
     net::SocketAddr,
     path::PathBuf,
@@ -32,6 +32,7 @@ use tokio::sync::{Notify, watch};
 
 mod ops;
 mod reload;
+pub mod served;
 
 pub use ops::{Ops, ops_router, router};
 use reload::{Live, agenda_changed, reload};
@@ -162,15 +163,18 @@ impl PendingPlan {
 /// A reconciliation's first half: the revision every meeting has now, which is all the feeds
 /// need of it, computed without reading the ledger's rows (at 5,000 meetings, 40,000 of them).
 /// [`Revised::replan`] does the rest. A start serves the feeds from these revisions and writes
-/// the plan after READY ([`FirstPlan`]).
+/// the plan after READY unless it raises a SEQUENCE (`FirstPlan`, private to this module).
 #[derive(Debug)]
 pub struct Revised {
     /// The config's digest, the plan stamp.
     stamp: String,
     /// The instant of the reconciliation.
     now: Timestamp,
-    /// The revisions the ledger held.
+    /// The revisions the ledger held, with those served before a plan never committed
+    /// ([`served`]).
     stored: BTreeMap<MeetingId, StoredRevision>,
+    /// The meetings of `stored` the ledger does not hold (from [`served`]).
+    unplanned: BTreeSet<MeetingId>,
     /// Each meeting's change, in the config's order (its next revision is in `revisions`).
     changes: Vec<Change>,
     /// The revisions the ledger holds once the plan is written ([`PendingPlan::revisions`]).
@@ -190,16 +194,39 @@ impl Revised {
             tracing::info!("plan: the ledger is already reconciled with this config");
             return Ok(None);
         }
-        let stored = store.revisions()?;
-        let next = crate::revision::next_revisions(config, &stored, now);
+        let mut stored = store.revisions()?;
+        // Served by a start whose plan was never committed: read as if the ledger held them.
+        let served = served::read(&config.state_dir);
+        let mut unplanned = BTreeSet::new();
+        for (id, rev) in served {
+            if let std::collections::btree_map::Entry::Vacant(vacant) = stored.entry(id) {
+                unplanned.insert(vacant.key().clone());
+                vacant.insert(rev);
+            }
+        }
+        let mut next = crate::revision::next_revisions(config, &stored, now);
+        for (meeting, (_, change)) in config.meetings.iter().zip(&mut next) {
+            // Written to the ledger as served, like a revision that lacks a recorded field.
+            if *change == Change::Unchanged && unplanned.contains(&meeting.id) {
+                *change = Change::Recorded;
+            }
+        }
         let (revisions, changes) = crate::revision::revised(config, &stored, next);
         Ok(Some(Self {
             stamp,
             now,
             stored,
+            unplanned,
             changes,
             revisions,
         }))
+    }
+
+    /// The revisions of the meetings the ledger does not hold yet: what a start serving the
+    /// feeds before the plan is committed keeps in [`served`].
+    pub fn unstored(&self) -> impl Iterator<Item = (&MeetingId, &StoredRevision)> {
+        (self.revisions.iter())
+            .filter(|(id, _)| !self.stored.contains_key(*id) || self.unplanned.contains(*id))
     }
 
     /// True when the plan raises a stored SEQUENCE (a move, a cancellation, an agenda change);
@@ -479,12 +506,27 @@ pub async fn run(
     // start, new meetings, descriptive changes) is written after READY ([`FirstPlan`]).
     let first_plan = match revised {
         Some(revised) => {
-            let raises = revised.raises_a_sequence();
+            let mut raises = revised.raises_a_sequence();
+            let unstored = revised.unstored().count();
+            if !raises && unstored > 0 {
+                // Kept before they are served (`served`); if they cannot be, the plan goes first.
+                match served::write(&dir, revised.unstored()) {
+                    Ok(()) => phases.lap(&format!("{unstored} new revisions kept")),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot keep the new meetings' revisions in {}: {e}; the plan is \
+                             written before READY",
+                            dir.join(served::FILE).display()
+                        );
+                        raises = true;
+                    }
+                }
+            }
             let plan = FirstPlan::start(store.clone(), config.clone(), revised).await;
             if raises {
                 let written = plan.go_and_wait().await?;
                 phases.lap(&format!(
-                    "plan, as it raises a SEQUENCE (reconciled in {:.1} ms, written in {:.1} ms)",
+                    "plan first (reconciled in {:.1} ms, written in {:.1} ms)",
                     written.reconciled.as_secs_f64() * 1000.0,
                     written.written.as_secs_f64() * 1000.0,
                 ));
@@ -820,6 +862,7 @@ impl FirstPlan {
             let plan = revised.replan(&*ledger, &config)?;
             let reconciled = started.elapsed();
             ledger.apply(&plan.replan)?;
+            served::remove(&config.state_dir);
             Ok(Some(PlanWritten {
                 reconciled,
                 written: started.elapsed() - reconciled,

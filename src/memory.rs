@@ -17,7 +17,8 @@ pub fn keep_freed_memory_for_bulk_work() {
     set_thresholds(32 << 20, 128 << 20);
 }
 
-/// Puts glibc's defaults back (see [`keep_freed_memory_for_bulk_work`]) and gives the free
+/// Puts glibc's default thresholds back (128 KiB; its adjustment of them as big blocks come and
+/// go stays off, as with any `mallopt` of them) and gives the free
 /// memory the bulk work left back to the kernel ([`release_free_heap`]). Kept on, each arena
 /// would keep what later work frees at its top (the plan's rows, the feed cache write's
 /// buffers: megabytes) for the daemon's life: `malloc_trim` gives back a thread arena's free
