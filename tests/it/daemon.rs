@@ -584,16 +584,11 @@ fn serve_warns_of_feeds_near_googles_limit_at_start_and_reload() {
 /// the moved meeting's SEQUENCE rises by exactly one and no other meeting's moves.
 #[test]
 fn a_reload_the_ledger_refuses_changes_nothing_and_the_next_applies_it_once() {
-    use crate::support::{example_config_text, write_config};
+    use crate::support::{example_config_text, june_moved, write_config};
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let original = example_config_text();
-    let june = "date = 2023-06-07\nstart = \"10:00\"";
-    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
-    assert_ne!(
-        moved, original,
-        "the example config has the June meeting at 10:00"
-    );
+    let moved = june_moved();
     let config = write_config(dir.path(), &original);
     let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
     let addr = daemon.wait_ready();

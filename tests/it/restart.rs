@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::{
     daemon::harness::{Daemon, serve_command_of, wait_for},
     feed::parse_ics,
-    support::{example_config_text, write_config},
+    support::{example_config_text, june_moved, write_config},
 };
 
 /// One run of `convenor serve` on `config`: waits until it runs, fetches `/calendar.ics`, stops
@@ -224,18 +224,6 @@ fn a_restart_after_a_reload_starts_from_what_the_reload_rendered() {
 const ADDED_MEETING: &str = "\n[[meeting]]\nid = \"2031-02-05\"\ndate = 2031-02-05\n\
     start = \"10:00\"\nend = \"12:00\"\ntitle = \"LEDNet meeting\"\n";
 
-/// The example config with the June meeting moved from 10:00 to 08:45 (SEQUENCE rises).
-fn june_moved() -> String {
-    let original = example_config_text();
-    let june = "date = 2023-06-07\nstart = \"10:00\"";
-    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
-    assert_ne!(
-        moved, original,
-        "the example config has the June meeting at 10:00"
-    );
-    moved
-}
-
 /// A meeting's SEQUENCE in the ledger (`None`: no revision stored), read beside a running
 /// daemon.
 fn sequence_in_ledger(state: &Path, meeting: &str) -> Option<i64> {
@@ -269,6 +257,52 @@ fn event_in_feed(addr: &str, meeting: &str) -> Option<(String, i64)> {
     ))
 }
 
+/// A state directory whose first start (on the example config) committed its plan, the config
+/// edited for a restart, and the ledger's write lock held by the test until `held` is dropped:
+/// the restart's plan cannot be committed meanwhile.
+struct HeldRestart {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    state: std::path::PathBuf,
+    original: String,
+    held: crate::daemon::harness::LedgerWriteLock,
+}
+
+/// [`HeldRestart`] for the example config as `edit` makes it.
+fn held_restart(edit: impl FnOnce(&str) -> String) -> HeldRestart {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_text();
+    let config = write_config(dir.path(), &original);
+    let state = dir.path().join("state");
+    serve_once(&config, &dir.path().join("first.log"));
+    write_config(dir.path(), &edit(&original));
+    let held = crate::daemon::harness::LedgerWriteLock::hold(&state);
+    HeldRestart {
+        dir,
+        config,
+        state,
+        original,
+        held,
+    }
+}
+
+/// Starts `convenor serve` on a [`HeldRestart`] with [`ADDED_MEETING`]: it serves the new
+/// meeting at SEQUENCE 0 (READY), then its plan times out on the lock and it exits 1, running
+/// nothing. Returns what the run logged.
+fn served_then_refused(restart: &HeldRestart) -> String {
+    let mut daemon = Daemon::spawn(&restart.config, &restart.dir.path().join("refused.log"));
+    let addr = daemon.wait_serving();
+    let served = Some(("2031-02-05T10:00:00Z".to_owned(), 0));
+    assert_eq!(event_in_feed(&addr, "2031-02-05"), served);
+    let status = daemon.wait_exit();
+    let text = daemon.log_text();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("database is locked"), "{text}");
+    assert!(!text.contains("convenor is running"), "{text}");
+    assert_eq!(sequence_in_ledger(&restart.state, "2031-02-05"), None);
+    text
+}
+
 /// A restart on a config that raises no SEQUENCE (a meeting added) serves the feeds (READY)
 /// before it writes its plan: the ledger's write lock, held by the test, keeps the plan from
 /// being written, and the feed already has the new meeting, at the SEQUENCE the plan then
@@ -277,19 +311,12 @@ fn event_in_feed(addr: &str, meeting: &str) -> Option<(String, i64)> {
 /// the plan holds.
 #[test]
 fn a_restart_serves_the_changed_feed_before_its_plan_is_written() {
-    use crate::daemon::harness::{LedgerWriteLock, serve_command};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let original = example_config_text();
-    let config = write_config(dir.path(), &original);
-    let state = dir.path().join("state");
-    serve_once(&config, &dir.path().join("first.log"));
-    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), None);
-
-    write_config(dir.path(), &(original + ADDED_MEETING));
-    let held = LedgerWriteLock::hold(&state);
-    let mut one_worker = serve_command(&config);
+    use crate::daemon::harness::serve_command;
+    let restart = held_restart(|text| format!("{text}{ADDED_MEETING}"));
+    let (config, state) = (&restart.config, &restart.state);
+    let mut one_worker = serve_command(config);
     one_worker.env("TOKIO_WORKER_THREADS", "1");
-    let mut daemon = Daemon::spawn_command(one_worker, &dir.path().join("second.log"));
+    let mut daemon = Daemon::spawn_command(one_worker, &restart.dir.path().join("second.log"));
     let addr = daemon.wait_serving();
     let added = Some(("2031-02-05T10:00:00Z".to_owned(), 0));
     assert_eq!(event_in_feed(&addr, "2031-02-05"), added);
@@ -297,15 +324,15 @@ fn a_restart_serves_the_changed_feed_before_its_plan_is_written() {
     assert!(!text.contains("plan written"), "{text}");
     assert!(!text.contains("convenor is running"), "{text}");
     assert_eq!(
-        sequence_in_ledger(&state, "2031-02-05"),
+        sequence_in_ledger(state, "2031-02-05"),
         None,
         "not written yet"
     );
 
-    drop(held);
+    drop(restart.held);
     daemon.wait_ready();
     assert!(daemon.log_text().contains("plan written"));
-    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
+    assert_eq!(sequence_in_ledger(state, "2031-02-05"), Some(0));
     assert_eq!(event_in_feed(&addr, "2031-02-05"), added);
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
@@ -316,16 +343,8 @@ fn a_restart_serves_the_changed_feed_before_its_plan_is_written() {
 /// nothing of the plan is lost, and the exit is clean.
 #[test]
 fn a_sigterm_while_the_plan_is_written_after_ready_waits_for_it() {
-    use crate::daemon::harness::LedgerWriteLock;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let original = example_config_text();
-    let config = write_config(dir.path(), &original);
-    let state = dir.path().join("state");
-    serve_once(&config, &dir.path().join("first.log"));
-
-    write_config(dir.path(), &(original + ADDED_MEETING));
-    let held = LedgerWriteLock::hold(&state);
-    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
+    let restart = held_restart(|text| format!("{text}{ADDED_MEETING}"));
+    let mut daemon = Daemon::spawn(&restart.config, &restart.dir.path().join("second.log"));
     daemon.wait_serving();
     daemon.signal("TERM");
     wait_for(
@@ -333,7 +352,7 @@ fn a_sigterm_while_the_plan_is_written_after_ready_waits_for_it() {
         || daemon.log_text().contains("SIGTERM: shutting down"),
         || daemon.log_text(),
     );
-    drop(held);
+    drop(restart.held);
     let status = daemon.wait_exit();
     let text = daemon.log_text();
     assert_eq!(status.code(), Some(0), "{text}");
@@ -341,7 +360,7 @@ fn a_sigterm_while_the_plan_is_written_after_ready_waits_for_it() {
     // Neither the scheduler nor the owed mails to leads started.
     assert!(!text.contains("convenor is running"), "{text}");
     assert!(!text.contains("mails to leads owed"), "{text}");
-    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
+    assert_eq!(sequence_in_ledger(&restart.state, "2031-02-05"), Some(0));
 }
 
 /// A plan that cannot be written after READY (the ledger refuses writes past its busy
@@ -349,30 +368,13 @@ fn a_sigterm_while_the_plan_is_written_after_ready_waits_for_it() {
 /// restarts it on, and nothing sent; the next start writes it.
 #[test]
 fn a_plan_the_ledger_refuses_after_ready_ends_the_service_with_an_error() {
-    use crate::daemon::harness::LedgerWriteLock;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let original = example_config_text();
-    let config = write_config(dir.path(), &original);
-    let state = dir.path().join("state");
-    serve_once(&config, &dir.path().join("first.log"));
-
-    write_config(dir.path(), &(original + ADDED_MEETING));
-    let held = LedgerWriteLock::hold(&state);
-    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
-    let addr = daemon.wait_serving();
-    assert!(event_in_feed(&addr, "2031-02-05").is_some());
-    let status = daemon.wait_exit();
-    drop(held);
-    let text = daemon.log_text();
-    assert_eq!(status.code(), Some(1), "{text}");
-    assert!(text.contains("database is locked"), "{text}");
-    assert!(!text.contains("convenor is running"), "{text}");
-    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), None);
-
-    let (body, _, log) = serve_once(&config, &dir.path().join("third.log"));
+    let restart = held_restart(|text| format!("{text}{ADDED_MEETING}"));
+    served_then_refused(&restart);
+    drop(restart.held);
+    let (body, _, log) = serve_once(&restart.config, &restart.dir.path().join("third.log"));
     assert!(log.contains("plan written"), "{log}");
     assert!(body.contains("2031-02-05@"), "{body}");
-    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
+    assert_eq!(sequence_in_ledger(&restart.state, "2031-02-05"), Some(0));
 }
 
 /// A meeting new to the ledger, served at SEQUENCE 0 by a start whose plan was then refused,
@@ -381,33 +383,21 @@ fn a_plan_the_ledger_refuses_after_ready_ends_the_service_with_an_error() {
 /// them. Once a plan is committed the file is gone.
 #[test]
 fn a_new_meeting_served_before_a_plan_that_failed_rises_when_it_moves() {
-    use crate::daemon::harness::LedgerWriteLock;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let original = example_config_text();
-    let config = write_config(dir.path(), &original);
-    let state = dir.path().join("state");
-    serve_once(&config, &dir.path().join("first.log"));
-
-    write_config(dir.path(), &(original.clone() + ADDED_MEETING));
-    let held = LedgerWriteLock::hold(&state);
-    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
-    let addr = daemon.wait_serving();
-    let served = Some(("2031-02-05T10:00:00Z".to_owned(), 0));
-    assert_eq!(event_in_feed(&addr, "2031-02-05"), served);
-    assert_eq!(daemon.wait_exit().code(), Some(1), "{}", daemon.log_text());
-    drop(held);
-    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), None);
+    let restart = held_restart(|text| format!("{text}{ADDED_MEETING}"));
+    let (dir, config, state) = (restart.dir.path(), &restart.config, &restart.state);
+    served_then_refused(&restart);
+    drop(restart.held);
     assert!(state.join("served-unplanned.json").exists());
 
     let moved = ADDED_MEETING.replace("start = \"10:00\"", "start = \"09:00\"");
-    write_config(dir.path(), &(original + &moved));
-    let mut daemon = Daemon::spawn(&config, &dir.path().join("third.log"));
+    write_config(dir, &(restart.original.clone() + &moved));
+    let mut daemon = Daemon::spawn(config, &dir.join("third.log"));
     let addr = daemon.wait_ready();
     let text = daemon.log_text();
     assert!(text.contains("plan first"), "a SEQUENCE rose: {text}");
     let moved = Some(("2031-02-05T09:00:00Z".to_owned(), 1));
     assert_eq!(event_in_feed(&addr, "2031-02-05"), moved);
-    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(1));
+    assert_eq!(sequence_in_ledger(state, "2031-02-05"), Some(1));
     assert!(!state.join("served-unplanned.json").exists());
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
@@ -419,29 +409,23 @@ fn a_new_meeting_served_before_a_plan_that_failed_rises_when_it_moves() {
 /// its busy timeout, the start fails without ever being ready; the next one serves the move.
 #[test]
 fn a_plan_that_raises_a_sequence_is_written_before_ready() {
-    use crate::daemon::harness::LedgerWriteLock;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &example_config_text());
-    let state = dir.path().join("state");
-    serve_once(&config, &dir.path().join("first.log"));
-
-    write_config(dir.path(), &june_moved());
-    let held = LedgerWriteLock::hold(&state);
-    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
+    let restart = held_restart(|_| june_moved());
+    let (dir, config, state) = (restart.dir.path(), &restart.config, &restart.state);
+    let mut daemon = Daemon::spawn(config, &dir.join("second.log"));
     let status = daemon.wait_exit();
-    drop(held);
+    drop(restart.held);
     let text = daemon.log_text();
     assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("database is locked"), "{text}");
     assert!(!text.contains("\"message\":\"ready "), "{text}");
     assert!(!text.contains("listening on"), "{text}");
-    assert_eq!(sequence_in_ledger(&state, "2023-06-07"), Some(0));
+    assert_eq!(sequence_in_ledger(state, "2023-06-07"), Some(0));
 
-    let mut daemon = Daemon::spawn(&config, &dir.path().join("third.log"));
+    let mut daemon = Daemon::spawn(config, &dir.join("third.log"));
     let addr = daemon.wait_ready();
     let text = daemon.log_text();
     assert!(text.contains("plan first"), "{text}");
-    assert_eq!(sequence_in_ledger(&state, "2023-06-07"), Some(1));
+    assert_eq!(sequence_in_ledger(state, "2023-06-07"), Some(1));
     let moved = Some(("2023-06-07T07:45:00Z".to_owned(), 1));
     assert_eq!(event_in_feed(&addr, "2023-06-07"), moved);
     daemon.signal("TERM");
@@ -492,12 +476,7 @@ fn a_sighup_during_start_up_reloads_once_running() {
     use crate::daemon::harness::{Daemon, LedgerWriteLock};
     let dir = tempfile::tempdir().expect("tempdir");
     let original = example_config_text();
-    let june = "date = 2023-06-07\nstart = \"10:00\"";
-    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
-    assert_ne!(
-        moved, original,
-        "the example config has the June meeting at 10:00"
-    );
+    let moved = june_moved();
     let config = write_config(dir.path(), &original);
     let held = LedgerWriteLock::hold(&dir.path().join("state"));
     let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));

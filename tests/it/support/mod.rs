@@ -63,6 +63,19 @@ pub fn example_config_text() -> String {
     std::fs::read_to_string(repo().join("config/lednet.toml")).expect("read config/lednet.toml")
 }
 
+/// The example config with the June meeting (2023-06-07) moved from 10:00 to 08:45: a move,
+/// so its SEQUENCE rises.
+pub fn june_moved() -> String {
+    let original = example_config_text();
+    let june = "date = 2023-06-07\nstart = \"10:00\"";
+    let moved = original.replacen(june, "date = 2023-06-07\nstart = \"08:45\"", 1);
+    assert_ne!(
+        moved, original,
+        "the example config has the June meeting at 10:00"
+    );
+    moved
+}
+
 /// Writes a config into `dir` (a temp dir), pointing templates at the repository's templates and
 /// the state directory into `dir/state`. Returns the config's path.
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
