@@ -489,7 +489,7 @@ pub async fn run(
         })
     };
     crate::http::feed_cache::remove_unfinished(&dir);
-    let (feeds, feeds_cached, revised) = revise_and_render(&store, &config, &mut phases)?;
+    let (feeds, feeds_cached, revised, kept) = revise_and_render(&store, &config, &mut phases)?;
     let (parts, checked_in) = match checking.await {
         Ok(checked) => checked,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -507,19 +507,20 @@ pub async fn run(
     let first_plan = match revised {
         Some(revised) => {
             let mut raises = revised.raises_a_sequence();
-            let unstored = revised.unstored().count();
-            if !raises && unstored > 0 {
-                // Kept before they are served (`served`); if they cannot be, the plan goes first.
-                match served::write(&dir, revised.unstored()) {
-                    Ok(()) => phases.lap(&format!("{unstored} new revisions kept")),
-                    Err(e) => {
-                        tracing::warn!(
-                            "cannot keep the new meetings' revisions in {}: {e}; the plan is \
-                             written before READY",
-                            dir.join(served::FILE).display()
-                        );
-                        raises = true;
-                    }
+            match kept {
+                Kept::Nothing => {}
+                Kept::Kept(count, took) => phases.note(format!(
+                    "{count} new revisions kept beside them in {:.1} ms",
+                    took.as_secs_f64() * 1000.0
+                )),
+                // If they cannot be kept before they are served, the plan goes first.
+                Kept::Failed(e) => {
+                    tracing::warn!(
+                        "cannot keep the new meetings' revisions in {}: {e}; the plan is \
+                         written before READY",
+                        dir.join(served::FILE).display()
+                    );
+                    raises = true;
                 }
             }
             let plan = FirstPlan::start(store.clone(), config.clone(), revised).await;
@@ -798,17 +799,37 @@ fn revise_and_render(
     store: &SqliteStore,
     config: &Arc<Config>,
     phases: &mut Phases,
-) -> Result<(FeedState, bool, Option<Revised>), DaemonError> {
+) -> Result<(FeedState, bool, Option<Revised>, Kept), DaemonError> {
     let dir = &config.state_dir;
     let revised = Revised::read(store, config, Timestamp::now())?;
-    let (feeds, cached) = match &revised {
+    let (feeds, cached, kept) = match &revised {
         Some(revised) => {
             phases.lap("revisions");
-            FeedState::new_cached(config, &revised.revisions, dir)
+            // A plan that raises no SEQUENCE goes after READY: the new meetings' revisions are
+            // kept first (`served`), on a thread of their own beside the rendering.
+            let keep = !revised.raises_a_sequence() && revised.unstored().next().is_some();
+            std::thread::scope(|scope| {
+                let keeping = keep.then(|| {
+                    scope.spawn(|| {
+                        let started = Instant::now();
+                        let kept = served::write(dir, revised.unstored());
+                        (kept, revised.unstored().count(), started.elapsed())
+                    })
+                });
+                let (feeds, cached) = FeedState::new_cached(config, &revised.revisions, dir);
+                let kept = match keeping.map(std::thread::ScopedJoinHandle::join) {
+                    None => Kept::Nothing,
+                    Some(Ok((Ok(()), count, took))) => Kept::Kept(count, took),
+                    Some(Ok((Err(e), _, _))) => Kept::Failed(e),
+                    Some(Err(panic)) => std::panic::resume_unwind(panic),
+                };
+                (feeds, cached, kept)
+            })
         }
         None => {
             phases.lap("plan");
-            FeedState::new_cached(config, &store.revisions()?, dir)
+            let (feeds, cached) = FeedState::new_cached(config, &store.revisions()?, dir);
+            (feeds, cached, Kept::Nothing)
         }
     };
     phases.lap(if cached {
@@ -816,7 +837,18 @@ fn revise_and_render(
     } else {
         "feeds"
     });
-    Ok((feeds, cached, revised))
+    Ok((feeds, cached, revised, kept))
+}
+
+/// Whether the revisions of meetings new to the ledger were kept ([`served`]) before the feeds
+/// serve them.
+enum Kept {
+    /// None to keep (no plan, no new meeting, or a plan committed before READY).
+    Nothing,
+    /// That many, in that time.
+    Kept(usize, Duration),
+    /// They could not be: the plan is committed before READY.
+    Failed(std::io::Error),
 }
 
 /// A start's plan, finished and written on a blocking thread: after READY, while the feeds are

@@ -403,6 +403,38 @@ fn a_new_meeting_served_before_a_plan_that_failed_rises_when_it_moves() {
     assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
 }
 
+/// New meetings' revisions that cannot be kept before they are served (here a directory
+/// stands where their file's temporary copy goes) make the plan go first, before READY: the
+/// start still serves them, and the ledger has them by then.
+#[test]
+fn revisions_that_cannot_be_kept_send_the_plan_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = example_config_text();
+    let config = write_config(dir.path(), &original);
+    let state = dir.path().join("state");
+    serve_once(&config, &dir.path().join("first.log"));
+    std::fs::create_dir(state.join(".served-unplanned.json.tmp")).expect("the obstacle");
+
+    write_config(dir.path(), &(original + ADDED_MEETING));
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("second.log"));
+    let addr = daemon.wait_ready();
+    let text = daemon.log_text();
+    assert!(
+        text.contains("cannot keep the new meetings' revisions"),
+        "{text}"
+    );
+    // A phase of the start, before READY.
+    let ready = (text.lines())
+        .find(|l| l.contains("\"message\":\"ready "))
+        .expect("ready");
+    assert!(ready.contains("plan first"), "{text}");
+    assert_eq!(sequence_in_ledger(&state, "2031-02-05"), Some(0));
+    let added = Some(("2031-02-05T10:00:00Z".to_owned(), 0));
+    assert_eq!(event_in_feed(&addr, "2031-02-05"), added);
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit().code(), Some(0), "{}", daemon.log_text());
+}
+
 /// A restart on a config that raises a SEQUENCE (a meeting moved) commits its plan before
 /// READY: no SEQUENCE is served before it is stored (after a crash in between, an edited
 /// config could serve the same SEQUENCE for other times). With the ledger refusing writes past
