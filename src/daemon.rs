@@ -509,7 +509,7 @@ pub async fn run(
             let mut raises = revised.raises_a_sequence();
             match kept {
                 Kept::Nothing => {}
-                Kept::Kept(count, took) => phases.note(format!(
+                Kept::Done(count, took) => phases.note(format!(
                     "{count} new revisions kept beside them in {:.1} ms",
                     took.as_secs_f64() * 1000.0
                 )),
@@ -819,7 +819,7 @@ fn revise_and_render(
                 let (feeds, cached) = FeedState::new_cached(config, &revised.revisions, dir);
                 let kept = match keeping.map(std::thread::ScopedJoinHandle::join) {
                     None => Kept::Nothing,
-                    Some(Ok((Ok(()), count, took))) => Kept::Kept(count, took),
+                    Some(Ok((Ok(()), count, took))) => Kept::Done(count, took),
                     Some(Ok((Err(e), _, _))) => Kept::Failed(e),
                     Some(Err(panic)) => std::panic::resume_unwind(panic),
                 };
@@ -846,7 +846,7 @@ enum Kept {
     /// None to keep (no plan, no new meeting, or a plan committed before READY).
     Nothing,
     /// That many, in that time.
-    Kept(usize, Duration),
+    Done(usize, Duration),
     /// They could not be: the plan is committed before READY.
     Failed(std::io::Error),
 }
