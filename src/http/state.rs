@@ -293,35 +293,15 @@ pub fn render_bodies(
         // than fed piece by piece.
         HashedBody::new(sealed.unwrap_or_else(|| Bytes::from(calendars.text(i))))
     };
-    if threads < 2 {
-        return (0..calendars.len()).map(body).collect();
-    }
-    // Feed `i` on thread `i % threads` (the first on the caller's), back in order.
-    let count = calendars.len();
-    let mut bodies: Vec<Option<HashedBody>> = vec![None; count];
-    let body = &body;
-    std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads)
-            .map(|t| {
-                scope.spawn(move || {
-                    let mine = (t..count).step_by(threads);
-                    mine.map(|i| (i, body(i))).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for i in (0..count).step_by(threads) {
-            bodies[i] = Some(body(i));
-        }
-        for other in others {
-            let done = other
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e));
-            for (i, b) in done {
-                bodies[i] = Some(b);
-            }
-        }
-    });
-    bodies.into_iter().flatten().collect()
+    // The feeds in runs on the threads the events were rendered on (`in_runs` keeps them in
+    // order; one thread runs them all on the caller's).
+    let feeds: Vec<usize> = (0..calendars.len()).collect();
+    crate::parallel::in_runs(&feeds, threads, |run| {
+        run.iter().map(|&i| body(i)).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// A feed's bytes with their BLAKE3, computed once: it makes the ETag and checks the cache.

@@ -735,17 +735,23 @@ fn a_meeting_moved_back_before_its_notice_went_out_gets_no_notice() {
     }
 }
 
+/// Loads [`MEETINGS`], then m1 moved to 2030-06-10 a month later, and claims the change notice
+/// that queued (its key and row), as a send about to start.
+fn claim_the_notice_of_a_move(sim: &mut Sim) -> (MailKey, LedgerRow) {
+    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
+    sim.load(&moved_to("2030-06-10"), t("2030-06-01T00:00:00Z"));
+    let first = key("m1", "change", 1);
+    let claimed = sim.store.claim(&first, t("2030-06-01T00:00:01Z"));
+    let row = claimed.expect("claim").expect("claimed");
+    (first, row)
+}
+
 /// A notice being sent when its meeting is moved back may reach its recipients: a newer one is
 /// queued, and says what changed since the day it announced.
 #[test]
 fn a_meeting_moved_back_while_its_notice_is_being_sent_gets_a_newer_one() {
-    let moved = moved_to("2030-06-10");
     let mut sim = Sim::new();
-    sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
-    sim.load(&moved, t("2030-06-01T00:00:00Z"));
-    let first = key("m1", "change", 1);
-    let claimed = sim.store.claim(&first, t("2030-06-01T00:00:01Z"));
-    assert!(claimed.expect("claim").is_some(), "claimed");
+    let (first, _) = claim_the_notice_of_a_move(&mut sim);
     sim.load(&config(MEETINGS), t("2030-06-01T00:00:02Z"));
     let sent = sim.store.settle(
         &first,
@@ -843,13 +849,8 @@ fn the_outbox_gives_a_cancellation_notice_the_meeting_as_last_heard() {
 #[test]
 fn a_meeting_moved_back_after_its_notice_was_attempted_gets_a_newer_one() {
     for done in [vec![], vec!["members@example.org".to_owned()]] {
-        let moved = moved_to("2030-06-10");
         let mut sim = Sim::new();
-        sim.load(&config(MEETINGS), t("2030-05-01T00:00:00Z"));
-        sim.load(&moved, t("2030-06-01T00:00:00Z"));
-        let first = key("m1", "change", 1);
-        let claimed = sim.store.claim(&first, t("2030-06-01T00:00:01Z"));
-        let row = claimed.expect("claim").expect("claimed");
+        let (first, row) = claim_the_notice_of_a_move(&mut sim);
         let failure = SendFailure {
             done: done.clone(),
             ..transient()
@@ -858,7 +859,7 @@ fn a_meeting_moved_back_after_its_notice_was_attempted_gets_a_newer_one() {
             &row,
             &failure,
             t("2030-06-01T00:00:02Z"),
-            &moved.scheduler,
+            &moved_to("2030-06-10").scheduler,
             0.5,
         );
         let settled = sim.store.settle(&first, MailState::Sending, &retry);
