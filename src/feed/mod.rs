@@ -2,11 +2,14 @@
 //!
 //! Pure: no clock, no I/O. The same config and revisions give the same bytes (DTSTAMP and
 //! LAST-MODIFIED are each meeting's last change, never "now"), so the HTTP layer's ETag only
-//! moves when something a subscriber sees moved. The icalendar crate builds the VCALENDAR and
-//! VEVENT properties (TEXT escaping, parameter quoting); [`fold`] re-folds its output, and
-//! [`vtimezone`] writes the VTIMEZONE it has no type for. Both say why in their docs.
+//! moves when something a subscriber sees moved. The icalendar crate builds the VCALENDAR's
+//! properties and the mailed invite's VEVENT (TEXT escaping, parameter quoting); [`fold`]
+//! re-folds its output, [`line`] writes a feed's VEVENTs byte for byte as the crate does but
+//! without its per-line copies, and [`vtimezone`] writes the VTIMEZONE it has no type for. Each
+//! says why in its docs.
 
 pub mod fold;
+pub mod line;
 pub mod urls;
 pub mod vtimezone;
 
@@ -265,7 +268,7 @@ pub fn render_meeting_invite(
 ) -> String {
     let mut text = fold::refold(&invite_header(config));
     text.push_str(&fold::refold(&timezone(config)));
-    EventRenderer::new(config).render_into(meeting, revision, &mut text);
+    EventRenderer::new(config).render_with_crate_into(meeting, revision, &mut text);
     text.push_str(CALENDAR_END);
     text
 }
@@ -412,9 +415,8 @@ fn render_events(
 }
 
 /// Renders VEVENTs. What every event of a rendering shares (the UID's domain, the page URL,
-/// the ORGANIZER) is worked out once, and the buffers the icalendar crate writes into and the
-/// folding reads from are reused from event to event: per event, they were a third of a feed's
-/// rendering time.
+/// the ORGANIZER) is worked out once, and the buffers events are written through are reused from
+/// event to event: per event, they were a third of a feed's rendering time.
 struct EventRenderer<'a> {
     config: &'a Config,
     /// [`uid_domain`], the end of every UID.
@@ -422,12 +424,28 @@ struct EventRenderer<'a> {
     page_url: String,
     organizer: String,
     organizer_name: String,
-    /// The crate's output for one event (folded its way).
+    /// Writes a feed's content lines ([`line`]).
+    lines: line::LineWriter,
+    /// The crate's output for one event (folded its way), for [`Self::render_with_crate_into`].
     crate_text: String,
     /// A logical line being folded again.
     line: String,
     /// The DESCRIPTION being written.
     description: String,
+}
+
+/// What one meeting's VEVENT shows beside its DESCRIPTION (which [`EventRenderer::fields`]
+/// writes into the renderer's buffer), worked out once for either way of writing it.
+struct EventFields<'m> {
+    sequence: u32,
+    /// DTSTAMP and LAST-MODIFIED.
+    stamp: String,
+    start: String,
+    end: String,
+    /// Cleaned TEXT ([`fold::clean_text`]), as are `location` and the DESCRIPTION.
+    summary: Cow<'m, str>,
+    location: Option<Cow<'m, str>>,
+    cancelled: bool,
 }
 
 impl<'a> EventRenderer<'a> {
@@ -444,59 +462,127 @@ impl<'a> EventRenderer<'a> {
                     .as_deref()
                     .unwrap_or(config.network.short_name.as_str()),
             ),
+            lines: line::LineWriter::default(),
             crate_text: String::new(),
             line: String::new(),
             description: String::new(),
         }
     }
 
-    /// Appends the VEVENT of `meeting` to `out`, folded by [`fold::fold_line`].
+    /// The fields of `meeting`'s VEVENT at `revision`; its DESCRIPTION, not yet cleaned, is left
+    /// in `self.description`.
+    fn fields<'m>(
+        &mut self,
+        meeting: &'m Meeting,
+        revision: Option<&StoredRevision>,
+    ) -> EventFields<'m> {
+        let (sequence, stamp) =
+            revision.map_or((0, FALLBACK_STAMP), |r| (r.sequence, r.last_modified));
+        let cancelled = meeting.is_cancelled();
+        let summary = if cancelled {
+            let summary = format!("Cancelled: {}", meeting.title);
+            Cow::Owned(fold::clean_text(&summary).into_owned())
+        } else {
+            fold::clean_text(meeting.title.as_str())
+        };
+        self.description.clear();
+        write_description(self.config, meeting, &self.page_url, &mut self.description);
+        EventFields {
+            sequence,
+            stamp: utc(stamp),
+            start: local(meeting.local_start()),
+            end: local(meeting.local_end()),
+            summary,
+            location: (meeting.location.as_ref()).map(|l| fold::clean_text(l.as_str())),
+            cancelled,
+        }
+    }
+
+    /// Appends the VEVENT of `meeting` to `out`, written by [`line::LineWriter`]: the properties
+    /// in the order the crate writes them (by name), each with the crate's escaping and
+    /// quoting, folded by [`fold::fold_line`]. The same bytes as
+    /// [`Self::render_with_crate_into`].
     fn render_into(
         &mut self,
         meeting: &Meeting,
         revision: Option<&StoredRevision>,
         out: &mut String,
     ) {
-        let config = self.config;
-        let tzid = config.network.time_zone_name.as_str();
-        let (sequence, stamp) =
-            revision.map_or((0, FALLBACK_STAMP), |r| (r.sequence, r.last_modified));
-        let stamp = utc(stamp);
-        let timed = |key: &str, at: DateTime| {
-            let mut p = Property::new(key, local(at));
+        use line::Value::{Text, Verbatim};
+        let f = self.fields(meeting, revision);
+        let tzid = Some(("TZID", self.config.network.time_zone_name.as_str()));
+        let description = fold::clean_text(&self.description);
+        let mut sequence = itoa::Buffer::new();
+        let w = &mut self.lines;
+        out.push_str("BEGIN:VEVENT\r\n");
+        w.property(out, "DESCRIPTION", None, &[&description], Text);
+        w.property(out, "DTEND", tzid, &[&f.end], Verbatim);
+        w.property(out, "DTSTAMP", None, &[&f.stamp], Verbatim);
+        w.property(out, "DTSTART", tzid, &[&f.start], Verbatim);
+        w.property(out, "LAST-MODIFIED", None, &[&f.stamp], Verbatim);
+        if let Some(location) = &f.location {
+            w.property(out, "LOCATION", None, &[location], Text);
+        }
+        let organizer = Some(("CN", self.organizer_name.as_str()));
+        w.property(out, "ORGANIZER", organizer, &[&self.organizer], Verbatim);
+        w.property(
+            out,
+            "SEQUENCE",
+            None,
+            &[sequence.format(f.sequence)],
+            Verbatim,
+        );
+        let status = if f.cancelled {
+            "CANCELLED"
+        } else {
+            "CONFIRMED"
+        };
+        w.property(out, "STATUS", None, &[status], Text);
+        w.property(out, "SUMMARY", None, &[&f.summary], Text);
+        w.property(out, "TRANSP", None, &["OPAQUE"], Text);
+        let uid = [meeting.id.as_str(), self.uid_domain.as_str()];
+        w.property(out, "UID", None, &uid, Text);
+        w.property(out, "URL", None, &[&self.page_url], Verbatim);
+        out.push_str("END:VEVENT\r\n");
+    }
+
+    /// Appends the VEVENT of `meeting` to `out` as the icalendar crate writes it, folded again
+    /// by [`fold::refold_into`]: for the mailed invite, and what [`Self::render_into`] is tested
+    /// against.
+    fn render_with_crate_into(
+        &mut self,
+        meeting: &Meeting,
+        revision: Option<&StoredRevision>,
+        out: &mut String,
+    ) {
+        let f = self.fields(meeting, revision);
+        let tzid = self.config.network.time_zone_name.as_str();
+        let timed = |key: &str, at: &str| {
+            let mut p = Property::new(key, at);
             p.add_parameter("TZID", tzid);
             p
         };
         let mut organizer = Property::new("ORGANIZER", self.organizer.as_str());
         organizer.add_parameter("CN", &self.organizer_name);
-        let cancelled = meeting.is_cancelled();
-        let summary = if cancelled {
-            Cow::Owned(format!("Cancelled: {}", meeting.title))
-        } else {
-            Cow::Borrowed(meeting.title.as_str())
-        };
-        self.description.clear();
-        write_description(config, meeting, &self.page_url, &mut self.description);
-
         let mut ev = icalendar::Event::new();
         ev.uid(&format!("{}{}", meeting.id, self.uid_domain))
-            .add_property("DTSTAMP", stamp.as_str())
-            .add_property("LAST-MODIFIED", stamp)
-            .add_property("SEQUENCE", sequence.to_string())
-            .append_property(timed("DTSTART", meeting.local_start()))
-            .append_property(timed("DTEND", meeting.local_end()))
-            .summary(&fold::clean_text(&summary))
+            .add_property("DTSTAMP", f.stamp.as_str())
+            .add_property("LAST-MODIFIED", f.stamp.as_str())
+            .add_property("SEQUENCE", f.sequence.to_string())
+            .append_property(timed("DTSTART", &f.start))
+            .append_property(timed("DTEND", &f.end))
+            .summary(&f.summary)
             .description(&fold::clean_text(&self.description))
             .append_property(organizer)
             .add_property("URL", self.page_url.as_str())
             .add_property("TRANSP", "OPAQUE")
-            .status(if cancelled {
+            .status(if f.cancelled {
                 EventStatus::Cancelled
             } else {
                 EventStatus::Confirmed
             });
-        if let Some(location) = &meeting.location {
-            ev.location(&fold::clean_text(location.as_str()));
+        if let Some(location) = &f.location {
+            ev.location(location);
         }
         self.crate_text.clear();
         // Writing into a String cannot fail: fmt::Write for String is infallible.
@@ -713,6 +799,83 @@ mod tests {
         assert!(warning.contains("meetings in 2024 may"), "{warning}");
         let before = across.replace("date = 2024-11-29", "date = 2024-02-20");
         assert_eq!(zone_rule_warning(&almaty(&before)), None);
+    }
+
+    /// A feed's hand-written VEVENTs ([`line`]) are the bytes the icalendar crate writes and
+    /// [`fold::refold`] folds again, for meetings of every shape (cancelled or not, with or
+    /// without a place, with and without a revision) whose every text (title, place, notes,
+    /// names in the DESCRIPTION, the organizer's name, the zone's name) is made of escaped
+    /// characters, separators, quotes and multibyte characters at every offset around the
+    /// folds.
+    #[test]
+    fn hand_written_events_are_the_crates_bytes() {
+        let path = std::path::Path::new("config/lednet.toml");
+        let text = std::fs::read_to_string(path).expect("example config");
+        let shipped = crate::config::parse(path, &text, &Default::default())
+            .expect("valid")
+            .config;
+        let pieces = [
+            "a", "word ", "\\", ",", ";", ":", "\"", "é", "😀", "\\n", "\t", "\r\n", "\r", "\u{7}",
+            "\u{85}", " ", "Ü,", "x;y", "\\,",
+        ];
+        let mut rng = fastrand::Rng::with_seed(13);
+        let mut text_of = |len: usize| -> String {
+            (0..len)
+                .map(|_| pieces[rng.usize(..pieces.len())])
+                .collect()
+        };
+        let one_line = |t: String| {
+            let t: String = t.chars().filter(|c| !c.is_control()).collect();
+            crate::model::HeaderText::parse(&format!("T{t}")).expect("one line")
+        };
+        let at = |s: &str| -> Timestamp { s.parse().expect("timestamp") };
+        let mut compared = 0;
+        for round in 0..60 {
+            let mut config = shipped.clone();
+            config.network.time_zone_name = match round % 3 {
+                0 => "Europe/London".into(),
+                1 => text_of(3).replace(['\r', '\n'], ""),
+                _ => "\"Quoted/Zone\"".into(),
+            };
+            config.network.name = one_line(text_of(round % 17));
+            config.network.contact.name =
+                (round % 4 != 0).then(|| one_line(text_of(round % 9)).to_string());
+            for p in &mut config.priorities {
+                p.name = one_line(text_of(round % 7));
+                p.lead.name = one_line(text_of(round % 5));
+            }
+            for (i, m) in config.meetings.iter_mut().enumerate() {
+                m.title = one_line(text_of(round + i * 7));
+                m.location = (i % 2 == 0).then(|| one_line(text_of(round * 2 + i)));
+                m.notes = (i % 3 != 1).then(|| text_of(round * 3 + i));
+                m.status = if (round + i) % 4 == 0 {
+                    crate::model::MeetingStatus::Cancelled
+                } else {
+                    crate::model::MeetingStatus::Confirmed
+                };
+            }
+            let mut renderer = EventRenderer::new(&config);
+            for (i, meeting) in config.meetings.iter().enumerate() {
+                let revision = (i % 2 == 1).then(|| StoredRevision {
+                    sequence: u32::try_from(round * i).expect("small"),
+                    last_modified: at("2024-03-31T01:00:00Z"),
+                    ..crate::revision::next_revision(
+                        None,
+                        &config,
+                        meeting,
+                        at("2024-01-01T00:00:00Z"),
+                    )
+                    .0
+                });
+                let (mut ours, mut crates) = (String::new(), String::new());
+                renderer.render_into(meeting, revision.as_ref(), &mut ours);
+                renderer.render_with_crate_into(meeting, revision.as_ref(), &mut crates);
+                assert_eq!(ours, crates, "round {round}, meeting {i}");
+                assert!(ours.starts_with("BEGIN:VEVENT\r\n"), "{ours}");
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 60 * shipped.meetings.len());
     }
 
     /// A feed is warned about from [`FEED_SIZE_WARNING`] bytes on, by its path, with its size.
