@@ -289,9 +289,11 @@ pub fn render_bodies(
         let sealed = (len >= super::sendfile::SEAL_MIN_BYTES)
             .then(|| super::sendfile::seal_pieces(calendars.pieces(i).map(str::as_bytes), len))
             .flatten();
-        // Hashed after sealing, in one call: BLAKE3 is several times faster on one long slice
-        // than fed piece by piece.
-        HashedBody::new(sealed.unwrap_or_else(|| Bytes::from(calendars.text(i))))
+        match sealed {
+            // Hashed on the way into the memfd.
+            Some((body, hash)) => HashedBody { body, hash },
+            None => HashedBody::new(Bytes::from(calendars.text(i))),
+        }
     };
     // The feeds in runs on the threads the events were rendered on (`in_runs` keeps them in
     // order; one thread runs them all on the caller's).
