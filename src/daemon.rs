@@ -365,11 +365,12 @@ pub fn save_feed_cache(
 pub fn mail_parts(config: &Config) -> Result<MailParts, DaemonError> {
     let templates = Templates::load(&config.mail.templates_dir)
         .map_err(|e| DaemonError::Mail(e.to_string()))?;
-    if let Err(errors) = templates.check_sample(config) {
+    let sample = crate::mail::check::sample(config);
+    if let Err(errors) = templates.check_sample_of(config, &sample) {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(DaemonError::Mail(lines.join("\n")));
     }
-    crate::agenda::notify::check(config, &templates, &crate::mail::check::sample(config))
+    crate::agenda::notify::check(config, &templates, &sample)
         .map_err(|e| DaemonError::Mail(format!("template proposal-received: {e}")))?;
     let transport = Transport::from_settings(&config.mail, &config.state_dir)
         .map_err(|e| DaemonError::Mail(e.to_string()))?;

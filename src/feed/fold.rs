@@ -41,11 +41,16 @@ pub fn clean_text(text: &str) -> Cow<'_, str> {
 /// single bytes and the third is 0xC2 followed by 0x80-0x9F.
 fn has_control_other_than_lf(text: &str) -> bool {
     let bytes = text.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        (b < 0x20 && b != b'\n')
-            || b == 0x7f
-            || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
-    })
+    (0..bytes.len()).any(|i| is_control_at(bytes, i))
+}
+
+/// True when a control character (Unicode category Cc) other than LF starts at byte `i` of
+/// `bytes`, which is UTF-8: what [`clean_text`] changes or drops.
+pub fn is_control_at(bytes: &[u8], i: usize) -> bool {
+    let b = bytes[i];
+    (b < 0x20 && b != b'\n')
+        || b == 0x7f
+        || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
 }
 
 /// Makes text safe in a quoted parameter value (RFC 5545 3.2: no DQUOTE, no control characters).

@@ -24,7 +24,8 @@ use super::fold;
 /// SUMMARY, TRANSP and UID).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Value {
-    /// RFC 5545 3.3.11 TEXT: `\`, `,`, `;` and LF escaped (`\\`, `\,`, `\;`, `\n`).
+    /// RFC 5545 3.3.11 TEXT: cleaned of control characters ([`fold::clean_text`]), then `\`,
+    /// `,`, `;` and LF escaped (`\\`, `\,`, `\;`, `\n`).
     Text,
     /// Any other value type (DATE-TIME, INTEGER, URI, CAL-ADDRESS): written as it is.
     Verbatim,
@@ -71,18 +72,27 @@ impl LineWriter {
     }
 }
 
-/// Appends TEXT `text` escaped as the crate's `escape_text` does (`\` first, then `,`, `;` and
-/// LF, each its own pass there; no pass there meets what an earlier one wrote, so one pass here
-/// gives the same). Every character escaped is ASCII, so the text is copied in runs between
-/// them.
+/// Appends TEXT `text` cleaned by [`fold::clean_text`] and then escaped as the crate's
+/// `escape_text` does (`\` first, then `,`, `;` and LF, each its own pass there; no pass there
+/// meets what an earlier one wrote, so one pass here gives the same), in one pass over text
+/// without control characters, which is nearly all text. Every character escaped is ASCII, so
+/// the text is copied in runs between them.
 fn push_text(out: &mut String, text: &str) {
+    let bytes = text.as_bytes();
     let mut copied = 0;
-    for (i, b) in text.bytes().enumerate() {
+    for (i, &b) in bytes.iter().enumerate() {
         let escaped = match b {
             b'\\' => "\\\\",
             b',' => "\\,",
             b';' => "\\;",
             b'\n' => "\\n",
+            _ if fold::is_control_at(bytes, i) => {
+                // Cleaning what is left gives what cleaning all of it gives here: nothing
+                // before `i` is a control character, so no CR LF pair straddles it.
+                out.push_str(&text[copied..i]);
+                push_text(out, &fold::clean_text(&text[i..]));
+                return;
+            }
             _ => continue,
         };
         out.push_str(&text[copied..i]);
@@ -160,6 +170,27 @@ mod tests {
                             "{key} {parameter:?} {value:?}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// TEXT is cleaned of control characters before it is escaped, wherever they are: the
+    /// crate's bytes for the text [`fold::clean_text`] gives.
+    #[test]
+    fn text_is_cleaned_then_escaped() {
+        let mut writer = LineWriter::default();
+        for control in [
+            "\r\n", "\r", "\t", "\u{7}", "\u{7f}", "\u{85}", "\u{9f}", "\r\r\n",
+        ] {
+            for before in ["", "a,b", "x".repeat(70).as_str(), "é;"] {
+                for after in ["", "c\\d", "\ne", "\u{85}f\r"] {
+                    let value = format!("{before}{control}{after}");
+                    let mut ours = String::new();
+                    writer.property(&mut ours, "SUMMARY", None, &[&value], Value::Text);
+                    let cleaned = fold::clean_text(&value);
+                    assert_ne!(cleaned, value);
+                    assert_eq!(ours, by_the_crate("SUMMARY", None, &cleaned), "{value:?}");
                 }
             }
         }

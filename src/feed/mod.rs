@@ -21,7 +21,7 @@ use jiff::{SignedDuration, Timestamp, civil::DateTime};
 pub use urls::Selection;
 
 use crate::{
-    model::{Config, Meeting, MeetingId},
+    model::{Config, HeaderText, Meeting, MeetingId},
     revision::StoredRevision,
 };
 
@@ -93,13 +93,16 @@ pub fn meetings<'a>(
     config
         .meetings
         .iter()
-        .filter(move |m| selected(config, selection, m))
+        .filter(move |m| selected(selection, m))
 }
 
-fn selected(config: &Config, selection: Selection<'_>, meeting: &Meeting) -> bool {
+/// True when `meeting` is in the feed of `selection`: every meeting is in the whole calendar, a
+/// meeting is in a priority's feed when it has the priority in focus ([`Config::priorities_of`],
+/// whose priorities are the config's own, as a selection's are).
+fn selected(selection: Selection<'_>, meeting: &Meeting) -> bool {
     match selection {
         Selection::All => true,
-        Selection::Priority(p) => config.priorities_of(meeting).any(|q| q.id == p.id),
+        Selection::Priority(p) => meeting.has_in_focus(&p.id),
     }
 }
 
@@ -117,7 +120,7 @@ pub fn last_changes(
             .map_or(FALLBACK_STAMP, |r| r.last_modified);
         latest[0] = latest[0].max(stamp);
         for (i, p) in config.priorities.iter().enumerate() {
-            if selected(config, Selection::Priority(p), meeting) {
+            if selected(Selection::Priority(p), meeting) {
                 latest[1 + i] = latest[1 + i].max(stamp);
             }
         }
@@ -213,7 +216,7 @@ impl Calendars {
                 .iter()
                 .map(|&selection| {
                     (config.meetings.iter().enumerate())
-                        .filter(|(_, m)| selected(config, selection, m))
+                        .filter(|(_, m)| selected(selection, m))
                         .map(|(i, _)| i)
                         .collect()
                 })
@@ -371,29 +374,73 @@ fn duration(d: SignedDuration) -> String {
     out
 }
 
-/// A local date-time as iCalendar DATE-TIME (`20230607T100000`). Written by hand rather than
-/// with `strftime`, which parses its format string on every call: this runs twice an event.
-fn local(dt: DateTime) -> String {
-    if (0..=9999).contains(&dt.year()) {
-        format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}",
-            dt.year(),
-            dt.month(),
-            dt.day(),
-            dt.hour(),
-            dt.minute(),
-            dt.second()
-        )
-    } else {
-        dt.strftime("%Y%m%dT%H%M%S").to_string()
+/// An iCalendar DATE-TIME as text: `20230607T100000`, or `20230607T090000Z` in UTC. Written
+/// by hand into a buffer of its own rather than with `format!` or `strftime` (which parses its
+/// format string on every call): three of them are written for every event.
+enum DateTimeText {
+    /// Years 0 to 9999: the 15 or 16 bytes, and how many there are.
+    Inline([u8; 16], usize),
+    /// Any other year, as `strftime` writes it.
+    Other(String),
+}
+
+impl std::ops::Deref for DateTimeText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            // Only ASCII digits, `T` and `Z` are written into it.
+            Self::Inline(bytes, len) => std::str::from_utf8(&bytes[..*len]).unwrap_or_default(),
+            Self::Other(text) => text,
+        }
     }
 }
 
+/// A local date-time as iCalendar DATE-TIME (`20230607T100000`).
+fn local(dt: DateTime) -> DateTimeText {
+    date_time(dt, false)
+}
+
 /// An instant as iCalendar UTC DATE-TIME (`20230607T090000Z`).
-fn utc(ts: Timestamp) -> String {
-    let mut text = local(jiff::tz::Offset::UTC.to_datetime(ts));
-    text.push('Z');
-    text
+fn utc(ts: Timestamp) -> DateTimeText {
+    date_time(jiff::tz::Offset::UTC.to_datetime(ts), true)
+}
+
+fn date_time(dt: DateTime, utc: bool) -> DateTimeText {
+    let Ok(year) = u16::try_from(dt.year()) else {
+        return DateTimeText::Other(
+            dt.strftime(if utc {
+                "%Y%m%dT%H%M%SZ"
+            } else {
+                "%Y%m%dT%H%M%S"
+            })
+            .to_string(),
+        );
+    };
+    let mut bytes = [0u8; 16];
+    let digits = |at: usize, value: u16, width: usize, bytes: &mut [u8; 16]| {
+        let mut value = value;
+        for i in (at..at + width).rev() {
+            bytes[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    digits(0, year, 4, &mut bytes);
+    // Month, day, hour, minute and second are below 100.
+    let two = |v: i8| u16::try_from(v).unwrap_or_default();
+    digits(4, two(dt.month()), 2, &mut bytes);
+    digits(6, two(dt.day()), 2, &mut bytes);
+    bytes[8] = b'T';
+    digits(9, two(dt.hour()), 2, &mut bytes);
+    digits(11, two(dt.minute()), 2, &mut bytes);
+    digits(13, two(dt.second()), 2, &mut bytes);
+    let len = if utc {
+        bytes[15] = b'Z';
+        16
+    } else {
+        15
+    };
+    DateTimeText::Inline(bytes, len)
 }
 
 /// The VEVENTs of `meetings`, one after the other, and where each ends.
@@ -439,12 +486,12 @@ struct EventRenderer<'a> {
 struct EventFields<'m> {
     sequence: u32,
     /// DTSTAMP and LAST-MODIFIED.
-    stamp: String,
-    start: String,
-    end: String,
-    /// Cleaned TEXT ([`fold::clean_text`]), as are `location` and the DESCRIPTION.
+    stamp: DateTimeText,
+    start: DateTimeText,
+    end: DateTimeText,
+    /// Not yet cleaned ([`fold::clean_text`]), as `location` and the DESCRIPTION are not.
     summary: Cow<'m, str>,
-    location: Option<Cow<'m, str>>,
+    location: Option<&'m str>,
     cancelled: bool,
 }
 
@@ -480,10 +527,9 @@ impl<'a> EventRenderer<'a> {
             revision.map_or((0, FALLBACK_STAMP), |r| (r.sequence, r.last_modified));
         let cancelled = meeting.is_cancelled();
         let summary = if cancelled {
-            let summary = format!("Cancelled: {}", meeting.title);
-            Cow::Owned(fold::clean_text(&summary).into_owned())
+            Cow::Owned(format!("Cancelled: {}", meeting.title))
         } else {
-            fold::clean_text(meeting.title.as_str())
+            Cow::Borrowed(meeting.title.as_str())
         };
         self.description.clear();
         write_description(self.config, meeting, &self.page_url, &mut self.description);
@@ -493,7 +539,7 @@ impl<'a> EventRenderer<'a> {
             start: local(meeting.local_start()),
             end: local(meeting.local_end()),
             summary,
-            location: (meeting.location.as_ref()).map(|l| fold::clean_text(l.as_str())),
+            location: meeting.location.as_ref().map(HeaderText::as_str),
             cancelled,
         }
     }
@@ -511,16 +557,15 @@ impl<'a> EventRenderer<'a> {
         use line::Value::{Text, Verbatim};
         let f = self.fields(meeting, revision);
         let tzid = Some(("TZID", self.config.network.time_zone_name.as_str()));
-        let description = fold::clean_text(&self.description);
         let mut sequence = itoa::Buffer::new();
         let w = &mut self.lines;
         out.push_str("BEGIN:VEVENT\r\n");
-        w.property(out, "DESCRIPTION", None, &[&description], Text);
+        w.property(out, "DESCRIPTION", None, &[&self.description], Text);
         w.property(out, "DTEND", tzid, &[&f.end], Verbatim);
         w.property(out, "DTSTAMP", None, &[&f.stamp], Verbatim);
         w.property(out, "DTSTART", tzid, &[&f.start], Verbatim);
         w.property(out, "LAST-MODIFIED", None, &[&f.stamp], Verbatim);
-        if let Some(location) = &f.location {
+        if let Some(location) = f.location {
             w.property(out, "LOCATION", None, &[location], Text);
         }
         let organizer = Some(("CN", self.organizer_name.as_str()));
@@ -566,12 +611,12 @@ impl<'a> EventRenderer<'a> {
         organizer.add_parameter("CN", &self.organizer_name);
         let mut ev = icalendar::Event::new();
         ev.uid(&format!("{}{}", meeting.id, self.uid_domain))
-            .add_property("DTSTAMP", f.stamp.as_str())
-            .add_property("LAST-MODIFIED", f.stamp.as_str())
+            .add_property("DTSTAMP", &*f.stamp)
+            .add_property("LAST-MODIFIED", &*f.stamp)
             .add_property("SEQUENCE", f.sequence.to_string())
             .append_property(timed("DTSTART", &f.start))
             .append_property(timed("DTEND", &f.end))
-            .summary(&f.summary)
+            .summary(&fold::clean_text(&f.summary))
             .description(&fold::clean_text(&self.description))
             .append_property(organizer)
             .add_property("URL", self.page_url.as_str())
@@ -581,8 +626,8 @@ impl<'a> EventRenderer<'a> {
             } else {
                 EventStatus::Confirmed
             });
-        if let Some(location) = &f.location {
-            ev.location(location);
+        if let Some(location) = f.location {
+            ev.location(&fold::clean_text(location));
         }
         self.crate_text.clear();
         // Writing into a String cannot fail: fmt::Write for String is infallible.
@@ -708,14 +753,14 @@ mod tests {
         for year in [-9999, -1, 0, 5, 999, 1970, 2023, 9999] {
             let dt = jiff::civil::date(year, 3, 26).at(1, 2, 3, 0);
             assert_eq!(
-                local(dt),
+                &*local(dt),
                 dt.strftime("%Y%m%dT%H%M%S").to_string(),
                 "{year}"
             );
         }
         for ts in [Timestamp::UNIX_EPOCH, Timestamp::MIN, Timestamp::MAX] {
             let ts = Timestamp::from_second(ts.as_second()).expect("whole second");
-            assert_eq!(utc(ts), ts.strftime("%Y%m%dT%H%M%SZ").to_string(), "{ts}");
+            assert_eq!(&*utc(ts), ts.strftime("%Y%m%dT%H%M%SZ").to_string(), "{ts}");
         }
     }
     /// The mailed invite holds one event and none of the feed's subscription properties (with

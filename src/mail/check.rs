@@ -75,6 +75,16 @@ impl Templates {
         self.check_meetings(config, &sample(config))
     }
 
+    /// [`Templates::check_sample`] with the sample already drawn (`sample(config)`), for a
+    /// caller that checks other templates against the same meetings.
+    pub fn check_sample_of(
+        &self,
+        config: &Config,
+        sample: &[&Meeting],
+    ) -> Result<CheckReport, Vec<TemplateError>> {
+        self.check_meetings(config, sample)
+    }
+
     fn check_meetings(
         &self,
         config: &Config,
@@ -446,9 +456,12 @@ pub fn sample(config: &Config) -> Vec<&Meeting> {
         if shapes.insert(shape) {
             chosen[i] = true;
         }
-        for p in config.priorities_of(m) {
-            if leads.insert(p.id.as_str()) {
-                chosen[i] = true;
+        // Once every lead is covered, no meeting is chosen for its leads any more.
+        if leads.len() < config.priorities.len() {
+            for p in config.priorities_of(m) {
+                if leads.insert(p.id.as_str()) {
+                    chosen[i] = true;
+                }
             }
         }
     }

@@ -217,11 +217,13 @@ impl Templates {
                 name: set.to_string(),
             });
         }
+        // The context made a template value once for the three templates (handed to each as
+        // `Serde(ctx)`, it was serialised again for each).
+        let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
         let one = |file: &str| -> Result<String, TemplateError> {
             let name = format!("{set}/{file}");
             let t = self.env.get_template(&name).map_err(|e| self.error(&e))?;
-            t.render(minijinja::value::Serde(ctx))
-                .map_err(|e| self.error(&e))
+            t.render(ctx.clone()).map_err(|e| self.error(&e))
         };
         let subject = one("subject.txt")?;
         let subject = subject.trim();
