@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Times `convenor serve` from exec to READY (sd_notify over NOTIFY_SOCKET) and to the first 200.
 
-Used by bench/run.sh. Each run starts the daemon pinned to one CPU with a NOTIFY_SOCKET datagram
-socket of our own, waits for READY=1 (in select(), so the waiting takes no CPU the daemon could
-use) and for a 200 on the feed, tried every --poll-ms (2 ms) until one comes, then stops it with
-SIGTERM. The script itself is not pinned: with the daemon on both CPUs, its tries share them. "cold" runs get an empty state directory (the ledger is created and
+Used by bench/run.sh. Each run starts the daemon pinned to --cpus (CPU 1, or 0,1 for both) with
+a NOTIFY_SOCKET datagram socket of our own, waits for READY=1 (in select(), so the waiting takes
+no CPU the daemon could use) and for a 200 on the feed, tried every --poll-ms (2 ms) until one
+comes, then stops it with SIGTERM. The script itself is not pinned: with the daemon on both
+CPUs, its tries share them. "cold" runs get an empty state directory (the ledger is created and
 the plan written), removed after the run; "warm" runs reuse the state of the previous run, as a
 restart does. Before each start the page cache is synced (outside the timing): otherwise a run's
 fsync waits behind the write-back of the files the previous run left, which a real start would
@@ -100,6 +101,7 @@ def main():
     p.add_argument("--path", default="/calendar.ics")
     p.add_argument("--cpus", default="1", help="the CPUs to run it on, as 0,1 (default: 1)")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--cold-only", action="store_true", help="time first starts only")
     p.add_argument(
         "--poll-ms",
         type=float,
@@ -108,7 +110,7 @@ def main():
     )
     p.add_argument("--timeout", type=float, default=20.0)
     args = p.parse_args()
-    for kind in ("cold", "warm"):
+    for kind in ("cold",) if args.cold_only else ("cold", "warm"):
         readies, firsts = [], []
         state = None
         for i in range(args.runs):

@@ -18,12 +18,11 @@ MEETINGS=${5:-5000}
 WORK=$(mktemp -d /tmp/convenor-startup.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 cargo build --release --quiet --example bench_tool
-target/release/examples/bench_tool config --meetings "$MEETINGS" --templates-dir "$PWD/templates" \
+"${CARGO_TARGET_DIR:-target}/release/examples/bench_tool" config --meetings "$MEETINGS" --templates-dir "$PWD/templates" \
   >"$WORK/config.toml"
 for _ in $(seq "$ROUNDS"); do
   for bin in "$A" "$B"; do
     python3 bench/startup.py --binary "$bin" --config "$WORK/config.toml" \
-      --label "$(basename "$bin")" --work "$WORK" --port 18591 --cpus "$CPUS" --runs 3 |
-      grep cold
+      --label "$(basename "$bin")" --work "$WORK" --port 18591 --cpus "$CPUS" --runs 3 --cold-only
   done
 done

@@ -7,15 +7,17 @@
 //! `String::replace` per escaped character) and folds the line by walking its chars from the
 //! start for every fold (`fold_line`: `chars().nth(75)`, quadratic in a long DESCRIPTION); and
 //! [`super::fold::refold`] then undoes that folding. Profiled at 5,000 meetings on one CPU,
-//! that was 60% of rendering an event and about a third of a first start's time to READY
+//! that was 60% of rendering an event and about a fifth of a first start's time to READY
 //! (BENCHMARKS.md, thirteenth session). A feed renders every meeting; a mail one.
 //!
 //! So the crate still writes the calendar's own properties, the mailed invite's VEVENT
 //! (`super::render_meeting_invite`) and the VTIMEZONE's lines, and this writes the feed's
-//! VEVENTs. The rules it follows are the crate's, and a test renders events both ways over
-//! every kind of text the config can hold (escaped characters at every fold position,
-//! multibyte characters, quotes and separators in parameters) and compares the bytes
-//! (`feed::tests::hand_written_events_are_the_crates_bytes`).
+//! VEVENTs. The rules it follows are the crate's, and tests compare the bytes of both ways:
+//! single properties with escaped characters at every fold position, control and multibyte
+//! characters, quotes and separators in parameters (below), and whole events of every shape
+//! whose texts, names, zone name, page URL and organizer are made of such characters
+//! (`feed::tests::hand_written_events_are_the_crates_bytes`). Both ways share what an event
+//! shows (`EventRenderer::fields` and the DESCRIPTION), which other tests pin.
 
 use super::fold;
 

@@ -885,6 +885,18 @@ mod tests {
             config.network.name = one_line(text_of(round % 17));
             config.network.contact.name =
                 (round % 4 != 0).then(|| one_line(text_of(round % 9)).to_string());
+            // The page URL (URL, and the DESCRIPTION's last line) and the organizer's address
+            // (a CAL-ADDRESS, written as it is), long and with separators, at every length.
+            let path: String = (0..round)
+                .map(|i| [",", ";", "a", "\\", "é"][i % 5])
+                .collect();
+            config.network.base_url =
+                crate::model::WebUrl::parse(&format!("https://calendar.example.org/{path}"))
+                    .expect("a URL");
+            let local_part = format!("team+{}", "x".repeat(round));
+            config.network.contact.email = format!("{local_part}@example.org")
+                .parse()
+                .expect("an address");
             for p in &mut config.priorities {
                 p.name = one_line(text_of(round % 7));
                 p.lead.name = one_line(text_of(round % 5));

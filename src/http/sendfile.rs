@@ -158,7 +158,8 @@ const STAGING: usize = 128 * 1024;
 /// and returns the BLAKE3 of all of them. Each buffer is hashed while the copy into it has
 /// just brought it into the cache, in one long slice (BLAKE3's SIMD hashes 16 KiB at once, and
 /// runs several times slower fed 1 KiB event by event); hashing the sealed mapping afterwards
-/// instead took a page fault per 4 KiB of it and read every byte from memory again.
+/// instead took page faults over all of it (fault-around maps 16 pages a fault) and read every
+/// byte from memory again.
 fn write_and_hash<'a>(
     file: &mut File,
     pieces: impl Iterator<Item = &'a [u8]>,
