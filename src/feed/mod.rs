@@ -4,7 +4,7 @@
 //! LAST-MODIFIED are each meeting's last change, never "now"), so the HTTP layer's ETag only
 //! moves when something a subscriber sees moved. The icalendar crate builds the VCALENDAR's
 //! properties and the mailed invite's VEVENT (TEXT escaping, parameter quoting); [`fold`]
-//! re-folds its output, [`line`] writes a feed's VEVENTs byte for byte as the crate does but
+//! re-folds its output, [`mod@line`] writes a feed's VEVENTs byte for byte as the crate does but
 //! without its per-line copies, and [`vtimezone`] writes the VTIMEZONE it has no type for. Each
 //! says why in its docs.
 
@@ -471,7 +471,7 @@ struct EventRenderer<'a> {
     page_url: String,
     organizer: String,
     organizer_name: String,
-    /// Writes a feed's content lines ([`line`]).
+    /// Writes a feed's content lines ([`mod@line`]).
     lines: line::LineWriter,
     /// The crate's output for one event (folded its way), for [`Self::render_with_crate_into`].
     crate_text: String,
@@ -846,7 +846,7 @@ mod tests {
         assert_eq!(zone_rule_warning(&almaty(&before)), None);
     }
 
-    /// A feed's hand-written VEVENTs ([`line`]) are the bytes the icalendar crate writes and
+    /// A feed's hand-written VEVENTs ([`mod@line`]) are the bytes the icalendar crate writes and
     /// [`fold::refold`] folds again, for meetings of every shape (cancelled or not, with or
     /// without a place, with and without a revision) whose every text (title, place, notes,
     /// names in the DESCRIPTION, the organizer's name, the zone's name) is made of escaped
