@@ -127,9 +127,9 @@ pub fn seal(body: impl Into<Bytes>) -> Bytes {
 
 /// [`seal`] for a body given as pieces (`len` bytes in all), written into the memfd without
 /// first being joined on the heap (at 5,000 meetings a start joined 21 MB of VEVENTs into six
-/// feeds only to copy them again), with the body's BLAKE3, computed on the way
-/// (through a staging buffer, hashed as it fills). `None` where memfd or mmap is refused (after the same one warning as
-/// [`seal`]): the caller then joins the pieces on the heap.
+/// feeds only to copy them again), with the body's BLAKE3, computed on the way (through a
+/// staging buffer, hashed as it fills). `None` where memfd or mmap is refused (after the same
+/// one warning as [`seal`]): the caller then joins the pieces on the heap.
 pub fn seal_pieces<'a>(
     pieces: impl Iterator<Item = &'a [u8]>,
     len: usize,
