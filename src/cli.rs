@@ -99,6 +99,17 @@ pub enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Ask a running `convenor serve` to reload (SIGHUP) and wait for the outcome: exits 0 when
+    /// it runs the new config, 1 when it refused it (the error is printed; it keeps the running
+    /// config), 78 when the config is invalid here (no signal is sent). systemd's ExecReload.
+    Reload {
+        /// The process of `convenor serve` (`$MAINPID` in the unit).
+        #[arg(long)]
+        pid: u32,
+        /// How long to wait for the outcome, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Run the service: the HTTP server and the mail scheduler, until SIGTERM (SIGHUP reloads).
     Serve {
         /// Listen on this address instead of `[http] listen` (port 0 picks a free port).
@@ -140,7 +151,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let mut loaded = match config::load(&path, &env) {
         Ok(loaded) => loaded,
-        Err(err) => return Ok(report_config_error(&err)),
+        Err(err) => {
+            if let Command::Reload { pid, .. } = cli.command {
+                // The service would refuse it the same way: it is not asked to.
+                crate::logging::to_stderr(
+                    tracing::Level::ERROR,
+                    &format!("not reloaded: convenor (pid {pid}) keeps its running config"),
+                );
+            }
+            return Ok(report_config_error(&err));
+        }
     };
     let config_load = loading.elapsed();
     // Run as root, every command but `serve` (which systemd runs as that user) touches files as
@@ -159,8 +179,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ),
         );
     }
-    // `serve` compiles the agenda itself, under the store it keeps open.
-    if !matches!(cli.command, Command::Serve { .. }) {
+    // `serve` compiles the agenda itself, under the store it keeps open; `reload` leaves it to
+    // the service.
+    if !matches!(cli.command, Command::Serve { .. } | Command::Reload { .. }) {
         agenda::attach_stored(&mut loaded.config)?;
     }
     for w in &loaded.warnings {
@@ -178,8 +199,70 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => preview(&loaded, &meeting, &email, recipient.as_deref(), eml),
         Command::SendTest { to } => send_test(&loaded, &to),
         Command::Serve { listen } => serve(loaded, path, listen, config_load),
+        Command::Reload { pid, timeout } => reload(&loaded.config.state_dir, pid, timeout),
         Command::Release { meeting, email } => release(&loaded, meeting, email),
         Command::Agenda { command } => agenda::run(&loaded, command),
+    }
+}
+
+/// `convenor reload`: sends SIGHUP to `pid` and waits, up to `timeout` seconds, for the outcome
+/// of the first reload to begin after it, which the service records in its state directory
+/// `dir` ([`crate::reload_status`]).
+fn reload(dir: &Path, pid: u32, timeout: u64) -> anyhow::Result<ExitCode> {
+    use crate::reload_status::{self, ReloadStatus};
+    use rustix::process::{Pid, Signal, kill_process, test_kill_process};
+    /// How long a process that has never written the status file is given to write it: a
+    /// service still loading its config writes it within a second; one of an older build never.
+    const FIRST_WORD: std::time::Duration = std::time::Duration::from_secs(5);
+    let process = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .with_context(|| format!("{pid} is not a process id"))?;
+    let awaited = ReloadStatus::awaited(reload_status::read(dir).as_ref(), pid);
+    kill_process(process, Signal::HUP)
+        .with_context(|| format!("cannot signal convenor (pid {pid})"))?;
+    let sent = std::time::Instant::now();
+    let mut heard_from = false;
+    loop {
+        let status = reload_status::read(dir);
+        heard_from |= status.as_ref().is_some_and(|s| s.pid == pid);
+        match status.and_then(|s| s.outcome(pid, awaited)) {
+            Some(Ok(())) => {
+                println!("reloaded: convenor (pid {pid}) runs the new config");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(Err(error)) => {
+                crate::logging::to_stderr(
+                    tracing::Level::ERROR,
+                    &format!(
+                        "not reloaded: convenor (pid {pid}) refused the new config and keeps \
+                         its running one:\n{error}"
+                    ),
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            None => {}
+        }
+        if test_kill_process(process).is_err() {
+            anyhow::bail!("convenor (pid {pid}) exited before its reload finished");
+        }
+        if !heard_from && sent.elapsed() >= FIRST_WORD {
+            println!(
+                "signal sent; convenor (pid {pid}) does not record its reloads in {} (a build \
+                 from before `convenor reload`, one whose state directory is not the one this \
+                 config names, or one that cannot write there): its log says how the reload \
+                 went",
+                reload_status::path(dir).display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if sent.elapsed() >= std::time::Duration::from_secs(timeout) {
+            anyhow::bail!(
+                "convenor (pid {pid}) did not finish its reload within {timeout} s; its log \
+                 says what it is doing"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -47,6 +47,7 @@ use crate::{
     metrics::Counters,
     model::{Config, MeetingId, TransportSettings},
     notify,
+    reload_status::ReloadStatus,
     revision::{Change, StoredRevision},
     scheduler::{
         MailOutbox, MailParts, Scheduler, SharedStore, SystemClock,
@@ -464,6 +465,10 @@ pub async fn run(
     })?;
     let state_lock = StateLock::acquire(&dir)?;
     tracing::info!(lock = %state_lock.path().display(), "state directory locked");
+    // This process's reloads start from none (`convenor reload` tells it from an earlier one's
+    // by the pid, and waits until it has written this).
+    let mut reloads = ReloadStatus::started(std::process::id());
+    reload::record(&dir, &reloads);
 
     let agenda = crate::agenda::AgendaStore::open_in(&dir)?;
     let mut config = config;
@@ -741,7 +746,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                _ = hangup.recv() => reload(&opts, &live, &ops),
+                _ = hangup.recv() => reload(&opts, &live, &ops, &mut reloads),
             }
         }
     }

@@ -26,6 +26,7 @@ pub mod model;
 pub mod notify;
 pub mod parallel;
 pub mod plan;
+pub mod reload_status;
 pub mod revision;
 pub mod schedule;
 pub mod scheduler;

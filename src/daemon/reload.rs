@@ -23,6 +23,7 @@ use crate::{
     ledger::SqliteStore,
     model::Config,
     notify,
+    reload_status::ReloadStatus,
     scheduler::{MailOutbox, SharedStore, run::lock},
 };
 
@@ -116,15 +117,33 @@ impl Live {
     }
 }
 
-/// Reloads between RELOADING=1 and READY=1, and records the outcome for health and metrics.
-pub(super) fn reload(opts: &ServeOptions, live: &Live, ops: &Ops) {
+/// Reloads between RELOADING=1 and READY=1, and records the outcome for health and metrics,
+/// and in `status` and its file (`crate::reload_status`), for `convenor reload` to wait on.
+pub(super) fn reload(opts: &ServeOptions, live: &Live, ops: &Ops, status: &mut ReloadStatus) {
     notify::reloading();
+    let dir = live.config.borrow().state_dir.clone();
+    status.begun += 1;
+    record(&dir, status);
     let result = try_reload(opts, live);
     // Loading, reconciling and rendering are transient: their memory goes back to the kernel.
     crate::memory::release_free_heap();
     ops.counters.reload(result.is_ok());
+    status.finished = status.begun;
+    status.error = result.as_ref().err().cloned();
+    record(&dir, status);
     ops.health.reload(result);
     notify::ready();
+}
+
+/// Writes `status` to the state directory `dir`; a failure is logged (`convenor reload` then
+/// cannot tell the outcome, and says so), and changes nothing else.
+pub(super) fn record(dir: &std::path::Path, status: &ReloadStatus) {
+    if let Err(e) = crate::reload_status::write(dir, status) {
+        tracing::warn!(
+            "cannot write {}: {e}; `convenor reload` cannot wait for this reload",
+            crate::reload_status::path(dir).display()
+        );
+    }
 }
 
 /// Reads the config again; on success reconciles it and swaps it in.

@@ -949,3 +949,136 @@ fn a_new_time_zone_is_a_move_with_a_higher_sequence_and_one_change_notice() {
         Some(1)
     );
 }
+
+/// `convenor reload` (the unit's ExecReload) sends SIGHUP and waits for the outcome, so that
+/// `systemctl reload` says how it went: 0 once the service runs the new config (the feed shows
+/// it as soon as the command returns), 1 with the service's own error when the service refuses
+/// it (a template that does not parse: only the service checks templates), 78 without a signal
+/// when the config does not even load here (the service would refuse it the same way).
+#[tokio::test]
+async fn convenor_reload_waits_for_the_reload_and_says_how_it_went() {
+    use std::process::Command;
+
+    use crate::support::{binary, example_config_text, repo, templates_with, write_config};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &example_config_text());
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("serve.log"));
+    let addr = daemon.wait_ready();
+    let pid = daemon.child.id().to_string();
+    let reload = |pid: &str| {
+        Command::new(binary())
+            .args(["--config"])
+            .arg(&config)
+            .args(["reload", "--pid", pid])
+            .current_dir(repo())
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("run convenor reload")
+    };
+    let feed = || async {
+        let url = format!("http://{addr}/calendar.ics");
+        let response = reqwest::get(url).await.expect("GET the feed");
+        response.text().await.expect("the feed's body")
+    };
+    let reloads_begun = |log: &str| log.matches("SIGHUP: reloading the config").count();
+    let text = std::fs::read_to_string(&config).expect("config");
+    let titled = |title: &str| {
+        let changed = text.replacen(
+            "title = \"LEDNet meeting\"",
+            &format!("title = \"{title}\""),
+            1,
+        );
+        assert_ne!(changed, text, "the shipped config has a meeting titled so");
+        changed
+    };
+
+    // Taken: the command returns once the service runs the new config.
+    std::fs::write(&config, titled("Renamed meeting")).expect("write");
+    let out = reload(&pid);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reloaded: convenor (pid"),
+        "{out:?}"
+    );
+    assert!(feed().await.contains("SUMMARY:Renamed meeting"));
+    assert_eq!(reloads_begun(&daemon.log_text()), 1);
+
+    // Refused by the service: a template it cannot load. The running config stays.
+    let templates = templates_with(dir.path(), "agenda-call/subject.txt", |t| {
+        format!("{t}{{{{ unclosed")
+    });
+    let repo_templates = repo().join("templates");
+    let broken = titled("Not taken").replace(
+        &format!("templates_dir = \"{}\"", repo_templates.display()),
+        &format!("templates_dir = \"{}\"", templates.display()),
+    );
+    assert!(broken.contains(&templates.display().to_string()));
+    std::fs::write(&config, broken).expect("write");
+    let out = reload(&pid);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused the new config and keeps its running one")
+            && stderr.contains("agenda-call/subject.txt"),
+        "{stderr}"
+    );
+    let served = feed().await;
+    assert!(served.contains("SUMMARY:Renamed meeting") && !served.contains("Not taken"));
+    assert_eq!(reloads_begun(&daemon.log_text()), 2);
+
+    // Not even a config: 78, and the service is not signalled. The next reload is the third
+    // the service begins (a signal from the failed command would have made it the fourth).
+    std::fs::write(&config, "[network\n").expect("write");
+    let out = reload(&pid);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("not reloaded: convenor (pid") && stderr.contains("convenor.toml:1:"),
+        "{stderr}"
+    );
+    std::fs::write(&config, titled("Third title")).expect("write");
+    let out = reload(&pid);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(feed().await.contains("SUMMARY:Third title"));
+    assert_eq!(
+        reloads_begun(&daemon.log_text()),
+        3,
+        "{}",
+        daemon.log_text()
+    );
+
+    // The unit's own ExecReload= line, with the test's binary, config and process.
+    let unit = std::fs::read_to_string(repo().join("systemd/convenor.service")).expect("unit");
+    let line = (unit.lines())
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("an ExecReload= line");
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/bin/convenor"), "{line}");
+    let args: Vec<String> = words
+        .map(|w| match w {
+            "/etc/convenor/convenor.toml" => config.display().to_string(),
+            "$MAINPID" => pid.clone(),
+            other => other.to_owned(),
+        })
+        .collect();
+    std::fs::write(&config, titled("Fourth title")).expect("write");
+    let out = Command::new(binary())
+        .args(&args)
+        .current_dir(repo())
+        .env_remove("STATE_DIRECTORY")
+        .output()
+        .expect("run the unit's ExecReload");
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    assert!(feed().await.contains("SUMMARY:Fourth title"));
+
+    // No such process: an error at once, naming it.
+    let mut gone = Command::new("true").spawn().expect("run true");
+    gone.wait().expect("wait");
+    let out = reload(&gone.id().to_string());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot signal convenor (pid"), "{stderr}");
+}
