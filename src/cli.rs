@@ -205,64 +205,73 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `convenor reload`: sends SIGHUP to `pid` and waits, up to `timeout` seconds, for the outcome
-/// of the first reload to begin after it, which the service records in its state directory
-/// `dir` ([`crate::reload_status`]).
+/// `convenor reload`: sends SIGHUP to `pid`, once its lock file in the state directory `dir`
+/// says it is the convenor serving there, and waits up to `timeout` seconds for the outcome of
+/// the first reload to begin after it ([`crate::reload_status`]).
 fn reload(dir: &Path, pid: u32, timeout: u64) -> anyhow::Result<ExitCode> {
-    use crate::reload_status::{self, ReloadStatus};
+    use crate::reload_status::{self, Asked, Waits};
     use rustix::process::{Pid, Signal, kill_process, test_kill_process};
-    /// How long a process that has never written the status file is given to write it: a
-    /// service still loading its config writes it within a second; one of an older build never.
-    const FIRST_WORD: std::time::Duration = std::time::Duration::from_secs(5);
     let process = i32::try_from(pid)
         .ok()
         .and_then(Pid::from_raw)
         .with_context(|| format!("{pid} is not a process id"))?;
-    let awaited = ReloadStatus::awaited(reload_status::read(dir).as_ref(), pid);
-    kill_process(process, Signal::HUP)
-        .with_context(|| format!("cannot signal convenor (pid {pid})"))?;
-    let sent = std::time::Instant::now();
-    let mut heard_from = false;
-    loop {
-        let status = reload_status::read(dir);
-        heard_from |= status.as_ref().is_some_and(|s| s.pid == pid);
-        match status.and_then(|s| s.outcome(pid, awaited)) {
-            Some(Ok(())) => {
-                println!("reloaded: convenor (pid {pid}) runs the new config");
-                return Ok(ExitCode::SUCCESS);
-            }
-            Some(Err(error)) => {
-                crate::logging::to_stderr(
-                    tracing::Level::ERROR,
-                    &format!(
-                        "not reloaded: convenor (pid {pid}) refused the new config and keeps \
-                         its running one:\n{error}"
-                    ),
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            None => {}
+    // A mistyped pid must not get the signal (SIGHUP ends most processes).
+    let lock = dir.join(crate::lock::LOCK_FILE);
+    let holder = std::fs::read_to_string(&lock).with_context(|| {
+        format!(
+            "no convenor serves {}: cannot read {}",
+            dir.display(),
+            lock.display()
+        )
+    })?;
+    if holder.trim().parse::<u32>().ok() != Some(pid) {
+        anyhow::bail!(
+            "pid {pid} is not the convenor serving {} (its lock file names {}); not signalled",
+            dir.display(),
+            holder.trim()
+        );
+    }
+    let asked = reload_status::ask_and_wait(
+        pid,
+        || reload_status::read(dir),
+        || kill_process(process, Signal::HUP).map_err(std::io::Error::from),
+        || test_kill_process(process).is_ok(),
+        Waits {
+            timeout: std::time::Duration::from_secs(timeout),
+            first_word: std::time::Duration::from_secs(5),
+            poll: std::time::Duration::from_millis(20),
+        },
+    )
+    .with_context(|| format!("cannot signal convenor (pid {pid})"))?;
+    match asked {
+        Asked::Taken => {
+            println!("reloaded: convenor (pid {pid}) runs the new config");
+            Ok(ExitCode::SUCCESS)
         }
-        if test_kill_process(process).is_err() {
-            anyhow::bail!("convenor (pid {pid}) exited before its reload finished");
+        Asked::Refused(error) => {
+            crate::logging::to_stderr(
+                tracing::Level::ERROR,
+                &format!(
+                    "not reloaded: convenor (pid {pid}) refused the new config and keeps \
+                     its running one:\n{error}"
+                ),
+            );
+            Ok(ExitCode::FAILURE)
         }
-        if !heard_from && sent.elapsed() >= FIRST_WORD {
+        Asked::Unrecorded => {
             println!(
                 "signal sent; convenor (pid {pid}) does not record its reloads in {} (a build \
-                 from before `convenor reload`, one whose state directory is not the one this \
-                 config names, or one that cannot write there): its log says how the reload \
-                 went",
+                 from before `convenor reload`, or one that cannot write there): its log says \
+                 how the reload went",
                 reload_status::path(dir).display()
             );
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
-        if sent.elapsed() >= std::time::Duration::from_secs(timeout) {
-            anyhow::bail!(
-                "convenor (pid {pid}) did not finish its reload within {timeout} s; its log \
-                 says what it is doing"
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        Asked::Gone => anyhow::bail!("convenor (pid {pid}) exited before its reload finished"),
+        Asked::TimedOut => anyhow::bail!(
+            "convenor (pid {pid}) did not finish its reload within {timeout} s (it may still): \
+             its log says what it is doing"
+        ),
     }
 }
 

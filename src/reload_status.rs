@@ -13,6 +13,7 @@
 use std::{
     io,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,71 @@ impl ReloadStatus {
     }
 }
 
+/// What asking a service for a reload came to ([`ask_and_wait`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// The service runs the new config.
+    Taken,
+    /// The service refused it, for this reason, and keeps its running config.
+    Refused(String),
+    /// The service never recorded its reloads in the status file read (a build from before
+    /// this file, or another state directory): the signal was sent, the outcome is unknown.
+    Unrecorded,
+    /// The process is gone before the reload it was asked for finished.
+    Gone,
+    /// The reload asked for did not finish in time.
+    TimedOut,
+}
+
+/// How long [`ask_and_wait`] waits.
+#[derive(Clone, Copy, Debug)]
+pub struct Waits {
+    /// For the outcome, in all.
+    pub timeout: Duration,
+    /// For a first word from a process that has never written the status file: a service still
+    /// loading its config writes it within a second; one of an older build never.
+    pub first_word: Duration,
+    /// Between two reads of the file.
+    pub poll: Duration,
+}
+
+/// Asks process `pid` for a reload and waits for its outcome: reads the status (`read`), then
+/// sends the signal (`signal`; in that order, so the reload awaited is one begun after the
+/// read: [`ReloadStatus::awaited`]), then reads it again every `waits.poll` until the outcome
+/// of that reload or a later one is there, `alive` says the process is gone, or `waits` runs
+/// out. An error is the signal's.
+pub fn ask_and_wait(
+    pid: u32,
+    mut read: impl FnMut() -> Option<ReloadStatus>,
+    signal: impl FnOnce() -> io::Result<()>,
+    mut alive: impl FnMut() -> bool,
+    waits: Waits,
+) -> io::Result<Asked> {
+    let awaited = ReloadStatus::awaited(read().as_ref(), pid);
+    signal()?;
+    let sent = Instant::now();
+    let mut heard_from = false;
+    loop {
+        let status = read();
+        heard_from |= status.as_ref().is_some_and(|s| s.pid == pid);
+        match status.and_then(|s| s.outcome(pid, awaited)) {
+            Some(Ok(())) => return Ok(Asked::Taken),
+            Some(Err(error)) => return Ok(Asked::Refused(error)),
+            None => {}
+        }
+        if !alive() {
+            return Ok(Asked::Gone);
+        }
+        if !heard_from && sent.elapsed() >= waits.first_word {
+            return Ok(Asked::Unrecorded);
+        }
+        if sent.elapsed() >= waits.timeout {
+            return Ok(Asked::TimedOut);
+        }
+        std::thread::sleep(waits.poll);
+    }
+}
+
 /// The status file of the state directory `dir`.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
@@ -98,6 +164,51 @@ mod tests {
         assert_eq!(read(dir.path()), Some(status));
         std::fs::write(path(dir.path()), "{").expect("damage");
         assert_eq!(read(dir.path()), None);
+    }
+
+    /// The status is read before the signal is sent: a service that begins and finishes the
+    /// reload asked for at once is heard (read after, that reload would look like one begun
+    /// before, and the one after it would be waited for in vain).
+    #[test]
+    fn the_status_is_read_before_the_signal_and_a_fast_reload_is_heard() {
+        use std::cell::RefCell;
+        let status = RefCell::new(ReloadStatus {
+            pid: 8,
+            begun: 1,
+            finished: 1,
+            error: None,
+        });
+        let waits = Waits {
+            timeout: Duration::from_millis(200),
+            first_word: Duration::from_millis(200),
+            poll: Duration::from_millis(1),
+        };
+        let asked = ask_and_wait(
+            8,
+            || Some(status.borrow().clone()),
+            || {
+                *status.borrow_mut() = ReloadStatus {
+                    pid: 8,
+                    begun: 2,
+                    finished: 2,
+                    error: Some("refused".into()),
+                };
+                Ok(())
+            },
+            || true,
+            waits,
+        );
+        assert_eq!(asked.expect("asked"), Asked::Refused("refused".into()));
+        // No word from the process: unrecorded; from it but no outcome: timed out; gone.
+        let never = ask_and_wait(8, || None, || Ok(()), || true, waits);
+        assert_eq!(never.expect("asked"), Asked::Unrecorded);
+        let started = || Some(ReloadStatus::started(8));
+        let slow = ask_and_wait(8, started, || Ok(()), || true, waits);
+        assert_eq!(slow.expect("asked"), Asked::TimedOut);
+        let gone = ask_and_wait(8, started, || Ok(()), || false, waits);
+        assert_eq!(gone.expect("asked"), Asked::Gone);
+        let refused = ask_and_wait(8, started, || Err(io::Error::other("no")), || true, waits);
+        assert!(refused.is_err());
     }
 
     /// The reload awaited is the first to begin after the status was read: one of another

@@ -122,27 +122,39 @@ impl Live {
 pub(super) fn reload(opts: &ServeOptions, live: &Live, ops: &Ops, status: &mut ReloadStatus) {
     notify::reloading();
     let dir = live.config.borrow().state_dir.clone();
+    // Recorded before the config is read: `convenor reload` waits for a reload that began
+    // after its own read of the file, so one that began before may have read an older config.
     status.begun += 1;
-    record(&dir, status);
+    let begun_recorded = record(&dir, status);
     let result = try_reload(opts, live);
     // Loading, reconciling and rendering are transient: their memory goes back to the kernel.
     crate::memory::release_free_heap();
     ops.counters.reload(result.is_ok());
-    status.finished = status.begun;
-    status.error = result.as_ref().err().cloned();
+    // A reload whose beginning went unrecorded is not reported as finished: a `convenor
+    // reload` that read the file meanwhile would take its outcome for that of a reload begun
+    // after its read. It waits for the next one instead.
+    if begun_recorded {
+        status.finished = status.begun;
+        status.error = result.as_ref().err().cloned();
+    }
     record(&dir, status);
     ops.health.reload(result);
     notify::ready();
 }
 
-/// Writes `status` to the state directory `dir`; a failure is logged (`convenor reload` then
-/// cannot tell the outcome, and says so), and changes nothing else.
-pub(super) fn record(dir: &std::path::Path, status: &ReloadStatus) {
-    if let Err(e) = crate::reload_status::write(dir, status) {
-        tracing::warn!(
-            "cannot write {}: {e}; `convenor reload` cannot wait for this reload",
-            crate::reload_status::path(dir).display()
-        );
+/// Writes `status` to the state directory `dir`; says whether it did. A failure is logged
+/// (`convenor reload` then waits for a reload it can hear of, or gives up), and changes nothing
+/// else.
+pub(super) fn record(dir: &std::path::Path, status: &ReloadStatus) -> bool {
+    match crate::reload_status::write(dir, status) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "cannot write {}: {e}; `convenor reload` cannot wait for this reload",
+                crate::reload_status::path(dir).display()
+            );
+            false
+        }
     }
 }
 
@@ -365,6 +377,102 @@ grace = \"1d\"
             changes: ChangeLock::default(),
         };
         (Arc::new(live), proposal)
+    }
+
+    /// The parts `/healthz` and `/metrics` read, for a reload run by hand.
+    fn ops(live: &Live) -> Ops {
+        Ops {
+            store: live.store.clone(),
+            health: Arc::new(crate::health::Health::new(
+                Instant::now(),
+                Duration::from_secs(60),
+            )),
+            counters: Arc::default(),
+            feeds: live.feeds.clone(),
+            counts: Arc::default(),
+        }
+    }
+
+    /// A reload is recorded as begun before it reads the config (`convenor reload` waits for one
+    /// begun after its own read) and as finished with its outcome after; one whose beginning
+    /// could not be recorded is not recorded as finished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_is_recorded_as_begun_before_it_reads_the_config_and_finished_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let path = dir.path().join("convenor.toml");
+        std::fs::write(&path, config_text(&state, "Meeting one")).expect("write config");
+        let (live, _) = start(&path);
+        let ops = ops(&live);
+        let opts = ServeOptions {
+            config_path: path.clone(),
+            env: Environment::default(),
+            listen: None,
+            config_load: Duration::ZERO,
+        };
+        let mut status = ReloadStatus::started(7);
+        let seen_in_window = Arc::new(Mutex::new(None));
+        let seen = seen_in_window.clone();
+        let window_state = state.clone();
+        *live
+            .changes
+            .in_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(move || {
+            *seen.lock().unwrap_or_else(PoisonError::into_inner) =
+                crate::reload_status::read(&window_state);
+        }));
+        reload(&opts, &live, &ops, &mut status);
+        let during = seen_in_window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let begun = ReloadStatus {
+            pid: 7,
+            begun: 1,
+            finished: 0,
+            error: None,
+        };
+        assert_eq!(during, Some(begun), "while the reload reads the config");
+        let done = crate::reload_status::read(&state).expect("the status");
+        assert_eq!((done.begun, done.finished, done.error), (1, 1, None));
+
+        // Refused: its error is the outcome.
+        std::fs::write(&path, "[network\n").expect("break the config");
+        reload(&opts, &live, &ops, &mut status);
+        let done = crate::reload_status::read(&state).expect("the status");
+        assert_eq!((done.begun, done.finished), (2, 2));
+        assert!(done.error.is_some_and(|e| e.contains("convenor.toml:1:")));
+
+        // Its beginning unrecorded (the file's place taken by a directory, gone by its end):
+        // recorded as begun, not as finished; the next one is.
+        std::fs::write(&path, config_text(&state, "Meeting two")).expect("write config");
+        let file = crate::reload_status::path(&state);
+        std::fs::remove_file(&file).expect("remove the status");
+        std::fs::create_dir(&file).expect("a directory where the file goes");
+        let in_window = file.clone();
+        *live
+            .changes
+            .in_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(move || {
+            std::fs::remove_dir(&in_window).expect("remove the directory");
+        }));
+        reload(&opts, &live, &ops, &mut status);
+        let done = crate::reload_status::read(&state).expect("the status");
+        assert_eq!(
+            (done.begun, done.finished),
+            (3, 2),
+            "not reported as finished"
+        );
+        reload(&opts, &live, &ops, &mut status);
+        let done = crate::reload_status::read(&state).expect("the status");
+        assert_eq!(
+            (done.begun, done.finished),
+            (4, 4),
+            "the next one is reported"
+        );
+        assert_eq!(done.error, None);
     }
 
     /// A lead accepts a proposal while a reload is under way (after the reload read the agenda

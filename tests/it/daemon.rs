@@ -1072,13 +1072,28 @@ async fn convenor_reload_waits_for_the_reload_and_says_how_it_went() {
         .output()
         .expect("run the unit's ExecReload");
     assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reloaded: convenor (pid"),
+        "{out:?}"
+    );
     assert!(feed().await.contains("SUMMARY:Fourth title"));
 
-    // No such process: an error at once, naming it.
-    let mut gone = Command::new("true").spawn().expect("run true");
-    gone.wait().expect("wait");
-    let out = reload(&gone.id().to_string());
+    // Another process than the one serving the state directory (a mistyped pid): not
+    // signalled, an error at once, naming both.
+    let mut other = Command::new("sleep").arg("30").spawn().expect("run sleep");
+    let out = reload(&other.id().to_string());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot signal convenor (pid"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("pid {} is not the convenor serving", other.id()))
+            && stderr.contains(&format!("its lock file names {pid}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        other.try_wait().expect("sleep's state"),
+        None,
+        "sleep was not signalled"
+    );
+    other.kill().expect("stop sleep");
+    other.wait().expect("wait");
 }
