@@ -379,6 +379,36 @@ grace = \"1d\"
         (Arc::new(live), proposal)
     }
 
+    /// [`start`] on a config with one meeting, "Meeting one", in `dir`, its state in
+    /// `dir/state`: the state directory, the config's path, the service's parts and the
+    /// proposal.
+    fn start_in(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Arc<Live>, i64) {
+        let state = dir.join("state");
+        let path = dir.join("convenor.toml");
+        std::fs::write(&path, config_text(&state, "Meeting one")).expect("write config");
+        let (live, proposal) = start(&path);
+        (state, path, live, proposal)
+    }
+
+    /// The options of a `convenor serve` on the config at `path`.
+    fn serve_options(path: &Path) -> ServeOptions {
+        ServeOptions {
+            config_path: path.to_path_buf(),
+            env: Environment::default(),
+            listen: None,
+            config_load: Duration::ZERO,
+        }
+    }
+
+    /// Runs `f` inside the next reload's window of `live` (see `ChangeLock::in_reload`).
+    fn in_reload(live: &Live, f: impl FnOnce() + Send + 'static) {
+        *live
+            .changes
+            .in_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(f));
+    }
+
     /// The parts `/healthz` and `/metrics` read, for a reload run by hand.
     fn ops(live: &Live) -> Ops {
         Ops {
@@ -399,29 +429,17 @@ grace = \"1d\"
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reload_is_recorded_as_begun_before_it_reads_the_config_and_finished_after() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let path = dir.path().join("convenor.toml");
-        std::fs::write(&path, config_text(&state, "Meeting one")).expect("write config");
-        let (live, _) = start(&path);
+        let (state, path, live, _) = start_in(dir.path());
         let ops = ops(&live);
-        let opts = ServeOptions {
-            config_path: path.clone(),
-            env: Environment::default(),
-            listen: None,
-            config_load: Duration::ZERO,
-        };
+        let opts = serve_options(&path);
         let mut status = ReloadStatus::started(7);
         let seen_in_window = Arc::new(Mutex::new(None));
         let seen = seen_in_window.clone();
         let window_state = state.clone();
-        *live
-            .changes
-            .in_reload
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(move || {
+        in_reload(&live, move || {
             *seen.lock().unwrap_or_else(PoisonError::into_inner) =
                 crate::reload_status::read(&window_state);
-        }));
+        });
         reload(&opts, &live, &ops, &mut status);
         let during = seen_in_window
             .lock()
@@ -451,13 +469,9 @@ grace = \"1d\"
         std::fs::remove_file(&file).expect("remove the status");
         std::fs::create_dir(&file).expect("a directory where the file goes");
         let in_window = file.clone();
-        *live
-            .changes
-            .in_reload
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(move || {
+        in_reload(&live, move || {
             std::fs::remove_dir(&in_window).expect("remove the directory");
-        }));
+        });
         reload(&opts, &live, &ops, &mut status);
         let done = crate::reload_status::read(&state).expect("the status");
         assert_eq!(
@@ -481,19 +495,12 @@ grace = \"1d\"
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agenda_decision_during_a_reload_lands_on_the_reloaded_config() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let path = dir.path().join("convenor.toml");
-        std::fs::write(&path, config_text(&state, "Meeting one")).expect("write config");
-        let (live, proposal) = start(&path);
+        let (state, path, live, proposal) = start_in(dir.path());
         std::fs::write(&path, config_text(&state, "Meeting one, renamed")).expect("write config");
 
         let decision = Arc::new(Mutex::new(None));
         let (in_window, decision_thread) = (live.clone(), decision.clone());
-        *live
-            .changes
-            .in_reload
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Box::new(move || {
+        in_reload(&live, move || {
             in_window
                 .agenda
                 .lock()
@@ -514,13 +521,8 @@ grace = \"1d\"
             *decision_thread
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(thread);
-        }));
-        let opts = ServeOptions {
-            config_path: path.clone(),
-            env: Environment::default(),
-            listen: None,
-            config_load: Duration::ZERO,
-        };
+        });
+        let opts = serve_options(&path);
         try_reload(&opts, &live).expect("reloaded");
         let thread = decision
             .lock()
