@@ -153,7 +153,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(loaded) => loaded,
         Err(err) => {
             if let Command::Reload { pid, .. } = cli.command {
-                // The service would refuse it the same way: it is not asked to.
+                // The service would refuse it too (but during an upgrade, before the restart,
+                // when the running build's rules are older): it is not asked to.
                 crate::logging::to_stderr(
                     tracing::Level::ERROR,
                     &format!("not reloaded: convenor (pid {pid}) keeps its running config"),
