@@ -436,6 +436,88 @@ async fn a_non_ascii_address_needs_a_relay_offering_smtputf8() {
     );
 }
 
+/// Mail is 7-bit clean whatever its text (lettre writes bodies and the calendar part as
+/// quoted-printable or base64, and headers as encoded words), so a relay that does not offer
+/// 8BITMIME (RFC 6152) takes it: no BODY=8BITMIME in MAIL FROM, every byte ASCII, and the
+/// text that is not ASCII (a title with accents and a dash) reads back whole in the subject,
+/// the text body and the calendar part.
+#[tokio::test]
+async fn mail_that_is_not_ascii_goes_to_a_relay_without_8bitmime() {
+    const TITLE: &str = "Réunion LEDNet — café";
+    let dir = tempfile::tempdir().expect("tmp");
+    let relay = SmtpServer::start(&dir.path().join("received"), &["--no-8bitmime"]);
+    let text = smtp_config_text(
+        relay.port,
+        "\"LEDNet members <lednet-members@example.org>\"",
+    )
+    .replacen(
+        "title = \"LEDNet meeting\"",
+        &format!("title = \"{TITLE}\""),
+        1,
+    );
+    let config = load(dir.path(), &text);
+    // Composed as the outbox does, with the meeting's own invite (SUMMARY is the title).
+    let templates = Templates::load(&config.mail.templates_dir).expect("templates");
+    let meeting = &config.meetings[0];
+    let rule = (config.email(&EmailId::parse("reminder-week").expect("id"))).expect("rule");
+    let t0: Timestamp = "2023-01-20T09:00:00Z".parse().expect("ts");
+    let (rev, _) = revision::next_revision(None, &config, meeting, t0);
+    let id = mail::message_id(&config, &meeting.id, &rule.id, &Recipient::List, 0);
+    let invite = convenor::feed::render_meeting_invite(&config, meeting, Some(&rev));
+    let msg = mail::compose(&ComposeInput {
+        config: &config,
+        templates: &templates,
+        meeting,
+        rule,
+        recipient: &Recipient::List,
+        revision: &rev,
+        message_id: &id,
+        thread_root: None,
+        date: t0,
+        change: None,
+        invite_ics: &invite,
+    })
+    .expect("compose");
+    let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
+    let delivery = transport.send(&msg).await.expect("delivered");
+    assert!(delivery.to_string().starts_with("250 "), "{delivery}");
+    let received = relay.received();
+    assert_eq!(received.len(), 1);
+    let bytes = &received[0];
+    assert!(bytes.is_ascii(), "every byte of the message is ASCII");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("received/1.json")).expect("meta"))
+            .expect("json");
+    let options = meta["mail_options"].as_array().expect("mail_options");
+    assert!(
+        !options
+            .iter()
+            .any(|o| o.as_str().is_some_and(|o| o.contains("8BITMIME"))),
+        "no BODY=8BITMIME: {meta}"
+    );
+    let parsed = parse(bytes);
+    let subject = header(&parsed, "subject").join(" ");
+    assert!(subject.contains(TITLE), "the subject reads back: {subject}");
+    // Every part, depth first.
+    let mut parts = vec![&parsed["tree"]];
+    let (mut text, mut summaries) = (String::new(), Vec::new());
+    while let Some(part) = parts.pop() {
+        if part["type"] == "text/plain" {
+            text.push_str(part["text"].as_str().unwrap_or_default());
+        }
+        for event in part["calendar"]["events"].as_array().into_iter().flatten() {
+            summaries.push(event["summary"].as_str().unwrap_or_default().to_owned());
+        }
+        parts.extend(part["children"].as_array().into_iter().flatten());
+    }
+    assert!(text.contains(TITLE), "the text body reads back: {text}");
+    assert!(!summaries.is_empty(), "a calendar part");
+    assert!(
+        summaries.iter().all(|s| s == TITLE),
+        "every calendar part's SUMMARY reads back: {summaries:?}"
+    );
+}
+
 /// A list of several addresses where the server refuses some recipients: one refused for good
 /// (5xx) or put off (4xx) is left out and the others get the message (once, in one
 /// transaction). A put-off recipient makes the send a transient failure that names the

@@ -22,8 +22,9 @@ Options:
   --keep-refused         with --fail-at data: still store each refused message (as above), so a
                          test can compare it with what a retry delivers elsewhere
   --no-smtputf8          do not offer SMTPUTF8 (RFC 6531) in the EHLO reply: a relay that cannot
-                         take an address that is not ASCII (offered by default, as Postfix does;
-                         8BITMIME is always offered)
+                         take an address that is not ASCII (offered by default, as Postfix does)
+  --no-8bitmime          do not offer 8BITMIME (RFC 6152) in the EHLO reply: a relay that takes
+                         7-bit messages only (offered by default)
 The .json also records the client's address ("peer", [host, port]): one peer port per
 connection, so a test can tell reused connections from new ones; "authenticated", whether
 the client passed AUTH; and "mail_options", the MAIL FROM parameters the client sent (e.g.
@@ -131,16 +132,20 @@ class Authenticator:
 class SetupRefusingSMTP(SMTP):
     """aiosmtpd's SMTP that can answer `code` to the greeting, EHLO or STARTTLS instead."""
 
-    def __init__(self, handler, refuse_at=None, code=None, **kwargs):
+    def __init__(self, handler, refuse_at=None, code=None, no_8bitmime=False, **kwargs):
         super().__init__(handler, **kwargs)
         self.refuse_at = refuse_at
         self.refuse_code = code
+        self.no_8bitmime = no_8bitmime
         self.greeted = False
 
     def _refusal(self, stage):
         return f"{self.refuse_code} test server refuses at {stage.upper()} with {self.refuse_code}"
 
     async def push(self, status):
+        # aiosmtpd always offers 8BITMIME: its EHLO line is left out here when asked.
+        if self.no_8bitmime and str(status) == "250-8BITMIME":
+            return
         # The first line a session pushes is the 220 greeting.
         if not self.greeted:
             self.greeted = True
@@ -185,6 +190,7 @@ async def main():
     p.add_argument("--refuse-rcpt", action="append", default=[])
     p.add_argument("--refuse-rcpt-times", type=int)
     p.add_argument("--no-smtputf8", action="store_true")
+    p.add_argument("--no-8bitmime", action="store_true")
     a = p.parse_args()
     os.makedirs(a.store, exist_ok=True)
     refuse_rcpt = dict(item.rsplit("=", 1) for item in a.refuse_rcpt)
@@ -215,6 +221,7 @@ async def main():
             handler,
             refuse_at=a.fail_at,
             code=a.code,
+            no_8bitmime=a.no_8bitmime,
             hostname="test-smtp.invalid",
             tls_context=None if a.implicit_tls else tls,
             require_starttls=tls is not None and not a.implicit_tls,
