@@ -113,12 +113,23 @@ fn invite(sequence: u32) -> String {
     .join("\r\n")
 }
 
-/// Composes one mail of the example schedule for the first meeting.
+/// Composes one mail of the example schedule for the first meeting, with a fixed invite.
 fn compose(
     config: &Config,
     email: &str,
     recipient: &Recipient,
     thread_root: Option<&str>,
+) -> lettre::Message {
+    compose_with_invite(config, email, recipient, thread_root, |_| invite(3))
+}
+
+/// [`compose`] with the invite `ics` makes of the meeting's revision (SEQUENCE 3).
+fn compose_with_invite(
+    config: &Config,
+    email: &str,
+    recipient: &Recipient,
+    thread_root: Option<&str>,
+    ics: impl FnOnce(&revision::StoredRevision) -> String,
 ) -> lettre::Message {
     let templates = Templates::load(&config.mail.templates_dir).expect("templates");
     let meeting = &config.meetings[0];
@@ -129,7 +140,7 @@ fn compose(
     let (mut rev, _) = revision::next_revision(None, config, meeting, t0);
     rev.sequence = 3;
     let id = mail::message_id(config, &meeting.id, &rule.id, recipient, 0);
-    let ics = invite(3);
+    let ics = ics(&rev);
     mail::compose(&ComposeInput {
         config,
         templates: &templates,
@@ -457,27 +468,9 @@ async fn mail_that_is_not_ascii_goes_to_a_relay_without_8bitmime() {
     );
     let config = load(dir.path(), &text);
     // Composed as the outbox does, with the meeting's own invite (SUMMARY is the title).
-    let templates = Templates::load(&config.mail.templates_dir).expect("templates");
-    let meeting = &config.meetings[0];
-    let rule = (config.email(&EmailId::parse("reminder-week").expect("id"))).expect("rule");
-    let t0: Timestamp = "2023-01-20T09:00:00Z".parse().expect("ts");
-    let (rev, _) = revision::next_revision(None, &config, meeting, t0);
-    let id = mail::message_id(&config, &meeting.id, &rule.id, &Recipient::List, 0);
-    let invite = convenor::feed::render_meeting_invite(&config, meeting, Some(&rev));
-    let msg = mail::compose(&ComposeInput {
-        config: &config,
-        templates: &templates,
-        meeting,
-        rule,
-        recipient: &Recipient::List,
-        revision: &rev,
-        message_id: &id,
-        thread_root: None,
-        date: t0,
-        change: None,
-        invite_ics: &invite,
-    })
-    .expect("compose");
+    let msg = compose_with_invite(&config, "reminder-week", &Recipient::List, None, |rev| {
+        convenor::feed::render_meeting_invite(&config, &config.meetings[0], Some(rev))
+    });
     let transport = Transport::from_settings(&config.mail, &config.state_dir).expect("t");
     let delivery = transport.send(&msg).await.expect("delivered");
     assert!(delivery.to_string().starts_with("250 "), "{delivery}");
