@@ -101,7 +101,9 @@ pub enum Command {
     },
     /// Ask a running `convenor serve` to reload (SIGHUP) and wait for the outcome: exits 0 when
     /// it runs the new config, 1 when it refused it (the error is printed; it keeps the running
-    /// config), 78 when the config is invalid here (no signal is sent). systemd's ExecReload.
+    /// config), exited or did not finish in time, or PID is not the process the state
+    /// directory's lock names (then no signal is sent), 78 when the config is invalid here (no
+    /// signal is sent). systemd's ExecReload.
     Reload {
         /// The process of `convenor serve` (`$MAINPID` in the unit).
         #[arg(long)]
